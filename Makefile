@@ -1,0 +1,37 @@
+# pointtune: `make demo` runs the main job, `make test` the test suite. Both create .venv on first use.
+PYTHON ?= python3
+VENV   ?= .venv
+# CPU wheel by default; GPU users install their CUDA build of torch into $(VENV) first (README).
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+DATA   ?= ../shared/data
+
+.PHONY: setup demo demo-modelnet test bench clean
+
+$(BIN)/pointtune: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
+	$(BIN)/pip install -q -e ".[test,dashboard]"
+	touch $@
+
+setup: $(BIN)/pointtune
+
+# Main job: a short CEDR sweep on the embedded synthetic dataset (a few minutes on a 2-core CPU).
+demo: setup
+	$(BIN)/pointtune sweep cedr --space search_spaces/cedr_quick.yaml --trials 6 --epochs 4 --output runs/demo
+
+# The same sweep on real ModelNet40 shapes (airplane, bathtub, bench of the shared sample).
+demo-modelnet: setup
+	$(BIN)/pointtune sweep cedr --space search_spaces/cedr_quick.yaml --trials 4 --epochs 4 \
+	  --dataset modelnet40 --data-root $(DATA)/modelnet40_subset \
+	  --set "data.classes=[airplane,bathtub,bench]" --output runs/demo-modelnet
+
+test: setup
+	$(BIN)/pytest -q -ra
+
+bench: setup
+	$(BIN)/python bench/overhead.py --output runs/bench/overhead.json
+
+clean:
+	rm -rf runs

@@ -1,0 +1,1 @@
+"""The five methods of pointtune; importing this package registers them."""

@@ -1,0 +1,145 @@
+"""The method contract: the small interface between a method and the platform.
+
+A method is plain PyTorch. It never imports Ray, MLflow or the CLI; the platform never looks inside it.
+One ``Method`` subclass per method lives in ``methods/`` and is registered with :func:`register_method`.
+
+The contract serves three task kinds (:class:`Task`):
+
+* ``classification``: supervised; ``predict`` returns class logits ``(B, K)``; judged by OA / mAcc.
+* ``pretrain``: self-supervised; ``embed`` returns frozen global features ``(B, D)``; judged by a downstream
+  protocol (linear SVM on a labelled set) that the platform runs.
+* ``segmentation``: per-point; ``predict`` returns logits ``(B, N, K)``; judged by mIoU.
+
+The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module`` so that one
+``prepare_model`` (DDP) call, one optimizer and one checkpoint cover all of it. Training goes through
+``forward`` (so DDP synchronises gradients); evaluation calls ``predict`` / ``embed`` on the unwrapped module.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+
+class Task(str, enum.Enum):
+    """What a method learns, which decides how the platform evaluates it."""
+
+    CLASSIFICATION = "classification"
+    PRETRAIN = "pretrain"
+    SEGMENTATION = "segmentation"
+
+
+class BackboneConfig(BaseModel):
+    """Which backbone to build from the registry (``pointtune.backbones``) and its keyword arguments.
+
+    ``name`` is a registry key (``pointnet``, ``dgcnn``, ``pointnet2_ssg``); every other key is passed to the
+    backbone's constructor, e.g. ``{name: dgcnn, k: 20, emb_dims: 1024}``.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "dgcnn"
+
+    def kwargs(self) -> dict[str, Any]:
+        """Constructor keyword arguments: every key except ``name``."""
+        return dict(self.model_extra or {})
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's hyperparameters. Subclasses add the paper's symbols as fields.
+
+    Unknown keys are rejected so that a typo in a config or a search space fails before any compute.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    backbone: BackboneConfig = BackboneConfig()
+
+
+class Method(nn.Module):
+    """A trainable method: model, loss and evaluation hooks behind one interface.
+
+    Subclasses set the class attributes ``task`` and ``Config`` and implement ``forward`` plus
+    ``predict`` (classification, segmentation) or ``embed`` (pretrain).
+
+    Args:
+        cfg: the method's validated hyperparameters (an instance of ``Config``).
+        num_classes: classes of the labelled dataset (0 for label-free pretraining).
+        total_epochs: length of the run, for schedules that depend on it.
+    """
+
+    task: ClassVar[Task]
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, cfg: MethodConfig, num_classes: int, total_epochs: int):
+        super().__init__()
+        self.cfg = cfg
+        self.num_classes = num_classes
+        self.total_epochs = total_epochs
+
+    def forward(self, batch: dict[str, torch.Tensor], epoch: int, progress: float) -> dict[str, torch.Tensor]:
+        """Compute the training losses of one mini-batch.
+
+        Args:
+            batch: ``points`` float32 ``(B, N, 3)``, ``label`` int64 ``(B,)``, optionally ``normals``
+                ``(B, N, 3)`` and ``seg`` int64 ``(B, N)``; already on the model's device.
+            epoch: 0-based epoch index.
+            progress: fraction of the whole run completed, in ``[0, 1]`` (for per-iteration schedules).
+
+        Returns:
+            A dict of scalar tensors. ``loss`` is what is back-propagated; every other entry (loss terms,
+            diagnostics such as the fraction of outliers) is logged as ``train/<key>``. A classification
+            method may also return ``logits`` ``(B, K)`` so that training accuracy is logged.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for evaluation: ``(B, K)`` for classification, ``(B, N, K)`` for segmentation."""
+        raise NotImplementedError(f"{type(self).__name__} ({self.task.value}) does not predict labels")
+
+    @torch.no_grad()
+    def embed(self, points: torch.Tensor) -> torch.Tensor:
+        """Global features ``(B, D)`` of clouds ``(B, N, 3)`` from the encoder, for the linear-SVM protocol."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose an encoder embedding")
+
+    def encoder(self) -> nn.Module:
+        """The backbone whose weights transfer to downstream fine-tuning."""
+        raise NotImplementedError(f"{type(self).__name__} has no transferable encoder")
+
+
+_METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator that makes a ``Method`` subclass buildable by ``name`` (e.g. ``"cedr"``)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} is registered twice")
+        _METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def method_names() -> list[str]:
+    """Names of every registered method, sorted."""
+    import pointtune.methods  # noqa: F401  (registers the methods)
+
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[Method]:
+    """The ``Method`` class registered as ``name``.
+
+    Raises:
+        KeyError: unknown name; the message lists the known ones.
+    """
+    known = method_names()
+    if name not in _METHODS:
+        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(known)}")
+    return _METHODS[name]

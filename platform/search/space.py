@@ -1,0 +1,231 @@
+"""Search spaces: a YAML file per method, validated before any compute, turned into an Optuna
+define-by-run function for Ray Tune's ``OptunaSearch``.
+
+File format (``search_spaces/cedr.yaml``)::
+
+    method: cedr
+    extends: other.yaml            # optional: start from another space; entries here win, `null` deletes
+    objective: {metric: val/OA, mode: max}
+    params:
+      optim.lr:            {type: float, low: 0.01, high: 0.2, log: true}
+      method.temperature:  {type: categorical, choices: [0.05, 0.1, 0.2, 0.5, 1.0]}
+      method.use_eaa:      {type: categorical, choices: [true, false]}
+      method.ent_high:     {type: float, low: 1.5, high: 3.5, when: {method.use_eaa: true}}
+      train.batch_size:    {type: int, low: 16, high: 64, step: 16}
+      method.label_smoothing: {type: fixed, value: 0.2}
+
+Keys are dotted config keys (see :mod:`pointtune.config`). ``when`` makes a parameter conditional: it is
+sampled only if every named parameter (defined earlier in the file) took one of the given values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pointtune.config import ConfigError, build_config, load_yaml
+
+TYPES = ("float", "int", "categorical", "fixed")
+_ALLOWED = {
+    "float": {"type", "low", "high", "log", "step", "when"},
+    "int": {"type", "low", "high", "log", "step", "when"},
+    "categorical": {"type", "choices", "when"},
+    "fixed": {"type", "value", "when"},
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched (or fixed) hyperparameter. ``when`` maps earlier keys to their allowed values."""
+
+    key: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: tuple = ()
+    value: Any = None
+    when: dict[str, tuple] = field(default_factory=dict)
+
+    def active(self, sampled: dict[str, Any]) -> bool:
+        """Whether every condition holds for the values sampled so far."""
+        return all(key in sampled and sampled[key] in allowed for key, allowed in self.when.items())
+
+    def suggest(self, trial) -> Any:
+        """Sample this parameter from an Optuna ``trial`` (fixed values are returned as they are)."""
+        if self.type == "float":
+            return trial.suggest_float(self.key, self.low, self.high, log=self.log, step=self.step)
+        if self.type == "int":
+            return trial.suggest_int(self.key, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        if self.type == "categorical":
+            return trial.suggest_categorical(self.key, list(self.choices))
+        return self.value
+
+    def corners(self) -> list[Any]:
+        """Values that span the parameter (bounds or every choice), used to validate it against the config."""
+        if self.type in ("float", "int"):
+            return [self.low, self.high]
+        if self.type == "categorical":
+            return list(self.choices)
+        return [self.value]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """A validated search space for one method."""
+
+    method: str
+    metric: str
+    mode: str
+    params: tuple[Param, ...]
+    source: str
+
+    def define_by_run(self, trial) -> dict[str, Any]:
+        """Optuna define-by-run function: samples the active parameters, returns the fixed ones."""
+        sampled: dict[str, Any] = {}
+        fixed: dict[str, Any] = {}
+        for param in self.params:
+            if not param.active({**sampled, **fixed}):
+                continue
+            if param.type == "fixed":
+                fixed[param.key] = param.value
+            else:
+                sampled[param.key] = param.suggest(trial)
+        return fixed
+
+    def searched(self) -> list[str]:
+        """Keys that are sampled (not fixed)."""
+        return [p.key for p in self.params if p.type != "fixed"]
+
+
+def _err(source: str, key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{source}: {key}: {msg}")
+
+
+def _number(source: str, key: str, spec: dict, name: str, kind: str) -> float:
+    value = spec.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _err(source, key, f"'{name}' must be a number, got {value!r}")
+    if kind == "int" and not float(value).is_integer():
+        raise _err(source, key, f"'{name}' must be an integer for type int, got {value!r}")
+    return value
+
+
+def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) -> Param:
+    if not isinstance(spec, dict):
+        raise _err(source, key, f"expected a mapping like {{type: float, low: ..., high: ...}}, got {spec!r}")
+    kind = spec.get("type")
+    if kind not in TYPES:
+        raise _err(source, key, f"unknown type {kind!r}; expected one of {', '.join(TYPES)}")
+    unknown = sorted(set(spec) - _ALLOWED[kind])
+    if unknown:
+        raise _err(source, key, f"unknown field {unknown[0]!r} for type {kind}")
+    when = {}
+    for cond_key, allowed in (spec.get("when") or {}).items():
+        if cond_key not in earlier:
+            raise _err(source, key, f"condition on {cond_key!r}, which is not a parameter defined before it")
+        when[cond_key] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+    if kind in ("float", "int"):
+        low, high = _number(source, key, spec, "low", kind), _number(source, key, spec, "high", kind)
+        if low > high:
+            raise _err(source, key, f"low {low} > high {high}")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise _err(source, key, f"'log' must be true or false, got {log!r}")
+        if log and low <= 0:
+            raise _err(source, key, f"log scale needs low > 0, got {low}")
+        step = spec.get("step")
+        if step is not None:
+            step = _number(source, key, spec, "step", kind)
+            if step <= 0 or log:
+                raise _err(source, key, "'step' must be > 0 and cannot be combined with log")
+        return Param(key, kind, low=low, high=high, log=log, step=step, when=when)
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _err(source, key, f"'choices' must be a non-empty list, got {choices!r}")
+        return Param(key, kind, choices=tuple(choices), when=when)
+    if "value" not in spec:
+        raise _err(source, key, "type fixed needs a 'value'")
+    return Param(key, kind, value=spec["value"], when=when)
+
+
+def load_space_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The raw mapping of a search-space file with ``extends`` resolved (parent entries, then this file's)."""
+    tree = load_yaml(path)
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    parent_path = (path.parent / parent).resolve()
+    if parent_path in seen:
+        raise ConfigError(f"{path}: extends: cycle through {parent_path}")
+    base = load_space_tree(parent_path, seen + (path.resolve(),))
+    params = dict(base.get("params") or {})
+    for key, spec in (tree.get("params") or {}).items():
+        if spec is None:
+            params.pop(key, None)
+        else:
+            params[key] = spec
+    return {**base, **{k: v for k, v in tree.items() if k != "params"}, "params": params}
+
+
+def load_search_space(path: str | Path, method: str | None = None) -> SearchSpace:
+    """Read and validate a search-space file.
+
+    Every parameter is checked against the method's config schema with each of its bounds and choices, so
+    an unknown key, a wrong type or an out-of-range value fails here, before Ray starts.
+
+    Args:
+        path: the YAML file.
+        method: the method the sweep runs; must match the file's ``method``.
+
+    Raises:
+        ConfigError: one line naming the file and the key at fault.
+    """
+    from pointtune.method import get_method
+    from pointtune.train.evaluate import DEFAULT_OBJECTIVE
+
+    path = Path(path)
+    source = str(path)
+    tree = load_space_tree(path)
+    unknown = sorted(set(tree) - {"method", "objective", "params"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown top-level key {unknown[0]!r} (expected method, objective, params)")
+    file_method = tree.get("method")
+    if method and file_method and file_method != method:
+        raise ConfigError(f"{source}: method: file is for {file_method!r}, not {method!r}")
+    name = method or file_method
+    if not name:
+        raise ConfigError(f"{source}: method: missing")
+    try:
+        method_cls = get_method(name)
+    except KeyError as err:
+        raise ConfigError(f"{source}: method: {err.args[0]}") from None
+    objective = tree.get("objective") or {}
+    default_metric, default_mode = DEFAULT_OBJECTIVE[method_cls.task]
+    metric, mode = objective.get("metric", default_metric), objective.get("mode", default_mode)
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{source}: objective.mode: expected max or min, got {mode!r}")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{source}: objective.metric: expected a metric name such as {default_metric}")
+    raw = tree.get("params")
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted config keys")
+    params: dict[str, Param] = {}
+    for key, spec in raw.items():
+        params[key] = _parse_param(source, key, spec, params)
+    space = SearchSpace(name, metric, mode, tuple(params.values()), source)
+    _check_against_schema(space)
+    return space
+
+
+def _check_against_schema(space: SearchSpace) -> None:
+    base = {p.key: p.corners()[0] for p in space.params}
+    for param in space.params:
+        for value in param.corners():
+            try:
+                build_config(space.method, overrides={**base, param.key: value}, source=space.source)
+            except ConfigError as err:
+                raise ConfigError(f"{err} [checking {param.key}={value!r}]") from None

@@ -1,0 +1,140 @@
+"""MLflow tracking: one parent run per sweep, one child run per trial, metrics logged from rank 0 only.
+
+Ray does not nest runs and Train V2 has no MLflow callback, so runs are made explicitly with an
+``MlflowClient``: the parent carries the sweep's description, each child the ``mlflow.parentRunId`` tag and
+``pointtune.trial_id``. A child is looked up by that tag before one is created, so a resumed or restarted
+trial keeps its run instead of adding a duplicate.
+
+Default tracking URI: ``sqlite:///<sweep dir>/mlflow.db`` with artifacts in ``<sweep dir>/mlartifacts``
+(MLflow >= 3.13 refuses a plain ``./mlruns`` store). ``--mlflow-uri`` or ``MLFLOW_TRACKING_URI`` point at a
+tracking server instead.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+PARENT_TAG = "mlflow.parentRunId"
+TRIAL_TAG = "pointtune.trial_id"
+KIND_TAG = "pointtune.kind"
+
+
+def resolve_tracking_uri(run_dir: str | Path, override: str | None = None) -> str:
+    """``override``, else ``$MLFLOW_TRACKING_URI``, else a SQLite file inside ``run_dir``."""
+    return override or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(run_dir).resolve()}/mlflow.db"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _retry(fn, *args, attempts: int = 8, **kwargs):
+    """Call ``fn``; retry with back-off when SQLite reports a lock (several trials log at once)."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - MLflow wraps the SQLAlchemy error in its own types
+            if "locked" not in str(err).lower() or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * 2**attempt)
+    return None
+
+
+def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
+    """Id of experiment ``name``, created if missing (artifacts under ``run_dir`` for SQLite stores)."""
+    client = _client(uri)
+    found = _retry(client.get_experiment_by_name, name)
+    if found is not None:
+        return found.experiment_id
+    location = (Path(run_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
+    return _retry(client.create_experiment, name, artifact_location=location)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def start_run(uri: str, experiment_id: str, name: str, tags: dict[str, str], params: dict[str, Any]) -> str:
+    """Create a run with ``tags`` and (flattened, dotted) ``params``; return its id."""
+    client = _client(uri)
+    run = _retry(client.create_run, experiment_id, run_name=name, tags=tags)
+    log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Log nested ``params`` as dotted keys (values shortened to MLflow's 6000-character limit)."""
+    from mlflow.entities import Param
+
+    flat = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+    client = _client(uri)
+    for i in range(0, len(flat), 90):
+        _retry(client.log_batch, run_id, params=flat[i : i + 90])
+
+
+def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
+    """Id of the child run of ``parent_run_id`` tagged with ``trial_id``, or ``None``."""
+    runs = _retry(
+        _client(uri).search_runs,
+        [experiment_id],
+        filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'",
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def child_run(
+    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, params: dict[str, Any]
+) -> str:
+    """The trial's child run: the existing one if the trial already has one (resume), else a new one."""
+    existing = find_child_run(uri, experiment_id, parent_run_id, trial_id)
+    if existing:
+        _retry(_client(uri).update_run, existing, status="RUNNING")
+        return existing
+    tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial"}
+    return start_run(uri, experiment_id, f"trial_{trial_id}", tags, params)
+
+
+def log_metrics(target: dict[str, str], metrics: dict[str, float], step: int) -> None:
+    """Log finite numeric ``metrics`` at ``step`` to ``target = {"tracking_uri", "run_id"}``."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    batch = [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ]
+    if batch:
+        _retry(_client(target["tracking_uri"]).log_batch, target["run_id"], metrics=batch)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Upload a file or directory to the run's artifacts."""
+    client = _client(uri)
+    upload = client.log_artifacts if Path(path).is_dir() else client.log_artifact
+    _retry(upload, run_id, str(path), artifact_path)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Set several tags on a run."""
+    client = _client(uri)
+    for key, value in tags.items():
+        _retry(client.set_tag, run_id, key, str(value)[:5000])
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
+    """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
+    _retry(_client(uri).set_terminated, run_id, status=status)

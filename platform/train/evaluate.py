@@ -1,0 +1,71 @@
+"""Evaluation protocols, chosen by the method's task kind; no protocol knows a method's internals.
+
+Each protocol takes the unwrapped ``Method``, a dict of labelled data loaders (``eval``: the split being
+scored; ``fit``: the training split, for protocols that fit a classifier on features), a device and the
+number of classes, and returns
+``(metrics, confusion)``: metric names without split prefix (``OA``, ``mAcc``, ...) and the ``(K, K)``
+confusion matrix that produced them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import torch
+
+from pointtune.method import Method, Task
+from pointtune.metrics import classification_metrics, confusion_matrix
+
+Protocol = Callable[..., tuple[dict[str, float], np.ndarray]]
+_PROTOCOLS: dict[Task, Protocol] = {}
+
+# The metric each task kind is selected by, unless a search space names another: (name, mode).
+DEFAULT_OBJECTIVE: dict[Task, tuple[str, str]] = {Task.CLASSIFICATION: ("val/OA", "max")}
+
+
+def register_protocol(task: Task, objective: tuple[str, str]):
+    """Decorator: ``fn`` evaluates every method of ``task``; ``objective`` is that task's default metric."""
+
+    def wrap(fn: Protocol) -> Protocol:
+        _PROTOCOLS[task] = fn
+        DEFAULT_OBJECTIVE[task] = objective
+        return fn
+
+    return wrap
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Move every tensor of a batch dict to ``device`` (non-blocking)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@register_protocol(Task.CLASSIFICATION, ("val/OA", "max"))
+def evaluate_classification(
+    method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int, **_: object
+) -> tuple[dict[str, float], np.ndarray]:
+    """OA, mAcc and macro F1 of ``method.predict`` (argmax of ``(B, K)`` logits) on ``loaders["eval"]``."""
+    was_training = method.training
+    method.eval()
+    labels, preds = [], []
+    with torch.no_grad():
+        for batch in loaders["eval"]:
+            batch = to_device(batch, device)
+            preds.append(method.predict(batch).argmax(-1).cpu())
+            labels.append(batch["label"].cpu())
+    method.train(was_training)
+    cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_classes)
+    return classification_metrics(cm), cm
+
+
+def evaluate(
+    method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int, **options: object
+) -> tuple[dict[str, float], np.ndarray]:
+    """Run the protocol registered for ``method.task``; ``options`` are protocol settings (e.g. SVM ``C``).
+
+    Raises:
+        NotImplementedError: no protocol is registered for the task kind.
+    """
+    if method.task not in _PROTOCOLS:
+        raise NotImplementedError(f"no evaluation protocol for task {method.task.value!r}")
+    return _PROTOCOLS[method.task](method, loaders, device, num_classes, **options)
