@@ -1,0 +1,66 @@
+"""Backbone registry: build an encoder by name with keyword arguments from a config.
+
+Every registered backbone is an ``nn.Module`` with ``forward(xyz: (B, N, 3)) -> (B, out_dim)`` and an int
+attribute ``out_dim``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+__all__ = ["register_backbone", "build_backbone", "backbone_names"]
+
+_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+
+T = TypeVar("T", bound=Callable[..., nn.Module])
+
+
+def register_backbone(name: str) -> Callable[[T], T]:
+    """Class decorator that makes a backbone buildable as ``build_backbone(name, **kwargs)``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+
+    def wrap(cls: T) -> T:
+        if name in _BACKBONES:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _BACKBONES[name] = cls
+        return cls
+
+    return wrap
+
+
+def backbone_names() -> list[str]:
+    """Names of every registered backbone, sorted."""
+    return sorted(_BACKBONES)
+
+
+def build_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """Construct the backbone registered as ``name`` with constructor keyword arguments ``kwargs``.
+
+    Raises:
+        KeyError: unknown ``name``; the message lists the known ones.
+        TypeError: an argument the backbone does not accept; the message names the backbone and argument.
+        ValueError: an accepted argument with an invalid value (raised by the backbone's constructor).
+    """
+    if name not in _BACKBONES:
+        raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}")
+    factory = _BACKBONES[name]
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        accepted = [
+            p_name
+            for p_name, p in params.items()
+            if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        ]
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise TypeError(
+                f"backbone {name!r} got unexpected argument(s) {', '.join(map(repr, unknown))}; "
+                f"accepted: {', '.join(accepted)}"
+            )
+    return factory(**kwargs)
