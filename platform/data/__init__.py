@@ -1,0 +1,71 @@
+"""``pointtune.data``: readers, splits, transforms, the synthetic dataset and the torch datasets.
+
+Public API::
+
+    DatasetError                                  every data failure, one line naming the path or key
+    PointCloudSet(points, labels, class_names, normals=None)          in-memory (M, N, 3) clouds
+    read_modelnet40_h5(root, split)               modelnet40_ply_hdf5_2048 layout
+    read_modelnet40_resampled(root, split, num_points=None)           modelnet40_normal_resampled layout
+    read_scanobjectnn(root, variant, split)       ScanObjectNN h5_files (OBJ_BG, OBJ_ONLY, PB_T50_RS)
+    make_synthetic(num_classes, per_class, num_points, seed, split)  the built-in synthetic shapes
+    filter_classes(ds, classes), train_val_split(ds, val_fraction, seed)
+    transforms: Compose, NormalizeUnitSphere, RandomScale, RandomTranslate, Jitter, RotateUp, Shuffle,
+                Subsample, fps_subsample_set
+    DataConfig, AugmentConfig                     the data.* config section
+    register_dataset(name), dataset_names()       the dataset registry
+    PointCloudDataset(pcs, transform, train, seed), DatasetBundle, build_datasets(cfg), build_transform
+"""
+
+from pointtune.data.errors import DatasetError
+from pointtune.data.pointcloud import PointCloudSet
+from pointtune.data.modelnet import read_modelnet40_h5, read_modelnet40_resampled
+from pointtune.data.scanobjectnn import SCANOBJECTNN_CLASSES, read_scanobjectnn
+from pointtune.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
+from pointtune.data.splits import filter_classes, train_val_split
+from pointtune.data.transforms import (
+    Compose,
+    Jitter,
+    NormalizeUnitSphere,
+    RandomScale,
+    RandomTranslate,
+    RotateUp,
+    Shuffle,
+    Subsample,
+    fps_subsample_set,
+)
+from pointtune.data.config import AugmentConfig, DataConfig
+from pointtune.data.registry import dataset_names, get_dataset_loader, register_dataset
+from pointtune.data.dataset import PointCloudDataset
+from pointtune.data import sources as _sources  # noqa: F401  (registers the built-in datasets)
+from pointtune.data.build import DatasetBundle, build_datasets, build_transform
+
+__all__ = [
+    "DatasetError",
+    "PointCloudSet",
+    "read_modelnet40_h5",
+    "read_modelnet40_resampled",
+    "read_scanobjectnn",
+    "SCANOBJECTNN_CLASSES",
+    "make_synthetic",
+    "SYNTHETIC_CLASSES",
+    "filter_classes",
+    "train_val_split",
+    "Compose",
+    "NormalizeUnitSphere",
+    "RandomScale",
+    "RandomTranslate",
+    "Jitter",
+    "RotateUp",
+    "Shuffle",
+    "Subsample",
+    "fps_subsample_set",
+    "AugmentConfig",
+    "DataConfig",
+    "register_dataset",
+    "dataset_names",
+    "get_dataset_loader",
+    "PointCloudDataset",
+    "DatasetBundle",
+    "build_datasets",
+    "build_transform",
+]
