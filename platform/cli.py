@@ -1,6 +1,7 @@
 """``pointtune``: train one method locally or data-parallel, sweep its hyperparameters, resume, pick the best.
 
     pointtune train cedr [--config FILE] [--set key=value ...] [--workers N [--gpu]]
+    pointtune train finetune --from SWEEP_DIR|RUN_DIR|CHECKPOINT [--dataset ...]
     pointtune sweep cedr [--space FILE] [--dataset NAME] [--data-root DIR] [--trials N] [--epochs E] ...
     pointtune resume SWEEP_DIR
     pointtune best SWEEP_DIR
@@ -13,6 +14,7 @@ anything starts.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -58,11 +60,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pointtune.config import config_from_file
     from pointtune.train.launch import train
 
-    exp = config_from_file(args.method, args.config, [*args.set, *_data_overrides(args)])
+    sets = [*args.set, *_data_overrides(args)]
+    if args.from_:
+        from pointtune.search.best import resolve_checkpoint
+
+        if args.method != "finetune":
+            raise ConfigError(f"--from loads a pretrained encoder: use `pointtune train finetune --from {args.from_}`")
+        checkpoint = resolve_checkpoint(args.from_)
+        print(f"[pointtune] fine-tuning the encoder of {checkpoint}")
+        sets.append(f"method.pretrained={checkpoint}")
+    exp = config_from_file(args.method, args.config, sets)
     run_dir = _run_dir(args, "train", args.method)
     result = train(exp, run_dir, workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri,
                    progress=not args.no_progress)
-    print(f"[pointtune] done: {result}")
+    scores = "  ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith(("val/", "test/")))
+    print(f"[pointtune] done after {result.get('epoch')} epochs: {scores}")
     return 0
 
 
@@ -81,6 +93,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
+        wait_for_resources=args.wait_for_resources,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
     )
     run_sweep(spec)
@@ -129,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0: in-process local debug mode (default); N: N data-parallel Ray Train workers")
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (local mode: the first GPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--from", dest="from_", metavar="SWEEP_DIR|RUN_DIR|CHECKPOINT",
+                       help="finetune: the pretrained encoder (a sweep's best trial, a run's best checkpoint)")
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="hyperparameter search with Ray Tune + Optuna + ASHA")
@@ -141,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit)")
     sweep.add_argument("--address", help="Ray cluster address (default: start a local instance)")
     sweep.add_argument("--storage", help="shared storage for checkpoints and Tune state, e.g. s3://bucket/path")
+    sweep.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                       help="autoscaling clusters: request one trial's workers and wait this long for them")
     sweep.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
     sweep.set_defaults(func=cmd_sweep)
@@ -162,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     from pointtune.search.resources import ResourceError
 
     args = build_parser().parse_args(argv)
+    logging.getLogger("ray").setLevel(logging.WARNING)
     try:
         return args.func(args)
     except (ConfigError, DatasetError, ResourceError) as err:

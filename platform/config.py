@@ -62,6 +62,15 @@ class TrainConfig(BaseModel):
     eval_every: int = Field(1, ge=1)
 
 
+class ProtocolConfig(BaseModel):
+    """Settings of the evaluation protocols (self-supervised methods are judged by a linear SVM on frozen
+    global features: Point-MAE / OcCo protocol; ``svm_c`` is LinearSVC's C)."""
+
+    model_config = ConfigDict(extra="forbid")
+    svm_c: float = Field(1.0, gt=0)
+    svm_max_iter: int = Field(5000, ge=100)
+
+
 class ExperimentConfig(BaseModel):
     """Everything one training run needs. ``method`` is validated by the method's own ``Config``."""
 
@@ -70,6 +79,7 @@ class ExperimentConfig(BaseModel):
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
 
     @property
     def method_cls(self) -> type[Method]:
@@ -136,9 +146,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _first_error(err: ValidationError, source: str) -> ConfigError:
+def _first_error(err: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> ConfigError:
     first = err.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    key = ".".join(str(p) for p in (*prefix, *first["loc"])) or "<root>"
     value = first.get("input")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     more = f" [+{err.error_count() - 1} more]" if err.error_count() > 1 else ""
@@ -175,6 +185,9 @@ def build_config(
     merged["method"]["name"] = method
     try:
         method_cfg = method_cls.Config.model_validate(merged["method"])
+    except ValidationError as err:
+        raise _first_error(err, source, ("method",)) from None
+    try:
         return ExperimentConfig.model_validate({**merged, "method": method_cfg})
     except ValidationError as err:
         raise _first_error(err, source) from None

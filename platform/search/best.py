@@ -40,3 +40,32 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
     print(f"\nbest trial {best.trial_id}: {space.metric} = {best.best:.4f}  {best.params}")
     print(f"config written to {out}\n  pointtune train {spec.method} --config {out}")
     return best
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory that ``path`` designates, for ``pointtune train finetune --from PATH``.
+
+    ``path`` may be a checkpoint directory (holding ``state.pt``) or that file, a ``pointtune train`` run
+    directory (its ``checkpoints/best``), or a sweep directory (the best trial's best checkpoint).
+
+    Raises:
+        ConfigError: nothing usable at ``path``.
+    """
+    path = Path(path).resolve()
+    if path.name == "state.pt" and path.is_file():
+        return path.parent
+    if (path / "state.pt").is_file():
+        return path
+    if (path / "checkpoints" / "best" / "state.pt").is_file():
+        return path / "checkpoints" / "best"
+    if (path / "sweep.yaml").is_file():
+        from ray.tune import ExperimentAnalysis, ResultGrid
+
+        spec = SweepSpec.load(path)
+        space = spec.space()
+        grid = ResultGrid(ExperimentAnalysis(f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"))
+        rows = [r for r in summarize(grid, space, trial_config(spec, {}).train.epochs) if r.best_checkpoint]
+        if rows:
+            return Path(rows[0].best_checkpoint)
+        raise ConfigError(f"{path}: no trial of this sweep left a checkpoint")
+    raise ConfigError(f"{path}: not a checkpoint, a pointtune run directory or a sweep directory")

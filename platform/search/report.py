@@ -7,6 +7,7 @@ Idempotent: running it again (e.g. after ``pointtune resume``) updates the same 
 from __future__ import annotations
 
 import math
+import warnings
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     from pointtune.search.sweep import STUDY_NAME
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{sweep_dir.resolve()}/optuna.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     written = []

@@ -13,6 +13,7 @@ import math
 from dataclasses import asdict, dataclass
 
 DRIVER_CPUS = 0.1  # the driver only waits on trainer.fit()
+MIN_CPUS_PER_WORKER = 0.5  # below this, CPU workers oversubscribe the cores more than twice
 
 
 class ResourceError(ValueError):
@@ -74,7 +75,7 @@ def plan_resources(
             f"one trial needs {workers} workers x {gpus_per_worker} GPU = {gpus_per_trial:g} GPUs, "
             f"but the cluster has {total_gpus:g}"
         )
-    min_cpus_per_worker = cpus_per_worker or 0.1
+    min_cpus_per_worker = cpus_per_worker or MIN_CPUS_PER_WORKER
     fit_by_cpu = math.floor(total_cpus / (DRIVER_CPUS + workers * min_cpus_per_worker) + 1e-9)
     fit_by_gpu = math.floor(total_gpus / gpus_per_trial + 1e-9) if gpus_per_trial > 0 else fit_by_cpu
     fit = min(fit_by_cpu, fit_by_gpu)

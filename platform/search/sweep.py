@@ -49,6 +49,7 @@ class SweepSpec:
     storage: str | None = None
     mlflow_uri: str | None = None
     grace_period: int = 1
+    wait_for_resources: float = 0.0
     base: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
@@ -217,7 +218,39 @@ def init_ray(address: str | None) -> None:
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+
+
+def _plan_when_ready(spec: SweepSpec):
+    """Plan per-trial resources from what the cluster has. With ``wait_for_resources`` > 0 (autoscaling
+    clusters whose GPU nodes start at 0), first ask the autoscaler for one trial's workers and wait up to
+    that many seconds for the plan to fit."""
+    import time
+
+    import ray
+
+    from pointtune.search.resources import ResourceError, plan_resources
+
+    def plan():
+        have = ray.cluster_resources()
+        return plan_resources(have.get("CPU", 0), have.get("GPU", 0), spec.workers, spec.gpus_per_worker,
+                              spec.max_concurrent, spec.trials, spec.cpus_per_worker)
+
+    if spec.wait_for_resources <= 0:
+        return plan()
+    from ray.autoscaler.sdk import request_resources
+
+    worker = {"CPU": spec.cpus_per_worker or 1, **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})}
+    request_resources(bundles=[worker] * spec.workers * (spec.max_concurrent or 1))
+    deadline = time.time() + spec.wait_for_resources
+    while True:
+        try:
+            return plan()
+        except ResourceError as err:
+            if time.time() > deadline:
+                raise ResourceError(f"{err} (after waiting {spec.wait_for_resources:g} s for the autoscaler)") from None
+            print(f"[pointtune] waiting for the autoscaler: {err}", flush=True)
+            time.sleep(10)
 
 
 def run_sweep(spec: SweepSpec):
@@ -229,20 +262,16 @@ def run_sweep(spec: SweepSpec):
     Raises:
         ConfigError, DatasetError, ResourceError: before any trial starts.
     """
-    import ray
     from ray import tune
 
     from pointtune import tracking
     from pointtune.search.report import finalize
-    from pointtune.search.resources import plan_resources
 
     space = prepare_sweep(spec)
     spec.root.mkdir(parents=True, exist_ok=True)
     (spec.root / "space.yaml").write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))
     init_ray(spec.address)
-    cluster = ray.cluster_resources()
-    plan = plan_resources(cluster.get("CPU", 0), cluster.get("GPU", 0), spec.workers, spec.gpus_per_worker,
-                          spec.max_concurrent, spec.trials, spec.cpus_per_worker)
+    plan = _plan_when_ready(spec)
     spec.resources = plan.as_dict()
     spec.tracking_uri = tracking.resolve_tracking_uri(spec.root, spec.mlflow_uri)
     spec.experiment_id = tracking.ensure_experiment(spec.tracking_uri, f"pointtune-{spec.method}", spec.root)

@@ -9,6 +9,7 @@ confusion matrix that produced them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 
 import numpy as np
@@ -56,6 +57,43 @@ def evaluate_classification(
     method.train(was_training)
     cm = confusion_matrix(torch.cat(labels).numpy(), torch.cat(preds).numpy(), num_classes)
     return classification_metrics(cm), cm
+
+
+def extract_features(method: Method, loader: Iterable, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Frozen global features ``(M, D)`` float32 from ``method.embed`` and labels ``(M,)`` of a loader."""
+    was_training = method.training
+    method.eval()
+    feats, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            feats.append(method.embed(batch["points"].to(device)).float().cpu())
+            labels.append(batch["label"])
+    method.train(was_training)
+    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+
+
+@register_protocol(Task.PRETRAIN, ("val/svm_acc", "max"))
+def evaluate_linear_svm(
+    method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int,
+    svm_c: float = 1.0, svm_max_iter: int = 5000, **_: object,
+) -> tuple[dict[str, float], np.ndarray]:
+    """Linear-SVM protocol for self-supervised encoders (OcCo / Point-MAE; ConClu §3.3).
+
+    Fits ``sklearn.svm.LinearSVC(C=svm_c)`` on frozen features of ``loaders["fit"]`` (the training split,
+    no augmentation) and scores ``loaders["eval"]`` (the validation split inside a sweep, the test split in
+    the final report). Returns ``svm_acc`` (OA), ``svm_mAcc`` and ``svm_F1`` with the confusion matrix.
+    """
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.svm import LinearSVC
+
+    x_fit, y_fit = extract_features(method, loaders["fit"], device)
+    x_eval, y_eval = extract_features(method, loaders["eval"], device)
+    svm = LinearSVC(C=svm_c, max_iter=svm_max_iter)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        svm.fit(x_fit, y_fit)
+    cm = confusion_matrix(y_eval, svm.predict(x_eval), num_classes)
+    return {f"svm_{k}" if k != "OA" else "svm_acc": v for k, v in classification_metrics(cm).items()}, cm
 
 
 def evaluate(

@@ -107,7 +107,7 @@ def _train_one_epoch(
             correct += int((out["logits"].detach().argmax(-1) == batch["label"]).sum())
             seen += batch["label"].numel()
         if show_progress:
-            batches.set_postfix(loss=f"{float(loss):.4f}")
+            batches.set_postfix(loss=f"{float(loss.detach()):.4f}")
     stats = {key: total / max(steps, 1) for key, total in sums.items()}
     if seen:
         stats["acc"] = correct / seen
@@ -189,7 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final = epoch == exp.train.epochs - 1
         confusion = None
         if (epoch + 1) % exp.train.eval_every == 0 or final:
-            scores, confusion = evaluate(method, eval_loaders, device, data.num_classes)
+            scores, confusion = evaluate(method, eval_loaders, device, data.num_classes, **exp.protocol.model_dump())
             last = {f"val/{k}": v for k, v in scores.items()}
         metrics.update(last)
         improved = is_better(metrics.get(metric), best, mode)
@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best = metrics[metric]
         metrics[f"best/{metric}"] = best if best is not None else float("nan")
         if final and data.test is not None:
-            test_scores, _ = evaluate(method, test_loaders, device, data.num_classes)
+            test_scores, _ = evaluate(method, test_loaders, device, data.num_classes, **exp.protocol.model_dump())
             metrics.update({f"test/{k}": v for k, v in test_scores.items()})
         metrics["time/epoch_s"] = time.time() - began
 

@@ -1,0 +1,28 @@
+"""Shared fixtures: paths of the real samples in ../shared/data and small configs that train in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A CEDR experiment small enough to train an epoch in about a second on one CPU core.
+TINY = {
+    "method.backbone.name": "pointnet",
+    "method.backbone.emb_dims": 64,
+    "data.num_points": 128,
+    "data.synthetic_per_class": 16,
+    "train.batch_size": 16,
+    "train.eval_batch_size": 64,
+}
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data``; the test is skipped where it is absent (only there)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA

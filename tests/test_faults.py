@@ -1,0 +1,100 @@
+"""Faults and bad input: a killed sweep is finished by `resume`; a NaN trial fails alone; bad input exits 2."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from conftest import REPO
+from helpers import mlflow_runs, pointtune, tiny_sets, write_space
+
+
+@pytest.mark.parametrize("args,match", [
+    (["sweep", "cedr", "--space", "{bad}"], "low 0.5 > high 0.1"),
+    (["sweep", "cedr", "--dataset", "modelnet99"], "modelnet99"),
+    (["sweep", "cedr", "--dataset", "modelnet40", "--data-root", "/nonexistent/mn40"], "/nonexistent/mn40"),
+    (["train", "cedr", "--set", "method.temperature=-1"], "method.temperature"),
+    (["train", "cedr", "--config", "/nonexistent/config.yaml"], "/nonexistent/config.yaml"),
+    (["resume", "/nonexistent/sweep"], "not a pointtune sweep directory"),
+    (["sweep", "cedr", "--workers", "4", "--gpus-per-worker", "1"], "GPUs, but the cluster has 0"),
+])
+def test_bad_input_exits_2_and_starts_nothing(tmp_path, args, match):
+    bad = write_space(tmp_path / "bad.yaml", {"optim.lr": {"type": "float", "low": 0.5, "high": 0.1}})
+    args = [str(bad) if a == "{bad}" else a for a in args]
+    out = tmp_path / "out"
+    if args[0] in ("train", "sweep"):
+        args += ["--output", str(out)]
+    proc = pointtune(*args)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("pointtune: error:") and match in lines[-1]
+    assert not (out / "tune").exists() and not (out / "checkpoints").exists()
+
+
+def test_unknown_method_is_a_usage_error():
+    proc = pointtune("sweep", "simclr")
+    assert proc.returncode == 2 and "invalid choice: 'simclr'" in proc.stderr
+
+
+@pytest.mark.slow
+def test_nan_trial_fails_with_reason_others_finish(tmp_path):
+    # λ = 1e39 overflows float32: the loss is inf from the first step.
+    space = write_space(tmp_path / "nan.yaml", {"method.lambda_con": {"type": "categorical", "choices": [0.1, 1.0e39]}})
+    out = tmp_path / "run"
+    proc = pointtune("sweep", "cedr", "--space", str(space), "--trials", "3", "--epochs", "2", "--seed", "1",
+                     "--output", str(out))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    done = [r for r in rows if r["status"] != "FAILED"]
+    assert failed and done, rows
+    assert all("loss became inf" in r["error"] for r in failed)
+    assert all(float(r["best_objective"]) >= 0 for r in done)
+    _, runs = mlflow_runs(out)
+    failed_runs = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed_runs) == len(failed)
+    assert all("loss became inf" in r.data.tags["pointtune.failure"] for r in failed_runs)
+
+
+@pytest.mark.slow
+def test_killed_sweep_is_finished_by_resume(tmp_path):
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space), "--trials", "3",
+           "--epochs", "3", "--output", str(out), "--max-concurrent", "1"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+
+    def reported() -> bool:
+        return any(p.stat().st_size for p in out.glob("tune/*/result.json"))
+
+    # Kill the driver and its Ray processes once the first trial has reported an epoch.
+    while not reported():
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        assert time.time() < deadline, "no trial reported within 300 s"
+        time.sleep(1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
+    assert not (out / "summary.csv").exists()
+
+    resumed = pointtune("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 3 and len({r["trial_id"] for r in rows}) == 3
+    assert all(r["status"] in ("FINISHED", "STOPPED") for r in rows)
+    _, runs = mlflow_runs(out)
+    parents = [r for r in runs if r.data.tags.get("pointtune.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 3
+    assert len({c.data.tags["pointtune.trial_id"] for c in children}) == 3
+    assert all(c.info.status == "FINISHED" for c in children)
+    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{out}/optuna.db")
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 3

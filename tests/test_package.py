@@ -1,0 +1,29 @@
+"""Packaging: `platform/` must not shadow the standard library, and the CLI entry point exists."""
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_stdlib_platform_wins_from_repo_root():
+    code = "import platform, sysconfig; platform.system(); print(platform.__file__); print(sysconfig.get_paths()['stdlib'])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    module_file, stdlib = out.stdout.split()
+    assert module_file.startswith(stdlib), f"`import platform` from the repo root gave {module_file}"
+    assert not (REPO / "platform" / "__init__.py").exists()
+
+
+def test_pointtune_maps_to_platform_dir_and_methods_register():
+    import pointtune.method
+    from pointtune.method import method_names
+
+    assert pointtune.method.__file__.startswith(str(REPO / "platform"))
+    assert "cedr" in method_names()
+
+
+def test_cli_help_lists_commands():
+    out = subprocess.run([sys.executable, "-m", "pointtune.cli", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("train", "sweep", "resume", "best"):
+        assert command in out.stdout

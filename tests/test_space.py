@@ -1,0 +1,84 @@
+"""Search spaces: YAML -> validated Param list -> Optuna define-by-run with conditions."""
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import REPO
+from pointtune.config import ConfigError
+from pointtune.search.space import load_search_space
+
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_shipped_spaces_are_valid(path):
+    space = load_search_space(path)
+    assert space.metric and space.mode in ("max", "min") and space.searched()
+
+
+def test_conditions_sample_only_when_switch_on():
+    space = load_search_space(REPO / "search_spaces" / "cedr.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0), direction="maximize")
+    seen_on = seen_off = 0
+    for _ in range(40):
+        trial = study.ask()
+        space.define_by_run(trial)
+        params = trial.params
+        if params["method.use_eaa"]:
+            seen_on += 1
+            assert {"method.ent_low", "method.ent_high", "method.eaa_mode"} <= set(params)
+            assert ("method.unstable_offset" in params) == (params["method.eaa_mode"] == "varying")
+        else:
+            seen_off += 1
+            assert not {"method.ent_low", "method.ent_high", "method.unstable_offset"} & set(params)
+        assert ("method.cpcm_method" in params) == params["method.use_cpcm"]
+        assert 0.01 <= params["optim.lr"] <= 0.2
+        study.tell(trial, 0.0)
+    assert seen_on and seen_off
+
+
+def test_fixed_values_are_returned_not_sampled():
+    space = load_search_space(REPO / "search_spaces" / "cedr_quick.yaml")
+    trial = optuna.create_study().ask()
+    fixed = space.define_by_run(trial)
+    assert fixed["method.backbone.name"] == "pointnet" and fixed["data.num_points"] == 256
+    assert "method.backbone.name" not in trial.params
+
+
+def _write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text("method: cedr\nparams:\n" + body)
+    return path
+
+
+@pytest.mark.parametrize("body,match", [
+    ("  method.lambda_conn: {type: float, low: 0.1, high: 0.2}\n", "method.lambda_conn"),
+    ("  optim.lr: {type: float, low: 0.2, high: 0.1}\n", r"optim.lr: low 0.2 > high 0.1"),
+    ("  optim.lr: {type: float, low: a, high: 0.1}\n", r"optim.lr: 'low' must be a number"),
+    ("  method.use_eaa: {type: float, low: 0.1, high: 0.2}\n", "method.use_eaa"),
+    ("  method.ent_low: {type: float, low: 0.5, high: 1.0, when: {method.use_eaa: true}}\n",
+     "condition on 'method.use_eaa'"),
+    ("  optim.lr: {type: uniform, low: 0.1, high: 0.2}\n", "unknown type 'uniform'"),
+    ("  optim.lr: {type: float, low: 0.0, high: 0.2, log: true}\n", "log scale needs low > 0"),
+    ("  method.temperature: {type: categorical, choices: [0.1, -1.0]}\n", "method.temperature"),
+    ("  optim.lr: {type: float, low: 0.01, high: 0.2, scale: log}\n", "unknown field 'scale'"),
+])
+def test_bad_spaces_fail_with_file_and_key(tmp_path, body, match):
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_search_space(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_extends_overrides_and_deletes(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        "method: cedr\nparams:\n  optim.lr: {type: float, low: 0.01, high: 0.1}\n"
+        "  method.temperature: {type: categorical, choices: [0.1, 1.0]}\n")
+    (tmp_path / "child.yaml").write_text(
+        "extends: base.yaml\nparams:\n  optim.lr: {type: fixed, value: 0.05}\n  method.temperature: null\n"
+        "  method.lambda_con: {type: float, low: 0.05, high: 0.2}\n")
+    space = load_search_space(tmp_path / "child.yaml")
+    assert [p.key for p in space.params] == ["optim.lr", "method.lambda_con"]
+    assert space.params[0].type == "fixed"

@@ -1,0 +1,39 @@
+"""`pointtune train`: local in-process mode with checkpoints and resume; 2 Ray Train CPU workers (gloo)."""
+
+import pytest
+
+from helpers import mlflow_runs, pointtune, tiny_sets
+from pointtune.train.checkpoint import load_state
+
+
+def test_local_train_one_epoch_then_resume(tmp_path):
+    out = tmp_path / "run"
+    proc = pointtune("train", "cedr", "--epochs", "1", "--output", str(out), "--no-progress", *tiny_sets())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = load_state(out / "checkpoints" / "latest")
+    assert state["epoch"] == 0 and 0.0 <= state["metrics"]["val/OA"] <= 1.0
+    assert {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+    assert (out / "checkpoints" / "best" / "state.pt").is_file()
+    client, runs = mlflow_runs(out)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/OA")] == [1]
+    assert runs[0].data.params["method.lambda_con"] == "0.1"
+
+    # The same command with a longer budget continues from the checkpoint instead of starting over.
+    proc = pointtune("train", "cedr", "--epochs", "2", "--output", str(out), "--no-progress", *tiny_sets())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resumed from epoch 1" in proc.stdout + proc.stderr
+    assert load_state(out / "checkpoints" / "latest")["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_two_cpu_workers_gloo(tmp_path):
+    out = tmp_path / "ddp"
+    proc = pointtune("train", "cedr", "--workers", "2", "--epochs", "1", "--output", str(out), *tiny_sets())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    client, runs = mlflow_runs(out)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    oa = client.get_metric_history(runs[0].info.run_id, "val/OA")
+    assert len(oa) == 1 and 0.0 <= oa[0].value <= 1.0
+    checkpoints = list((out / "train").glob("checkpoint_*/state.pt"))
+    assert checkpoints, "Ray Train kept no checkpoint"
