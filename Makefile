@@ -19,7 +19,7 @@ setup: $(BIN)/pointtune
 
 # Main job: a short CEDR sweep on the embedded synthetic dataset (a few minutes on a 2-core CPU).
 demo: setup
-	$(BIN)/pointtune sweep cedr --space search_spaces/cedr_quick.yaml --trials 6 --epochs 4 --output runs/demo
+	$(BIN)/pointtune sweep cedr --space search_spaces/cedr_quick.yaml --trials 6 --epochs 5 --output runs/demo
 
 # The same sweep on real ModelNet40 shapes (airplane, bathtub, bench of the shared sample).
 demo-modelnet: setup

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from pointtune.data import DataConfig
 from pointtune.method import Method, MethodConfig, get_method
@@ -75,7 +75,7 @@ class ExperimentConfig(BaseModel):
     """Everything one training run needs. ``method`` is validated by the method's own ``Config``."""
 
     model_config = ConfigDict(extra="forbid")
-    method: MethodConfig
+    method: SerializeAsAny[MethodConfig]  # serialise the method's own fields, not just the base's
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()

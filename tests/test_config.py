@@ -45,6 +45,7 @@ def test_config_file_round_trip(tmp_path):
     path.write_text(yaml.safe_dump(exp.to_dict()))
     again = config_from_file("cedr", path)
     assert again.to_dict() == exp.to_dict()
+    assert again.method.lambda_con == exp.method.lambda_con and again.method.use_cpcm is False
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [1, 2\n")
     with pytest.raises(ConfigError, match="bad.yaml: invalid YAML"):
