@@ -50,10 +50,8 @@ def summarize(results, space: SearchSpace, max_epochs: int) -> list[TrialSummary
         best, ckpt = None, None
         if df is not None and space.metric in df and df[space.metric].notna().any():
             col = df[space.metric]
-            idx = col.idxmax() if space.mode == "max" else col.idxmin()
-            best = float(col[idx])
-            if "checkpoint_path" in df and isinstance(df.loc[idx, "checkpoint_path"], str):
-                ckpt = df.loc[idx, "checkpoint_path"]
+            best = float(col.max() if space.mode == "max" else col.min())
+            ckpt = _best_kept_checkpoint(df, space)
         metrics = result.metrics or {}
         epochs = int(metrics.get("epoch", 0))
         if result.error is not None:
@@ -66,6 +64,20 @@ def summarize(results, space: SearchSpace, max_epochs: int) -> list[TrialSummary
     sign = 1 if space.mode == "max" else -1
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0)))
     return rows
+
+
+def _best_kept_checkpoint(df, space: SearchSpace) -> str | None:
+    """Checkpoint of the best epoch that Ray kept (``num_to_keep=1``: the best and the latest survive; on
+    ties the later epoch wins, as in Ray's checkpoint manager)."""
+    if "checkpoint_path" not in df:
+        return None
+    rows = df[df["checkpoint_path"].notna()].sort_values(
+        [space.metric, "epoch"], ascending=[space.mode == "min", False]
+    )
+    for path in rows["checkpoint_path"]:
+        if isinstance(path, str) and Path(path).exists():
+            return path
+    return None
 
 
 def _sampled(config: dict[str, Any] | None, space: SearchSpace) -> dict[str, Any]:
