@@ -62,6 +62,7 @@ def test_mlflow_parent_and_children(sweep):
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["method"] == "cedr" and parent.data.params["dataset"] == "synthetic"
+    assert parent.data.params["protocol"] == "classification"
     assert "pointtune.git_commit" in parent.data.tags and "best/val/OA" in parent.data.metrics
     rows = {r["trial_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
     for child in children:

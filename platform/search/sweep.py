@@ -266,6 +266,7 @@ def run_sweep(spec: SweepSpec):
 
     from pointtune import tracking
     from pointtune.search.report import finalize
+    from pointtune.train.evaluate import PROTOCOL_NAME
 
     space = prepare_sweep(spec)
     spec.root.mkdir(parents=True, exist_ok=True)
@@ -281,7 +282,7 @@ def run_sweep(spec: SweepSpec):
         {tracking.KIND_TAG: "sweep", "pointtune.method": spec.method, "pointtune.git_commit": _git_commit()},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
-         "protocol": probe.method_cls.task.value, "trials": spec.trials, "epochs": probe.train.epochs,
+         "task": probe.method_cls.task.value, "protocol": PROTOCOL_NAME[probe.method_cls.task], "trials": spec.trials, "epochs": probe.train.epochs,
          "workers": spec.workers, "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed,
          "resources": plan.as_dict()},
     )

@@ -22,15 +22,19 @@ Protocol = Callable[..., tuple[dict[str, float], np.ndarray]]
 _PROTOCOLS: dict[Task, Protocol] = {}
 
 # The metric each task kind is selected by, unless a search space names another: (name, mode).
-DEFAULT_OBJECTIVE: dict[Task, tuple[str, str]] = {Task.CLASSIFICATION: ("val/OA", "max")}
+DEFAULT_OBJECTIVE: dict[Task, tuple[str, str]] = {}
+# The protocol's name, recorded on every sweep's parent run (which protocol judged the trials).
+PROTOCOL_NAME: dict[Task, str] = {}
 
 
-def register_protocol(task: Task, objective: tuple[str, str]):
-    """Decorator: ``fn`` evaluates every method of ``task``; ``objective`` is that task's default metric."""
+def register_protocol(task: Task, name: str, objective: tuple[str, str]):
+    """Decorator: ``fn`` (called ``name``) evaluates every method of ``task``; ``objective`` is that task's
+    default metric."""
 
     def wrap(fn: Protocol) -> Protocol:
         _PROTOCOLS[task] = fn
         DEFAULT_OBJECTIVE[task] = objective
+        PROTOCOL_NAME[task] = name
         return fn
 
     return wrap
@@ -41,7 +45,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-@register_protocol(Task.CLASSIFICATION, ("val/OA", "max"))
+@register_protocol(Task.CLASSIFICATION, "classification", ("val/OA", "max"))
 def evaluate_classification(
     method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int, **_: object
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -72,7 +76,7 @@ def extract_features(method: Method, loader: Iterable, device: torch.device) -> 
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-@register_protocol(Task.PRETRAIN, ("val/svm_acc", "max"))
+@register_protocol(Task.PRETRAIN, "linear_svm", ("val/svm_acc", "max"))
 def evaluate_linear_svm(
     method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int,
     svm_c: float = 1.0, svm_max_iter: int = 5000, **_: object,
