@@ -79,10 +79,12 @@ def main() -> None:
 
     import ray
 
+    from pointtune.search.sweep import init_ray
+
     results: dict[str, float] = {"bare": bare(args.epochs, args.batch_size)}
     with tempfile.TemporaryDirectory() as tmp:
         began = time.perf_counter()
-        ray.init(include_dashboard=False, logging_level="WARNING")
+        init_ray(None)
         results["ray_init_s"] = time.perf_counter() - began
         results["tune_1w"] = tuned(args.epochs, args.batch_size, 1, Path(tmp))
         results["tune_2w"] = tuned(args.epochs, args.batch_size, 2, Path(tmp))
