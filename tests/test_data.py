@@ -550,7 +550,8 @@ def test_build_datasets_normals_classes_and_fps():
 def test_build_datasets_errors(tmp_path):
     with pytest.raises(DatasetError) as info:
         build_datasets(DataConfig(name="modelnet99"))
-    one_line_error(info, "'modelnet99'", "modelnet40, modelnet40_resampled, scanobjectnn, synthetic")
+    one_line_error(info, "'modelnet99'", "known datasets: " + ", ".join(dataset_names()),
+                   "modelnet40, modelnet40_resampled")
     for name in ("modelnet40", "modelnet40_resampled", "scanobjectnn"):
         with pytest.raises(DatasetError) as info:
             build_datasets(DataConfig(name=name))

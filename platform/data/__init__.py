@@ -3,9 +3,13 @@
 Public API::
 
     DatasetError                                  every data failure, one line naming the path or key
-    PointCloudSet(points, labels, class_names, normals=None)          in-memory (M, N, 3) clouds
+    PointCloudSet(points, labels, class_names, normals=None, seg=None)  in-memory (M, N, 3) clouds
     read_modelnet40_h5(root, split)               modelnet40_ply_hdf5_2048 layout
     read_modelnet40_resampled(root, split, num_points=None)           modelnet40_normal_resampled layout
+    MODELNET10_CLASSES                            the ModelNet10 classes (dataset modelnet10)
+    read_shapenetpart_txt(root, split, num_points=None)  shapenetcore_partanno_segmentation_benchmark_v0_normal
+    read_shapenetpart_h5(root, split)             ShapeNetPart HDF5 layout (data, label, pid)
+    SHAPENETPART_CLASSES, SHAPENETPART_SEG_CLASSES   the 16 categories and their global part ids 0..49
     read_scanobjectnn(root, variant, split)       ScanObjectNN h5_files (OBJ_BG, OBJ_ONLY, PB_T50_RS)
     make_synthetic(num_classes, per_class, num_points, seed, split)  the built-in synthetic shapes
     filter_classes(ds, classes), train_val_split(ds, val_fraction, seed)
@@ -20,6 +24,12 @@ from pointtune.data.errors import DatasetError
 from pointtune.data.pointcloud import PointCloudSet
 from pointtune.data.modelnet import read_modelnet40_h5, read_modelnet40_resampled
 from pointtune.data.scanobjectnn import SCANOBJECTNN_CLASSES, read_scanobjectnn
+from pointtune.data.shapenetpart import (
+    SHAPENETPART_CLASSES,
+    SHAPENETPART_SEG_CLASSES,
+    read_shapenetpart_h5,
+    read_shapenetpart_txt,
+)
 from pointtune.data.synthetic import SYNTHETIC_CLASSES, make_synthetic
 from pointtune.data.splits import filter_classes, train_val_split
 from pointtune.data.transforms import (
@@ -37,6 +47,7 @@ from pointtune.data.config import AugmentConfig, DataConfig
 from pointtune.data.registry import dataset_names, get_dataset_loader, register_dataset
 from pointtune.data.dataset import PointCloudDataset
 from pointtune.data import sources as _sources  # noqa: F401  (registers the built-in datasets)
+from pointtune.data.sources import MODELNET10_CLASSES
 from pointtune.data.build import DatasetBundle, build_datasets, build_transform
 
 __all__ = [
@@ -46,6 +57,11 @@ __all__ = [
     "read_modelnet40_resampled",
     "read_scanobjectnn",
     "SCANOBJECTNN_CLASSES",
+    "MODELNET10_CLASSES",
+    "read_shapenetpart_txt",
+    "read_shapenetpart_h5",
+    "SHAPENETPART_CLASSES",
+    "SHAPENETPART_SEG_CLASSES",
     "make_synthetic",
     "SYNTHETIC_CLASSES",
     "filter_classes",

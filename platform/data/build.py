@@ -108,7 +108,8 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
 
     Returns:
         A :class:`DatasetBundle` whose items hold ``points`` ``(num_points, 3)`` float32, ``label`` and
-        ``index`` 0-d int64, and ``normals`` ``(num_points, 3)`` float32 if ``use_normals``.
+        ``index`` 0-d int64, ``normals`` ``(num_points, 3)`` float32 if ``use_normals``, and ``seg``
+        ``(num_points,)`` int64 per-point labels for datasets that have them (ShapeNetPart's part ids).
 
     Raises:
         DatasetError: unknown ``data.name`` (lists the known names), ``data.root`` missing for a dataset

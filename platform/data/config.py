@@ -42,7 +42,10 @@ class DataConfig(BaseModel):
 
     Fields:
         name: dataset registry key: ``synthetic`` (built in, no download), ``modelnet40`` (the
-            ``modelnet40_ply_hdf5_2048`` layout), ``modelnet40_resampled``, ``scanobjectnn``; checked by
+            ``modelnet40_ply_hdf5_2048`` layout), ``modelnet40_resampled``, ``modelnet10`` (ModelNet40's
+            clouds of the 10 ModelNet10 classes), ``scanobjectnn``, ``shapenetpart`` (the
+            ``shapenetcore_partanno_segmentation_benchmark_v0_normal`` layout) and ``shapenetpart_h5``
+            (both with per-point part labels, item key ``seg``); checked by
             :func:`pointtune.data.build_datasets` against :func:`pointtune.data.dataset_names`.
         root: the dataset directory (every dataset but ``synthetic`` needs one).
         variant: ScanObjectNN variant ``OBJ_ONLY``, ``OBJ_BG`` or ``PB_T50_RS`` (default when ``None``).

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import Dataset
 
 from pointtune.data.pointcloud import PointCloudSet
-from pointtune.data.transforms import Transform
+from pointtune.data.transforms import Compose, Transform
 
 __all__ = ["PointCloudDataset"]
 
@@ -17,8 +17,11 @@ class PointCloudDataset(Dataset):
 
     Item ``i`` is ``{"points": (P, 3) float32, "label": () int64, "index": () int64}`` plus
     ``"normals": (P, 3) float32`` when ``pcs.normals`` is not ``None`` (``build_datasets`` drops normals
-    unless ``data.use_normals``); ``P`` is whatever the transform returns (``data.num_points``), ``index``
-    is ``i``.
+    unless ``data.use_normals``) and ``"seg": (P,) int64`` when ``pcs.seg`` is not ``None``; ``P`` is
+    whatever the transform returns (``data.num_points``), ``index`` is ``i``. ``seg[j]`` is the label of the
+    source point that became ``points[j]``: the row-selecting steps (``Shuffle``, ``Subsample``: any step
+    with an ``indices`` method, also inside a ``Compose``) are applied to ``seg`` with the same indices, and
+    the same random draws are made as without ``seg``.
 
     Random streams: the transform draws from a fresh ``numpy.random.Generator`` per item.
 
@@ -35,7 +38,8 @@ class PointCloudDataset(Dataset):
 
     Args:
         pcs: the clouds.
-        transform: ``(points, normals, rng) -> (points, normals)``; ``None`` returns clouds unchanged.
+        transform: ``(points, normals, rng) -> (points, normals)``; ``None`` returns clouds unchanged. With
+            ``seg``, a transform that changes the number of points must expose ``indices`` (see above).
         train: draw fresh training randomness (see above) or the fixed evaluation stream.
         seed: non-negative base seed of every stream.
     """
@@ -84,6 +88,7 @@ class PointCloudDataset(Dataset):
 
         Raises:
             IndexError: ``index`` out of range.
+            ValueError: with ``seg``, a transform step without ``indices`` changed the number of points.
         """
         index = int(index)
         if index < 0:
@@ -92,8 +97,12 @@ class PointCloudDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} clouds")
         points = self.pcs.points[index]
         normals = None if self.pcs.normals is None else self.pcs.normals[index]
+        seg = None if self.pcs.seg is None else self.pcs.seg[index]
         if self.transform is not None:
-            points, normals = self.transform(points, normals, self.rng(index))
+            if seg is None:
+                points, normals = self.transform(points, normals, self.rng(index))
+            else:
+                points, normals, seg = _transform_with_seg(self.transform, points, normals, seg, self.rng(index))
         item = {
             "points": torch.from_numpy(np.ascontiguousarray(points, dtype=np.float32)),
             "label": torch.tensor(int(self.pcs.labels[index]), dtype=torch.int64),
@@ -101,4 +110,31 @@ class PointCloudDataset(Dataset):
         }
         if normals is not None:
             item["normals"] = torch.from_numpy(np.ascontiguousarray(normals, dtype=np.float32))
+        if seg is not None:
+            item["seg"] = torch.from_numpy(np.ascontiguousarray(seg, dtype=np.int64))
         return item
+
+
+def _transform_with_seg(
+    transform: Transform, points: np.ndarray, normals: np.ndarray | None, seg: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Run ``transform`` step by step (into nested :class:`Compose`), applying the row indices of every step
+    that has ``indices`` (``Shuffle``, ``Subsample``) to ``points``, ``normals`` and ``(N,)`` ``seg`` alike;
+    other steps are called as usual and must keep the number of points (else ValueError)."""
+    steps = transform.transforms if isinstance(transform, Compose) else [transform]
+    for step in steps:
+        if isinstance(step, Compose):
+            points, normals, seg = _transform_with_seg(step, points, normals, seg, rng)
+        elif callable(getattr(step, "indices", None)):
+            idx = step.indices(points, rng)
+            points, seg = points[idx], seg[idx]
+            normals = None if normals is None else normals[idx]
+        else:
+            n = points.shape[0]
+            points, normals = step(points, normals, rng)
+            if points.shape[0] != n:
+                raise ValueError(
+                    f"transform {step!r} turned {n} points into {points.shape[0]} without exposing indices(), "
+                    "so per-point seg labels cannot follow"
+                )
+    return points, normals, seg

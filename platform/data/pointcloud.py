@@ -20,17 +20,21 @@ class PointCloudSet:
         labels: ``(M,)`` int64 class indices into ``class_names`` (``0 <= label < len(class_names)``).
         class_names: names of all classes, in label order; may list classes that have no sample here.
         normals: optional ``(M, N, 3)`` float32 unit surface normals, row-aligned with ``points``.
+        seg: optional ``(M, N)`` int64 per-point labels (part ids for ShapeNetPart), row-aligned with
+            ``points``; their meaning is the dataset's (e.g. ShapeNetPart's global part ids 0..49).
 
     Inputs are converted to those dtypes on construction (a copy only where the dtype differs).
 
     Raises:
-        ValueError: shapes that disagree, or a label outside ``[0, len(class_names))``.
+        ValueError: shapes that disagree, a label outside ``[0, len(class_names))``, or a non-integer
+            ``seg``.
     """
 
     points: np.ndarray
     labels: np.ndarray
     class_names: list[str] = field(default_factory=list)
     normals: np.ndarray | None = None
+    seg: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.points = np.asarray(self.points, dtype=np.float32)
@@ -44,6 +48,14 @@ class PointCloudSet:
             self.normals = np.asarray(self.normals, dtype=np.float32)
             if self.normals.shape != self.points.shape:
                 raise ValueError(f"normals must have the shape of points {self.points.shape}, got {self.normals.shape}")
+        if self.seg is not None:
+            seg = np.asarray(self.seg)
+            if seg.shape != self.points.shape[:2] or not (np.issubdtype(seg.dtype, np.integer) or seg.size == 0):
+                raise ValueError(
+                    f"seg must be integers of shape {self.points.shape[:2]} (one label per point), "
+                    f"got {seg.dtype} {seg.shape}"
+                )
+            self.seg = seg.astype(np.int64, copy=False)
         if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.class_names)):
             raise ValueError(
                 f"labels must lie in [0, {len(self.class_names)}) (one per class name), "
@@ -86,8 +98,9 @@ class PointCloudSet:
             labels=self.labels[idx],
             class_names=list(self.class_names),
             normals=None if self.normals is None else self.normals[idx],
+            seg=None if self.seg is None else self.seg[idx],
         )
 
     def without_normals(self) -> PointCloudSet:
-        """The same set with ``normals=None`` (arrays shared, not copied)."""
-        return PointCloudSet(self.points, self.labels, list(self.class_names), None)
+        """The same set with ``normals=None`` (arrays shared, not copied; ``seg`` kept)."""
+        return PointCloudSet(self.points, self.labels, list(self.class_names), None, self.seg)

@@ -47,7 +47,7 @@ def filter_classes(ds: PointCloudSet, classes: Sequence[str]) -> PointCloudSet:
     old_to_new[[known[c] for c in classes]] = np.arange(len(classes))
     keep = np.flatnonzero(old_to_new[ds.labels] >= 0)
     out = ds.subset(keep)
-    return PointCloudSet(out.points, old_to_new[out.labels], classes, out.normals)
+    return PointCloudSet(out.points, old_to_new[out.labels], classes, out.normals, out.seg)
 
 
 def train_val_split(ds: PointCloudSet, val_fraction: float, seed: int) -> tuple[PointCloudSet, PointCloudSet]:

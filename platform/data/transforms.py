@@ -11,6 +11,12 @@ and keep ``normals`` consistent with ``points``: rotations rotate them, an aniso
 the inverse scale and renormalises (the inverse-transpose rule), translations and jitter leave them alone,
 and shuffling or subsampling reorders them with the points. :class:`Compose` chains transforms.
 
+Per-point labels (``seg``) are not an argument: the transforms that reorder or drop rows (:class:`Shuffle`,
+:class:`Subsample`) expose ``indices(points, rng) -> (K,) int64`` row indices, and their call is exactly
+``points[idx], normals[idx]`` with those indices (the same ``rng`` draws), so a caller holding per-point
+data applies ``idx`` to it too (:class:`~pointtune.data.dataset.PointCloudDataset` does this for ``seg``).
+Every other transform keeps the rows where they are.
+
 Conventions: the scale / translate defaults are DGCNN's ``translate_pointcloud`` (Wang et al. 2019; also
 GBNet), the jitter defaults PointNet's ``jitter_point_cloud`` (Qi et al. 2017), the up-axis rotation
 PointNet's ``rotate_point_cloud`` (ModelNet40's up axis is y), farthest point sampling PointNet++'s.
@@ -213,9 +219,13 @@ class RotateUp:
 class Shuffle:
     """Randomly permute the points (and their normals with them); as in DGCNN's training loader."""
 
+    def indices(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(N,)`` int64: a random permutation of the rows of ``points`` ``(N, 3)``."""
+        return rng.permutation(points.shape[0])
+
     def __call__(self, points: np.ndarray, normals: Normals, rng: np.random.Generator) -> tuple[np.ndarray, Normals]:
         """``(N, 3)`` -> the same rows in a random order."""
-        order = rng.permutation(points.shape[0])
+        order = self.indices(points, rng)
         return points[order], None if normals is None else normals[order]
 
     def __repr__(self) -> str:
@@ -292,7 +302,8 @@ def fps_subsample_set(pcs, num_points: int, chunk: int | None = None, device: st
         device: torch device for the computation; default ``cuda`` when available, else ``cpu``.
 
     Returns:
-        A new set with ``(M, num_points, 3)`` float32 points (and normals), in FPS order.
+        A new set with ``(M, num_points, 3)`` float32 points (and normals, and ``(M, num_points)`` seg), in
+        FPS order.
 
     Raises:
         ValueError: ``num_points`` outside ``[1, N]``.
@@ -312,4 +323,5 @@ def fps_subsample_set(pcs, num_points: int, chunk: int | None = None, device: st
         idx[start:start + chunk] = fps(xyz, num_points).cpu().numpy()
     rows = np.arange(len(pcs))[:, None]
     normals = None if pcs.normals is None else pcs.normals[rows, idx]
-    return PointCloudSet(pcs.points[rows, idx], pcs.labels.copy(), list(pcs.class_names), normals)
+    seg = None if pcs.seg is None else pcs.seg[rows, idx]
+    return PointCloudSet(pcs.points[rows, idx], pcs.labels.copy(), list(pcs.class_names), normals, seg)
