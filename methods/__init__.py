@@ -2,3 +2,4 @@
 
 from pointtune.methods import cedr  # noqa: F401
 from pointtune.methods import finetune  # noqa: F401
+from pointtune.methods import conclu  # noqa: F401
