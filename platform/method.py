@@ -24,6 +24,8 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from pointtune.registry import Registry
+
 
 class Task(str, enum.Enum):
     """What a method learns, which decides how the platform evaluates it."""
@@ -111,26 +113,19 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} has no transferable encoder")
 
 
-_METHODS: dict[str, type[Method]] = {}
+_METHODS: Registry[type[Method]] = Registry("method")
 
 
 def register_method(name: str):
     """Class decorator that makes a ``Method`` subclass buildable by ``name`` (e.g. ``"cedr"``)."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} is registered twice")
-        _METHODS[name] = cls
-        return cls
-
-    return wrap
+    return _METHODS.register(name)
 
 
 def method_names() -> list[str]:
     """Names of every registered method, sorted."""
     import pointtune.methods  # noqa: F401  (registers the methods)
 
-    return sorted(_METHODS)
+    return _METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
@@ -139,7 +134,5 @@ def get_method(name: str) -> type[Method]:
     Raises:
         KeyError: unknown name; the message lists the known ones.
     """
-    known = method_names()
-    if name not in _METHODS:
-        raise KeyError(f"unknown method {name!r}; known methods: {', '.join(known)}")
-    return _METHODS[name]
+    method_names()
+    return _METHODS.get(name)

@@ -592,7 +592,7 @@ def test_registry_accepts_new_datasets(tmp_path):
         def _toy(cfg):
             return toy_set((6, 6), points=16), toy_set((2, 2), points=16)
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
         register_dataset(name)(lambda cfg: None)
     data = build_datasets(DataConfig(name=name, num_points=8, val_fraction=0.5))
     assert len(data.train) == 6 and len(data.val) == 6 and len(data.test) == 4

@@ -7,36 +7,20 @@ attribute ``out_dim``.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
 from torch import nn
 
+from pointtune.registry import Registry
+
 __all__ = ["register_backbone", "build_backbone", "backbone_names"]
 
-_BACKBONES: dict[str, Callable[..., nn.Module]] = {}
+_BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
-T = TypeVar("T", bound=Callable[..., nn.Module])
-
-
-def register_backbone(name: str) -> Callable[[T], T]:
-    """Class decorator that makes a backbone buildable as ``build_backbone(name, **kwargs)``.
-
-    Raises:
-        ValueError: ``name`` is already registered.
-    """
-
-    def wrap(cls: T) -> T:
-        if name in _BACKBONES:
-            raise ValueError(f"backbone {name!r} is registered twice")
-        _BACKBONES[name] = cls
-        return cls
-
-    return wrap
-
-
-def backbone_names() -> list[str]:
-    """Names of every registered backbone, sorted."""
-    return sorted(_BACKBONES)
+#: Class decorator that makes a backbone buildable as ``build_backbone(name, **kwargs)``.
+register_backbone = _BACKBONES.register
+#: Names of every registered backbone, sorted.
+backbone_names = _BACKBONES.names
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:
@@ -47,9 +31,7 @@ def build_backbone(name: str, **kwargs: Any) -> nn.Module:
         TypeError: an argument the backbone does not accept; the message names the backbone and argument.
         ValueError: an accepted argument with an invalid value (raised by the backbone's constructor).
     """
-    if name not in _BACKBONES:
-        raise KeyError(f"unknown backbone {name!r}; known backbones: {', '.join(backbone_names())}")
-    factory = _BACKBONES[name]
+    factory = _BACKBONES.get(name)
     params = inspect.signature(factory).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         accepted = [

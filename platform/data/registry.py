@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from pointtune.data.errors import DatasetError
 from pointtune.data.pointcloud import PointCloudSet
+from pointtune.registry import Registry
 
 if TYPE_CHECKING:
     from pointtune.data.config import DataConfig
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 __all__ = ["DatasetLoader", "register_dataset", "dataset_names", "get_dataset_loader"]
 
 DatasetLoader = Callable[["DataConfig"], tuple[PointCloudSet, PointCloudSet]]
-_LOADERS: dict[str, DatasetLoader] = {}
+_LOADERS: Registry[DatasetLoader] = Registry("dataset", DatasetError, key="data.name")
 
 
 def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
@@ -28,19 +29,12 @@ def register_dataset(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
     Raises:
         ValueError: ``name`` already registered.
     """
-
-    def wrap(loader: DatasetLoader) -> DatasetLoader:
-        if name in _LOADERS:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _LOADERS[name] = loader
-        return loader
-
-    return wrap
+    return _LOADERS.register(name)
 
 
 def dataset_names() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_LOADERS)
+    return _LOADERS.names()
 
 
 def get_dataset_loader(name: str) -> DatasetLoader:
@@ -49,6 +43,4 @@ def get_dataset_loader(name: str) -> DatasetLoader:
     Raises:
         DatasetError: unknown name; the message lists the known names.
     """
-    if name not in _LOADERS:
-        raise DatasetError(f"data.name: unknown dataset {name!r} (known datasets: {', '.join(dataset_names())})")
-    return _LOADERS[name]
+    return _LOADERS.get(name)
