@@ -33,7 +33,7 @@ def svm_scores(method, data, seed: int) -> dict[str, float]:
 
     torch.manual_seed(seed)
     loaders = {"fit": DataLoader(data.train_eval, batch_size=128), "eval": DataLoader(data.test, batch_size=128)}
-    scores, _ = evaluate(method, loaders, torch.device("cpu"), data.num_classes)
+    scores, _ = evaluate(method, loaders, torch.device("cpu"), data.class_names)
     return scores
 
 

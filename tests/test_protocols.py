@@ -38,11 +38,13 @@ def test_linear_svm_protocol_separable_and_random():
     labels = np.repeat(np.arange(3), 20)
     centroids = np.eye(3)
     loaders = {"fit": _loader(centroids, labels, 0), "eval": _loader(centroids, labels, 1)}
-    scores, cm = evaluate(_Probe(), loaders, torch.device("cpu"), 3, svm_c=1.0)
+    scores, cm = evaluate(_Probe(), loaders, torch.device("cpu"), ["a", "b", "c"], svm_c=1.0)
     assert scores["svm_acc"] == pytest.approx(1.0) and cm.trace() == 60
+    assert scores["acc/a"] == scores["acc/b"] == scores["acc/c"] == pytest.approx(1.0)
     same = np.zeros((3, 3))  # every class at the origin: nothing to separate
     loaders = {"fit": _loader(same, labels, 0), "eval": _loader(same, labels, 1)}
-    scores, _ = evaluate(_Probe(), loaders, torch.device("cpu"), 3, svm_c=1.0)
+    scores, cm = evaluate(_Probe(), loaders, torch.device("cpu"), ["a", "b", "c"], svm_c=1.0)
+    assert scores["acc/b"] == pytest.approx(cm[1, 1] / 20)
     assert scores["svm_acc"] < 0.6
     assert DEFAULT_OBJECTIVE[Task.PRETRAIN] == ("val/svm_acc", "max")
 

@@ -82,3 +82,14 @@ def test_best_command_writes_trainable_config(sweep, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "best trial" in proc.stdout
     assert config_from_file("cedr", target).method.name == "cedr"
+
+
+def test_finetune_from_sweep_resolves_best_checkpoint(sweep):
+    from pointtune.search.best import resolve_checkpoint
+    from pointtune.train.checkpoint import load_state
+
+    out, _ = sweep
+    ckpt = resolve_checkpoint(out)
+    rows = sorted(csv.DictReader((out / "summary.csv").open()), key=lambda r: -float(r["best_objective"]))
+    assert ckpt.parent.name == f"trial_{rows[0]['trial_id']}"
+    assert load_state(ckpt)["metrics"]["val/OA"] == pytest.approx(float(rows[0]["best_objective"]))

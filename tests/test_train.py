@@ -18,6 +18,8 @@ def test_local_train_one_epoch_then_resume(tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/OA")] == [1]
     assert runs[0].data.params["method.lambda_con"] == "0.1"
+    per_class = [k for k in runs[0].data.metrics if k.startswith("val/acc/")]
+    assert len(per_class) >= 2 and all(0 <= runs[0].data.metrics[k] <= 1 for k in per_class)
 
     # The same command with a longer budget continues from the checkpoint instead of starting over.
     proc = pointtune("train", "cedr", "--epochs", "2", "--output", str(out), "--no-progress", *tiny_sets())

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pointtune.method import Method, Task
-from pointtune.metrics import classification_metrics, confusion_matrix
+from pointtune.metrics import classification_metrics, confusion_matrix, per_class_accuracy
 
 Protocol = Callable[..., tuple[dict[str, float], np.ndarray]]
 _PROTOCOLS: dict[Task, Protocol] = {}
@@ -101,13 +101,19 @@ def evaluate_linear_svm(
 
 
 def evaluate(
-    method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int, **options: object
+    method: Method, loaders: dict[str, Iterable], device: torch.device, class_names: list[str], **options: object
 ) -> tuple[dict[str, float], np.ndarray]:
     """Run the protocol registered for ``method.task``; ``options`` are protocol settings (e.g. SVM ``C``).
+
+    Returns the protocol's metrics plus the accuracy of every class present, as ``acc/<class name>``, and
+    the confusion matrix.
 
     Raises:
         NotImplementedError: no protocol is registered for the task kind.
     """
     if method.task not in _PROTOCOLS:
         raise NotImplementedError(f"no evaluation protocol for task {method.task.value!r}")
-    return _PROTOCOLS[method.task](method, loaders, device, num_classes, **options)
+    scores, cm = _PROTOCOLS[method.task](method, loaders, device, len(class_names), **options)
+    per_class = per_class_accuracy(cm)
+    scores.update({f"acc/{name}": float(acc) for name, acc in zip(class_names, per_class) if not np.isnan(acc)})
+    return scores, cm

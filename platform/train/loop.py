@@ -189,7 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         final = epoch == exp.train.epochs - 1
         confusion = None
         if (epoch + 1) % exp.train.eval_every == 0 or final:
-            scores, confusion = evaluate(method, eval_loaders, device, data.num_classes, **exp.protocol.model_dump())
+            scores, confusion = evaluate(method, eval_loaders, device, data.class_names, **exp.protocol.model_dump())
             last = {f"val/{k}": v for k, v in scores.items()}
         metrics.update(last)
         improved = is_better(metrics.get(metric), best, mode)
@@ -197,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             best = metrics[metric]
         metrics[f"best/{metric}"] = best if best is not None else float("nan")
         if final and data.test is not None:
-            test_scores, _ = evaluate(method, test_loaders, device, data.num_classes, **exp.protocol.model_dump())
+            test_scores, _ = evaluate(method, test_loaders, device, data.class_names, **exp.protocol.model_dump())
             metrics.update({f"test/{k}": v for k, v in test_scores.items()})
         metrics["time/epoch_s"] = time.time() - began
 
@@ -216,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     staged = local.commit(staged, improved)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staged)))
             _log_epoch(config, metrics, epoch + 1)
-            summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")))
+            summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
             print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)",
                   flush=True)
         else:
