@@ -133,6 +133,7 @@ def plot_study(sweep_dir: Path) -> list[Path]:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{sweep_dir.resolve()}/optuna.db")
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     written = []
