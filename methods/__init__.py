@@ -1,4 +1,5 @@
-"""The five methods of pointtune; importing this package registers them."""
+"""The methods of pointtune (and `finetune`, the supervised transfer of any pretrained encoder);
+importing this package registers them."""
 
 from pointtune.methods import cedr  # noqa: F401
 from pointtune.methods import finetune  # noqa: F401

@@ -139,6 +139,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
+    if len(data.val) == 0:
+        raise ValueError("data.val_fraction: the validation split is empty; evaluation and model selection need "
+                         "one (test data is never used for selection)")
     method: Method = exp.method_cls(exp.method, data.num_classes, exp.train.epochs).to(device)
     optimizer, scheduler = build_optimizer(method.parameters(), exp.optim, exp.train.epochs)
     scaler = torch.amp.GradScaler(device.type, enabled=exp.train.amp and device.type == "cuda")
