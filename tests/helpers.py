@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, TINY
+import pytest
+
+from conftest import REPO, SHARED_DATA, TINY
 
 
 def tiny_sets(**extra) -> list[str]:
@@ -42,3 +44,19 @@ def write_space(path: Path, params: dict, objective: str = "val/OA") -> Path:
     path.write_text(yaml.safe_dump({"method": "cedr", "objective": {"metric": objective, "mode": "max"},
                                     "params": {**fixed, **params}}, sort_keys=False))
     return path
+
+
+def real(path: Path) -> Path:
+    """``path`` under ../shared/data; skips the test only where ../shared/data is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return path
+
+
+def one_line_error(exc_info, *fragments: str) -> str:
+    """The message of a ``pytest.raises`` error, asserted to be one line containing every fragment."""
+    msg = str(exc_info.value)
+    assert "\n" not in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg

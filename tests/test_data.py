@@ -29,24 +29,11 @@ from pointtune.data import (
     train_val_split,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
+from helpers import one_line_error, real
+
 MN40_H5 = SHARED_DATA / "modelnet40_subset"
 MN40_TXT = SHARED_DATA / "modelnet40_normal_resampled_sample"
-
-
-def real(path: Path) -> Path:
-    """``path`` under ../shared/data; skips the test only where ../shared/data is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is absent")
-    return path
-
-
-def one_line_error(exc_info, *fragments: str) -> str:
-    msg = str(exc_info.value)
-    assert "\n" not in msg, msg
-    for fragment in fragments:
-        assert fragment in msg, msg
-    return msg
 
 
 def write_h5(path: Path, **arrays) -> Path:

@@ -39,27 +39,14 @@ from pointtune.data import (
 )
 from pointtune.data.shapenetpart import TXT_FOLDER, resample_indices
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import SHARED_DATA
+from helpers import one_line_error, real
+
 SNP = SHARED_DATA / "shapenetpart_subset"
 SNP_TXT = SNP / TXT_FOLDER
 MN40_H5 = SHARED_DATA / "modelnet40_subset"
 CAP, SKATEBOARD, TABLE = (SHAPENETPART_CLASSES.index(c) for c in ("Cap", "Skateboard", "Table"))
 SYNSETS = {"Cap": "02954340", "Skateboard": "04225987", "Table": "04379243"}
-
-
-def real(path: Path) -> Path:
-    """``path`` under ../shared/data; skips the test only where ../shared/data is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip("../shared/data is absent")
-    return path
-
-
-def one_line_error(exc_info, *fragments: str) -> str:
-    msg = str(exc_info.value)
-    assert "\n" not in msg, msg
-    for fragment in fragments:
-        assert fragment in msg, msg
-    return msg
 
 
 def assert_parts_in_range(pcs: PointCloudSet) -> None:
