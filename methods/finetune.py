@@ -11,6 +11,7 @@ OcCo, Point-MAE).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -32,20 +33,69 @@ class FinetuneConfig(MethodConfig):
     head_dropout: float = Field(0.5, ge=0, lt=1)
 
 
+def read_checkpoint(checkpoint_dir: str | Path) -> dict:
+    """The training state saved in ``checkpoint_dir/state.pt``, checked to be a pointtune checkpoint: a
+    ``torch.save`` file holding a dict with ``model`` (a state dict), ``experiment`` (with ``method.name``)
+    and ``class_names``.
+
+    Raises:
+        FileNotFoundError: no ``state.pt`` in the directory; the message names it.
+        ConfigError: a file torch cannot load (a text or random file, a truncated file), or a dict without
+            those entries; one line naming the file (``method.pretrained``).
+    """
+    import pickle
+    import zipfile
+
+    from pointtune.config import ConfigError
+    from pointtune.train.checkpoint import STATE_FILE, load_state
+
+    path = Path(checkpoint_dir) / STATE_FILE
+    where = f"method.pretrained: {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{where}: no such file (a checkpoint directory holds {STATE_FILE})")
+    try:
+        state = load_state(checkpoint_dir)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError,
+            AttributeError, ImportError, TypeError) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ConfigError(f"{where}: not a pointtune checkpoint (torch cannot load it: {reason})") from None
+    if not isinstance(state, dict):
+        raise ConfigError(f"{where}: not a pointtune checkpoint (holds a {type(state).__name__}, not a dict)")
+    experiment = state.get("experiment")
+    method = experiment.get("method") if isinstance(experiment, dict) else None
+    missing = [k for k in ("model", "class_names") if k not in state]
+    if not isinstance(method, dict) or "name" not in method or missing:
+        what = missing[0] if missing else "experiment.method.name"
+        raise ConfigError(f"{where}: not a pointtune checkpoint (no {what!r} entry)")
+    return state
+
+
 def load_pretrained_encoder(checkpoint_dir: str) -> tuple[torch.nn.Module, str]:
     """Rebuild the method saved in ``checkpoint_dir`` and return ``(its encoder, its method name)``.
 
     Raises:
         FileNotFoundError: no ``state.pt`` in the directory.
+        ConfigError: ``checkpoint_dir`` holds no loadable pointtune checkpoint (:func:`read_checkpoint`), or
+            its saved method cannot be rebuilt (unknown method, invalid saved config, weights that do not
+            match the rebuilt model); one line naming the file.
         NotImplementedError: the saved method has no transferable encoder.
     """
-    from pointtune.train.checkpoint import load_state
+    from pydantic import ValidationError
 
-    state = load_state(checkpoint_dir)
+    from pointtune.config import ConfigError
+
+    state = read_checkpoint(checkpoint_dir)
     saved = state["experiment"]["method"]
-    source_cls = get_method(saved["name"])
-    source = source_cls(source_cls.Config.model_validate(saved), len(state["class_names"]), 1)
-    source.load_state_dict(state["model"])
+    where = f"method.pretrained: {Path(checkpoint_dir) / 'state.pt'}"
+    try:
+        source_cls = get_method(saved["name"])
+        source = source_cls(source_cls.Config.model_validate(saved), len(state["class_names"]), 1)
+        source.load_state_dict(state["model"])
+    except (KeyError, ValidationError, RuntimeError, ValueError, TypeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        reason = " ".join(str(msg).split())[:300]
+        raise ConfigError(f"{where}: cannot rebuild its {saved['name']!r} model ({type(err).__name__}: {reason})") \
+            from None
     return source.encoder(), saved["name"]
 
 

@@ -20,11 +20,13 @@ sampled only if every named parameter (defined earlier in the file) took one of 
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pointtune.config import ConfigError, build_config, load_yaml
+from pointtune.method import Task
 
 TYPES = ("float", "int", "categorical", "fixed")
 _ALLOWED = {
@@ -123,7 +125,11 @@ def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) ->
     if unknown:
         raise _err(source, key, f"unknown field {unknown[0]!r} for type {kind}")
     when = {}
-    for cond_key, allowed in (spec.get("when") or {}).items():
+    conditions = spec.get("when") or {}
+    if not isinstance(conditions, dict):
+        raise _err(source, key, f"'when' must be a mapping of earlier parameters to their values, e.g. "
+                                f"{{method.use_eaa: true}}, got {conditions!r}")
+    for cond_key, allowed in conditions.items():
         if cond_key not in earlier:
             raise _err(source, key, f"condition on {cond_key!r}, which is not a parameter defined before it")
         when[cond_key] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
@@ -152,18 +158,35 @@ def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) ->
     return Param(key, kind, value=spec["value"], when=when)
 
 
+def _params_of(path: Path, tree: dict[str, Any]) -> dict[str, Any]:
+    params = tree.get("params") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: params: expected a mapping of dotted config keys, got {type(params).__name__}")
+    return params
+
+
 def load_space_tree(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The raw mapping of a search-space file with ``extends`` resolved (parent entries, then this file's)."""
+    """The raw mapping of a search-space file with ``extends`` resolved (parent entries, then this file's).
+
+    Raises:
+        ConfigError: the file (or a parent) is missing or not a YAML mapping, ``extends`` is not a path to an
+            existing file, ``extends`` forms a cycle, or ``params`` is not a mapping; names the file.
+    """
     tree = load_yaml(path)
     parent = tree.pop("extends", None)
     if parent is None:
         return tree
+    if not isinstance(parent, str) or not parent.strip():
+        raise ConfigError(f"{path}: extends: expected the path of another search-space file (relative to this "
+                          f"one), got {parent!r}")
     parent_path = (path.parent / parent).resolve()
-    if parent_path in seen:
+    if parent_path in seen or parent_path == path.resolve():
         raise ConfigError(f"{path}: extends: cycle through {parent_path}")
+    if not parent_path.is_file():
+        raise ConfigError(f"{path}: extends: {parent!r}: no such search-space file ({parent_path})")
     base = load_space_tree(parent_path, seen + (path.resolve(),))
-    params = dict(base.get("params") or {})
-    for key, spec in (tree.get("params") or {}).items():
+    params = dict(_params_of(parent_path, base))
+    for key, spec in _params_of(path, tree).items():
         if spec is None:
             params.pop(key, None)
         else:
@@ -203,13 +226,24 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
         method_cls = get_method(name)
     except KeyError as err:
         raise ConfigError(f"{source}: method: {err.args[0]}") from None
-    objective = tree.get("objective") or {}
+    if method_cls.task not in DEFAULT_OBJECTIVE:
+        raise ConfigError(f"{source}: method: no evaluation protocol for {name}'s task {method_cls.task.value!r}")
     default_metric, default_mode = DEFAULT_OBJECTIVE[method_cls.task]
+    objective = tree.get("objective")
+    if objective is None:
+        objective = {}
+    if not isinstance(objective, dict):
+        raise ConfigError(f"{source}: objective: expected a mapping like {{metric: {default_metric}, mode: "
+                          f"{default_mode}}}, got {objective!r}")
+    unknown = sorted(set(objective) - {"metric", "mode"})
+    if unknown:
+        raise ConfigError(f"{source}: objective: unknown key {unknown[0]!r} (expected metric, mode)")
     metric, mode = objective.get("metric", default_metric), objective.get("mode", default_mode)
     if mode not in ("max", "min"):
         raise ConfigError(f"{source}: objective.mode: expected max or min, got {mode!r}")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{source}: objective.metric: expected a metric name such as {default_metric}")
+    check_objective(metric, method_cls.task, f"{source}: objective.metric")
     raw = tree.get("params")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted config keys")
@@ -219,6 +253,70 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     space = SearchSpace(name, metric, mode, tuple(params.values()), source)
     _check_against_schema(space)
     return space
+
+
+# Metrics the training loop reports every epoch besides the protocol's ``val/*`` (see pointtune.train.loop).
+EPOCH_METRICS = ("epoch", "lr", "time/epoch_s", "train/loss")
+
+
+def objective_metrics(
+    task: Task, class_names: list[str] | None = None, loss_terms: list[str] | None = None
+) -> list[str]:
+    """The metric names a run of a ``task`` method reports every epoch, i.e. what an objective may name.
+
+    ``val/<m>`` for each metric of the task's protocol (``PROTOCOL_METRICS``) and ``val/acc/<class>``;
+    ``epoch``, ``lr``, ``time/epoch_s``; ``train/loss`` and ``train/<term>`` for each loss term the method's
+    ``forward`` returns (``train/acc`` when it returns ``logits``). Unknown parts are shown as patterns:
+    ``val/acc/<class>`` without ``class_names``, ``train/<loss term>`` without ``loss_terms``.
+
+    Raises:
+        ConfigError: no evaluation protocol is registered for ``task``.
+    """
+    from pointtune.train.evaluate import PROTOCOL_METRICS
+
+    if task not in PROTOCOL_METRICS:
+        raise ConfigError(f"no evaluation protocol for task {task.value!r}")
+    names = [f"val/{m}" for m in PROTOCOL_METRICS[task]]
+    names += [f"val/acc/{c}" for c in class_names] if class_names is not None else ["val/acc/<class>"]
+    names += list(EPOCH_METRICS)
+    if loss_terms is None:
+        names.append("train/<loss term>")
+    else:
+        names += [f"train/{t}" for t in loss_terms if t not in ("loss", "logits")]
+        names += ["train/acc"] if "logits" in loss_terms else []
+    return names
+
+
+def check_objective(
+    metric: str, task: Task, where: str, class_names: list[str] | None = None, loss_terms: list[str] | None = None
+) -> None:
+    """Check that ``metric`` is one that runs of a ``task`` method report every epoch (see
+    :func:`objective_metrics`; ``val/acc/<x>`` and ``train/<x>`` are accepted for any ``x`` when
+    ``class_names`` / ``loss_terms`` are not given).
+
+    Args:
+        metric: e.g. ``val/OA``.
+        task: the method's task kind.
+        where: prefix of the error message (file and key, e.g. ``space.yaml: objective.metric``).
+        class_names: the dataset's classes, if known.
+        loss_terms: keys of the method's ``forward`` output, if known (from :func:`pointtune.preflight.preflight`).
+
+    Raises:
+        ConfigError: ``metric`` is not reported; the message lists the valid names and the closest one.
+    """
+    valid = objective_metrics(task, class_names, loss_terms)
+    if metric in valid:
+        return
+    if class_names is None and metric.startswith("val/acc/") and len(metric) > len("val/acc/"):
+        return
+    if loss_terms is None and metric.startswith("train/") and len(metric) > len("train/"):
+        return
+    from pointtune.train.evaluate import PROTOCOL_NAME
+
+    close = difflib.get_close_matches(metric, valid, n=1, cutoff=0.5)
+    hint = f"; closest: {close[0]}" if close else ""
+    raise ConfigError(f"{where}: {metric!r} is not reported by runs of the {PROTOCOL_NAME[task]} protocol "
+                      f"(task {task.value}){hint}; valid: {', '.join(valid)}")
 
 
 def _check_against_schema(space: SearchSpace) -> None:

@@ -25,16 +25,22 @@ _PROTOCOLS: dict[Task, Protocol] = {}
 DEFAULT_OBJECTIVE: dict[Task, tuple[str, str]] = {}
 # The protocol's name, recorded on every sweep's parent run (which protocol judged the trials).
 PROTOCOL_NAME: dict[Task, str] = {}
+# The metric names each task's protocol returns (without split prefix). :func:`evaluate` adds
+# ``acc/<class name>`` for every class present; the training loop logs them as ``val/<name>`` (and
+# ``test/<name>`` after the last epoch). Search spaces' objectives are checked against these.
+PROTOCOL_METRICS: dict[Task, tuple[str, ...]] = {}
 
 
-def register_protocol(task: Task, name: str, objective: tuple[str, str]):
+def register_protocol(task: Task, name: str, objective: tuple[str, str], metrics: tuple[str, ...]):
     """Decorator: ``fn`` (called ``name``) evaluates every method of ``task``; ``objective`` is that task's
-    default metric."""
+    default metric (``(name with split prefix, mode)``); ``metrics`` are the names ``fn`` returns (without
+    prefix, besides the ``acc/<class>`` that :func:`evaluate` adds)."""
 
     def wrap(fn: Protocol) -> Protocol:
         _PROTOCOLS[task] = fn
         DEFAULT_OBJECTIVE[task] = objective
         PROTOCOL_NAME[task] = name
+        PROTOCOL_METRICS[task] = tuple(metrics)
         return fn
 
     return wrap
@@ -45,7 +51,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-@register_protocol(Task.CLASSIFICATION, "classification", ("val/OA", "max"))
+@register_protocol(Task.CLASSIFICATION, "classification", ("val/OA", "max"), metrics=("OA", "mAcc", "F1"))
 def evaluate_classification(
     method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int, **_: object
 ) -> tuple[dict[str, float], np.ndarray]:
@@ -76,7 +82,7 @@ def extract_features(method: Method, loader: Iterable, device: torch.device) -> 
     return torch.cat(feats).numpy(), torch.cat(labels).numpy()
 
 
-@register_protocol(Task.PRETRAIN, "linear_svm", ("val/svm_acc", "max"))
+@register_protocol(Task.PRETRAIN, "linear_svm", ("val/svm_acc", "max"), metrics=("svm_acc", "svm_mAcc", "svm_F1"))
 def evaluate_linear_svm(
     method: Method, loaders: dict[str, Iterable], device: torch.device, num_classes: int,
     svm_c: float = 1.0, svm_max_iter: int = 5000, **_: object,

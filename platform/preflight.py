@@ -1,0 +1,394 @@
+"""Checks that run before anything starts: no Ray, no MLflow store, no run directory until they pass.
+
+Every check raises :class:`~pointtune.config.ConfigError` or :class:`~pointtune.data.DatasetError` with a
+one-line message naming the flag, file, key or value at fault; the CLI prints it as
+``pointtune: error: ...`` and exits with status 2.
+
+* :func:`check_numbers`: the CLI's numbers (``--trials``, ``--workers``, ``--seed``, ...) or the same
+  fields of a ``sweep.yaml``.
+* :func:`check_tracking_uri`: ``--mlflow-uri`` (or ``$MLFLOW_TRACKING_URI``) has a scheme MLflow tracks to.
+* :func:`check_gpus`: GPUs asked of the local machine exist (CUDA build of torch, visible devices).
+* :func:`preflight`: the datasets build, the splits can feed the loop, and the method builds on the CPU and
+  runs one training forward pass plus ``predict`` / ``embed`` on a tiny batch.
+* :func:`load_sweep_yaml_checked`: a ``sweep.yaml`` is a mapping of known fields.
+
+Normals (``data.use_normals``): accepted on a dataset that has them (``synthetic``: analytic normals;
+``modelnet40_resampled``, ``shapenetpart``; the HDF5 layouts when every file has a ``normal`` key). The
+items then carry ``normals`` ``(N, 3)``, which the methods of this project ignore. On a dataset without
+normals (``scanobjectnn``; ``modelnet40`` / ``modelnet10`` / ``shapenetpart_h5`` files without ``normal``)
+:func:`pointtune.data.build_datasets`, called here, raises a ``data.use_normals`` DatasetError.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import time
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pointtune.config import ConfigError, ExperimentConfig
+from pointtune.data import DatasetBundle, DatasetError
+
+__all__ = [
+    "TRACKING_SCHEMES",
+    "PreflightResult",
+    "check_numbers",
+    "check_tracking_uri",
+    "check_gpus",
+    "preflight",
+    "load_sweep_yaml_checked",
+]
+
+# URI schemes of MLflow's tracking-store registry (mlflow 3.x: DATABASE_ENGINES + http(s) + Databricks);
+# ``file`` and plain paths are MLflow's file store, refused by MLflow >= 3.13 unless
+# MLFLOW_ALLOW_FILE_STORE=true. A "dialect+driver" scheme (postgresql+psycopg2) counts as its dialect.
+TRACKING_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks", "databricks-uc", "uc")
+_FILE_SCHEMES = ("", "file")
+
+# Integer fields and their minimum, per command; a field absent from ``values`` or None is not checked
+# (``epochs``, ``max_concurrent``: None means "default").
+_MIN_INT = {
+    "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0},
+    "train": {"epochs": 1, "workers": 0},
+}
+_SEED_MAX = 2**32 - 1  # numpy's (hence Optuna's TPE) seed range
+
+
+def _flag(key: str, source: str | None) -> str:
+    return f"{source}: {key}" if source else "--" + key.replace("_", "-")
+
+
+def check_numbers(values: Mapping[str, Any], command: str, source: str | None = None) -> None:
+    """Check the numeric settings of ``pointtune train`` / ``pointtune sweep`` before anything starts.
+
+    Sweep: ``trials``, ``workers``, ``grace_period`` >= 1; ``epochs``, ``max_concurrent`` >= 1 when not
+    None; ``seed`` in ``[0, 2**32 - 1]``; ``gpus_per_worker`` >= 0, a fraction <= 1 or a whole number;
+    ``cpus_per_worker`` > 0, a fraction < 1 or a whole number, when not None; ``wait_for_resources`` >= 0
+    and ``worker_start_timeout`` > 0 (seconds) when present. Train: ``workers`` >= 0 (0 = in-process),
+    ``epochs`` >= 1 when not None. Other keys are ignored.
+
+    Args:
+        values: field name -> value, e.g. ``vars(args)`` or a ``sweep.yaml`` mapping.
+        command: ``"train"`` or ``"sweep"``.
+        source: None for CLI flags (messages name ``--grace-period``), or a file name (messages name
+            ``<file>: grace_period``).
+
+    Raises:
+        ConfigError: the first bad value, e.g. ``--grace-period must be an integer >= 1, got 0``.
+    """
+    for key, minimum in _MIN_INT[command].items():
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{_flag(key, source)} must be an integer >= {minimum}, got {value!r}")
+        if value < minimum:
+            raise ConfigError(f"{_flag(key, source)} must be an integer >= {minimum}, got {value}")
+        if key == "seed" and value > _SEED_MAX:
+            raise ConfigError(f"{_flag(key, source)} must be in [0, {_SEED_MAX}], got {value}")
+    if command != "sweep":
+        return
+    for key, positive in (("gpus_per_worker", False), ("cpus_per_worker", True)):
+        value = values.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{_flag(key, source)} must be a number, got {value!r}")
+        if value < 0 or (positive and value == 0):
+            raise ConfigError(f"{_flag(key, source)} must be {'> 0' if positive else '>= 0'}, got {value:g}")
+        if value > 1 and not float(value).is_integer():  # Ray accepts fractions only below one
+            raise ConfigError(f"{_flag(key, source)} must be a fraction <= 1 or a whole number, got {value:g}")
+    for key, positive in (("wait_for_resources", False), ("worker_start_timeout", True)):
+        value = values.get(key)
+        if value is None:
+            continue
+        bad = isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value)
+        if bad or value < 0 or (positive and value == 0):
+            raise ConfigError(f"{_flag(key, source)} must be a number of seconds {'> 0' if positive else '>= 0'}, "
+                              f"got {value!r}")
+
+
+def check_tracking_uri(uri: str | None) -> None:
+    """Check an MLflow tracking URI without contacting it.
+
+    ``uri`` is ``--mlflow-uri``; None checks ``$MLFLOW_TRACKING_URI`` instead (when set), since that is what
+    :func:`pointtune.tracking.resolve_tracking_uri` would use. Accepted: the schemes of
+    :data:`TRACKING_SCHEMES`; ``sqlite:///PATH`` only when the parent directory of ``PATH`` exists (MLflow
+    would create it silently, hiding a typo) and ``PATH`` is not a directory; ``http(s)://`` with a host;
+    ``file:`` or a plain path only with ``MLFLOW_ALLOW_FILE_STORE=true`` (MLflow 3 refuses its file store
+    otherwise).
+
+    Raises:
+        ConfigError: naming ``--mlflow-uri`` (or ``$MLFLOW_TRACKING_URI``) and the URI.
+    """
+    what = "--mlflow-uri"
+    if uri is None:
+        uri, what = os.environ.get("MLFLOW_TRACKING_URI"), "$MLFLOW_TRACKING_URI"
+        if not uri:
+            return
+    if uri in ("databricks", "databricks-uc", "uc"):  # the workspace of the default Databricks profile
+        return
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.lower().split("+", 1)[0]
+    if scheme in _FILE_SCHEMES:
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true", "yes"):
+            return
+        raise ConfigError(f"{what} {uri!r}: MLflow 3 refuses its file store (a directory or file: URI) unless "
+                          "MLFLOW_ALLOW_FILE_STORE=true; use sqlite:///PATH/mlflow.db or a tracking server")
+    if scheme not in TRACKING_SCHEMES:
+        raise ConfigError(f"{what} {uri!r}: unknown tracking URI scheme {parsed.scheme!r}; MLflow tracks to "
+                          f"{', '.join(s + ':' for s in TRACKING_SCHEMES)} (e.g. sqlite:///runs/mlflow.db)")
+    if scheme in ("http", "https") and not parsed.netloc:
+        raise ConfigError(f"{what} {uri!r}: no host in the tracking server URI (e.g. http://localhost:5000)")
+    if scheme == "sqlite":
+        rest = uri.split("://", 1)[1] if "://" in uri else ""
+        path = rest[1:] if rest.startswith("/") else rest  # sqlite:///rel.db -> rel.db, sqlite:////abs -> /abs
+        path = path.split("?", 1)[0]
+        if path in ("", ":memory:"):
+            raise ConfigError(f"{what} {uri!r}: an in-memory SQLite store is lost at exit and not shared with "
+                              "Ray workers; give a file, e.g. sqlite:///runs/mlflow.db")
+        target = Path(path)
+        if not target.parent.is_dir():
+            raise ConfigError(f"{what} {uri!r}: directory {target.parent} does not exist")
+        if target.is_dir():
+            raise ConfigError(f"{what} {uri!r}: {target} is a directory, not a database file")
+
+
+def check_gpus(workers: int, gpus_per_worker: float, flags: str) -> None:
+    """Check that this machine gives ``workers`` workers ``gpus_per_worker`` GPUs each (at least one
+    worker: ``pointtune train --gpu`` in local mode uses one GPU). Call it only where the work runs on this
+    machine (``pointtune train``; ``pointtune sweep`` without ``--address``).
+
+    Counts the CUDA devices torch sees (none with a CPU build of torch or ``CUDA_VISIBLE_DEVICES=""``),
+    without creating a CUDA context.
+
+    Args:
+        workers: Ray Train workers (0 = in-process, counted as 1).
+        gpus_per_worker: GPUs per worker (fractions share a GPU); <= 0 checks nothing.
+        flags: the flags to name in the message, e.g. ``--gpu`` or ``--gpus-per-worker 1``.
+
+    Raises:
+        ConfigError: fewer GPUs than asked; the message says ``... GPUs, but the cluster has N`` and why.
+    """
+    if gpus_per_worker <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    workers = max(int(workers), 1)
+    need = workers * gpus_per_worker
+    if need <= have + 1e-9:
+        return
+    if torch.version.cuda is None and torch.version.hip is None:
+        why = "torch is a CPU build; install the CUDA build (README: GPU users)"
+    elif os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        why = "CUDA_VISIBLE_DEVICES is empty"
+    else:
+        why = f"torch sees {have} CUDA device(s)"
+    raise ConfigError(f"{flags}: {workers} worker(s) x {gpus_per_worker:g} GPU = {need:g} GPUs, but the cluster "
+                      f"has {have} (this machine: {why})")
+
+
+@dataclass
+class PreflightResult:
+    """What :func:`preflight` built and learnt.
+
+    Attributes:
+        data: the datasets (reuse them instead of building again).
+        loss_terms: keys of the method's ``forward`` output on the tiny batch (``loss``, the loss terms,
+            ``logits`` if any); the loop logs each scalar one as ``train/<key>``.
+        seconds: wall time of the whole check.
+    """
+
+    data: DatasetBundle
+    loss_terms: tuple[str, ...]
+    seconds: float
+
+
+def _culprit(err: BaseException) -> str:
+    """The config key to blame for an exception from building or running a method: ``method.backbone``
+    when the innermost pointtune frame is a backbone's, else ``method``."""
+    backbones = str(Path(__file__).resolve().parent / "backbones")
+    frames = [f.filename for f in traceback.extract_tb(err.__traceback__)]
+    ours = [f for f in frames if "pointtune" in f or f.startswith(str(Path(__file__).resolve().parents[1]))]
+    return "method.backbone" if ours and ours[-1].startswith(backbones) else "method"
+
+
+def _one_line(err: BaseException) -> str:
+    text = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[0] if lines else repr(err)}"[:400]
+
+
+def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> None:
+    task = exp.method_cls.task.value
+    if data.num_classes < 2:
+        raise DatasetError(
+            f"data.classes: dataset {exp.data.name!r} is left with {data.num_classes} class "
+            f"({', '.join(data.class_names)}); a {task} method and its evaluation need at least 2"
+        )
+    if len(data.val) == 0:
+        raise DatasetError("data.val_fraction: the validation split is empty; evaluation and model selection need "
+                           "one (test data is never used for selection)")
+    n, world, batch = len(data.train), max(int(workers), 1), exp.train.batch_size
+    per_worker = math.ceil(n / world)
+    if exp.train.drop_last and per_worker < batch:
+        raise ConfigError(
+            f"train.batch_size: {batch} clouds per worker, but each of the {world} worker(s) gets {per_worker} of "
+            f"the {n} training clouds; with train.drop_last every epoch would be empty"
+        )
+    if not exp.train.drop_last and per_worker % batch == 1:
+        raise ConfigError(
+            f"train.drop_last: false leaves a last batch of 1 cloud ({per_worker} clouds per worker, "
+            f"train.batch_size {batch}), which BatchNorm cannot train on; set it true or change the batch size"
+        )
+
+
+def _tiny_batch(dataset, indices: list[int]) -> dict:
+    from torch.utils.data import default_collate
+
+    return default_collate([dataset[i] for i in indices])
+
+
+def preflight(
+    exp: ExperimentConfig, workers: int = 1, objective: str | None = None, data: DatasetBundle | None = None
+) -> PreflightResult:
+    """Check that ``exp`` can train, on the CPU, in about a second, before any run directory, Ray or MLflow.
+
+    Steps: build the datasets (:func:`pointtune.data.build_datasets`, unless ``data`` is given); check the
+    splits (at least 2 classes, a non-empty validation split, enough training clouds for one batch of
+    ``train.batch_size`` per worker with ``train.drop_last``, no last batch of 1 without it); build the
+    method with the dataset's number of classes; run one ``forward`` in train mode on 2 training clouds
+    (of different classes where possible) and ``predict`` (classification: ``(1, K)`` logits; segmentation:
+    ``(1, N, K)``) or ``embed`` (pretrain: ``(1, D)``) in eval mode on 1 cloud. The global torch RNG state
+    and the training set's augmentation streams are left as they were. With ``objective``, also check it is a
+    metric the run reports (:func:`pointtune.search.space.check_objective`, now with the class names and
+    the method's loss terms).
+
+    Args:
+        exp: the validated experiment (as ``pointtune train`` runs it, or a sweep's probe trial config).
+        workers: data-parallel workers (0 or 1: one process); each gets ``1 / workers`` of the training set.
+        objective: a metric name such as ``val/OA`` (a search space's objective), or None.
+        data: datasets already built from ``exp.data``, if any.
+
+    Returns:
+        :class:`PreflightResult` with the datasets, the forward pass's output keys and the time taken.
+
+    Raises:
+        DatasetError: the dataset cannot be read or used (see :func:`pointtune.data.build_datasets`), it has
+            fewer than 2 classes, or the validation split is empty.
+        ConfigError: the batch does not fit the training split, the model cannot be built (e.g. an unknown
+            ``method.backbone.name``, a backbone argument it does not take, an unusable ``method.pretrained``)
+            or fails on the batch (e.g. a shape mismatch, ``data.num_points`` below DGCNN's ``k``), or a
+            file it needs is missing (``method.pretrained`` without ``state.pt``); the
+            message names the key (``method.backbone`` or ``method`` when the fault is inside the method) and
+            the original error in one line.
+    """
+    import torch
+
+    from pointtune.data import build_datasets
+
+    began = time.perf_counter()
+    if data is None:
+        data = build_datasets(exp.data)
+    _check_splits(exp, data, workers)
+    cls, name, k = exp.method_cls, exp.method.name, data.num_classes
+    labels = data.train.labels
+    second = next((i for i in range(1, len(labels)) if labels[i] != labels[0]), 1)
+    context = f"{name} on {exp.data.name}, data.num_points={exp.data.num_points}, {k} classes"
+    with torch.random.fork_rng(devices=[]):
+        try:
+            batch = _tiny_batch(data.train, [0, second])
+            probe = _tiny_batch(data.val, [0])
+        finally:
+            data.train.set_epoch(data.train.epoch)  # forget the visits: training streams start afresh
+        try:
+            method = cls(exp.method, k, exp.train.epochs)
+        except (ConfigError, DatasetError):
+            raise
+        except FileNotFoundError as err:  # e.g. method.pretrained naming a directory without state.pt
+            raise ConfigError(" ".join(str(err).split())) from err
+        except KeyError as err:
+            msg = str(err.args[0]) if err.args else repr(err)
+            key = "method.backbone.name" if "unknown backbone" in msg else _culprit(err)
+            raise ConfigError(f"{key}: {msg} (preflight: building {context})") from err
+        except (TypeError, ValueError, RuntimeError, IndexError, NotImplementedError, AssertionError) as err:
+            raise ConfigError(f"{_culprit(err)}: cannot build the model: {_one_line(err)} "
+                              f"(preflight: {context})") from err
+        method.train()
+        try:
+            out = method(batch, 0, 0.0)
+            if not isinstance(out, dict) or "loss" not in out:
+                raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
+            method.eval()
+            with torch.no_grad():
+                _check_eval_output(cls.task.value, method, probe, k)
+        except (ConfigError, DatasetError):
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError, NotImplementedError,
+                AssertionError) as err:
+            raise ConfigError(f"{_culprit(err)}: the model fails on a batch of training clouds: {_one_line(err)} "
+                              f"(preflight: {context})") from err
+    loss_terms = tuple(out)
+    if objective is not None:
+        from pointtune.search.space import check_objective
+
+        check_objective(objective, cls.task, "objective.metric", data.class_names, list(loss_terms))
+    return PreflightResult(data, loss_terms, time.perf_counter() - began)
+
+
+def _check_eval_output(task: str, method, batch: dict, num_classes: int) -> None:
+    """Run the evaluation hook of ``task`` on a 1-cloud ``batch`` and check its output's shape."""
+    if task == "pretrain":
+        emb = method.embed(batch["points"])
+        if emb.dim() != 2 or emb.shape[0] != 1:
+            raise ValueError(f"embed returned shape {tuple(emb.shape)}, expected (1, D)")
+        return
+    logits = method.predict(batch)
+    expected = (1, num_classes) if task == "classification" else (1, batch["points"].shape[1], num_classes)
+    if tuple(logits.shape) != expected:
+        raise ValueError(f"predict returned shape {tuple(logits.shape)}, expected {expected}")
+
+
+def load_sweep_yaml_checked(
+    path: str | Path, field_names: Iterable[str], required: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Read a ``sweep.yaml`` and check its keys against the sweep spec's fields (and its numbers with
+    :func:`check_numbers`), so that a misspelled or unknown key is one line instead of a ``TypeError``.
+
+    Args:
+        path: ``<sweep dir>/sweep.yaml``.
+        field_names: the valid keys, e.g. ``[f.name for f in dataclasses.fields(SweepSpec)]``.
+        required: keys that must be present (the fields without a default).
+
+    Returns:
+        The mapping, ready for ``SweepSpec(**mapping)``.
+
+    Raises:
+        ConfigError: no such file (``<dir>: not a pointtune sweep directory (no sweep.yaml)``), invalid YAML,
+            not a mapping, an unknown key (named with the closest valid one), a missing required key, or a
+            bad number; names the file.
+    """
+    from pointtune.config import load_yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path.parent}: not a pointtune sweep directory (no {path.name})")
+    tree = load_yaml(path)
+    valid = list(field_names)
+    for key in tree:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.6)
+            hint = f"closest valid key: {close[0]}" if close else f"valid keys: {', '.join(valid)}"
+            raise ConfigError(f"{path}: unknown key {key!r}; {hint}")
+    missing = [key for key in required if key not in tree]
+    if missing:
+        raise ConfigError(f"{path}: missing key {missing[0]!r}")
+    check_numbers(tree, "sweep", source=str(path))
+    return tree
