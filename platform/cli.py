@@ -5,6 +5,8 @@
     pointtune sweep cedr [--space FILE] [--dataset NAME] [--data-root DIR] [--trials N] [--epochs E] ...
     pointtune resume SWEEP_DIR
     pointtune best SWEEP_DIR
+    pointtune ui RUN_OR_SWEEP_DIR [--port 5000]
+    pointtune submit --address http://HEAD:8265 -- sweep cedr ...   (a Ray job running this checkout's code)
 
 Bad input (unknown method or dataset, invalid config or search space, missing data, a trial shape that
 does not fit the cluster) prints one ``pointtune: error: ...`` line and exits with status 2 before
@@ -15,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
+from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
 from pointtune.config import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -31,10 +35,11 @@ def default_space_file(method: str) -> Path:
     Raises:
         ConfigError: the file does not exist (pass ``--space``).
     """
-    path = REPO_ROOT / "search_spaces" / f"{method}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"{path}: no default search space for {method!r}; pass --space FILE")
-    return path
+    candidates = [root / "search_spaces" / f"{method}.yaml" for root in (REPO_ROOT, Path.cwd())]
+    for path in candidates:  # the checkout, or a Ray job's working directory (`pointtune submit`)
+        if path.is_file():
+            return path
+    raise ConfigError(f"{candidates[0]}: no default search space for {method!r}; pass --space FILE")
 
 
 def _data_overrides(args: argparse.Namespace) -> list[str]:
@@ -48,18 +53,59 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def in_ray_job() -> bool:
+    """Whether this process is the driver of a Ray job (``ray job submit`` / ``pointtune submit``)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
 def _run_dir(args: argparse.Namespace, kind: str, method: str) -> Path:
+    """``--output``, else a new directory named after the method, dataset and time.
+
+    A Ray job's working directory is a temporary copy that Ray deletes, so inside a job a relative
+    ``--output`` is refused and the default goes to ``--storage`` (a local or NFS path) or, for object
+    storage, to ``~/pointtune/<kind>/`` on the driver's node.
+
+    Raises:
+        ConfigError: a relative ``--output`` inside a Ray job.
+    """
+    name = f"{method}-{args.dataset or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.output:
+        if in_ray_job() and not Path(args.output).is_absolute():
+            raise ConfigError(f"--output {args.output}: inside a Ray job the working directory is deleted when the "
+                              f"job ends; give an absolute path")
         return Path(args.output).resolve()
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    return (Path("runs") / kind / f"{method}-{args.dataset or 'default'}-{stamp}").resolve()
+    if not in_ray_job():
+        return (Path("runs") / kind / name).resolve()
+    storage = getattr(args, "storage", None)
+    root = Path(storage) if storage and "://" not in storage else Path.home() / "pointtune" / kind
+    return (root / name).resolve()
+
+
+def _check_gpus_of_sweep(args: argparse.Namespace) -> None:
+    """``--gpus-per-worker`` on a local Ray instance (no ``--address``, no ``$RAY_ADDRESS``): this machine's
+    GPUs must hold one trial's workers."""
+    from pointtune.preflight import check_gpus
+
+    if args.address is None and not os.environ.get("RAY_ADDRESS"):
+        check_gpus(args.workers, args.gpus_per_worker,
+                   f"--workers {args.workers} --gpus-per-worker {args.gpus_per_worker:g} (local Ray, no --address)")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """``pointtune train``: local in-process (``--workers 0``, default) or N data-parallel workers."""
+    """``pointtune train``: local in-process (``--workers 0``, default) or N data-parallel workers.
+
+    Everything is validated before the run directory, MLflow or Ray exist: the flags' numbers, the MLflow
+    URI, ``--gpu`` against this machine's CUDA devices, ``--from``, the config, and a preflight
+    (:func:`pointtune.preflight.preflight`: datasets, one forward pass of the model on the CPU).
+    """
     from pointtune.config import config_from_file
+    from pointtune.preflight import check_gpus, check_numbers, check_tracking_uri, preflight
     from pointtune.train.launch import train
 
+    check_numbers(vars(args), "train")
+    check_tracking_uri(args.mlflow_uri)
+    if args.gpu:
+        check_gpus(args.workers, 1.0, f"--gpu --workers {args.workers}" if args.workers else "--gpu")
     sets = [*args.set, *_data_overrides(args)]
     if args.from_:
         from pointtune.search.best import resolve_checkpoint
@@ -70,6 +116,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"[pointtune] fine-tuning the encoder of {checkpoint}")
         sets.append(f"method.pretrained={checkpoint}")
     exp = config_from_file(args.method, args.config, sets)
+    preflight(exp, workers=args.workers)
     run_dir = _run_dir(args, "train", args.method)
     result = train(exp, run_dir, workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri,
                    progress=not args.no_progress)
@@ -79,7 +126,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    """``pointtune sweep``: Ray Tune + Optuna TPE + ASHA over the method's search space."""
+    """``pointtune sweep``: Ray Tune + Optuna TPE + ASHA over the method's search space (numbers, tracking URI,
+    space, config, data and model are checked by :func:`~pointtune.search.sweep.prepare_sweep` before Ray)."""
     import yaml
 
     from pointtune.config import load_yaml, parse_override
@@ -93,25 +141,67 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
-        wait_for_resources=args.wait_for_resources,
+        wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
+        verbose=args.verbose,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
     )
-    run_sweep(spec)
-    return 0
+    _check_gpus_of_sweep(args)
+    return _sweep_status(run_sweep(spec))
+
+
+def _sweep_status(rows) -> int:
+    """Exit status of a sweep: 0 if at least one trial reported the objective, else 1 with the reason."""
+    if any(r.best is not None for r in rows):
+        return 0
+    failed = [r for r in rows if r.error]
+    reason = f"; first failure: {failed[0].error}" if failed else ""
+    print(f"pointtune: error: no trial of the sweep succeeded ({len(failed)} of {len(rows)} failed){reason}",
+          file=sys.stderr)
+    return 1
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """``pointtune resume SWEEP_DIR``: finish an interrupted sweep."""
     from pointtune.search.sweep import resume_sweep
 
-    resume_sweep(args.sweep_dir)
-    return 0
+    return _sweep_status(resume_sweep(args.sweep_dir))
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``pointtune ui DIR``: the MLflow UI of a run or sweep directory (wherever it now lies)."""
+    import subprocess
+
+    from pointtune import tracking
+
+    root = Path(args.run_dir).resolve()
+    try:
+        moved = tracking.relocate_store(root)
+    except FileNotFoundError as err:
+        raise ConfigError(f"{err}: not a pointtune run or sweep directory with a SQLite MLflow store") from None
+    if moved:
+        print(f"[pointtune] {root} was moved: its artifact locations now point at {root / tracking.ARTIFACTS_DIR}")
+    print(f"[pointtune] MLflow UI on http://{args.host}:{args.port}/#/experiments "
+          f"(each experiment opens on its runs table; Ctrl-C stops it)", flush=True)
+    mlflow = Path(sys.executable).with_name("mlflow")
+    cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+           "--host", args.host, "--port", str(args.port)]
+    return subprocess.call(cmd)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``pointtune submit -- COMMAND``: run a pointtune command as a Ray job with this checkout's code."""
+    from pointtune.submit import submit
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    return submit(args.address, command, wait=not args.no_wait)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
     """``pointtune best SWEEP_DIR``: print the best trial and write its config as YAML."""
     from pointtune.search.best import best_trial
 
+    if args.output and not Path(args.output).resolve().parent.is_dir():
+        raise ConfigError(f"--output {args.output}: directory {Path(args.output).resolve().parent} does not exist")
     best_trial(args.sweep_dir, args.output)
     return 0
 
@@ -160,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="autoscaling clusters: request one trial's workers and wait this long for them")
     sweep.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
+    sweep.add_argument("--worker-start-timeout", type=float, default=DEFAULT_WORKER_START_TIMEOUT_S,
+                       metavar="SECONDS", help="a data-parallel trial whose workers cannot be placed within this "
+                       f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")
+    sweep.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own log lines")
     sweep.set_defaults(func=cmd_sweep)
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep")
@@ -170,6 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     best.add_argument("sweep_dir")
     best.add_argument("--output", help="where to write the config (default <sweep_dir>/best_config.yaml)")
     best.set_defaults(func=cmd_best)
+
+    ui = sub.add_parser("ui", help="open the MLflow UI of a run or sweep directory (also after moving it)")
+    ui.add_argument("run_dir")
+    ui.add_argument("--host", default="127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+    submit = sub.add_parser("submit", help="run a pointtune command as a Ray job, with this checkout's code",
+                            usage="pointtune submit --address URL [--no-wait] -- COMMAND ...")
+    submit.add_argument("--address", default=os.environ.get("RAY_API_SERVER_ADDRESS", "http://127.0.0.1:8265"),
+                        help="the cluster's dashboard / job API (default http://127.0.0.1:8265, the "
+                        "`ray dashboard` tunnel)")
+    submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    submit.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the pointtune command")
+    submit.set_defaults(func=cmd_submit)
     return parser
 
 

@@ -11,8 +11,10 @@ Keys are dotted paths into the nested config, e.g. ``optim.lr``, ``method.lambda
 from __future__ import annotations
 
 import copy
+import difflib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
@@ -48,6 +50,8 @@ class TrainConfig(BaseModel):
 
     ``batch_size`` is per worker (Ray Train data parallelism multiplies it by the number of workers).
     ``amp`` takes effect on CUDA only. ``eval_every`` is in epochs; the last epoch is always evaluated.
+    ``checkpoint_every`` is in epochs: a checkpoint is also written whenever the objective improves and at
+    the last epoch, so the best model and the end of the run are always kept.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -60,6 +64,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(1, ge=1)
 
 
 class ProtocolConfig(BaseModel):
@@ -95,12 +100,21 @@ def parse_override(text: str) -> tuple[str, Any]:
     """Split ``"optim.lr=0.01"`` into ``("optim.lr", 0.01)``; the value is parsed as YAML.
 
     Raises:
-        ConfigError: no ``=`` or an empty key.
+        ConfigError: no ``=``, an empty key, or a value that is not valid YAML (e.g. ``[0.1``); names the item.
     """
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected key=value, e.g. optim.lr=0.01")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    if not raw.strip():
+        return key.strip(), None
+    try:
+        return key.strip(), yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(
+            f"--set {text!r}: the value of {key.strip()} is not valid YAML ({problem}); "
+            f"quote it if it is a string, e.g. --set '{key.strip()}=\"...\"'"
+        ) from None
 
 
 def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -146,12 +160,89 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def _first_error(err: ValidationError, source: str, prefix: tuple[str, ...] = ()) -> ConfigError:
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside a field annotation (``Model``, ``Model | None``, ``SerializeAsAny[Model]``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, info in model.model_fields.items():
+        keys.append(prefix + name)
+        sub = _submodel(info.annotation)
+        if sub is not None:
+            keys.extend(_model_keys(sub, f"{prefix}{name}."))
+    return keys
+
+
+def config_keys(method: str) -> list[str]:
+    """Every valid dotted key of ``method``'s experiment config, sections included (``optim``,
+    ``optim.lr``, ``method.backbone.name``, ...), in schema order.
+
+    ``method.backbone`` also accepts the backbone's constructor arguments (``method.backbone.k``), which are
+    not listed: they are checked when the backbone is built (see :mod:`pointtune.preflight`).
+
+    Raises:
+        ConfigError: unknown method.
+    """
+    try:
+        method_cls = get_method(method)
+    except KeyError as err:
+        raise ConfigError(str(err.args[0])) from None
+    keys = []
+    for key in _model_keys(ExperimentConfig):
+        if key == "method":
+            keys += ["method", *_model_keys(method_cls.Config, "method.")]
+        elif not key.startswith("method."):
+            keys.append(key)
+    return keys
+
+
+def closest_keys(key: str, valid: list[str], n: int = 3) -> list[str]:
+    """Up to ``n`` entries of ``valid`` closest to the dotted ``key``, by :func:`difflib.get_close_matches`:
+    first the keys of the same section whose last part is close (``optim.lrr`` -> ``optim.lr``), else keys
+    of any section with a close last part (``lr`` -> ``optim.lr``), else close whole keys; may be empty."""
+    section, _, leaf = key.rpartition(".")
+    siblings = {k.rpartition(".")[2]: k for k in valid if k.rpartition(".")[0] == section}
+    found = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=n, cutoff=0.6)]
+    if not found:
+        for name in difflib.get_close_matches(leaf, sorted({k.rpartition(".")[2] for k in valid}), n=n, cutoff=0.75):
+            found += [k for k in valid if k.rpartition(".")[2] == name]
+    if not found:
+        found = difflib.get_close_matches(key, valid, n=n, cutoff=0.8)
+    return found[:n]
+
+
+def unknown_key_message(key: str, valid: list[str]) -> str:
+    """``"unknown key; closest valid keys: a, b"``, or the valid keys of ``key``'s section when none is close."""
+    close = closest_keys(key, valid)
+    if close:
+        return f"unknown key; closest valid keys: {', '.join(close)}"
+    section = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    siblings = [k[len(section):] for k in valid if k.startswith(section) and "." not in k[len(section):]]
+    where = f"under {section[:-1]}" if section else "at the top level"
+    return f"unknown key; valid keys {where}: {', '.join(siblings)}"
+
+
+def _first_error(
+    err: ValidationError, source: str, prefix: tuple[str, ...] = (), valid: list[str] | None = None,
+    source_of: Callable[[str], str] | None = None,
+) -> ConfigError:
     first = err.errors()[0]
     key = ".".join(str(p) for p in (*prefix, *first["loc"])) or "<root>"
+    if source_of is not None:
+        source = source_of(key)
     value = first.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
     more = f" [+{err.error_count() - 1} more]" if err.error_count() > 1 else ""
+    if first["type"] == "extra_forbidden" and valid:
+        return ConfigError(f"{source}: {key}: {unknown_key_message(key, valid)}{more}")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return ConfigError(f"{source}: {key}: {first['msg']}{shown}{more}")
 
 
@@ -160,6 +251,7 @@ def build_config(
     tree: dict[str, Any] | None = None,
     overrides: dict[str, Any] | None = None,
     source: str = "config",
+    override_source: str | None = None,
 ) -> ExperimentConfig:
     """Validate a nested config for ``method``.
 
@@ -168,9 +260,12 @@ def build_config(
         tree: nested dict (e.g. from a YAML file), merged over the method's ``recipe``.
         overrides: ``{"dotted.key": value}`` applied last.
         source: what to call the input in error messages (a file name, ``--set``).
+        override_source: what to call ``overrides`` in error messages when they differ from ``tree``'s
+            source (e.g. ``--set`` after a config file); default ``source``.
 
     Raises:
-        ConfigError: unknown method, unknown key or invalid value, in one line naming the key.
+        ConfigError: unknown method, unknown key (with the closest valid keys) or invalid value, in one line
+            naming the key.
     """
     try:
         method_cls = get_method(method)
@@ -183,14 +278,21 @@ def build_config(
     if not isinstance(merged["method"], dict):
         raise ConfigError(f"{source}: method: expected a mapping of the method's hyperparameters")
     merged["method"]["name"] = method
+
+    def source_of(key: str) -> str:
+        if override_source and any(key == k or key.startswith(k + ".") or k.startswith(key + ".")
+                                   for k in overrides or {}):
+            return override_source
+        return source
+
     try:
         method_cfg = method_cls.Config.model_validate(merged["method"])
     except ValidationError as err:
-        raise _first_error(err, source, ("method",)) from None
+        raise _first_error(err, source, ("method",), config_keys(method), source_of) from None
     try:
         return ExperimentConfig.model_validate({**merged, "method": method_cfg})
     except ValidationError as err:
-        raise _first_error(err, source) from None
+        raise _first_error(err, source, (), config_keys(method), source_of) from None
 
 
 def config_from_file(
@@ -208,4 +310,4 @@ def config_from_file(
     if named and named != method:
         raise ConfigError(f"{path}: method.name is {named!r} but the command trains {method!r}")
     pairs = dict(parse_override(o) for o in overrides or [])
-    return build_config(method, tree, pairs, source=str(path) if path else "--set")
+    return build_config(method, tree, pairs, source=str(path) if path else "--set", override_source="--set")

@@ -1,13 +1,17 @@
-"""MLflow tracking: one parent run per sweep, one child run per trial, metrics logged from rank 0 only.
+"""MLflow tracking: one parent run per sweep, one child run per trial (written by the sweep's driver, see
+:mod:`pointtune.search.records`), one run per ``pointtune train``.
 
 Ray does not nest runs and Train V2 has no MLflow callback, so runs are made explicitly with an
 ``MlflowClient``: the parent carries the sweep's description, each child the ``mlflow.parentRunId`` tag and
 ``pointtune.trial_id``. A child is looked up by that tag before one is created, so a resumed or restarted
 trial keeps its run instead of adding a duplicate.
 
-Default tracking URI: ``sqlite:///<sweep dir>/mlflow.db`` with artifacts in ``<sweep dir>/mlartifacts``
-(MLflow >= 3.13 refuses a plain ``./mlruns`` store). ``--mlflow-uri`` or ``MLFLOW_TRACKING_URI`` point at a
-tracking server instead.
+Default tracking URI: ``sqlite:///<run dir>/mlflow.db`` with artifacts in ``<run dir>/mlartifacts``
+(MLflow >= 3.13 refuses a plain ``./mlruns`` store). MLflow stores those artifact locations as absolute
+paths; :func:`relocate_store` rewrites them when the directory has been moved or copied off a cluster
+(``pointtune ui`` does it before starting the UI). ``--mlflow-uri`` or ``MLFLOW_TRACKING_URI`` point at a
+tracking server instead. Experiments are tagged as model-development experiments, so that the MLflow UI
+opens them on the runs table rather than on its GenAI overview.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from typing import Any
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "pointtune.trial_id"
 KIND_TAG = "pointtune.kind"
+# MLflow's UI shows an experiment of this kind as a runs table (MLflow 3 otherwise guesses, often GenAI).
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+ARTIFACTS_DIR = "mlartifacts"
 
 
 def resolve_tracking_uri(run_dir: str | Path, override: str | None = None) -> str:
@@ -47,13 +54,16 @@ def _retry(fn, *args, attempts: int = 8, **kwargs):
 
 
 def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
-    """Id of experiment ``name``, created if missing (artifacts under ``run_dir`` for SQLite stores)."""
+    """Id of experiment ``name``, created if missing (artifacts under ``run_dir`` for SQLite stores) and
+    tagged as a model-development experiment."""
     client = _client(uri)
     found = _retry(client.get_experiment_by_name, name)
     if found is not None:
+        if found.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            _retry(client.set_experiment_tag, found.experiment_id, *EXPERIMENT_KIND)
         return found.experiment_id
-    location = (Path(run_dir).resolve() / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
-    return _retry(client.create_experiment, name, artifact_location=location)
+    location = (Path(run_dir).resolve() / ARTIFACTS_DIR).as_uri() if uri.startswith("sqlite") else None
+    return _retry(client.create_experiment, name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -95,16 +105,9 @@ def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
     return runs[0].info.run_id if runs else None
 
 
-def child_run(
-    uri: str, experiment_id: str, parent_run_id: str, trial_id: str, params: dict[str, Any]
-) -> str:
-    """The trial's child run: the existing one if the trial already has one (resume), else a new one."""
-    existing = find_child_run(uri, experiment_id, parent_run_id, trial_id)
-    if existing:
-        _retry(_client(uri).update_run, existing, status="RUNNING")
-        return existing
-    tags = {PARENT_TAG: parent_run_id, TRIAL_TAG: trial_id, KIND_TAG: "trial"}
-    return start_run(uri, experiment_id, f"trial_{trial_id}", tags, params)
+def reopen_run(uri: str, run_id: str) -> None:
+    """Mark a run ``RUNNING`` again (a trial restarted by ``pointtune resume``)."""
+    _retry(_client(uri).update_run, run_id, status="RUNNING")
 
 
 def log_metrics(target: dict[str, str], metrics: dict[str, float], step: int) -> None:
@@ -138,3 +141,32 @@ def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
 def end_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Mark a run ``FINISHED``, ``FAILED`` or ``KILLED``."""
     _retry(_client(uri).set_terminated, run_id, status=status)
+
+
+def relocate_store(run_dir: str | Path) -> int:
+    """Point the artifact locations of ``<run_dir>/mlflow.db`` at ``<run_dir>/mlartifacts`` after the
+    directory was moved or copied (MLflow keeps absolute ``file://`` paths); returns the rows rewritten.
+
+    Only locations under a former ``.../mlartifacts`` of this store are touched; a store whose locations
+    already point here is left as it is.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` holds no ``mlflow.db``.
+    """
+    import sqlite3
+
+    run_dir = Path(run_dir).resolve()
+    db = run_dir / "mlflow.db"
+    if not db.is_file():
+        raise FileNotFoundError(f"{run_dir}: no mlflow.db")
+    here = (run_dir / ARTIFACTS_DIR).as_uri()
+    changed = 0
+    with sqlite3.connect(db) as con:
+        rows = con.execute("SELECT artifact_location FROM experiments WHERE artifact_location LIKE ?",
+                           (f"%/{ARTIFACTS_DIR}",)).fetchall()
+        for (old,) in {r for r in rows if r[0] != here}:
+            changed += con.execute("UPDATE experiments SET artifact_location = ? WHERE artifact_location = ?",
+                                   (here, old)).rowcount
+            changed += con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                                   "WHERE artifact_uri LIKE ?", (here, len(old) + 1, f"{old}/%")).rowcount
+    return changed

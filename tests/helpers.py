@@ -60,3 +60,115 @@ def one_line_error(exc_info, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in msg, msg
     return msg
+
+
+def tune_results(sweep_dir: Path, tune_dir: Path | None = None) -> dict:
+    """What Tune received, per trial id: ``{trial_id: (ResultGrid Result, metrics DataFrame)}``."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    grid = ResultGrid(ExperimentAnalysis(str(tune_dir or sweep_dir / "tune")))
+    return {Path(r.path).name.removeprefix("trial_"): (r, r.metrics_dataframe) for r in grid}
+
+
+def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir: Path | None = None,
+                  tracking_uri: str | None = None) -> dict:
+    """Assert that MLflow, the Optuna study and summary.csv hold, trial by trial and epoch by epoch, exactly
+    what Tune received; returns ``{trial_id: status}`` (FINISHED, STOPPED or FAILED).
+
+    - every epoch Tune received is in the trial's MLflow run at step ``epoch`` with the same value, and no other;
+    - the run is FINISHED (all epochs), KILLED with ``pointtune.stopped_by`` (ASHA) or FAILED with
+      ``pointtune.failure``; no failure tag otherwise; it ended within seconds of the trial's last result;
+    - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
+      intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run;
+    - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``).
+    """
+    import csv
+    import math
+
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{sweep_dir}/mlflow.db")
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.data.tags["pointtune.trial_id"]: r for r in client.search_runs(experiments, max_results=1000)
+            if r.data.tags.get("pointtune.kind") == "trial"}
+    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db")
+    studied = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    summary = {row["trial_id"]: row for row in csv.DictReader((sweep_dir / "summary.csv").open())}
+    results = tune_results(sweep_dir, tune_dir)
+    assert set(runs) == set(results) == set(studied) == set(summary), (set(runs), set(results), set(studied))
+    statuses = {}
+    for trial_id, (result, df) in results.items():
+        run, ot, row = runs[trial_id], studied[trial_id], summary[trial_id]
+        tags = run.data.tags
+        received = [] if df is None or "epoch" not in df else list(zip(df["epoch"].astype(int), df[metric]))
+        for key in (metric, "train/loss", "lr"):
+            history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            expected = [] if df is None or key not in df else [(int(e), float(v)) for e, v in zip(df["epoch"], df[key])]
+            assert [s for s, _ in history] == [s for s, _ in expected], (trial_id, key, history, expected)
+            assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(history, expected)), (trial_id, key)
+        assert dict(ot.intermediate_values) == {e: float(v) for e, v in received}, (trial_id, ot.intermediate_values)
+        assert ot.user_attrs["mlflow_run_id"] == run.info.run_id == row["mlflow_run_id"]
+        assert row["optuna_trial"] == str(ot.number) == tags["pointtune.optuna_trial"]
+        assert not any(k.startswith("sampled") for k in run.data.params)
+        last_epoch = received[-1][0] if received else 0
+        if result.error is not None:
+            status = "FAILED"
+            assert run.info.status == "FAILED" and tags["pointtune.failure"], tags
+            assert ot.state == optuna.trial.TrialState.FAIL
+        elif last_epoch < epochs:
+            status = "STOPPED"
+            assert run.info.status == "KILLED" and f"after epoch {last_epoch} of {epochs}" in tags["pointtune.stopped_by"]
+            assert ot.state == optuna.trial.TrialState.PRUNED and ot.user_attrs["stopped_at_epoch"] == last_epoch
+            assert "pointtune.failure" not in tags
+        else:
+            status = "FINISHED"
+            assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
+            assert ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1])
+        assert row["status"] == status, (row["status"], status)
+        if received:  # the run ended when the trial did, not when the sweep did
+            ended_after_last_result = run.info.end_time / 1000 - float(df["timestamp"].iloc[-1])
+            assert -2 <= ended_after_last_result <= 20, ended_after_last_result
+        statuses[trial_id] = status
+    ranked = sorted((r for r in summary.values() if r["best_objective"]), key=lambda r: -float(r["best_objective"]))
+    if ranked:
+        assert runs[ranked[0]["trial_id"]].data.tags["pointtune.rank"] == "1"
+    return statuses
+
+
+def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:
+    """Start a second, unrelated Ray instance with ``ray start --head`` (as a user may have left one running);
+    returns its GCS address. Stop it with :func:`stop_ray_instance`."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    ray = str(Path(sys.executable).with_name("ray"))
+    proc = subprocess.run([ray, "start", "--head", f"--port={port}", f"--num-cpus={num_cpus}",
+                           "--disable-usage-stats"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return f"127.0.0.1:{port}"
+
+
+def stop_ray_instance(address: str) -> None:
+    """Kill every process of the Ray instance at ``address`` (and only of it: `ray stop` would stop every
+    instance on the machine). Processes are found by the GCS address or port on their command line."""
+    import signal
+
+    port = address.rsplit(":", 1)[1]
+    marks = (address, f"--gcs_server_port={port}", f"--gcs-address={address}", f"--port={port}")
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "ray" in cmdline and any(m in cmdline for m in marks):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass

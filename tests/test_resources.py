@@ -1,42 +1,82 @@
-"""Per-trial resources: drivers and workers of concurrent trials always fit; impossible shapes fail fast."""
+"""Per-trial resources, planned node by node: every bundle of the concurrent trials is placed on a node that
+exists, impossible shapes fail fast with the nodes named, drivers go where the cluster says they belong."""
 
 import pytest
 
-from pointtune.search.resources import ResourceError, plan_resources
+from pointtune.search.resources import DRIVER_RESOURCE, ResourceError, fits, plan_resources
 
 
-def _fits(plan, cpus, gpus):
-    per = plan.per_trial()
-    return plan.max_concurrent * per["CPU"] <= cpus + 1e-9 and plan.max_concurrent * per["GPU"] <= gpus + 1e-9
+def node(cpus, gpus=0, **custom):
+    return {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {}), **custom}
 
 
-@pytest.mark.parametrize("cpus,gpus,workers,g,trials", [
-    (2, 0, 2, 0, 2), (2, 0, 1, 0, 4), (16, 0, 2, 0, 8), (16, 4, 1, 0.5, 20), (8, 1, 2, 0.5, 3), (64, 8, 4, 1, 2),
+def _placed(plan, nodes):
+    """Brute force: the plan's bundles fit when placed one node at a time (any order found by fits)."""
+    return fits(nodes, plan.bundles() * plan.max_concurrent)
+
+
+@pytest.mark.parametrize("nodes,workers,g,trials", [
+    ([node(2)], 2, 0, 2), ([node(2)], 1, 0, 4), ([node(16)], 2, 0, 8), ([node(16, 4)], 1, 0.5, 20),
+    ([node(8, 1)], 2, 0.5, 3), ([node(64, 8)], 4, 1, 2), ([node(1), node(1)], 1, 0, 2), ([node(1)] * 8, 2, 0, 4),
+    ([node(6, 0, **{DRIVER_RESOURCE: 1000}), node(4, 1), node(4, 1)], 2, 1, 4),
 ])
-def test_plans_fit(cpus, gpus, workers, g, trials):
-    plan = plan_resources(cpus, gpus, workers, g, None, trials)
-    assert _fits(plan, cpus, gpus)
+def test_plans_fit_per_node(nodes, workers, g, trials):
+    plan = plan_resources(nodes, workers, g, None, trials)
+    assert _placed(plan, nodes)
     assert 1 <= plan.max_concurrent <= trials
     assert plan.cpus_per_worker > 0
+    assert plan.cpus_per_worker < 1 or float(plan.cpus_per_worker).is_integer()  # what Ray accepts
+    assert plan.cpus_per_worker <= max(n["CPU"] for n in nodes)
+
+
+def test_fits_is_per_node_not_total():
+    assert not fits([node(1), node(1)], [{"CPU": 2.0}])
+    assert fits([node(1), node(1)], [{"CPU": 1.0}, {"CPU": 1.0}])
+    assert not fits([node(4, 1), node(4, 1)], [{"CPU": 1.0, "GPU": 1.0}] * 3)
+
+
+def test_one_cpu_nodes_never_get_two_cpu_workers():
+    # The issue's cluster of 1-CPU nodes: the old plan asked for "1 workers x 2 CPU", which no node has.
+    plan = plan_resources([node(1), node(1)], workers=1, trials=2)
+    assert plan.cpus_per_worker == 1 and plan.max_concurrent == 2
 
 
 def test_two_workers_on_two_cores_do_not_deadlock():
-    # The platform-notes trap: a 0.01-CPU driver plus two 1-CPU workers needs 2.01 CPUs on a 2-core machine.
-    plan = plan_resources(2, 0, workers=2, trials=2)
+    # The platform-notes trap: a driver plus two 1-CPU workers needs 2.1 CPUs on a 2-core machine.
+    plan = plan_resources([node(2)], workers=2, trials=2)
     assert plan.max_concurrent == 1
     assert plan.driver_cpus + 2 * plan.cpus_per_worker <= 2
 
 
+def test_single_process_trial_takes_the_cores_it_can():
+    one = plan_resources([node(2)], workers=1, trials=1)
+    assert one.single_process and one.max_concurrent == 1 and one.cpus_per_worker == 2
+    assert one.trial_bundle() == {"CPU": 2.0} and one.bundles() == [{"CPU": 2.0}]
+    many = plan_resources([node(2)], workers=1, trials=6)
+    assert many.max_concurrent == 2 and many.cpus_per_worker == 1
+
+
 def test_gpu_concurrency_follows_gpus():
-    plan = plan_resources(32, 4, workers=1, gpus_per_worker=0.5, trials=10)
+    plan = plan_resources([node(32, 4)], workers=1, gpus_per_worker=0.5, trials=10)
     assert plan.max_concurrent == 8
 
 
+def test_drivers_pinned_to_the_declared_resource():
+    nodes = [node(6, 0, **{DRIVER_RESOURCE: 1000}), node(4, 1), node(4, 1)]
+    plan = plan_resources(nodes, workers=2, gpus_per_worker=1, trials=3)
+    assert plan.driver_resource == DRIVER_RESOURCE and plan.driver_cpus == 0
+    assert plan.trial_bundle()[DRIVER_RESOURCE] > 0
+    assert plan.max_concurrent == 1  # two GPUs: one 2-GPU trial at a time
+
+
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(total_cpus=8, total_gpus=1, workers=2, gpus_per_worker=1), "GPUs, but the cluster has 1"),
-    (dict(total_cpus=2, total_gpus=0, workers=2, max_concurrent=3), "do not fit"),
-    (dict(total_cpus=0, total_gpus=0, workers=1), "CPUs"),
-    (dict(total_cpus=4, total_gpus=0, workers=0), "--workers"),
+    (dict(nodes=[node(8, 1)], workers=2, gpus_per_worker=1), "GPUs, but the cluster has 1"),
+    (dict(nodes=[node(2)], workers=2, max_concurrent=3, trials=3), "do not fit"),
+    (dict(nodes=[node(0)], workers=1), "no CPUs"),
+    (dict(nodes=[node(4)], workers=0), "--workers"),
+    (dict(nodes=[node(1), node(1)], workers=1, cpus_per_worker=2), "2 node"),
+    (dict(nodes=[node(4)], workers=1, cpus_per_worker=1.5), "--cpus-per-worker"),
+    (dict(nodes=[node(4)], workers=1, max_concurrent=0), "--max-concurrent"),
 ])
 def test_impossible_shapes_raise(kwargs, match):
     with pytest.raises(ResourceError, match=match):

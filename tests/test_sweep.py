@@ -1,56 +1,81 @@
-"""A 2-trial sweep with 2 Ray Train CPU workers per trial and ASHA, checked through what it leaves:
-Tune results, the Optuna study, the MLflow parent/child runs, the summary, the plots and the best config."""
+"""Sweeps checked through what they leave, against what Tune received, epoch by epoch: a 4-trial sweep of
+single-process trials (ASHA stops some) and a 2-trial sweep with 2 Ray Train CPU workers per trial."""
 
 import csv
 
-import optuna
 import pytest
 
-from helpers import mlflow_runs, pointtune, write_space
+from helpers import check_records, mlflow_runs, pointtune, write_space
 from pointtune.config import config_from_file
 
 pytestmark = pytest.mark.slow
 EPOCHS = 3
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
-    space = write_space(root / "space.yaml", {
+def _space(root):
+    return write_space(root / "space.yaml", {
         "optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
         "method.use_eaa": {"type": "categorical", "choices": [True, False]},
         "method.ent_high": {"type": "float", "low": 1.3, "high": 3.0, "when": {"method.use_eaa": True}},
     })
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """Single-process trials: 4 trials, 2 at once, ASHA with a grace period of 1 epoch."""
+    root = tmp_path_factory.mktemp("sweep")
     out = root / "run"
-    proc = pointtune("sweep", "cedr", "--space", str(space), "--trials", "2", "--epochs", str(EPOCHS),
+    proc = pointtune("sweep", "cedr", "--space", str(_space(root)), "--trials", "4", "--epochs", str(EPOCHS),
+                     "--output", str(out), "--seed", "3")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def parallel_sweep(tmp_path_factory):
+    """Data-parallel trials: 2 trials of 2 Ray Train workers each."""
+    root = tmp_path_factory.mktemp("sweep2w")
+    out = root / "run"
+    proc = pointtune("sweep", "cedr", "--space", str(_space(root)), "--trials", "2", "--epochs", "2",
                      "--workers", "2", "--output", str(out), "--seed", "3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc
 
 
+def test_records_equal_what_tune_received(sweep):
+    out, proc = sweep
+    statuses = check_records(out, EPOCHS)
+    assert len(statuses) == 4 and "FINISHED" in statuses.values()
+    assert "trials:" in proc.stdout and "stopped early by ASHA" in proc.stdout
+
+
+def test_data_parallel_records_equal_what_tune_received(parallel_sweep):
+    out, _ = parallel_sweep
+    statuses = check_records(out, 2)
+    assert len(statuses) == 2 and set(statuses.values()) <= {"FINISHED", "STOPPED"}
+    assert list(out.glob("train/trial_*/checkpoint_*/state.pt"))  # kept by Ray Train in the sweep directory
+
+
 def test_summary_and_best_config(sweep):
     out, proc = sweep
     rows = list(csv.DictReader((out / "summary.csv").open()))
-    assert len(rows) == 2 and len({r["trial_id"] for r in rows}) == 2
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4
     for row in rows:
-        assert row["status"] in ("FINISHED", "STOPPED")
         assert 1 <= int(row["epochs"]) <= EPOCHS  # ASHA: at least the grace period, at most max_t
         assert (row["status"] == "FINISHED") == (int(row["epochs"]) == EPOCHS)
-    assert "best trial" in proc.stdout
+        assert not any(k.startswith("test/") for k in row)  # test metrics never sit beside what ranks trials
+    assert "best trial" in proc.stdout and "best run: http://127.0.0.1:5000/#/experiments/" in proc.stdout
+    assert "workflowType=machine_learning" in proc.stdout and "optuna-dashboard sqlite:///" in proc.stdout
     exp = config_from_file("cedr", out / "best_config.yaml")
     assert exp.train.epochs == EPOCHS and exp.method.backbone.name == "pointnet"
     assert (out / "optimization_history.png").stat().st_size > 1000
 
 
-def test_optuna_study_persisted(sweep):
-    out, _ = sweep
-    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{out}/optuna.db")
-    assert len(study.trials) == 2
-    for trial in study.trials:
-        assert trial.state == optuna.trial.TrialState.COMPLETE
-        assert 0.01 <= trial.params["optim.lr"] <= 0.2
-        assert ("method.ent_high" in trial.params) == trial.params["method.use_eaa"]
-        assert trial.intermediate_values  # per-epoch reports reached the study
+def test_console_is_quiet(sweep):
+    _, proc = sweep
+    for noise in ("PreemptionWatcher", "Checkpoint successfully created", "Trial status:", "result ─"):
+        assert noise not in proc.stdout + proc.stderr, noise
+    assert "== Status ==" in proc.stdout and "[pointtune] trial" in proc.stdout
 
 
 def test_mlflow_parent_and_children(sweep):
@@ -58,21 +83,39 @@ def test_mlflow_parent_and_children(sweep):
     client, runs = mlflow_runs(out)
     parents = [r for r in runs if r.data.tags.get("pointtune.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
-    assert len(parents) == 1 and len(children) == 2 and len(runs) == 3
+    assert len(parents) == 1 and len(children) == 4 and len(runs) == 5
     parent = parents[0]
     assert parent.info.status == "FINISHED"
     assert parent.data.params["method"] == "cedr" and parent.data.params["dataset"] == "synthetic"
     assert parent.data.params["protocol"] == "classification"
     assert "pointtune.git_commit" in parent.data.tags and "best/val/OA" in parent.data.metrics
-    rows = {r["trial_id"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    experiment = client.get_experiment(parent.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs table, not GenAI
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.info.status == "FINISHED"
-        history = client.get_metric_history(child.info.run_id, "val/OA")
-        row = rows[child.data.tags["pointtune.trial_id"]]
-        assert [m.step for m in history] == list(range(1, int(row["epochs"]) + 1))  # rank 0 only, once per epoch
+        assert "optim.lr" in child.data.params and "train.epochs" in child.data.params
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "best_checkpoint"} <= artifacts
+
+
+def test_moved_sweep_directory_keeps_its_artifacts(sweep, tmp_path):
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from pointtune.tracking import relocate_store
+
+    src, _ = sweep
+    moved = tmp_path / "elsewhere" / "sweep"
+    shutil.copytree(src, moved)
+    assert relocate_store(moved) > 0
+    assert relocate_store(moved) == 0  # idempotent
+    client = MlflowClient(tracking_uri=f"sqlite:///{moved}/mlflow.db")
+    run = next(r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+               if r.data.tags.get("pointtune.kind") == "trial")
+    assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
+    local = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path))
+    assert "method:" in open(local).read()
 
 
 def test_best_command_writes_trainable_config(sweep, tmp_path):

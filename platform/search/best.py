@@ -3,6 +3,7 @@ saved state without starting Ray, and its full config written as YAML that ``poi
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 from pointtune.config import ConfigError
@@ -29,7 +30,7 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
         grid = ResultGrid(ExperimentAnalysis(path, default_metric=space.metric, default_mode=space.mode))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{sweep_dir}: cannot read the Tune experiment at {path} ({err})") from None
-    rows = summarize(grid, space, trial_config(spec, {}).train.epochs)
+    rows = summarize(grid, space, trial_config(spec, {}).train.epochs, asdict(spec))
     print(format_table(rows, space.metric))
     if not rows or rows[0].best is None:
         raise ConfigError(f"{sweep_dir}: no trial has reported {space.metric} yet")
@@ -46,25 +47,45 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """The checkpoint directory that ``path`` designates, for ``pointtune train finetune --from PATH``.
 
     ``path`` may be a checkpoint directory (holding ``state.pt``) or that file, a ``pointtune train`` run
-    directory (its ``checkpoints/best``), or a sweep directory (the best trial's best checkpoint).
+    directory (its ``checkpoints/best``), or a sweep directory (the best trial's best checkpoint). A
+    ``state.pt`` found so is checked to be a ``torch.save`` file (a zip archive with a pickle); the full check
+    (:func:`pointtune.methods.finetune.read_checkpoint`) happens when the encoder is loaded.
 
     Raises:
-        ConfigError: nothing usable at ``path``.
+        ConfigError: nothing usable at ``path``, or its ``state.pt`` is not a file torch wrote; names the path.
     """
+    import zipfile
+
+    def checked(state: Path) -> Path:
+        """The directory of ``state`` if it is a ``torch.save`` archive (a zip holding ``*/data.pkl``)."""
+        try:
+            with zipfile.ZipFile(state) as archive:
+                ok = any(name.endswith("data.pkl") for name in archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"--from {state}: not a pointtune checkpoint (not a file written by torch.save)")
+        return state.parent
+
     path = Path(path).resolve()
+    if not path.exists():
+        raise ConfigError(f"--from {path}: no such file or directory")
+    if path.is_file() and path.name != "state.pt":
+        raise ConfigError(f"--from {path}: not a checkpoint (a checkpoint is a directory holding state.pt, "
+                          "or that state.pt)")
     if path.name == "state.pt" and path.is_file():
-        return path.parent
+        return checked(path)
     if (path / "state.pt").is_file():
-        return path
+        return checked(path / "state.pt")
     if (path / "checkpoints" / "best" / "state.pt").is_file():
-        return path / "checkpoints" / "best"
+        return checked(path / "checkpoints" / "best" / "state.pt")
     if (path / "sweep.yaml").is_file():
         from ray.tune import ExperimentAnalysis, ResultGrid
 
         spec = SweepSpec.load(path)
         space = spec.space()
         grid = ResultGrid(ExperimentAnalysis(f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"))
-        rows = [r for r in summarize(grid, space, trial_config(spec, {}).train.epochs) if r.best_checkpoint]
+        rows = [r for r in summarize(grid, space, trial_config(spec, {}).train.epochs, asdict(spec)) if r.best_checkpoint]
         if rows:
             return Path(rows[0].best_checkpoint)
         raise ConfigError(f"{path}: no trial of this sweep left a checkpoint")

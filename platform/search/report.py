@@ -1,15 +1,14 @@
-"""After a sweep (or a resume): close every trial's MLflow run, write the summary table, the best config
-and the plots, and close the parent run. Also what ``pointtune best`` reads.
+"""After a sweep (or a resume): the summary table and CSV, the best config, the plots, the parent run's
+closing records, and the commands that open the results. Also what ``pointtune best`` reads.
 
+Each trial's own MLflow run was closed by :class:`~pointtune.search.records.MlflowRecorder` when the trial
+ended; here every child run only gains ``pointtune.rank`` (1 = best), so the best trial is found at a glance.
 Idempotent: running it again (e.g. after ``pointtune resume``) updates the same runs and files.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,81 +16,84 @@ from typing import Any
 import yaml
 
 from pointtune import tracking
+from pointtune.search.checkpoints import best_checkpoint, fetch, trial_checkpoint_dirs
+from pointtune.search.records import metric_items, stopped_early
 from pointtune.search.space import SearchSpace
-from pointtune.train.checkpoint import load_state
+from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, sampled_params, study_storage, trial_config
 
 
 @dataclass
 class TrialSummary:
-    """One trial as the sweep saw it."""
+    """One trial as the sweep saw it.
+
+    ``status``: FINISHED (ran every epoch), STOPPED (ASHA stopped it early; its MLflow run is KILLED, its
+    Optuna trial PRUNED) or FAILED. ``best`` is the best value of the objective Tune received;
+    ``best_checkpoint`` the checkpoint of that epoch (local path or storage URI).
+    """
 
     trial_id: str
-    status: str  # FINISHED (ran all epochs), STOPPED (ASHA), FAILED
+    status: str
     params: dict[str, Any]
     epochs: int
     best: float | None
     last: dict[str, float] = field(default_factory=dict)
     best_checkpoint: str | None = None
     error: str | None = None
+    optuna_trial: int | None = None
+    mlflow_run_id: str | None = None
 
 
 def _trial_id(result) -> str:
     if result.metrics and "trial_id" in result.metrics:
         return str(result.metrics["trial_id"])
-    # Tune names trial directories <trainable>_<trial id>_<index>_...; the trainable here is run_trial.
-    return Path(result.path).name.split("_")[2]
+    return Path(result.path).name.removeprefix("trial_")  # sweep._trial_name
 
 
-def summarize(results, space: SearchSpace, max_epochs: int) -> list[TrialSummary]:
-    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first (failed trials last)."""
+def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any]) -> list[TrialSummary]:
+    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first (failed trials last).
+
+    Args:
+        results: the ``ResultGrid`` of ``Tuner.fit`` or of the saved experiment.
+        space: the sweep's search space (objective, searched keys).
+        max_epochs: epochs of a trial that runs to the end.
+        sweep: the sweep spec as a dict (where the checkpoints are).
+    """
+    from pointtune.search.records import failure_reason
+
     rows = []
     for result in results:
         df = result.metrics_dataframe
-        best, ckpt = None, None
+        best = None
         if df is not None and space.metric in df and df[space.metric].notna().any():
             col = df[space.metric]
             best = float(col.max() if space.mode == "max" else col.min())
-            ckpt = _best_kept_checkpoint(df, space)
         metrics = result.metrics or {}
-        epochs = int(metrics.get("epoch", 0))
+        trial_id = _trial_id(result)
         if result.error is not None:
             status = "FAILED"
         else:
-            status = "FINISHED" if epochs >= max_epochs else "STOPPED"
-        last = {k: v for k, v in metrics.items() if k.startswith(("val/", "test/", "train/")) and isinstance(v, float)}
-        error = str(result.error).strip().splitlines()[-1][:300] if result.error is not None else None
-        rows.append(TrialSummary(_trial_id(result), status, _sampled(result.config, space), epochs, best, last, ckpt, error))
+            status = "STOPPED" if stopped_early(metrics, max_epochs) else "FINISHED"
+        kept = best_checkpoint(trial_checkpoint_dirs(sweep, trial_id, result.path), space.metric, space.mode)
+        searched = set(space.searched())
+        rows.append(TrialSummary(
+            trial_id, status, {k: v for k, v in sampled_params(result.config).items() if k in searched},
+            int(metrics.get("epoch", 0)), best,
+            {k: v for k, v in metric_items(metrics).items() if k.startswith(("val/", "train/"))},
+            kept.path if kept else None, failure_reason(result.error) if result.error is not None else None,
+            (result.config or {}).get(OPTUNA_KEY),
+        ))
     sign = 1 if space.mode == "max" else -1
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0)))
     return rows
 
 
-def _best_kept_checkpoint(df, space: SearchSpace) -> str | None:
-    """Checkpoint of the best epoch that Ray kept (``num_to_keep=1``: the best and the latest survive; on
-    ties the later epoch wins, as in Ray's checkpoint manager)."""
-    if "checkpoint_path" not in df:
-        return None
-    rows = df[df["checkpoint_path"].notna()].sort_values(
-        [space.metric, "epoch"], ascending=[space.mode == "min", False]
-    )
-    for path in rows["checkpoint_path"]:
-        if isinstance(path, str) and Path(path).exists():
-            return path
-    return None
-
-
-def _sampled(config: dict[str, Any] | None, space: SearchSpace) -> dict[str, Any]:
-    keys = set(space.searched())
-    return {k: v for k, v in (config or {}).items() if k in keys}
-
-
 def format_table(rows: list[TrialSummary], metric: str) -> str:
     """A fixed-width text table of the trials (best first)."""
     keys = sorted({k for r in rows for k in r.params})
-    header = ["trial", "status", "epochs", metric] + [k.split(".")[-1] for k in keys]
+    header = ["trial", "optuna", "status", "epochs", metric] + [k.split(".")[-1] for k in keys]
     lines = [header]
     for r in rows:
-        cells = [r.trial_id, r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}"]
+        cells = [r.trial_id, _fmt(r.optuna_trial), r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}"]
         cells += [_fmt(r.params.get(k)) for k in keys]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -109,10 +111,14 @@ def _fmt(value: Any) -> str:
 def write_best_config(rows: list[TrialSummary], path: Path) -> dict[str, Any] | None:
     """Write the best trial's full experiment config (from its best checkpoint) as YAML for
     ``pointtune train --config``; returns it, or ``None`` when no trial has a checkpoint."""
+    import tempfile
+
+    from pointtune.train.checkpoint import load_state
+
     for row in rows:
-        if row.best_checkpoint and Path(row.best_checkpoint).exists():
-            state = load_state(row.best_checkpoint)
-            config = state["experiment"]
+        if row.best_checkpoint:
+            with tempfile.TemporaryDirectory() as tmp:
+                config = load_state(fetch(row.best_checkpoint, Path(tmp)))["experiment"]
             header = f"# best trial {row.trial_id}: {row.best}\n"
             path.write_text(header + yaml.safe_dump(config, sort_keys=False))
             return config
@@ -120,8 +126,9 @@ def write_best_config(rows: list[TrialSummary], path: Path) -> dict[str, Any] | 
 
 
 def plot_study(sweep_dir: Path) -> list[Path]:
-    """Optimization history and (with >= 2 complete trials) parameter importances from the persisted
-    Optuna study, saved as PNGs in ``sweep_dir``; returns the files written."""
+    """Optimization history (every trial) and parameter importances (computed on the COMPLETE trials only,
+    i.e. those that ran every epoch: pruned trials stopped at different epochs and their values are not
+    comparable), saved as PNGs in ``sweep_dir``; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,12 +136,10 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    from pointtune.search.sweep import STUDY_NAME
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", message="Some regimes for parameter", category=UserWarning)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{sweep_dir.resolve()}/optuna.db")
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(sweep_dir))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     written = []
     if complete:
@@ -146,76 +151,72 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
     if len(complete) >= 2 and varying:
         try:
-            ax = ovm.plot_param_importances(study)
+            ax = ovm.plot_param_importances(study)  # Optuna uses COMPLETE trials only
         except (RuntimeError, ValueError) as err:  # e.g. importances undefined for the sampled values
             print(f"[pointtune] parameter importances skipped: {err}")
         else:
+            ax.set_title(f"Hyperparameter importances over the {len(complete)} complete trials "
+                         f"({len(study.trials) - len(complete)} pruned or failed left out)")
             out = sweep_dir / "param_importances.png"
             ax.figure.savefig(out, dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
             written.append(out)
+    elif len(study.trials) > len(complete):
+        print(f"[pointtune] parameter importances need 2 complete trials with differing values; "
+              f"{len(complete)} of {len(study.trials)} trials ran every epoch")
     return written
 
 
-def _finalize_trial(spec, row: TrialSummary) -> None:
-    from pointtune.metrics import plot_confusion_matrix
-
-    run_id = tracking.find_child_run(spec.tracking_uri, spec.experiment_id, spec.parent_run_id, row.trial_id)
-    if run_id is None:  # the trial never started
-        return
-    uri = spec.tracking_uri
-    final = {f"final/{k}": v for k, v in row.last.items() if isinstance(v, float) and math.isfinite(v)}
-    if row.best is not None:
-        final["best_objective"] = row.best
-    tracking.log_metrics({"tracking_uri": uri, "run_id": run_id}, final, step=row.epochs)
-    tracking.set_tags(uri, run_id, {"pointtune.status": row.status, **({"pointtune.failure": row.error} if row.error else {})})
-    if row.best_checkpoint and Path(row.best_checkpoint).exists():
-        ckpt = Path(row.best_checkpoint)
-        state = load_state(ckpt)
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            (tmp / "config.yaml").write_text(yaml.safe_dump(state["experiment"], sort_keys=False))
-            tracking.log_artifact(uri, run_id, tmp / "config.yaml")
-            if (ckpt / "confusion.npy").exists():
-                import numpy as np
-
-                cm = np.load(ckpt / "confusion.npy")
-                plot_confusion_matrix(cm, state["class_names"], str(tmp / "confusion_matrix.png"),
-                                      title=f"trial {row.trial_id}, epoch {state['epoch'] + 1} (validation)")
-                tracking.log_artifact(uri, run_id, tmp / "confusion_matrix.png")
-            shutil.copytree(ckpt, tmp / "best_checkpoint")
-            tracking.log_artifact(uri, run_id, tmp / "best_checkpoint", "best_checkpoint")
-    tracking.end_run(uri, run_id, "FAILED" if row.status == "FAILED" else "FINISHED")
+def ui_url(spec, run_id: str | None = None, port: int = 5000) -> str:
+    """The MLflow UI address of the sweep's experiment (runs table) or of one run, for the default
+    ``mlflow ui`` (port 5000) or the sweep's tracking server."""
+    uri = spec.tracking_uri or ""
+    base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{port}"
+    path = f"#/experiments/{spec.experiment_id}"
+    return f"{base}/{path}/runs/{run_id}" if run_id else f"{base}/{path}?workflowType=machine_learning"
 
 
 def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
-    """Close the trials' MLflow runs, write ``summary.csv``, ``best_config.yaml`` and the plots, log them to
-    the parent run, print the table and the best trial. Returns the trial summaries."""
-    from pointtune.search.sweep import trial_config
+    """Write ``summary.csv``, ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the
+    parent run, print the table, the best trial and how to open the results. Returns the trial summaries."""
+    from dataclasses import asdict
 
     root = spec.root
     max_epochs = trial_config(spec, {}).train.epochs
-    rows = summarize(results, space, max_epochs)
-    for row in rows:
-        _finalize_trial(spec, row)
+    rows = summarize(results, space, max_epochs, asdict(spec))
+    uri = spec.tracking_uri
+    for rank, row in enumerate(rows, start=1):
+        row.mlflow_run_id = tracking.find_child_run(uri, spec.experiment_id, spec.parent_run_id, row.trial_id)
+        if row.mlflow_run_id:
+            tracking.set_tags(uri, row.mlflow_run_id, {"pointtune.rank": rank if row.best is not None else "-"})
     table = format_table(rows, space.metric)
     (root / "summary.txt").write_text(table + "\n")
     _write_csv(rows, root / "summary.csv")
     best_config = write_best_config(rows, root / "best_config.yaml")
     plots = plot_study(root)
-    uri = spec.tracking_uri
     for path in [root / "summary.csv", *plots] + ([root / "best_config.yaml"] if best_config else []):
         tracking.log_artifact(uri, spec.parent_run_id, path)
     done = [r for r in rows if r.best is not None]
     if done:
         tracking.log_metrics({"tracking_uri": uri, "run_id": spec.parent_run_id}, {f"best/{space.metric}": done[0].best}, 0)
-        tracking.set_tags(uri, spec.parent_run_id, {"pointtune.best_trial": done[0].trial_id})
-    tracking.end_run(uri, spec.parent_run_id, "FINISHED")
+        tracking.set_tags(uri, spec.parent_run_id, {"pointtune.best_trial": done[0].trial_id,
+                                                    "pointtune.best_run": done[0].mlflow_run_id or "-"})
+    tracking.end_run(uri, spec.parent_run_id, "FINISHED" if done else "FAILED")
+    counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
+    print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {counts['STOPPED']} stopped early by "
+          f"ASHA, {counts['FAILED']} failed")
     if done:
-        print(f"\n[pointtune] best trial {done[0].trial_id}: {space.metric} = {done[0].best:.4f}  {done[0].params}")
+        best = done[0]
+        print(f"[pointtune] best trial {best.trial_id} (Optuna #{best.optuna_trial}): {space.metric} = {best.best:.4f}  "
+              f"{best.params}")
         print(f"[pointtune] best config: {root / 'best_config.yaml'}  (pointtune train {spec.method} --config ...)")
-    print(f"[pointtune] MLflow runs: mlflow ui --backend-store-uri {uri}")
+        if best.mlflow_run_id:
+            print(f"[pointtune] best run: {ui_url(spec, best.mlflow_run_id)}")
+    if uri.startswith("sqlite"):
+        print(f"[pointtune] MLflow runs: pointtune ui {root}   (then open {ui_url(spec)})")
+    else:
+        print(f"[pointtune] MLflow runs: {ui_url(spec)}")
     print(f"[pointtune] Optuna study: optuna-dashboard sqlite:///{root.resolve()}/optuna.db")
     return rows
 
@@ -227,7 +228,8 @@ def _write_csv(rows: list[TrialSummary], path: Path) -> None:
     metrics = sorted({k for r in rows for k in r.last})
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["trial_id", "status", "epochs", "best_objective", *keys, *metrics, "error"])
+        writer.writerow(["trial_id", "optuna_trial", "mlflow_run_id", "status", "epochs", "best_objective",
+                         *keys, *metrics, "error"])
         for r in rows:
-            writer.writerow([r.trial_id, r.status, r.epochs, r.best, *[r.params.get(k) for k in keys],
-                             *[r.last.get(k) for k in metrics], r.error or ""])
+            writer.writerow([r.trial_id, r.optuna_trial, r.mlflow_run_id or "", r.status, r.epochs, r.best,
+                             *[r.params.get(k) for k in keys], *[r.last.get(k) for k in metrics], r.error or ""])

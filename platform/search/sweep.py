@@ -1,34 +1,47 @@
-"""A sweep: Ray Tune + OptunaSearch (TPE, study in SQLite) + ASHA, one TorchTrainer per trial, MLflow runs.
+"""A sweep: Ray Tune + Optuna TPE (study in SQLite) + ASHA, every trial recorded in MLflow by the driver.
 
-Data flow: :class:`SweepSpec` (validated, saved as ``<sweep dir>/sweep.yaml``) -> ``Tuner`` -> one
-:func:`run_trial` driver per trial -> ``TorchTrainer`` (N workers) running the shared loop -> reports via
-``TuneReportCallback`` -> ASHA and Optuna act on them. After ``fit`` (or ``resume``),
-:func:`pointtune.search.report.finalize` closes the MLflow runs and writes the summary and plots.
+Data flow: :class:`SweepSpec` (validated before Ray starts, saved as ``<sweep dir>/sweep.yaml``) -> ``Tuner``
+-> one :func:`run_trial` per trial, which trains in its own actor (one worker) or through a ``TorchTrainer``
+(N workers, reports forwarded by ``TuneReportCallback``) -> Tune, where ASHA and Optuna act on each result
+and :class:`~pointtune.search.records.MlflowRecorder` logs it. After ``fit`` (or ``resume``),
+:func:`pointtune.search.report.finalize` writes the summary, the best config and the plots.
 
 Sweep directory layout::
 
     sweep.yaml      the spec (what `pointtune resume` reads)     space.yaml   the resolved search space
     optuna.db       the Optuna study (optuna-dashboard sqlite:///optuna.db)
     mlflow.db, mlartifacts/   default MLflow store
-    tune/           Tune experiment state (Tuner.restore)         train/  Train runs and checkpoints
+    tune/           Tune experiment state (Tuner.restore) and single-process trials' checkpoints
+    train/          data-parallel trials' Train runs and checkpoints
+    (with --storage, tune/ and train/ live in <storage>/<sweep dir name>/ instead)
     summary.csv, best_config.yaml, optimization_history.png, param_importances.png
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
 from pointtune.config import ConfigError, build_config
+from pointtune.search.resources import TrialResources
 from pointtune.search.space import SearchSpace, load_search_space, load_space_tree
 
 TUNE_NAME = "tune"
 STUDY_NAME = "pointtune"
+OPTUNA_KEY = "optuna_trial"  # Optuna trial number, carried in each Tune trial's config (a cross-link)
+
+
+def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
+    """A Tune trial's config without pointtune's bookkeeping keys: the values the trial was given."""
+    return {k: v for k, v in (config or {}).items() if k != OPTUNA_KEY}
 
 
 @dataclass
@@ -50,6 +63,8 @@ class SweepSpec:
     mlflow_uri: str | None = None
     grace_period: int = 1
     wait_for_resources: float = 0.0
+    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT_S
+    verbose: bool = False
     base: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     parent_run_id: str | None = None
@@ -64,8 +79,16 @@ class SweepSpec:
 
     @property
     def storage_path(self) -> str:
-        """Where Tune and Train keep state and checkpoints (shared storage on multi-node clusters)."""
-        return self.storage or str(self.root.resolve())
+        """Where Tune and Train keep state and checkpoints: ``<storage>/<sweep dir name>`` with ``--storage``
+        (shared storage on multi-node clusters, one folder per sweep), else the sweep directory."""
+        if self.storage:
+            return f"{self.storage.rstrip('/')}/{self.root.name}"
+        return str(self.root.resolve())
+
+    @property
+    def plan(self) -> TrialResources:
+        """The per-trial resources planned when the sweep started."""
+        return TrialResources(**self.resources)
 
     def fixed_overrides(self) -> dict[str, Any]:
         """Overrides every trial gets on top of its sampled values (``--set``, ``--epochs``, dataset flags)."""
@@ -84,12 +107,13 @@ class SweepSpec:
         """Read ``<sweep_dir>/sweep.yaml``.
 
         Raises:
-            ConfigError: the directory is not a sweep directory.
+            ConfigError: not a sweep directory, or a ``sweep.yaml`` with an unknown or missing key or a bad
+                number (one line naming the file and the key).
         """
-        path = Path(sweep_dir) / "sweep.yaml"
-        if not path.is_file():
-            raise ConfigError(f"{sweep_dir}: not a pointtune sweep directory (no sweep.yaml)")
-        spec = cls(**yaml.safe_load(path.read_text()))
+        from pointtune.preflight import load_sweep_yaml_checked
+
+        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        spec = cls(**load_sweep_yaml_checked(Path(sweep_dir) / "sweep.yaml", [f.name for f in fields(cls)], required))
         spec.sweep_dir = str(Path(sweep_dir).resolve())
         return spec
 
@@ -100,71 +124,77 @@ class SweepSpec:
 
 def trial_config(spec: SweepSpec, sampled: dict[str, Any]):
     """The :class:`ExperimentConfig` of a trial: base config + sampled values + the sweep's fixed overrides."""
+    sampled = sampled_params(sampled)
     return build_config(spec.method, spec.base, {**sampled, **spec.fixed_overrides()}, source=f"trial {sampled}")
 
 
-def run_trial(sampled: dict[str, Any], spec_dict: dict[str, Any]) -> None:
-    """Tune driver of one trial: make (or find) its MLflow child run and run a ``TorchTrainer`` on it.
+def study_storage(sweep_dir: str | Path):
+    """The Optuna storage of a sweep (``<sweep dir>/optuna.db``)."""
+    import optuna
 
-    Tune stops the driver when ASHA stops the trial; closing the MLflow run is done by the sweep after
-    ``fit`` so that stopped trials are closed too.
+    return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve()}/optuna.db")
+
+
+def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
+    """One Tune trial: train in this actor (one worker) or through a ``TorchTrainer`` (several).
+
+    A data-parallel trial whose Train run fails raises ``RuntimeError`` with the root cause in one line,
+    which Tune records as the trial's error.
     """
-    import ray.train
     from ray import tune
+
+    from pointtune.train.loop import tune_trial_loop
+
+    spec = SweepSpec(**spec_dict)
+    if not spec.verbose:
+        logging.getLogger("ray").setLevel(logging.WARNING)  # e.g. "Checkpoint successfully created" per epoch
+    space = spec.space()
+    plan = spec.plan
+    loop_config = {
+        "experiment": trial_config(spec, config).to_dict(),
+        "objective": [space.metric, space.mode],
+        "cpus_per_worker": plan.cpus_per_worker,
+    }
+    if plan.single_process:
+        tune_trial_loop(loop_config)
+        return
+    _fit_data_parallel(spec, plan, loop_config, tune.get_context().get_trial_id())
+
+
+def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop_config: dict[str, Any], trial_id: str) -> None:
+    import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pointtune import tracking
+    from pointtune.search.records import failure_reason
     from pointtune.train.loop import train_loop_per_worker
 
-    spec = SweepSpec(**spec_dict)
-    space = spec.space()
-    trial_id = tune.get_context().get_trial_id()
-    exp = trial_config(spec, sampled)
-    run_id = tracking.child_run(
-        spec.tracking_uri, spec.experiment_id, spec.parent_run_id, trial_id,
-        {**exp.to_dict(), "sampled": sampled},
-    )
-    res = spec.resources
-    use_gpu = res["gpus_per_worker"] > 0
-    per_worker = {"CPU": res["cpus_per_worker"], **({"GPU": res["gpus_per_worker"]} if use_gpu else {})}
+    metric, mode = loop_config["objective"]
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "experiment": exp.to_dict(),
-            "objective": [space.metric, space.mode],
-            "mlflow": {"tracking_uri": spec.tracking_uri, "run_id": run_id},
-            "cpus_per_worker": res["cpus_per_worker"],
-        },
+        train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(
-            num_workers=int(res["workers"]), use_gpu=use_gpu, resources_per_worker=per_worker
+            num_workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, resources_per_worker=plan.worker_bundle()
         ),
         run_config=ray.train.RunConfig(
             name=f"trial_{trial_id}",
             storage_path=f"{spec.storage_path.rstrip('/')}/train",
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
+                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
             ),
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if spec.verbose else "WARNING"),
         ),
     )
     try:
         trainer.fit()
-    except Exception as err:  # noqa: BLE001 - report the root cause in one line, then fail the trial
-        reason = _root_cause(err)
-        tracking.set_tags(spec.tracking_uri, run_id, {"pointtune.failure": reason})
-        tracking.end_run(spec.tracking_uri, run_id, "FAILED")
-        raise RuntimeError(f"trial {trial_id} failed: {reason}") from None
-
-
-def _root_cause(err: BaseException) -> str:
-    """The innermost error of a Ray Train failure as ``Type: message`` (first line only)."""
-    text = str(err)
-    for line in reversed(text.splitlines()):
-        if "Error:" in line and not line.strip().startswith(("File", "raise")):
-            return line.strip()[:500]
-    return (text.splitlines() or [type(err).__name__])[0][:500]
+    except Exception as err:  # noqa: BLE001 - one line with the root cause; Tune records the trial as failed
+        reason = failure_reason(err)
+        if "WorkerGroupStartupTimeoutError" in str(err) or "timed out" in reason.lower():
+            reason = (f"its {plan.workers} workers x {plan.worker_bundle()} could not be placed within "
+                      f"{spec.worker_start_timeout:g} s (--worker-start-timeout): {reason}")
+        raise RuntimeError(reason) from None
 
 
 def _git_commit() -> str:
@@ -177,64 +207,52 @@ def _git_commit() -> str:
 
 
 def prepare_sweep(spec: SweepSpec) -> SearchSpace:
-    """Validate everything that can be validated before Ray starts: the space, one trial config, the data.
+    """Validate everything that can be validated before Ray starts: the space, the numbers, one trial config,
+    the data, and one forward pass of the model it builds (:func:`pointtune.preflight.preflight`).
 
     Raises:
-        ConfigError, DatasetError: bad space, config or dataset; nothing has been started.
+        ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
     """
-    from pointtune.data import build_datasets
+    from pointtune.preflight import check_numbers, check_tracking_uri, preflight
 
+    check_numbers(asdict(spec), "sweep")
+    check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
-    if spec.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {spec.trials}")
     probe = trial_config(spec, {p.key: p.corners()[0] for p in space.params})
-    build_datasets(probe.data)  # a missing or corrupt dataset fails here, not in every trial
+    preflight(probe, workers=spec.workers, objective=space.metric)  # fails here, not in every trial
     return space
 
 
 def _tuner_parts(spec: SweepSpec, space: SearchSpace):
+    """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
-    storage = optuna.storages.RDBStorage(f"sqlite:///{spec.root.resolve()}/optuna.db")
-    searcher = OptunaSearch(
-        space=space.define_by_run, metric=space.metric, mode=space.mode,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=storage, study_name=STUDY_NAME,
-    )
+    from pointtune.search.records import MlflowRecorder, StudySearch
+
+    optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = trial_config(spec, {}).train.epochs
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, spec_dict=asdict(spec)),
-        {"CPU": spec.resources["driver_cpus"]},
+    searcher = StudySearch(
+        space=space.define_by_run, metric=space.metric, mode=space.mode, max_epochs=epochs,
+        sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=study_storage(spec.root), study_name=STUDY_NAME,
     )
-    return searcher, scheduler, trainable
-
-
-def init_ray(address: str | None) -> None:
-    """Connect to ``address`` (a running cluster, ``auto``) or start a local Ray instance."""
-    import ray
-
-    os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=True, logging_level="WARNING")
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec_dict=asdict(spec)), spec.plan.trial_bundle())
+    recorder = MlflowRecorder(asdict(spec), space.metric, space.mode, epochs)
+    return searcher, scheduler, trainable, [recorder]
 
 
 def _plan_when_ready(spec: SweepSpec):
-    """Plan per-trial resources from what the cluster has. With ``wait_for_resources`` > 0 (autoscaling
-    clusters whose GPU nodes start at 0), first ask the autoscaler for one trial's workers and wait up to
-    that many seconds for the plan to fit."""
-    import time
-
-    import ray
-
+    """Plan per-trial resources from the nodes the cluster has. With ``wait_for_resources`` > 0 (autoscaling
+    clusters whose GPU nodes start at 0), first ask the autoscaler for the workers of the concurrent trials and
+    wait up to that many seconds for the plan to fit (the request is released by :func:`_release_request`)."""
+    from pointtune.cluster import node_resources
     from pointtune.search.resources import ResourceError, plan_resources
 
     def plan():
-        have = ray.cluster_resources()
-        return plan_resources(have.get("CPU", 0), have.get("GPU", 0), spec.workers, spec.gpus_per_worker,
-                              spec.max_concurrent, spec.trials, spec.cpus_per_worker)
+        return plan_resources(node_resources(), spec.workers, spec.gpus_per_worker, spec.max_concurrent,
+                              spec.trials, spec.cpus_per_worker)
 
     if spec.wait_for_resources <= 0:
         return plan()
@@ -253,27 +271,103 @@ def _plan_when_ready(spec: SweepSpec):
             time.sleep(10)
 
 
+def _release_request(spec: SweepSpec) -> None:
+    """Withdraw the autoscaler request of ``--wait-for-resources`` so idle GPU nodes can scale down."""
+    if spec.wait_for_resources > 0:
+        from ray.autoscaler.sdk import request_resources
+
+        request_resources(bundles=[])
+
+
+def _check_tracking(spec: SweepSpec, nodes: int) -> None:
+    """Refuse the default SQLite store in the sweep directory on a multi-node cluster.
+
+    Raises:
+        ConfigError: more than one node and no ``--mlflow-uri`` / ``MLFLOW_TRACKING_URI``.
+    """
+    if nodes > 1 and not (spec.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError(
+            f"--mlflow-uri: this cluster has {nodes} nodes; a SQLite store on the driver's disk is lost with the "
+            f"node: pass --mlflow-uri http://127.0.0.1:5000 (the tracking server of clusters/*.yaml) or an "
+            f"explicit sqlite:/// URI on storage that outlives the cluster"
+        )
+
+
+def _trial_name(trial) -> str:
+    """``trial_<Tune trial id>``: the name of a trial's directory, of its Train run and of its MLflow run."""
+    return f"trial_{trial.trial_id}"
+
+
+def _reporter(spec: SweepSpec, space: SearchSpace):
+    """The console of a sweep: Tune's trial table (status, epoch, objective, searched values) every 30 s
+    or when a trial changes state, instead of a metric dump per report (``--verbose`` keeps Tune's own)."""
+    from ray import tune
+
+    if spec.verbose:
+        return None
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table reporter; the new engine prints every result
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return tune.CLIReporter(
+        metric_columns={"epoch": "epoch", space.metric: space.metric},
+        parameter_columns={OPTUNA_KEY: "optuna #"},  # the sampled values: summary.csv, MLflow, Optuna
+        max_report_frequency=30, sort_by_metric=True,
+    )
+
+
+def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
+    """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
+    from ray import tune
+
+    searcher, scheduler, trainable, callbacks = _tuner_parts(spec, space)
+    path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
+    if restore:
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
+                max_concurrent_trials=spec.plan.max_concurrent, metric=space.metric, mode=space.mode,
+                reuse_actors=spec.plan.single_process,
+                trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_NAME, storage_path=spec.storage_path, verbose=2 if spec.verbose else 1,
+                callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
+                progress_reporter=_reporter(spec, space),
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
+                ),
+            ),
+        )
+    try:
+        return tuner.fit()
+    finally:
+        _release_request(spec)
+
+
 def run_sweep(spec: SweepSpec):
     """Validate, start Ray, plan resources, open the MLflow parent run, run the Tuner and finalize.
 
     Returns:
-        The :class:`ray.tune.ResultGrid`.
+        The trial summaries (:class:`~pointtune.search.report.TrialSummary`), best first.
 
     Raises:
         ConfigError, DatasetError, ResourceError: before any trial starts.
     """
-    from ray import tune
-
     from pointtune import tracking
+    from pointtune.cluster import init_ray, node_resources
     from pointtune.search.report import finalize
     from pointtune.train.evaluate import PROTOCOL_NAME
 
     space = prepare_sweep(spec)
+    init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
+             verbose=spec.verbose)
+    plan = _plan_when_ready(spec)
+    _check_tracking(spec, len(node_resources()))
+    spec.resources = plan.as_dict()
     spec.root.mkdir(parents=True, exist_ok=True)
     (spec.root / "space.yaml").write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))
-    init_ray(spec.address)
-    plan = _plan_when_ready(spec)
-    spec.resources = plan.as_dict()
     spec.tracking_uri = tracking.resolve_tracking_uri(spec.root, spec.mlflow_uri)
     spec.experiment_id = tracking.ensure_experiment(spec.tracking_uri, f"pointtune-{spec.method}", spec.root)
     probe = trial_config(spec, {})
@@ -282,51 +376,43 @@ def run_sweep(spec: SweepSpec):
         {tracking.KIND_TAG: "sweep", "pointtune.method": spec.method, "pointtune.git_commit": _git_commit()},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
-         "task": probe.method_cls.task.value, "protocol": PROTOCOL_NAME[probe.method_cls.task], "trials": spec.trials, "epochs": probe.train.epochs,
-         "workers": spec.workers, "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed,
-         "resources": plan.as_dict()},
+         "task": probe.method_cls.task.value, "protocol": PROTOCOL_NAME[probe.method_cls.task],
+         "trials": spec.trials, "epochs": probe.train.epochs, "workers": spec.workers,
+         "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict()},
     )
     tracking.log_artifact(spec.tracking_uri, spec.parent_run_id, spec.root / "space.yaml")
     spec.save()
-    print(f"[pointtune] sweep {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, "
-          f"{plan.workers} workers x {plan.cpus_per_worker:g} CPU / {plan.gpus_per_worker:g} GPU each", flush=True)
-    searcher, scheduler, trainable = _tuner_parts(spec, space)
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
-            max_concurrent_trials=plan.max_concurrent, metric=space.metric, mode=space.mode,
-        ),
-        run_config=tune.RunConfig(name=TUNE_NAME, storage_path=spec.storage_path, verbose=1,
-                                  failure_config=tune.FailureConfig(max_failures=0)),
-    )
-    results = tuner.fit()
-    finalize(spec, space, results)
-    return results
+    shape = "in its own actor" if plan.single_process else f"{plan.workers} Ray Train workers"
+    print(f"[pointtune] sweep {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, each {shape} of "
+          f"{plan.cpus_per_worker:g} CPU / {plan.gpus_per_worker:g} GPU", flush=True)
+    results = _tune(spec, space, restore=False)
+    return finalize(spec, space, results)
 
 
 def resume_sweep(sweep_dir: str | Path):
     """Finish an interrupted sweep: ``Tuner.restore`` (errored trials resumed), then finalize.
+
+    Returns:
+        The trial summaries, best first.
 
     Raises:
         ConfigError: not a sweep directory, or no Tune state to restore.
     """
     from ray import tune
 
+    from pointtune.cluster import init_ray
     from pointtune.search.report import finalize
 
     spec = SweepSpec.load(sweep_dir)
     space = spec.space()
     path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
-    init_ray(spec.address)
+    init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
+             verbose=spec.verbose)
     if not tune.Tuner.can_restore(path):
         raise ConfigError(f"{sweep_dir}: no Tune experiment state at {path} to resume")
-    _, _, trainable = _tuner_parts(spec, space)
     print(f"[pointtune] resuming sweep {spec.root}", flush=True)
-    tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    results = tuner.fit()
-    finalize(spec, space, results)
-    return results
+    results = _tune(spec, space, restore=True)
+    return finalize(spec, space, results)
 
 
 def _resolved_space(spec: SweepSpec) -> dict[str, Any]:

@@ -1,12 +1,15 @@
 """Training state on disk: model, optimizer, scheduler, AMP scaler, epoch, best score and RNG states.
 
-One checkpoint is a directory holding ``state.pt`` (this module) plus optional evaluation artefacts
+One checkpoint is a directory holding ``state.pt`` (this module), ``metrics.json`` (the epoch's metrics, so
+that the best checkpoint of a run can be chosen without loading models) and optional evaluation artefacts
 (``confusion.npy``). Ray Train moves these directories to the run's storage; in local mode
 (``num_workers=0``) Ray keeps no copy, so :class:`LocalCheckpoints` keeps the latest and the best.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import shutil
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 STATE_FILE = "state.pt"
+METRICS_FILE = "metrics.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -36,10 +40,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(directory: str | Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``directory/state.pt`` (the directory is created) and return the directory."""
+    """Write ``state`` to ``directory/state.pt`` and its ``metrics`` (finite numbers) to
+    ``directory/metrics.json`` (the directory is created); return the directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(state, directory / STATE_FILE)
+    metrics = {k: v for k, v in state.get("metrics", {}).items() if isinstance(v, (int, float)) and math.isfinite(v)}
+    (directory / METRICS_FILE).write_text(json.dumps(metrics))
     return directory
 
 

@@ -57,9 +57,9 @@ def train(
     print(f"[pointtune] training {exp.method.name} on {exp.data.name} for {exp.train.epochs} epochs "
           f"({'local, in-process' if workers == 0 else f'{workers} Ray Train workers'}); run dir {run_dir}", flush=True)
     if workers > 0:
-        from pointtune.search.sweep import init_ray
+        from pointtune.cluster import init_ray
 
-        init_ray(None)
+        init_ray(None, dashboard=False)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -68,7 +68,7 @@ def train(
             "mlflow": {"tracking_uri": uri, "run_id": run_id},
             "local_dir": str(run_dir / "checkpoints") if workers == 0 else None,
             "progress": progress,
-            "cpus_per_worker": 1,
+            "cpus_per_worker": 1 if workers > 0 else None,
         },
         scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
         run_config=ray.train.RunConfig(

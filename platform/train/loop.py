@@ -1,15 +1,18 @@
-"""The per-worker training loop shared by every method (Ray Train V2).
+"""The per-worker training loop shared by every method.
 
-The same function runs in-process (local debug mode, ``ScalingConfig(num_workers=0)``), on N data-parallel
-workers, and inside each Tune trial. It asks the method for its model, losses and predictions, and knows
-nothing else about it. Per epoch it trains, evaluates with the task's protocol, and calls
-``ray.train.report`` with the metrics and a checkpoint (model, optimizer, scheduler, scaler, epoch, RNG
-states); it resumes from ``ray.train.get_checkpoint()`` (or, in local mode, from ``<run dir>/checkpoints``).
+The same :func:`run_loop` runs in-process (local debug mode, Ray Train's ``num_workers=0``), on N
+data-parallel Ray Train workers, and directly inside a single-process Tune trial; the
+:mod:`~pointtune.train.session` it is given is the only difference. It asks the method for its model,
+losses and predictions, and knows nothing else about it. Per epoch it trains, evaluates with the task's
+protocol, and reports the metrics, with a checkpoint (model, optimizer, scheduler, scaler, epoch, best score,
+RNG states, the epoch's metrics) every ``train.checkpoint_every`` epochs, whenever the objective improves
+and at the last epoch. It resumes from the session's checkpoint (or, in local mode, ``<run dir>/checkpoints``).
 
-``train_loop_config`` keys: ``experiment`` (an :class:`~pointtune.config.ExperimentConfig` as a dict),
-``objective`` (``[metric, mode]``), ``mlflow`` (``{tracking_uri, run_id}`` or ``None``: rank 0 logs each
-epoch's metrics there), ``local_dir`` (local mode: where checkpoints are kept) and ``progress`` (show a
-progress bar).
+``config`` keys: ``experiment`` (an :class:`~pointtune.config.ExperimentConfig` as a dict), ``objective``
+(``[metric, mode]``), ``mlflow`` (``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each
+epoch there before reporting it; sweeps log from the Tune driver instead, exactly what Tune received),
+``local_dir`` (local mode: where checkpoints are kept), ``progress`` (show a progress bar) and
+``cpus_per_worker`` (torch threads of a CPU worker).
 """
 
 from __future__ import annotations
@@ -22,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import ray.train
 import torch
-from ray.train.torch import get_device, prepare_data_loader, prepare_model
 from torch.utils.data import DataLoader
 
 from pointtune.config import ExperimentConfig, OptimConfig, build_config
@@ -32,6 +33,7 @@ from pointtune.data import build_datasets
 from pointtune.method import Method
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
 from pointtune.train.evaluate import evaluate, to_device
+from pointtune.train.session import TrainSession, TuneSession
 
 
 class NonFiniteLossError(RuntimeError):
@@ -115,7 +117,7 @@ def _train_one_epoch(
 
 
 def _log_epoch(config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
-    """Rank 0: log one epoch's metrics to the trial's MLflow run (if any)."""
+    """Rank 0 of ``pointtune train``: log one epoch's metrics to the run's MLflow run (if any)."""
     if not config.get("mlflow"):
         return
     from pointtune.tracking import log_metrics
@@ -124,18 +126,25 @@ def _log_epoch(config: dict[str, Any], metrics: dict[str, float], step: int) -> 
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Train one experiment on this worker; see the module docstring for ``config``.
+    """Ray Train entry point (``TorchTrainer``, any number of workers); see the module docstring."""
+    run_loop(config, TrainSession(config.get("cpus_per_worker")))
+
+
+def tune_trial_loop(config: dict[str, Any]) -> None:
+    """Entry point inside a single-process Tune trial's own actor; see the module docstring."""
+    run_loop(config, TuneSession(config.get("cpus_per_worker") or 1))
+
+
+def run_loop(config: dict[str, Any], session) -> None:
+    """Train one experiment on this worker, reporting through ``session``.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the run fails with that message).
+        ValueError: the validation split is empty.
     """
     exp = build_config(config["experiment"]["method"]["name"], config["experiment"])
     metric, mode = config["objective"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = get_device()
-    if device.type == "cpu" and world > 1:
-        torch.set_num_threads(max(1, int(config.get("cpus_per_worker", 1))))
+    rank, world, device = session.rank, session.world_size, session.device
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
@@ -150,11 +159,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if local is not None:
         local.root.mkdir(parents=True, exist_ok=True)
     start_epoch, best = 0, None
-    checkpoint = ray.train.get_checkpoint()
-    resume_dir = None
-    if checkpoint is not None:
-        resume_dir = checkpoint.to_directory()
-    elif local is not None and (local.latest / "state.pt").is_file():
+    resume_dir = session.checkpoint_dir()
+    if resume_dir is None and local is not None and (local.latest / "state.pt").is_file():
         resume_dir = local.latest
     if resume_dir is not None:
         state = load_state(resume_dir, map_location=device)
@@ -167,8 +173,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[pointtune] resumed from epoch {start_epoch} ({resume_dir})", flush=True)
 
-    model = prepare_model(method)
-    train_loader = prepare_data_loader(
+    model = session.prepare_model(method)
+    train_loader = session.prepare_loader(
         DataLoader(data.train, batch_size=exp.train.batch_size, shuffle=True, drop_last=exp.train.drop_last,
                    num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0)
     )
@@ -204,7 +210,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             metrics.update({f"test/{k}": v for k, v in test_scores.items()})
         metrics["time/epoch_s"] = time.time() - began
 
-        if rank == 0:
+        if rank != 0:
+            session.report(metrics, None)
+            continue
+        _log_epoch(config, metrics, epoch + 1)
+        keep = improved or final or (epoch + 1) % exp.train.checkpoint_every == 0
+        if not keep:
+            session.report(metrics, None)
+        else:
             state = {
                 "model": method.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
@@ -217,10 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     np.save(staged / "confusion.npy", confusion)
                 if local is not None:
                     staged = local.commit(staged, improved)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(staged)))
-            _log_epoch(config, metrics, epoch + 1)
-            summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
-            print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)",
-                  flush=True)
-        else:
-            ray.train.report(metrics)
+                session.report(metrics, staged)
+        summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
+        print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)",
+              flush=True)

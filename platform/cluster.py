@@ -1,0 +1,142 @@
+"""The Ray cluster a command runs on: start or join it so that every Ray process knows its address.
+
+Why this module exists: Ray processes that resolve the cluster address on their own (Ray Train V2's
+``PlacementGroupCleaner`` asks the State API, which reads ``RAY_ADDRESS`` or guesses from the Ray
+instances it finds on the host) attach to the wrong cluster, or fail with ``Found multiple active Ray
+instances``, as soon as a second Ray instance runs on the machine. A stopped trial's placement group is then
+never freed and the next trial waits for ever. :func:`init_ray` therefore makes ``RAY_ADDRESS`` name the
+cluster of this command in every process of it:
+
+- a new local instance is started on a GCS port chosen here, with ``RAY_ADDRESS`` set in the environment
+  that the raylet, and so every worker process, inherits;
+- an existing cluster (``--address``) is probed first (fail in seconds, not minutes, when nothing listens)
+  and joined with ``RAY_ADDRESS`` in the job's runtime environment, which every task and actor inherits.
+
+The same environment carries the Ray Train settings of :data:`TRAIN_ENV` (controller polling, preemption
+watcher, bounded worker-group start).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+from urllib.parse import urlparse
+
+from pointtune.config import ConfigError
+
+# Ray Train V2 settings for every process of a pointtune cluster (measured in ../shared/platform-notes.md:
+# the controller's default 2 s polling makes every report wait up to 2 s; the preemption watcher is an extra
+# actor per trial that CPU sweeps never need).
+TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+}
+# How long a trial's Train worker group may wait for its resources before the trial fails (seconds).
+DEFAULT_WORKER_START_TIMEOUT_S = 120.0
+_STARTED_ENV = ("RAY_ADDRESS", "RAY_GCS_SERVER_PORT")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def probe_address(address: str, timeout_s: float = 5.0) -> str:
+    """Check that a Ray cluster's GCS listens at ``address`` (``host:port``); returns it.
+
+    Raises:
+        ConfigError: not ``host:port`` (a dashboard URL is for ``pointtune submit``), or nothing answers
+            there within ``timeout_s`` seconds (one line, naming the address).
+    """
+    if "://" in address:
+        raise ConfigError(f"--address {address!r}: expected host:port of the cluster's GCS (e.g. 10.0.0.5:6379) "
+                          f"or auto; the dashboard URL (http://...:8265) is for `pointtune submit --address`")
+    parsed = urlparse(f"tcp://{address}")
+    try:
+        host, port = parsed.hostname, parsed.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        raise ConfigError(f"--address {address!r}: expected host:port of a Ray cluster (e.g. 10.0.0.5:6379) or auto")
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--address {address}: no Ray cluster answers there ({err.strerror or err})") from None
+    return f"{host}:{port}"
+
+
+def init_ray(
+    address: str | None = None,
+    *,
+    dashboard: bool = True,
+    worker_start_timeout_s: float = DEFAULT_WORKER_START_TIMEOUT_S,
+    verbose: bool = False,
+) -> str:
+    """Start a local Ray instance (``address=None``) or join a running cluster; returns its GCS address.
+
+    Never attaches to a cluster it was not asked for: ``None`` always starts a new instance, whatever else
+    runs on the machine. Inside ``ray job submit`` / ``pointtune submit`` (``RAY_ADDRESS`` set by Ray's job
+    supervisor) ``None`` joins the job's cluster.
+
+    Args:
+        address: ``host:port`` or ``auto`` of a running cluster, or ``None``.
+        dashboard: start the dashboard with a local instance. Ray Train's placement-group cleanup needs its
+            State API whenever Tune can stop a multi-worker trial; single-process trials do without it.
+        worker_start_timeout_s: a Train worker group that cannot be placed within this many seconds fails
+            its trial (instead of Ray Train's default of retrying for ever).
+        verbose: keep Ray's own INFO lines on the console.
+
+    Raises:
+        ConfigError: ``address`` names a cluster that does not answer.
+    """
+    import ray
+
+    env = {**TRAIN_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{worker_start_timeout_s:g}"}
+    level = logging.INFO if verbose else logging.WARNING
+    if not verbose:
+        warnings.filterwarnings("ignore", module=r"ray\..*")
+    if ray.is_initialized():
+        return ray.get_runtime_context().gcs_address
+    if address is None and "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # a job's driver: its cluster
+        address = os.environ.get("RAY_ADDRESS") or "auto"
+    if address is None:
+        port = _free_port()
+        os.environ.update({**env, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
+        ray.init(address="local", include_dashboard=dashboard, logging_level=level, log_to_driver=True,
+                 configure_logging=True)
+        gcs = ray.get_runtime_context().gcs_address
+        os.environ["RAY_ADDRESS"] = gcs
+        return gcs
+    if address == "auto":  # resolve it once, then join with the address every process will use
+        ray.init(address="auto", logging_level=level)
+        address = ray.get_runtime_context().gcs_address
+        ray.shutdown()
+    else:
+        address = probe_address(address)
+    os.environ.update(env)
+    ray.init(address=address, logging_level=level, log_to_driver=True,
+             runtime_env={"env_vars": {**env, "RAY_ADDRESS": address}})
+    gcs = ray.get_runtime_context().gcs_address
+    os.environ["RAY_ADDRESS"] = gcs
+    return gcs
+
+
+def shutdown_ray() -> None:
+    """Disconnect (and stop a local instance); forget the address :func:`init_ray` put in the environment."""
+    import ray
+
+    ray.shutdown()
+    for key in _STARTED_ENV:
+        os.environ.pop(key, None)
+
+
+def node_resources() -> list[dict[str, float]]:
+    """Resources of every alive node of the connected cluster, e.g. ``[{"CPU": 8.0, "GPU": 1.0}, ...]``."""
+    import ray
+
+    return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]

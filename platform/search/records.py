@@ -1,0 +1,244 @@
+"""What a sweep records, written where the truth is: in the Tune driver, from what Tune received.
+
+- :class:`MlflowRecorder` (a Tune ``Callback``): opens a trial's MLflow child run when the trial starts,
+  logs every result at the moment Tune receives it (so an epoch is in MLflow exactly when, and only if, Tune
+  has it: a worker never logs on its own), and closes the run when the trial ends: ``FINISHED`` (ran its
+  epochs), ``KILLED`` with ``pointtune.stopped_by`` (the scheduler stopped it early) or ``FAILED`` with
+  ``pointtune.failure`` (the error). Workers never import MLflow.
+- :class:`StudySearch` (Ray's ``OptunaSearch``): records a trial that the scheduler stopped as ``PRUNED``
+  in the Optuna study (with the epoch it reached and its last value), not as complete with a truncated value,
+  and cross-links the stores: each Optuna trial carries ``tune_trial_id`` and ``mlflow_run_id``, each
+  Tune config ``optuna_trial`` (its Optuna trial number).
+
+Both are pickled with Tune's experiment state and come back on ``pointtune resume``: they hold only plain
+values and reopen clients lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from pointtune import tracking
+from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, SweepSpec, sampled_params, study_storage, trial_config
+
+# Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
+METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/")
+METRIC_KEYS = ("epoch", "lr")
+
+
+def metric_items(result: dict[str, Any]) -> dict[str, float]:
+    """The pointtune metrics of a Tune result: finite numbers under :data:`METRIC_PREFIXES` or
+    :data:`METRIC_KEYS`."""
+    return {
+        k: float(v) for k, v in result.items()
+        if (k.startswith(METRIC_PREFIXES) or k in METRIC_KEYS)
+        and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+
+
+def stopped_early(result: dict[str, Any] | None, max_epochs: int) -> bool:
+    """Whether a trial that ended without error ended before its last epoch (ASHA stopped it)."""
+    return bool(result) and int(result.get("epoch", 0)) < max_epochs
+
+
+class MlflowRecorder(Callback):
+    """Tune callback: one MLflow child run per trial, written from what Tune received (see module doc).
+
+    Args:
+        sweep: the sweep's :class:`~pointtune.search.sweep.SweepSpec` as a dict (tracking URI, experiment,
+            parent run, storage).
+        metric, mode: the objective.
+        max_epochs: epochs of a trial that runs to the end.
+    """
+
+    def __init__(self, sweep: dict[str, Any], metric: str, mode: str, max_epochs: int):
+        self.sweep, self.metric, self.mode, self.max_epochs = sweep, metric, mode, max_epochs
+        self.run_ids: dict[str, str] = {}
+
+    @property
+    def _uri(self) -> str:
+        return self.sweep["tracking_uri"]
+
+    def _run_id(self, trial) -> str:
+        if trial.trial_id not in self.run_ids:
+            self.on_trial_start(0, [], trial)
+        return self.run_ids[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        """Open (or, after a restart, reopen) the trial's child run; log its full config once."""
+        spec = SweepSpec(**self.sweep)
+        params = sampled_params(trial.config)
+        existing = tracking.find_child_run(self._uri, spec.experiment_id, spec.parent_run_id, trial.trial_id)
+        if existing:
+            tracking.reopen_run(self._uri, existing)
+            run_id = existing
+        else:
+            run_id = tracking.start_run(
+                self._uri, spec.experiment_id, f"trial_{trial.trial_id}",
+                {tracking.PARENT_TAG: spec.parent_run_id, tracking.TRIAL_TAG: trial.trial_id,
+                 tracking.KIND_TAG: "trial", "pointtune.sampled": ",".join(sorted(spec.space().searched())),
+                 **({"pointtune.optuna_trial": str(trial.config[OPTUNA_KEY])} if OPTUNA_KEY in trial.config else {})},
+                trial_config(spec, params).to_dict(),
+            )
+        self.run_ids[trial.trial_id] = run_id
+        if OPTUNA_KEY in trial.config:
+            _set_study_attr(self.sweep["sweep_dir"], trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
+        print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        """Log the epoch Tune just received, at step ``epoch``."""
+        metrics = metric_items(result)
+        if "epoch" in metrics:
+            tracking.log_metrics({"tracking_uri": self._uri, "run_id": self._run_id(trial)}, metrics,
+                                 step=int(metrics["epoch"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        """The trial ended without error: FINISHED, or KILLED if the scheduler stopped it early."""
+        result = trial.last_result or {}
+        run_id = self._run_id(trial)
+        tags = {"pointtune.status": "FINISHED"}
+        status = "FINISHED"
+        if stopped_early(result, self.max_epochs):
+            status, tags["pointtune.status"] = "KILLED", "STOPPED"
+            value = result.get(self.metric)
+            tags["pointtune.stopped_by"] = (
+                f"ASHA stopped it after epoch {int(result.get('epoch', 0))} of {self.max_epochs}"
+                + (f" ({self.metric} = {value:.4f})" if isinstance(value, (int, float)) else "")
+            )
+        tracking.set_tags(self._uri, run_id, tags)
+        self._log_best(trial, run_id)
+        tracking.end_run(self._uri, run_id, status)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        """The trial failed: FAILED, with the root cause of its error as ``pointtune.failure``."""
+        run_id = self._run_id(trial)
+        reason = failure_reason(_error_text(trial))
+        tracking.set_tags(self._uri, run_id, {"pointtune.status": "FAILED", "pointtune.failure": reason})
+        self._log_best(trial, run_id)
+        tracking.end_run(self._uri, run_id, "FAILED")
+
+    def _log_best(self, trial, run_id: str) -> None:
+        """Best checkpoint, its config and its validation confusion matrix as the run's artifacts."""
+        from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
+
+        best = best_checkpoint(trial_checkpoint_dirs(self.sweep, trial.trial_id, trial.path), self.metric, self.mode)
+        if best is not None:
+            final = {f"best/{self.metric}": best.metrics.get(self.metric), "best/epoch": best.metrics.get("epoch")}
+            tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},
+                                 {k: v for k, v in final.items() if v is not None}, step=int(best.metrics["epoch"]))
+            log_checkpoint_artifacts(self._uri, run_id, best.path, f"trial {trial.trial_id}")
+
+
+def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str) -> None:
+    """Log ``config.yaml``, ``confusion_matrix.png`` (if the checkpoint has one) and the checkpoint itself
+    (``best_checkpoint/``) to a run; ``checkpoint`` may be a local path or a storage URI."""
+    import yaml
+
+    from pointtune.metrics import plot_confusion_matrix
+    from pointtune.search.checkpoints import fetch
+    from pointtune.train.checkpoint import load_state
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        local = fetch(checkpoint, tmp / "best_checkpoint")
+        state = load_state(local)
+        (tmp / "config.yaml").write_text(yaml.safe_dump(state["experiment"], sort_keys=False))
+        tracking.log_artifact(uri, run_id, tmp / "config.yaml")
+        if (local / "confusion.npy").exists():
+            import numpy as np
+
+            plot_confusion_matrix(np.load(local / "confusion.npy"), state["class_names"],
+                                  str(tmp / "confusion_matrix.png"),
+                                  title=f"{title}, epoch {state['epoch'] + 1} (validation)")
+            tracking.log_artifact(uri, run_id, tmp / "confusion_matrix.png")
+        tracking.log_artifact(uri, run_id, local, "best_checkpoint")
+
+
+def _error_text(trial) -> str | None:
+    """The error Tune recorded for a trial: its local error file (written before the callbacks run), else
+    the copy in the storage."""
+    path = trial.error_file
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return trial.get_error()
+
+
+def failure_reason(error: BaseException | str | None) -> str:
+    """The innermost error of a trial failure as one line, ``Type: message`` (at most 500 characters)."""
+    text = str(error or "unknown error")
+    for line in reversed(text.splitlines()):
+        line = line.strip()
+        if "Error:" in line and not line.startswith(("File", "raise")):
+            return line[:500]
+    return (text.strip().splitlines() or ["unknown error"])[0][:500]
+
+
+def _set_study_attr(sweep_dir: str, number: int, key: str, value: Any) -> None:
+    """Set a user attribute on Optuna trial ``number`` of the sweep's study."""
+    storage = study_storage(sweep_dir)
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` that records scheduler-stopped trials as ``PRUNED`` and cross-links the stores.
+
+    Args:
+        max_epochs: epochs of a trial that runs to the end; one that ends earlier without error was stopped
+            by the scheduler.
+        **kwargs: passed to ``OptunaSearch``.
+    """
+
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+        self._reported: dict[str, set[int]] = {}  # epochs already reported, per Tune trial
+
+    def suggest(self, trial_id: str):
+        """Ask Optuna for a trial; tag it with the Tune trial id and hand its number to the config."""
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            config[OPTUNA_KEY] = ot_trial.number
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Report the objective to Optuna as an intermediate value at step ``epoch`` (not Tune's iteration
+        count, which restarts when a trial resumes from a checkpoint)."""
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict | None) -> None:
+        value = (result or {}).get(self.metric)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or not isinstance(value, (int, float)):
+            return
+        if not math.isfinite(value):
+            return
+        step = int(result.get("epoch", 0))
+        if step not in self._reported.setdefault(trial_id, set()):
+            ot_trial.report(float(value), step)
+            self._reported[trial_id].add(step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        """COMPLETE (all epochs, with the last value), PRUNED (stopped early, with the epoch it reached and
+        its last value as user attributes and intermediate values) or FAIL."""
+        from optuna.trial import TrialState
+
+        self._report(trial_id, result)  # the last epoch: Tune does not pass a stopping result to on_trial_result
+        if error or trial_id in self._completed_trials or not stopped_early(result, self._max_epochs):
+            return super().on_trial_complete(trial_id, result, error)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
+        if isinstance(result.get(self.metric), (int, float)):
+            ot_trial.set_user_attr("last_value", float(result[self.metric]))
+        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+        return None

@@ -1,0 +1,93 @@
+"""Where the shared loop runs: the few calls it makes to whatever runs it.
+
+Two runners, one loop (:func:`pointtune.train.loop.run_loop`):
+
+- :class:`TrainSession`: Ray Train V2 (``TorchTrainer``) with N data-parallel workers, or in-process with
+  ``num_workers=0`` (``pointtune train``'s local debug mode). Used by multi-worker sweep trials too, whose
+  reports reach Tune through ``TuneReportCallback``.
+- :class:`TuneSession`: directly inside a Tune trial's own actor, for single-process trials (one CPU worker
+  or one GPU). No Train controller, worker group, placement-group cleaner or synchronisation actor is
+  started, which is most of a small trial's fixed cost (Ray's hyperparameter-optimisation guide lets
+  trials compute in their own actor the same way).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class TrainSession:
+    """The loop's view of a Ray Train worker (or of Train's in-process local mode)."""
+
+    def __init__(self, cpus_per_worker: float | None = None):
+        import ray.train
+        from ray.train.torch import get_device
+
+        ctx = ray.train.get_context()
+        self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        self.device = get_device()
+        if self.device.type == "cpu" and cpus_per_worker:
+            torch.set_num_threads(max(1, math.floor(cpus_per_worker)))
+
+    def checkpoint_dir(self) -> str | None:
+        """Local directory of the checkpoint to resume from (``None``: start fresh)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint is not None else None
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Send one epoch's metrics (and, from rank 0, the checkpoint directory) to Ray Train."""
+        import ray.train
+
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device and wrap in DDP when there are several workers."""
+        from ray.train.torch import prepare_model
+
+        return prepare_model(model)
+
+    def prepare_loader(self, loader):
+        """Shard a training loader across workers (``DistributedSampler``) and move batches to the device."""
+        from ray.train.torch import prepare_data_loader
+
+        return prepare_data_loader(loader)
+
+
+class TuneSession:
+    """The loop's view of a single-process Tune trial (world size 1): CPU, or the trial's one GPU."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, cpus: float):
+        import ray
+
+        gpus = ray.get_gpu_ids()
+        self.device = torch.device("cuda", 0) if gpus and torch.cuda.is_available() else torch.device("cpu")
+        torch.set_num_threads(max(1, math.floor(cpus)))
+
+    def checkpoint_dir(self) -> str | None:
+        """Local directory of the checkpoint Tune restored this trial from (``None``: start fresh)."""
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        return checkpoint.to_directory() if checkpoint is not None else None
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
+        """Send one epoch's metrics (and the checkpoint directory, if one was written) to Tune."""
+        from ray import tune
+
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Move to the device (one process: no DDP)."""
+        return model.to(self.device)
+
+    def prepare_loader(self, loader):
+        """One process: the loader as it is (the loop moves batches to the device)."""
+        return loader

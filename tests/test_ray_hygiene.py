@@ -1,0 +1,77 @@
+"""Ray hygiene: a sweep never attaches to, nor is confused by, a Ray instance it did not start, and a cluster
+address that does not answer fails in seconds with the address named."""
+
+import csv
+import time
+
+import pytest
+
+from helpers import check_records, pointtune, start_other_ray, stop_ray_instance, write_space
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def other_ray(tmp_path):
+    address = start_other_ray(tmp_path)
+    yield address
+    stop_ray_instance(address)
+
+
+def test_sweep_with_another_ray_instance_running(other_ray, tmp_path):
+    # Data-parallel trials: Ray Train's placement-group cleaner must find THIS sweep's cluster to free the
+    # workers of a trial that ASHA stops; before the fix it found two instances and the next trial hung.
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+    out = tmp_path / "run"
+    proc = pointtune("sweep", "cedr", "--space", str(space), "--trials", "3", "--epochs", "2", "--workers", "2",
+                     "--output", str(out), "--seed", "0", timeout=420)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len(rows) == 3 and all(r["status"] in ("FINISHED", "STOPPED") for r in rows)
+    check_records(out, 2)
+    # The other instance (1 CPU) could not have hosted a driver plus two workers: the sweep ran on its own.
+    assert "2 Ray Train workers of 0.95 CPU" in proc.stdout, proc.stdout[:2000]
+
+
+def test_unreachable_address_fails_in_seconds(tmp_path):
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2}})
+    began = time.time()
+    proc = pointtune("sweep", "cedr", "--space", str(space), "--address", "127.0.0.1:1", "--output", str(tmp_path / "o"))
+    assert proc.returncode == 2 and time.time() - began < 30
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pointtune: error: --address 127.0.0.1:1") and "no Ray cluster answers" in last
+    assert not (tmp_path / "o").exists()
+
+
+PROBE = """
+import json, os
+import ray
+from pointtune.cluster import init_ray
+
+gcs = init_ray(None, dashboard=True)
+
+@ray.remote(num_cpus=0)
+def probe():
+    from ray.util.state import list_nodes  # resolves the cluster address on its own, like Train's cleaner
+    return os.environ.get("RAY_ADDRESS"), [n.node_id for n in list_nodes()]
+
+address, nodes = ray.get(probe.remote())
+print(json.dumps({"gcs": gcs, "address": address, "nodes": nodes, "mine": ray.get_runtime_context().get_node_id()}))
+"""
+
+
+def test_every_ray_process_knows_its_cluster(other_ray):
+    # The root of the hang: a Ray worker that asks the State API without an address must reach the cluster
+    # it belongs to, not the latest one `ray start` left on the machine.
+    import json
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    port = seen["gcs"].rsplit(":", 1)[1]
+    assert seen["address"].rsplit(":", 1)[1] == port != other_ray.rsplit(":", 1)[1]
+    assert seen["nodes"] == [seen["mine"]]
