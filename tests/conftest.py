@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,15 @@ TINY = {
     "train.batch_size": 16,
     "train.eval_batch_size": 64,
 }
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_dataset_cache(tmp_path_factory):
+    """The suite's cache (built datasets, the empty MLflow store) lives in its own temporary directory
+    (subprocesses inherit it), never in the user's ``~/.cache``."""
+    os.environ["POINTTUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("pointtune-cache"))
+    yield
+    os.environ.pop("POINTTUNE_CACHE_DIR", None)
 
 
 @pytest.fixture

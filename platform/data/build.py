@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pointtune.data.cache import cached_splits
 from pointtune.data.config import DataConfig
 from pointtune.data.dataset import PointCloudDataset
 from pointtune.data.errors import DatasetError
@@ -100,8 +101,9 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
     (labels re-indexed); :func:`train_val_split` (``val_fraction``, ``split_seed``) carves the validation
     set out of the training split, so the test split is never used for model selection; normals are dropped
     unless ``use_normals``; with ``sampling='fps'`` every cloud is farthest-point-subsampled once here
-    (batched); each split is wrapped in a :class:`PointCloudDataset` (seed ``split_seed``) with
-    :func:`build_transform`.
+    (batched). Those splits are kept on disk for later calls with the same data config
+    (:func:`~pointtune.data.cache.cached_splits`, ``data.cache``). Each split is wrapped in a
+    :class:`PointCloudDataset` (seed ``split_seed``) with :func:`build_transform`.
 
     Args:
         cfg: the ``data`` section of an experiment config.
@@ -118,6 +120,25 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
             selects no cloud, ``num_points`` larger than the clouds, or ``use_normals`` on a dataset without
             normals. One line each.
     """
+    splits = cached_splits(cfg, lambda: _build_splits(cfg))
+    presampled = cfg.sampling == "fps"
+    train_tf = build_transform(cfg, train=True, presampled=presampled)
+    eval_tf = build_transform(cfg, train=False, presampled=presampled)
+    seed = cfg.split_seed
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    return DatasetBundle(
+        train=PointCloudDataset(train, train_tf, train=True, seed=seed),
+        val=PointCloudDataset(val, eval_tf, train=False, seed=seed),
+        test=PointCloudDataset(test, eval_tf, train=False, seed=seed),
+        train_eval=PointCloudDataset(train, eval_tf, train=False, seed=seed),
+        class_names=list(train.class_names),
+        num_classes=len(train.class_names),
+    )
+
+
+def _build_splits(cfg: DataConfig) -> dict[str, PointCloudSet]:
+    """Read, filter, check and split the dataset (FPS-subsampled with ``sampling='fps'``): the part of
+    :func:`build_datasets` that :mod:`pointtune.data.cache` keeps on disk."""
     train_full, test = get_dataset_loader(cfg.name)(cfg)
     if cfg.classes is not None:
         try:
@@ -142,17 +163,7 @@ def build_datasets(cfg: DataConfig) -> DatasetBundle:
             f"{cfg.name!r} gives no validation cloud (per class round(val_fraction * n), and only classes with "
             "n >= 2 give any); raise it, or set it to 0 for no validation split"
         )
-    presampled = cfg.sampling == "fps"
-    if presampled:
+    if cfg.sampling == "fps":
         train, val, test = (fps_subsample_set(s, cfg.num_points) for s in (train, val, test))
-    train_tf = build_transform(cfg, train=True, presampled=presampled)
-    eval_tf = build_transform(cfg, train=False, presampled=presampled)
-    seed = cfg.split_seed
-    return DatasetBundle(
-        train=PointCloudDataset(train, train_tf, train=True, seed=seed),
-        val=PointCloudDataset(val, eval_tf, train=False, seed=seed),
-        test=PointCloudDataset(test, eval_tf, train=False, seed=seed),
-        train_eval=PointCloudDataset(train, eval_tf, train=False, seed=seed),
-        class_names=list(train_full.class_names),
-        num_classes=len(train_full.class_names),
-    )
+    return {"train": train, "val": val, "test": test}
+

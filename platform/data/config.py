@@ -61,6 +61,8 @@ class DataConfig(BaseModel):
         synthetic_num_classes: classes of the ``synthetic`` dataset (2 to 10).
         augment: training augmentation, see :class:`AugmentConfig`.
         normalize: centre every cloud and scale it into the unit sphere (train and evaluation).
+        cache: keep the built splits on disk for every later trial and worker on this machine
+            (:mod:`pointtune.data.cache`); ``false`` builds them afresh.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -77,6 +79,7 @@ class DataConfig(BaseModel):
     synthetic_num_classes: int = Field(8, ge=2, le=10)
     augment: AugmentConfig = AugmentConfig()
     normalize: bool = True
+    cache: bool = True
 
     @field_validator("classes")
     @classmethod
