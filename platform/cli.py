@@ -82,11 +82,11 @@ def _run_dir(args: argparse.Namespace, kind: str, method: str) -> Path:
 
 
 def _check_gpus_of_sweep(args: argparse.Namespace) -> None:
-    """``--gpus-per-worker`` on a local Ray instance (no ``--address``, no ``$RAY_ADDRESS``): this machine's
+    """``--gpus-per-worker`` on a local Ray instance (no ``--address``, not inside a Ray job): this machine's
     GPUs must hold one trial's workers."""
     from pointtune.preflight import check_gpus
 
-    if args.address is None and not os.environ.get("RAY_ADDRESS"):
+    if args.address is None and not in_ray_job():
         check_gpus(args.workers, args.gpus_per_worker,
                    f"--workers {args.workers} --gpus-per-worker {args.gpus_per_worker:g} (local Ray, no --address)")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,35 @@ def _retry(fn, *args, attempts: int = 8, **kwargs):
     return None
 
 
+def _new_sqlite_store(uri: str) -> None:
+    """Create the SQLite store of ``uri`` from an empty, already migrated copy kept in pointtune's cache
+    (MLflow runs ~70 schema migrations, about 1.5 s, on every new store); the first store made with an MLflow
+    version is copied there for the next ones."""
+    import mlflow
+
+    from pointtune.data.cache import pointtune_cache
+
+    path = Path(uri.removeprefix("sqlite:///"))
+    if path.exists() or not uri.startswith("sqlite:///"):
+        return
+    template = pointtune_cache() / "mlflow" / f"empty-{mlflow.__version__}.db"
+    if template.is_file():
+        shutil.copyfile(template, path)
+        return
+    _retry(_client(uri).search_experiments)  # creates and migrates the store
+    try:
+        template.parent.mkdir(parents=True, exist_ok=True)
+        staged = template.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(path, staged)
+        os.replace(staged, template)
+    except OSError:
+        pass  # no cache (read-only home): the next store migrates again
+
+
 def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
     """Id of experiment ``name``, created if missing (artifacts under ``run_dir`` for SQLite stores) and
     tagged as a model-development experiment."""
+    _new_sqlite_store(uri)
     client = _client(uri)
     found = _retry(client.get_experiment_by_name, name)
     if found is not None:
