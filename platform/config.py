@@ -28,10 +28,13 @@ class ConfigError(ValueError):
 
 
 class OptimConfig(BaseModel):
-    """Optimizer and learning-rate schedule.
+    """Optimizer and its per-iteration schedules (:mod:`pointtune.train.schedule`).
 
-    ``schedule``: ``cosine`` anneals ``lr`` to ``min_lr`` over the run (stepped per epoch); ``step``
-    multiplies by ``gamma`` every ``step_size`` epochs; ``constant`` keeps ``lr``.
+    ``schedule``: ``cosine`` anneals ``lr`` to ``min_lr`` over the run, step by step; ``step`` multiplies it
+    by ``gamma`` every ``step_size`` epochs; ``constant`` keeps it. ``warmup_epochs`` (may be fractional)
+    first ramps it linearly from 0. ``weight_decay_end``: if set, weight decay follows a cosine from
+    ``weight_decay`` to it over the run (DINO / DCGLR). Biases, norm scales and tokens get no weight decay
+    (:meth:`pointtune.method.Method.param_groups`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -39,8 +42,10 @@ class OptimConfig(BaseModel):
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
+    weight_decay_end: float | None = Field(None, ge=0)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     min_lr: float = Field(1e-3, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
     step_size: int = Field(20, ge=1)
     gamma: float = Field(0.7, gt=0, le=1)
 

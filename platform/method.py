@@ -65,7 +65,12 @@ class Method(nn.Module):
     """A trainable method: model, loss and evaluation hooks behind one interface.
 
     Subclasses set the class attributes ``task`` and ``Config`` and implement ``forward`` plus
-    ``predict`` (classification, segmentation) or ``embed`` (pretrain).
+    ``predict`` (classification, segmentation) or ``embed`` (pretrain, and every method with an encoder).
+
+    The loop calls, per optimizer step: ``forward`` (through DDP when there are several workers), the
+    backward pass and the step, then :meth:`after_step` on the unwrapped method (EMA teachers, centre
+    updates, momentum schedules). It builds the optimizer from :meth:`param_groups` and wraps the method in
+    DDP with :meth:`ddp_options`. Evaluation calls ``predict`` / ``embed`` on the unwrapped method.
 
     Args:
         cfg: the method's validated hyperparameters (an instance of ``Config``).
@@ -86,17 +91,51 @@ class Method(nn.Module):
         """Compute the training losses of one mini-batch.
 
         Args:
-            batch: ``points`` float32 ``(B, N, 3)``, ``label`` int64 ``(B,)``, optionally ``normals``
-                ``(B, N, 3)`` and ``seg`` int64 ``(B, N)``; already on the model's device.
+            batch: ``points`` float32 ``(B, N, 3)``, ``label`` int64 ``(B,)``, and where the dataset has them
+                per-point features beside the points: ``normals`` ``(B, N, 3)``, ``color`` ``(B, N, 3)``,
+                ``height`` ``(B, N, 1)``, and per-point labels ``seg`` int64 ``(B, N)``; already on the
+                model's device.
             epoch: 0-based epoch index.
             progress: fraction of the whole run completed, in ``[0, 1]`` (for per-iteration schedules).
 
         Returns:
             A dict of scalar tensors. ``loss`` is what is back-propagated; every other entry (loss terms,
-            diagnostics such as the fraction of outliers) is logged as ``train/<key>``. A classification
-            method may also return ``logits`` ``(B, K)`` so that training accuracy is logged.
+            and diagnostics such as the training accuracy ``acc`` or the fraction of outliers) is logged as
+            ``train/<key>``, averaged over the epoch.
         """
         raise NotImplementedError
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called on the unwrapped method after every optimizer step (``step`` counts from 1 to
+        ``total_steps`` over the whole run): the place for EMA teachers, centre updates and momentum
+        schedules. Every worker calls it, so state it updates stays identical across workers."""
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: weight decay on weight matrices and kernels; none on biases, norm
+        scales and the names in :meth:`no_weight_decay` (tokens, positional embeddings), as in timm / DINO.
+
+        Each group carries ``weight_decay`` and ``decay`` (whether a weight-decay schedule applies to it).
+        """
+        exempt = self.no_weight_decay()
+        decay, plain = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            (plain if param.ndim <= 1 or name in exempt else decay).append(param)
+        groups = [{"params": decay, "weight_decay": weight_decay, "decay": True}]
+        return groups + ([{"params": plain, "weight_decay": 0.0, "decay": False}] if plain else [])
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters kept free of weight decay besides 1-D ones: by default every parameter whose
+        name contains ``token`` or ``pos_embed`` (e.g. a ViT's ``cls_token``)."""
+        return {n for n, _ in self.named_parameters() if "token" in n or "pos_embed" in n}
+
+    def ddp_options(self) -> dict[str, bool]:
+        """What data parallelism needs, for ``DistributedDataParallel``: ``find_unused_parameters`` (some
+        parameters get no gradient in a step, e.g. a head used only after a start epoch) and
+        ``broadcast_buffers`` (False when buffers are kept identical by the method itself, e.g. statistics
+        all-reduced across workers, so rank 0's copy must not overwrite them)."""
+        return {"find_unused_parameters": False, "broadcast_buffers": True}
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -104,8 +143,9 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} ({self.task.value}) does not predict labels")
 
     @torch.no_grad()
-    def embed(self, points: torch.Tensor) -> torch.Tensor:
-        """Global features ``(B, D)`` of clouds ``(B, N, 3)`` from the encoder, for the linear-SVM protocol."""
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Global features ``(B, D)`` of a batch (``points`` ``(B, N, 3)`` and any per-point features) from
+        the encoder, for the linear-SVM and few-shot protocols."""
         raise NotImplementedError(f"{type(self).__name__} does not expose an encoder embedding")
 
     def encoder(self) -> nn.Module:

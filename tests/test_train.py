@@ -12,7 +12,7 @@ def test_local_train_one_epoch_then_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     state = load_state(out / "checkpoints" / "latest")
     assert state["epoch"] == 0 and 0.0 <= state["metrics"]["val/OA"] <= 1.0
-    assert {"model", "optimizer", "scheduler", "scaler", "rng"} <= set(state)
+    assert {"model", "optimizer", "scaler", "rng", "metrics"} <= set(state)
     assert (out / "checkpoints" / "best" / "state.pt").is_file()
     client, runs = mlflow_runs(out)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"

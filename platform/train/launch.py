@@ -1,7 +1,8 @@
 """Run one experiment with Ray Train: in-process (local debug mode) or on N data-parallel workers.
 
-``pointtune train`` uses this; the same :func:`~pointtune.train.loop.train_loop_per_worker` runs inside
-every sweep trial. Re-running with the same run directory resumes from its last checkpoint.
+:func:`make_trainer` builds the ``TorchTrainer`` of ``pointtune train`` and of every data-parallel sweep
+trial alike; :func:`train` is ``pointtune train``. Re-running with the same run directory resumes from its
+last checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,55 @@ import yaml
 from pointtune import tracking
 from pointtune.config import ExperimentConfig
 from pointtune.train.evaluate import DEFAULT_OBJECTIVE
+from pointtune.train.loop import LoopConfig
+
+
+def make_trainer(
+    loop: LoopConfig,
+    *,
+    workers: int,
+    use_gpu: bool,
+    name: str,
+    storage_path: str,
+    resources_per_worker: dict[str, float] | None = None,
+    callbacks: list | None = None,
+    verbose: bool = False,
+):
+    """The ``TorchTrainer`` running :func:`~pointtune.train.loop.train_loop_per_worker` with ``loop``.
+
+    Args:
+        loop: the loop's settings.
+        workers: 0 runs in this process (local debug mode); N >= 1 starts N Ray Train workers.
+        use_gpu: one GPU per worker (or ``resources_per_worker["GPU"]``).
+        name: the Train run's name: a deterministic name resumes from that run's last checkpoint.
+        storage_path: where Ray Train keeps the run and its checkpoints (a path or a storage URI).
+        resources_per_worker: e.g. ``{"CPU": 2, "GPU": 0.5}`` (default: Ray Train's 1 CPU).
+        callbacks: Ray Train callbacks (a sweep trial passes Tune's ``TuneReportCallback``).
+        verbose: Ray Train's INFO lines on the console.
+
+    Returns:
+        A ``ray.train.torch.TorchTrainer``; it keeps the best checkpoint by the objective and the latest, and
+        never retries a failed run.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from pointtune.train.loop import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=loop.to_dict(),
+        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources_per_worker),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks or [],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=loop.metric, checkpoint_score_order=loop.mode
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0),
+            logging_config=ray.train.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
+        ),
+    )
 
 
 def train(
@@ -39,11 +89,6 @@ def train(
     Raises:
         ray.train.TrainingFailedError: a worker failed (e.g. the loss became NaN).
     """
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from pointtune.train.loop import train_loop_per_worker
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
@@ -60,24 +105,10 @@ def train(
         from pointtune.cluster import init_ray
 
         init_ray(None, dashboard=False)
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={
-            "experiment": exp.to_dict(),
-            "objective": [metric, mode],
-            "mlflow": {"tracking_uri": uri, "run_id": run_id},
-            "local_dir": str(run_dir / "checkpoints") if workers == 0 else None,
-            "progress": progress,
-            "cpus_per_worker": 1 if workers > 0 else None,
-        },
-        scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu),
-        run_config=ray.train.RunConfig(
-            name="train", storage_path=str(run_dir),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=1, checkpoint_score_attribute=metric, checkpoint_score_order=mode
-            ),
-        ),
-    )
+    loop = LoopConfig(exp.to_dict(), metric, mode, mlflow={"tracking_uri": uri, "run_id": run_id},
+                      local_dir=str(run_dir / "checkpoints") if workers == 0 else None, progress=progress,
+                      cpus_per_worker=1 if workers > 0 else None)
+    trainer = make_trainer(loop, workers=workers, use_gpu=use_gpu, name="train", storage_path=str(run_dir))
     try:
         result = trainer.fit()
     except Exception:

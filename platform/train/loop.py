@@ -3,16 +3,13 @@
 The same :func:`run_loop` runs in-process (local debug mode, Ray Train's ``num_workers=0``), on N
 data-parallel Ray Train workers, and directly inside a single-process Tune trial; the
 :mod:`~pointtune.train.session` it is given is the only difference. It asks the method for its model,
-losses and predictions, and knows nothing else about it. Per epoch it trains, evaluates with the task's
-protocol, and reports the metrics, with a checkpoint (model, optimizer, scheduler, scaler, epoch, best score,
-RNG states, the epoch's metrics) every ``train.checkpoint_every`` epochs, whenever the objective improves
-and at the last epoch. It resumes from the session's checkpoint (or, in local mode, ``<run dir>/checkpoints``).
-
-``config`` keys: ``experiment`` (an :class:`~pointtune.config.ExperimentConfig` as a dict), ``objective``
-(``[metric, mode]``), ``mlflow`` (``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each
-epoch there before reporting it; sweeps log from the Tune driver instead, exactly what Tune received),
-``local_dir`` (local mode: where checkpoints are kept), ``progress`` (show a progress bar) and
-``cpus_per_worker`` (torch threads of a CPU worker).
+losses, diagnostics and predictions, and knows nothing else about it. Per optimizer step it sets the
+per-iteration learning rate and weight decay (:mod:`~pointtune.train.schedule`), steps, and calls the
+method's ``after_step`` hook. Per epoch it evaluates with the task's protocol every ``train.eval_every``
+epochs and at the last (an epoch that does not evaluate reports no ``val/*`` value), and reports the metrics
+with a checkpoint (model, optimizer, scaler, epoch, best score, RNG states, the epoch's metrics) at evaluated
+epochs: every ``train.checkpoint_every``-th, whenever the objective improves, and at the last epoch. It
+resumes from the session's checkpoint (or, in local mode, ``<run dir>/checkpoints``).
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ import math
 import random
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,35 @@ from pointtune.data import build_datasets
 from pointtune.method import Method
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
 from pointtune.train.evaluate import evaluate, to_device
+from pointtune.train.schedule import apply_schedules
 from pointtune.train.session import TrainSession, TuneSession
+
+
+@dataclass
+class LoopConfig:
+    """What the loop needs besides the experiment, the same for ``pointtune train`` and every sweep trial.
+
+    Attributes:
+        experiment: an :class:`~pointtune.config.ExperimentConfig` as a dict (``to_dict()``).
+        metric, mode: the objective (model selection and the best checkpoint).
+        mlflow: ``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each epoch there before
+            reporting it. Sweeps log from the Tune driver instead, exactly what Tune received.
+        local_dir: local mode: where ``latest`` and ``best`` checkpoints are kept (Ray keeps none there).
+        progress: show a progress bar (rank 0).
+        cpus_per_worker: CPUs a worker holds; a CPU worker uses that many torch threads.
+    """
+
+    experiment: dict[str, Any]
+    metric: str
+    mode: str
+    mlflow: dict[str, str] | None = None
+    local_dir: str | None = None
+    progress: bool = False
+    cpus_per_worker: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, for ``TorchTrainer(train_loop_config=...)``."""
+        return asdict(self)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -47,21 +73,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_optimizer(
-    params, cfg: OptimConfig, epochs: int
-) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """SGD (momentum) or AdamW with a cosine / step / constant schedule stepped once per epoch."""
+def build_optimizer(method: Method, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the method's parameter groups (:meth:`Method.param_groups`); the
+    learning rate and weight decay are set per step by :func:`~pointtune.train.schedule.apply_schedules`."""
+    groups = method.param_groups(cfg.weight_decay)
     if cfg.name == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=min(cfg.min_lr, cfg.lr))
-    elif cfg.schedule == "step":
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.step_size, gamma=cfg.gamma)
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    return opt, sched
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -72,29 +90,30 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 
 def _train_one_epoch(
-    model: torch.nn.Module, loader, optimizer, scaler, exp: ExperimentConfig, epoch: int,
+    model: torch.nn.Module, method: Method, loader, optimizer, scaler, exp: ExperimentConfig, epoch: int,
     device: torch.device, show_progress: bool,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of every logged loss term and the training accuracy."""
+    """One pass over ``loader`` (``model``: the method, wrapped in DDP on several workers); returns the
+    mean of every scalar the method reported (losses, diagnostics) over the epoch's steps."""
     model.train()
     use_amp = exp.train.amp and device.type == "cuda"
-    steps = len(loader)
+    steps, epochs = len(loader), exp.train.epochs
     sums: dict[str, float] = {}
-    correct = seen = 0
     batches = loader
     if show_progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{exp.train.epochs}", leave=False, dynamic_ncols=True)
-    for step, batch in enumerate(batches):
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+    for i, batch in enumerate(batches):
+        step = epoch * steps + i
+        apply_schedules(optimizer, exp.optim, step, steps, epochs)
         batch = to_device(batch, device)
-        progress = (epoch + step / max(steps, 1)) / exp.train.epochs
         with torch.autocast(device_type=device.type, enabled=use_amp):
-            out = model(batch, epoch, progress)
+            out = model(batch, epoch, (epoch + i / max(steps, 1)) / epochs)
         loss = out["loss"]
         if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items() if k != "logits" and v.numel() == 1)
-            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} ({terms})")
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in out.items() if v.numel() == 1)
+            raise NonFiniteLossError(f"loss became {loss.item()} at epoch {epoch + 1}, step {i + 1} ({terms})")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if exp.train.grad_clip:
@@ -102,48 +121,44 @@ def _train_one_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), exp.train.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        method.after_step(step + 1, epochs * steps)
         for key, value in out.items():
-            if key != "logits" and value.numel() == 1:
+            if value.numel() == 1:
                 sums[key] = sums.get(key, 0.0) + float(value.detach())
-        if "logits" in out and "label" in batch:
-            correct += int((out["logits"].detach().argmax(-1) == batch["label"]).sum())
-            seen += batch["label"].numel()
         if show_progress:
             batches.set_postfix(loss=f"{float(loss.detach()):.4f}")
-    stats = {key: total / max(steps, 1) for key, total in sums.items()}
-    if seen:
-        stats["acc"] = correct / seen
-    return stats
+    return {key: total / max(steps, 1) for key, total in sums.items()}
 
 
-def _log_epoch(config: dict[str, Any], metrics: dict[str, float], step: int) -> None:
+def _log_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> None:
     """Rank 0 of ``pointtune train``: log one epoch's metrics to the run's MLflow run (if any)."""
-    if not config.get("mlflow"):
-        return
-    from pointtune.tracking import log_metrics
+    if loop.mlflow:
+        from pointtune.tracking import log_metrics
 
-    log_metrics(config["mlflow"], metrics, step)
+        log_metrics(loop.mlflow, metrics, step)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point (``TorchTrainer``, any number of workers); see the module docstring."""
-    run_loop(config, TrainSession(config.get("cpus_per_worker")))
+    """Ray Train entry point (``TorchTrainer``, any number of workers): ``config`` is a
+    :class:`LoopConfig` as a dict."""
+    loop = LoopConfig(**config)
+    run_loop(loop, TrainSession(loop.cpus_per_worker))
 
 
-def tune_trial_loop(config: dict[str, Any]) -> None:
-    """Entry point inside a single-process Tune trial's own actor; see the module docstring."""
-    run_loop(config, TuneSession(config.get("cpus_per_worker") or 1))
+def tune_trial_loop(loop: LoopConfig) -> None:
+    """Entry point inside a single-process Tune trial's own actor."""
+    run_loop(loop, TuneSession(loop.cpus_per_worker or 1))
 
 
-def run_loop(config: dict[str, Any], session) -> None:
+def run_loop(loop: LoopConfig, session) -> None:
     """Train one experiment on this worker, reporting through ``session``.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the run fails with that message).
         ValueError: the validation split is empty.
     """
-    exp = build_config(config["experiment"]["method"]["name"], config["experiment"])
-    metric, mode = config["objective"]
+    exp = build_config(loop.experiment["method"]["name"], loop.experiment)
+    metric, mode = loop.metric, loop.mode
     rank, world, device = session.rank, session.world_size, session.device
     seed_everything(exp.train.seed)
 
@@ -152,10 +167,10 @@ def run_loop(config: dict[str, Any], session) -> None:
         raise ValueError("data.val_fraction: the validation split is empty; evaluation and model selection need "
                          "one (test data is never used for selection)")
     method: Method = exp.method_cls(exp.method, data.num_classes, exp.train.epochs).to(device)
-    optimizer, scheduler = build_optimizer(method.parameters(), exp.optim, exp.train.epochs)
+    optimizer = build_optimizer(method, exp.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=exp.train.amp and device.type == "cuda")
 
-    local = LocalCheckpoints(config["local_dir"]) if config.get("local_dir") else None
+    local = LocalCheckpoints(loop.local_dir) if loop.local_dir else None
     if local is not None:
         local.root.mkdir(parents=True, exist_ok=True)
     start_epoch, best = 0, None
@@ -166,14 +181,13 @@ def run_loop(config: dict[str, Any], session) -> None:
         state = load_state(resume_dir, map_location=device)
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         start_epoch, best = state["epoch"] + 1, state["best"]
         set_rng_state(state["rng"])
         if rank == 0:
             print(f"[pointtune] resumed from epoch {start_epoch} ({resume_dir})", flush=True)
 
-    model = session.prepare_model(method)
+    model = session.prepare_model(method, method.ddp_options())
     train_loader = session.prepare_loader(
         DataLoader(data.train, batch_size=exp.train.batch_size, shuffle=True, drop_last=exp.train.drop_last,
                    num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0)
@@ -184,23 +198,21 @@ def run_loop(config: dict[str, Any], session) -> None:
         "fit": DataLoader(data.train_eval, batch_size=exp.train.eval_batch_size),
     }
     test_loaders = {**eval_loaders, "eval": DataLoader(data.test, batch_size=exp.train.eval_batch_size)}
-    show_progress = bool(config.get("progress")) and rank == 0
-    last = {}
+    show_progress = loop.progress and rank == 0
     for epoch in range(start_epoch, exp.train.epochs):
         began = time.time()
         if world > 1:
             train_loader.sampler.set_epoch(epoch)
         data.train.set_epoch(epoch)
-        stats = _train_one_epoch(model, train_loader, optimizer, scaler, exp, epoch, device, show_progress)
-        scheduler.step()
+        stats = _train_one_epoch(model, method, train_loader, optimizer, scaler, exp, epoch, device, show_progress)
         metrics: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
         metrics.update({f"train/{k}": v for k, v in stats.items()})
         final = epoch == exp.train.epochs - 1
         confusion = None
-        if (epoch + 1) % exp.train.eval_every == 0 or final:
+        evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
+        if evaluated:
             scores, confusion = evaluate(method, eval_loaders, device, data.class_names, **exp.protocol.model_dump())
-            last = {f"val/{k}": v for k, v in scores.items()}
-        metrics.update(last)
+            metrics.update({f"val/{k}": v for k, v in scores.items()})
         improved = is_better(metrics.get(metric), best, mode)
         if improved:
             best = metrics[metric]
@@ -213,14 +225,14 @@ def run_loop(config: dict[str, Any], session) -> None:
         if rank != 0:
             session.report(metrics, None)
             continue
-        _log_epoch(config, metrics, epoch + 1)
-        keep = improved or final or (epoch + 1) % exp.train.checkpoint_every == 0
+        _log_epoch(loop, metrics, epoch + 1)
+        keep = evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0)
         if not keep:
             session.report(metrics, None)
         else:
             state = {
                 "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch,
+                "scaler": scaler.state_dict(), "epoch": epoch,
                 "best": best, "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics,
                 "class_names": data.class_names,
             }

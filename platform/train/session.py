@@ -46,11 +46,12 @@ class TrainSession:
 
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move to the device and wrap in DDP when there are several workers."""
+    def prepare_model(self, model: torch.nn.Module, ddp_options: dict[str, bool]) -> torch.nn.Module:
+        """Move to the device and, with several workers, wrap in DDP with the method's ``ddp_options``
+        (:meth:`pointtune.method.Method.ddp_options`)."""
         from ray.train.torch import prepare_model
 
-        return prepare_model(model)
+        return prepare_model(model, parallel_strategy_kwargs=ddp_options)
 
     def prepare_loader(self, loader):
         """Shard a training loader across workers (``DistributedSampler``) and move batches to the device."""
@@ -84,8 +85,8 @@ class TuneSession:
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
 
-    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
-        """Move to the device (one process: no DDP)."""
+    def prepare_model(self, model: torch.nn.Module, ddp_options: dict[str, bool]) -> torch.nn.Module:
+        """Move to the device (one process: no DDP, ``ddp_options`` unused)."""
         return model.to(self.device)
 
     def prepare_loader(self, loader):

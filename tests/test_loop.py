@@ -1,0 +1,97 @@
+"""The shared loop's contract with methods: per-iteration schedules, parameter groups, the after-step hook,
+diagnostics from the method, and no stale validation values on epochs that do not evaluate."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import TINY
+from pointtune.config import OptimConfig, build_config
+from pointtune.method import Method
+from pointtune.train.loop import LoopConfig, build_optimizer, run_loop
+from pointtune.train.schedule import apply_schedules, lr_at, warmup_cosine, weight_decay_at
+
+
+def test_warmup_cosine_against_the_formula():
+    total, warm, peak, final = 100, 10, 0.5, 0.01
+    for step in range(0, total + 1):
+        if step < warm:
+            expected = peak * step / warm
+        else:
+            expected = final + 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm))) * (peak - final)
+        assert warmup_cosine(step, total, peak, final, warm) == pytest.approx(expected)
+    assert warmup_cosine(5, 4, 1.0, 0.0) == pytest.approx(0.0)  # past the end: the final value
+
+
+def test_lr_schedules_per_iteration():
+    cos = OptimConfig(lr=0.1, min_lr=0.001, schedule="cosine", warmup_epochs=1.5)
+    assert lr_at(cos, 0, 10, 5) == 0 and lr_at(cos, 7, 10, 5) == pytest.approx(0.1 * 7 / 15)
+    assert lr_at(cos, 15, 10, 5) == pytest.approx(0.1) and lr_at(cos, 50, 10, 5) == pytest.approx(0.001)
+    values = [lr_at(cos, s, 10, 5) for s in range(15, 51)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # decays every step, not once per epoch
+    step = OptimConfig(lr=0.1, schedule="step", step_size=2, gamma=0.5)
+    assert [lr_at(step, e * 10, 10, 8) for e in range(6)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
+    assert lr_at(OptimConfig(lr=0.2, schedule="constant"), 33, 10, 5) == 0.2
+
+
+def test_weight_decay_schedule_and_groups():
+    cfg = OptimConfig(weight_decay=0.04, weight_decay_end=0.4)
+    assert weight_decay_at(cfg, 0, 10, 10) == pytest.approx(0.04)
+    assert weight_decay_at(cfg, 100, 10, 10) == pytest.approx(0.4)
+    assert weight_decay_at(OptimConfig(weight_decay=0.04), 50, 10, 10) == 0.04
+
+    class Toy(Method):
+        def __init__(self):
+            torch.nn.Module.__init__(self)
+            self.linear = torch.nn.Linear(4, 3)
+            self.norm = torch.nn.LayerNorm(3)
+            self.cls_token = torch.nn.Parameter(torch.zeros(1, 3))
+
+    toy = Toy()
+    decay, plain = toy.param_groups(0.05)
+    assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])] and decay["weight_decay"] == 0.05
+    assert len(plain["params"]) == 4 and plain["weight_decay"] == 0.0  # bias, norm weight and bias, token
+    optimizer = build_optimizer(toy, cfg)
+    apply_schedules(optimizer, cfg, 100, 10, 10)
+    assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.4)
+    assert optimizer.param_groups[1]["weight_decay"] == 0.0
+
+
+class Recorder:
+    """A session that keeps what the loop reports (rank 0 of one process, CPU)."""
+
+    rank, world_size, device = 0, 1, torch.device("cpu")
+
+    def __init__(self):
+        self.reports = []
+
+    def checkpoint_dir(self):
+        return None
+
+    def report(self, metrics, checkpoint):
+        self.reports.append((dict(metrics), checkpoint is not None))
+
+    def prepare_model(self, model, ddp_options):
+        return model
+
+    def prepare_loader(self, loader):
+        return loader
+
+
+def test_loop_calls_the_step_hook_and_reports_no_stale_values(monkeypatch):
+    from pointtune.methods.cedr import CEDR
+
+    steps = []
+    monkeypatch.setattr(CEDR, "after_step", lambda self, step, total: steps.append((step, total)), raising=False)
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 3, "train.eval_every": 2})
+    session = Recorder()
+    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), session)
+    per_epoch = len(steps) // 3
+    assert steps == [(s, 3 * per_epoch) for s in range(1, 3 * per_epoch + 1)]
+    (m1, c1), (m2, c2), (m3, c3) = session.reports
+    assert not any(k.startswith("val/") for k in m1) and not c1  # epoch 1 did not evaluate
+    assert "val/OA" in m2 and "val/OA" in m3 and c3  # epoch 2 evaluates; the last always does
+    for metrics, _ in session.reports:
+        assert 0 <= metrics["train/acc"] <= 1  # the method's own diagnostic, not the loop's guess
+    assert m1["lr"] > m3["lr"]
