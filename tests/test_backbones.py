@@ -1,9 +1,16 @@
-"""Backbones: built by name, output shapes, gradients, permutation invariance, registry errors."""
+"""Backbones: built by name, output shapes, gradients, permutation invariance, registry errors; the
+``forward_features`` contract (per-point + global features) and extra per-point input channels."""
 
 import pytest
 import torch
 
-from pointtune.backbones import ClassificationHead, backbone_names, build_backbone, register_backbone
+from pointtune.backbones import (
+    BackboneOutput,
+    ClassificationHead,
+    backbone_names,
+    build_backbone,
+    register_backbone,
+)
 
 SMALL = {
     "pointnet": {"emb_dims": 32},
@@ -126,3 +133,169 @@ def test_registry_errors():
         build_backbone("pointnet", emb_dims=8)(torch.randn(2, 3, 10))
     with pytest.raises(ValueError, match="k=4"):
         build_backbone("dgcnn", k=4, emb_dims=8)(torch.randn(2, 3, 3))
+
+
+# --- forward_features: per-point and global features, extra input channels ---------------------------------
+
+FIRST_LAYER = {  # the weight of each backbone's first layer, which sees the input channels
+    "pointnet": lambda m: m.mlp[0].weight,
+    "dgcnn": lambda m: m.edge_convs[0].h[0].weight,
+    "pointnet2_ssg": lambda m: m.sa1.mlp[0].weight,
+}
+
+
+def expected_points(name: str, kwargs: dict, n: int) -> int:
+    """M: per-point features at the N inputs, or at the last set-abstraction level's centres."""
+    return kwargs["npoints"][1] if name == "pointnet2_ssg" else n
+
+
+def warmed_up(name: str, kwargs: dict, in_features: int = 0) -> torch.nn.Module:
+    """The backbone in eval mode, with BN running statistics moved away from their initial values."""
+    torch.manual_seed(0)
+    model = build_backbone(name, **kwargs, in_features=in_features)
+    model.train()
+    feats = torch.randn(4, 40, in_features) if in_features else None
+    with torch.no_grad():
+        model(cloud(4, 40, seed=5), feats)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("n", [32, 48])
+def test_forward_features_shapes(name, n):
+    torch.manual_seed(0)
+    kwargs = SMALL[name]
+    model = build_backbone(name, **kwargs)
+    xyz = cloud(2, n)
+    out = model.forward_features(xyz)
+    m = expected_points(name, kwargs, n)
+    assert isinstance(out, BackboneOutput)
+    assert isinstance(model.point_dim, int) and model.in_features == 0
+    assert out.global_feature.shape == (2, model.out_dim)
+    assert out.point_features.shape == (2, m, model.point_dim)
+    assert out.point_xyz.shape == (2, m, 3)
+    assert torch.isfinite(out.point_features).all()
+    if name == "pointnet2_ssg":
+        assert [tuple(x.shape) for x, _ in out.levels] == [(2, n, 3), (2, kwargs["npoints"][0], 3), (2, m, 3)]
+        assert out.levels[0][1] is None  # no extra input channels
+        assert out.levels[-1][0] is out.point_xyz and out.levels[-1][1] is out.point_features
+        assert out.levels[1][1].shape[:2] == (2, kwargs["npoints"][0])
+        # the centres are input points (FPS), so the features sit at real coordinates
+        dist = (out.point_xyz.unsqueeze(2) - xyz.unsqueeze(1)).abs().sum(-1).amin(-1)  # (B, M)
+        assert (dist == 0).all()
+    else:
+        assert out.levels == ()
+        assert torch.equal(out.point_xyz, xyz)
+
+
+def test_point_dims():
+    assert build_backbone("pointnet", emb_dims=32).point_dim == 32
+    assert build_backbone("dgcnn", emb_dims=16).point_dim == 16  # out_dim is 32 (max || avg)
+    assert build_backbone("pointnet2_ssg", width=0.125, emb_dims=24).point_dim == 32  # 256 * 0.125
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_forward_is_global_feature(name):
+    model = warmed_up(name, SMALL[name])
+    xyz = cloud(2, 32, seed=2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(xyz), model.forward_features(xyz).global_feature, rtol=0, atol=0)
+        torch.testing.assert_close(model(xyz, None), model(xyz), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [
+        ("pointnet", SMALL["pointnet"]),
+        ("pointnet", {**SMALL["pointnet"], "input_transform": True}),
+        ("dgcnn", SMALL["dgcnn"]),
+    ],
+)
+@pytest.mark.parametrize("in_features", [0, 3])
+def test_point_features_permutation_equivariant(name, kwargs, in_features):
+    model = warmed_up(name, kwargs, in_features)
+    xyz = cloud(2, 40, seed=1)
+    feats = torch.randn(2, 40, in_features) if in_features else None
+    perm = torch.randperm(40)
+    with torch.no_grad():
+        out = model.forward_features(xyz, feats)
+        out_p = model.forward_features(xyz[:, perm], None if feats is None else feats[:, perm])
+    torch.testing.assert_close(out_p.point_features, out.point_features[:, perm], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_p.point_xyz, out.point_xyz[:, perm], rtol=0, atol=0)
+    torch.testing.assert_close(out_p.global_feature, out.global_feature, rtol=1e-5, atol=1e-5)
+
+
+def test_pointnet2_ssg_permutation_invariance():
+    # FPS starts at point 0 and ball query keeps the first `nsample` points of a ball in index order, so
+    # PointNet++ is order-invariant only for permutations that keep point 0 in place and with groups large
+    # enough to hold every point of a ball (nsample >= points searched); then the centres are the same
+    # points in the same order and every group holds the same set.
+    kwargs = {**SMALL["pointnet2_ssg"], "nsamples": (32, 16)}
+    model = warmed_up("pointnet2_ssg", kwargs)
+    xyz = cloud(2, 32, seed=1)
+    perm = torch.cat([torch.zeros(1, dtype=torch.long), 1 + torch.randperm(31)])
+    with torch.no_grad():
+        out, out_p = model.forward_features(xyz), model.forward_features(xyz[:, perm])
+    torch.testing.assert_close(out_p.point_xyz, out.point_xyz, rtol=0, atol=0)
+    torch.testing.assert_close(out_p.point_features, out.point_features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_p.global_feature, out.global_feature, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_in_features(name):
+    kwargs = SMALL[name]
+    model = warmed_up(name, kwargs, in_features=3)
+    assert model.in_features == 3
+    # 3 coordinates + 3 extra channels; DGCNN's first layer sees the edge feature [x_j - x_i, x_i] of them
+    assert FIRST_LAYER[name](model).shape[1] == (12 if name == "dgcnn" else 6)
+    xyz = cloud(2, 32, seed=3)
+    normals = torch.nn.functional.normalize(torch.randn(2, 32, 3), dim=-1)
+    with torch.no_grad():
+        out = model.forward_features(xyz, normals)
+        other = model.forward_features(xyz, -normals)
+    m = expected_points(name, kwargs, 32)
+    assert out.global_feature.shape == (2, model.out_dim)
+    assert out.point_features.shape == (2, m, model.point_dim)
+    assert not torch.allclose(out.global_feature, other.global_feature)
+    assert not torch.allclose(out.point_features, other.point_features)
+    if name == "pointnet2_ssg":
+        assert out.levels[0][1] is normals
+    with pytest.raises(ValueError, match="without features"):
+        model(xyz)
+    with pytest.raises(ValueError, match=r"\(B, N, in_features\)"):
+        model(xyz, normals[..., :2])
+    with pytest.raises(ValueError, match="in_features=0"):
+        build_backbone(name, **kwargs)(xyz, normals)
+    with pytest.raises(ValueError, match="in_features"):
+        build_backbone(name, **kwargs, in_features=-1)
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+@pytest.mark.parametrize("in_features", [0, 3])
+def test_point_features_gradient_reaches_first_layer(name, in_features):
+    torch.manual_seed(0)
+    model = build_backbone(name, **SMALL[name], in_features=in_features)
+    xyz = cloud(3, 32).requires_grad_()
+    feats = torch.randn(3, 32, in_features, requires_grad=True) if in_features else None
+    model.forward_features(xyz, feats).point_features.square().mean().backward()
+    grad = FIRST_LAYER[name](model).grad
+    assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert xyz.grad is not None and xyz.grad.abs().sum() > 0
+    if feats is not None:
+        assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_in_features_from_config(name):
+    """``--set method.backbone.in_features=3`` reaches the constructor through the config and the registry."""
+    import json
+
+    from pointtune.config import build_config, parse_override
+
+    items = [f"method.backbone.{key}={json.dumps(value)}" for key, value in SMALL[name].items()]
+    overrides = dict(parse_override(item) for item in items)
+    overrides.update([parse_override(f"method.backbone.name={name}"), parse_override("method.backbone.in_features=3")])
+    backbone = build_config("cedr", overrides=overrides).method.backbone
+    model = build_backbone(backbone.name, **backbone.kwargs())
+    assert model.in_features == 3
+    assert model.forward_features(cloud(2, 32), torch.randn(2, 32, 3)).global_feature.shape == (2, model.out_dim)

@@ -1,9 +1,13 @@
 """Point-cloud encoders, built by name: ``build_backbone("dgcnn", k=20, emb_dims=1024)``.
 
-Every backbone maps channels-last clouds ``(B, N, 3)`` to a global feature ``(B, out_dim)`` and exposes the
-int attribute ``out_dim``. Registered names: ``pointnet``, ``dgcnn``, ``pointnet2_ssg``.
+Every backbone is a :class:`Backbone`: ``forward(xyz, features=None)`` maps channels-last clouds ``(B, N, 3)``
+(plus optional extra per-point channels ``(B, N, in_features)``) to a global feature ``(B, out_dim)``;
+``forward_features(xyz, features=None)`` returns a :class:`BackboneOutput` with that global feature and the
+per-point features ``(B, M, point_dim)`` at coordinates ``(B, M, 3)``. Registered names: ``pointnet``,
+``dgcnn``, ``pointnet2_ssg``.
 """
 
+from .base import Backbone, BackboneOutput
 from .registry import backbone_names, build_backbone, register_backbone
 from .head import ClassificationHead
 from .pointnet import PointNet
@@ -11,6 +15,8 @@ from .dgcnn import DGCNN
 from .pointnet2 import PointNet2SSG
 
 __all__ = [
+    "Backbone",
+    "BackboneOutput",
     "ClassificationHead",
     "DGCNN",
     "PointNet",

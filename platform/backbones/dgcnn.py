@@ -7,20 +7,24 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import gather_points, knn
-from ._util import check_positive_int, check_xyz
+from ._util import check_features, check_non_negative_int, check_positive_int, check_xyz
+from .base import Backbone, BackboneOutput
 from .registry import register_backbone
 
 __all__ = ["DGCNN", "EdgeConv", "edge_features"]
 
 
-def edge_features(x: Tensor, k: int) -> Tensor:
+def edge_features(x: Tensor, k: int, graph: Tensor | None = None) -> Tensor:
     """EdgeConv input: for every point ``i`` and each of its ``k`` nearest neighbours ``j`` in the space
-    of ``x``, the edge feature ``[x_j - x_i, x_i]``.
+    of ``x`` (or of ``graph``), the edge feature ``[x_j - x_i, x_i]``.
 
     Args:
         x: ``(B, C, N)`` channels-first point features; the kNN graph is rebuilt from them (dynamic graph,
             each point is its own nearest neighbour).
         k: neighbours per point, ``<= N``.
+        graph: optional ``(B, C', N)`` channels-first features to build the kNN graph from instead of ``x``
+            (the first DGCNN layer searches neighbours on the coordinates alone when normals or colours are
+            part of its input, as in the authors' segmentation code).
 
     Returns:
         ``(B, 2C, N, k)``.
@@ -29,7 +33,8 @@ def edge_features(x: Tensor, k: int) -> Tensor:
         ValueError: ``k > N`` (from :func:`pointtune.ops.knn`).
     """
     pts = x.transpose(1, 2)  # (B, N, C)
-    idx = knn(pts, pts, k)  # (B, N, k)
+    space = pts if graph is None else graph.transpose(1, 2)
+    idx = knn(space, space, k)  # (B, N, k)
     neighbours = gather_points(pts, idx)  # (B, N, k, C)
     centre = pts.unsqueeze(2).expand_as(neighbours)
     edge = torch.cat([neighbours - centre, centre], dim=-1)  # (B, N, k, 2C)
@@ -38,49 +43,57 @@ def edge_features(x: Tensor, k: int) -> Tensor:
 
 class EdgeConv(nn.Module):
     """One EdgeConv layer: ``h(x_i, x_j - x_i)`` as a 1x1 Conv2d + BN + LeakyReLU(0.2), max over the ``k``
-    edges. ``(B, C_in, N) -> (B, C_out, N)``."""
+    edges. ``(B, C_in, N) -> (B, C_out, N)``; the optional ``graph`` ``(B, C', N)`` is the space the kNN graph
+    is built in (default: the input)."""
 
     def __init__(self, c_in: int, c_out: int, k: int):
         super().__init__()
         self.k = k
         self.h = nn.Sequential(nn.Conv2d(2 * c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.h(edge_features(x, self.k)).amax(dim=-1)
+    def forward(self, x: Tensor, graph: Tensor | None = None) -> Tensor:
+        return self.h(edge_features(x, self.k, graph)).amax(dim=-1)
 
 
 @register_backbone("dgcnn")
-class DGCNN(nn.Module):
-    """DGCNN classification encoder: ``forward(xyz (B, N, 3)) -> (B, out_dim)``.
+class DGCNN(Backbone):
+    """DGCNN classification encoder: ``forward(xyz (B, N, 3), features (B, N, in_features) or None) ->
+    (B, out_dim)``.
 
     Four EdgeConv layers of widths 64, 64, 128, 256, each on a kNN graph recomputed in the space of its
-    input (the first on the coordinates), edge feature ``[x_j - x_i, x_i]``, BN + LeakyReLU(0.2), max
-    aggregation over the ``k`` edges. The four outputs are concatenated (512 channels) and mapped by a
-    shared ``Conv1d`` + BN + LeakyReLU(0.2) to ``emb_dims``; the global feature is the concatenation of
-    max and average pooling over the points. Defaults ``k=20`` and ``emb_dims=1024`` are the paper's
-    ModelNet40 settings (its code base also offers ``k=40``, ``emb_dims=2048``).
+    input (the first on the coordinates, also when extra input channels are given), edge feature
+    ``[x_j - x_i, x_i]``, BN + LeakyReLU(0.2), max aggregation over the ``k`` edges. The four outputs are
+    concatenated (512 channels) and mapped by a shared ``Conv1d`` + BN + LeakyReLU(0.2) to ``emb_dims``
+    per-point features (what :meth:`forward_features` returns as ``point_features``, at the input points);
+    the global feature is the concatenation of max and average pooling over the points. Defaults ``k=20``
+    and ``emb_dims=1024`` are the paper's ModelNet40 settings (its code base also offers ``k=40``,
+    ``emb_dims=2048``).
 
     Args:
         k: neighbours per point in every EdgeConv (paper: 20); the input needs ``N >= k`` points.
         emb_dims: width of the per-point embedding before pooling (paper: 1024).
         pooling: ``"maxavg"`` (max || avg, the paper's classifier; ``out_dim = 2 * emb_dims``) or ``"max"``
             (max only, ``out_dim = emb_dims``, as specified by several self-supervised methods).
+        in_features: extra per-point input channels beside the coordinates (normals, colour, height), so
+            the first EdgeConv takes ``3 + in_features`` channels per point.
 
     Attributes:
         out_dim: ``2 * emb_dims`` for ``"maxavg"``, ``emb_dims`` for ``"max"``.
+        point_dim: ``emb_dims``.
 
     Raises:
-        ValueError: non-positive ``k`` / ``emb_dims`` or an unknown ``pooling``.
+        ValueError: non-positive ``k`` / ``emb_dims``, negative ``in_features`` or an unknown ``pooling``.
     """
 
-    def __init__(self, k: int = 20, emb_dims: int = 1024, pooling: str = "maxavg"):
+    def __init__(self, k: int = 20, emb_dims: int = 1024, pooling: str = "maxavg", in_features: int = 0):
         super().__init__()
         check_positive_int("dgcnn", "k", k)
         check_positive_int("dgcnn", "emb_dims", emb_dims)
+        check_non_negative_int("dgcnn", "in_features", in_features)
         if pooling not in ("maxavg", "max"):
             raise ValueError(f"dgcnn: pooling must be 'maxavg' or 'max', got {pooling!r}")
         widths = (64, 64, 128, 256)
-        c_in = 3
+        c_in = 3 + in_features
         convs = []
         for w in widths:
             convs.append(EdgeConv(c_in, w, k))
@@ -92,19 +105,28 @@ class DGCNN(nn.Module):
         self.k = k
         self.emb_dims = emb_dims
         self.pooling = pooling
+        self.in_features = in_features
         self.out_dim = 2 * emb_dims if pooling == "maxavg" else emb_dims
+        self.point_dim = emb_dims
 
-    def forward(self, xyz: Tensor) -> Tensor:
-        """Global feature ``(B, out_dim)`` of clouds ``(B, N, 3)`` with ``N >= k``."""
+    def forward_features(self, xyz: Tensor, features: Tensor | None = None) -> BackboneOutput:
+        """Per-point embeddings ``(B, N, emb_dims)`` at ``xyz`` and the pooled ``(B, out_dim)``, for clouds
+        ``xyz`` ``(B, N, 3)`` with ``N >= k`` and ``features`` ``(B, N, in_features)`` (``None`` when
+        ``in_features == 0``)."""
         check_xyz("dgcnn", xyz)
+        check_features("dgcnn", xyz, features, self.in_features)
         if xyz.shape[1] < self.k:
             raise ValueError(f"dgcnn: clouds have N={xyz.shape[1]} points, fewer than k={self.k}")
         x = xyz.transpose(1, 2)  # (B, 3, N)
+        graph = None
+        if features is not None:
+            graph = x  # the first kNN graph is built on the coordinates alone
+            x = torch.cat([x, features.transpose(1, 2)], dim=1)  # (B, 3 + in_features, N)
         outs = []
         for conv in self.edge_convs:
-            x = conv(x)
+            x = conv(x, graph)
+            graph = None
             outs.append(x)
         x = self.embed(torch.cat(outs, dim=1))  # (B, emb_dims, N)
-        if self.pooling == "max":
-            return x.amax(dim=-1)
-        return torch.cat([x.amax(dim=-1), x.mean(dim=-1)], dim=1)
+        pooled = x.amax(dim=-1) if self.pooling == "max" else torch.cat([x.amax(dim=-1), x.mean(dim=-1)], dim=1)
+        return BackboneOutput(global_feature=pooled, point_features=x.transpose(1, 2), point_xyz=xyz)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._util import check_positive_int, check_xyz
+from ._util import check_features, check_non_negative_int, check_positive_int, check_xyz
+from .base import Backbone, BackboneOutput
 from .registry import register_backbone
 
 __all__ = ["PointNet", "TNet"]
@@ -46,40 +47,56 @@ class TNet(nn.Module):
 
 
 @register_backbone("pointnet")
-class PointNet(nn.Module):
-    """PointNet global encoder: ``forward(xyz (B, N, 3)) -> (B, emb_dims)``.
+class PointNet(Backbone):
+    """PointNet encoder: ``forward(xyz (B, N, 3), features (B, N, in_features) or None) -> (B, emb_dims)``.
 
-    Shared per-point MLP 3-64-64-64-128-``emb_dims`` (``Conv1d`` kernel 1 + BatchNorm + ReLU on every
-    layer), then global max pooling (the symmetric function of the paper, so the output is invariant to
-    the order of the points). This is the five-layer variant used as the PointNet baseline in the DGCNN
-    code base; the paper's 64-64 | 64-128-1024 stack is the same with the feature transform omitted.
-    ``emb_dims=1024`` is the paper's global feature width.
+    Shared per-point MLP (3 + in_features)-64-64-64-128-``emb_dims`` (``Conv1d`` kernel 1 + BatchNorm + ReLU
+    on every layer), then global max pooling (the symmetric function of the paper, so the output is
+    invariant to the order of the points). This is the five-layer variant used as the PointNet baseline in
+    the DGCNN code base; the paper's 64-64 | 64-128-1024 stack is the same with the feature transform
+    omitted. ``emb_dims=1024`` is the paper's global feature width.
+
+    :meth:`forward_features` also returns the per-point output of the last MLP layer (the features that
+    are max-pooled), ``(B, N, emb_dims)``, at the input points.
 
     Args:
-        emb_dims: width of the last layer and of the global feature (paper: 1024).
+        emb_dims: width of the last layer, of the per-point and of the global feature (paper: 1024).
         input_transform: apply the 3x3 input T-Net before the MLP (paper: yes; default off, as in the DGCNN
-            baseline). The 64x64 feature transform and its orthogonality regulariser are not implemented.
+            baseline). The T-Net sees and transforms the coordinates only; extra input channels are
+            concatenated after the transform, unchanged. The 64x64 feature transform and its orthogonality
+            regulariser are not implemented.
+        in_features: extra per-point input channels beside the coordinates (normals, colour, height), so
+            the first layer takes ``3 + in_features`` channels.
 
     Attributes:
         out_dim: ``emb_dims``.
+        point_dim: ``emb_dims``.
     """
 
-    def __init__(self, emb_dims: int = 1024, input_transform: bool = False):
+    def __init__(self, emb_dims: int = 1024, input_transform: bool = False, in_features: int = 0):
         super().__init__()
         check_positive_int("pointnet", "emb_dims", emb_dims)
-        widths = [3, 64, 64, 64, 128, emb_dims]
+        check_non_negative_int("pointnet", "in_features", in_features)
+        widths = [3 + in_features, 64, 64, 64, 128, emb_dims]
         layers: list[nn.Module] = []
         for c_in, c_out in zip(widths[:-1], widths[1:]):
             layers += [nn.Conv1d(c_in, c_out, 1, bias=False), nn.BatchNorm1d(c_out), nn.ReLU(inplace=True)]
         self.mlp = nn.Sequential(*layers)
         self.tnet = TNet(3) if input_transform else None
         self.emb_dims = emb_dims
+        self.in_features = in_features
         self.out_dim = emb_dims
+        self.point_dim = emb_dims
 
-    def forward(self, xyz: Tensor) -> Tensor:
-        """Global feature ``(B, out_dim)`` of clouds ``(B, N, 3)``."""
+    def forward_features(self, xyz: Tensor, features: Tensor | None = None) -> BackboneOutput:
+        """Per-point features ``(B, N, emb_dims)`` at ``xyz`` and their max pool ``(B, emb_dims)``, for clouds
+        ``xyz`` ``(B, N, 3)`` and ``features`` ``(B, N, in_features)`` (``None`` when ``in_features == 0``)."""
         check_xyz("pointnet", xyz)
+        check_features("pointnet", xyz, features, self.in_features)
         x = xyz.transpose(1, 2)  # (B, 3, N)
         if self.tnet is not None:
             x = torch.bmm(self.tnet(x).transpose(1, 2), x)  # row-vector convention: xyz @ T
-        return self.mlp(x).amax(dim=-1)
+        if features is not None:
+            x = torch.cat([x, features.transpose(1, 2)], dim=1)  # (B, 3 + in_features, N)
+        h = self.mlp(x)  # (B, emb_dims, N)
+        return BackboneOutput(global_feature=h.amax(dim=-1), point_features=h.transpose(1, 2), point_xyz=xyz)

@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from ..ops import ball_query, fps, gather_points, group
-from ._util import check_positive_int, check_xyz
+from ._util import check_features, check_non_negative_int, check_positive_int, check_xyz
+from .base import Backbone, BackboneOutput
 from .registry import register_backbone
 
 __all__ = ["PointNet2SSG", "SetAbstraction"]
@@ -63,13 +64,20 @@ class SetAbstraction(nn.Module):
 
 
 @register_backbone("pointnet2_ssg")
-class PointNet2SSG(nn.Module):
-    """PointNet++ SSG classification encoder: ``forward(xyz (B, N, 3)) -> (B, emb_dims)``.
+class PointNet2SSG(Backbone):
+    """PointNet++ SSG classification encoder: ``forward(xyz (B, N, 3), features (B, N, in_features) or None)
+    -> (B, emb_dims)``.
 
     Three set-abstraction levels with the paper's ModelNet40 SSG settings (defaults):
     SA(512 centres, r=0.2, 32 samples, MLP 64-64-128) -> SA(128, r=0.4, 64, MLP 128-128-256) ->
     group-all SA(MLP 256-512-1024). The global feature is the output of the last level. Radii are in the
-    units of the input, which the paper (and pointtune) normalises into the unit sphere.
+    units of the input, which the paper (and pointtune) normalises into the unit sphere. Extra input
+    channels (normals, as in the paper's ModelNet40 "with normal" runs) are grouped with the local
+    coordinates by the first level.
+
+    :meth:`forward_features` returns as ``point_features`` the second level's features at its
+    ``npoints[1]`` centres, ``(B, npoints[1], point_dim)``, and in ``levels`` the (xyz, features) of the
+    input and of the first two levels, for feature-propagation decoders.
 
     Args:
         npoints: centres of the first two levels; the input needs ``N >= npoints[0]`` and
@@ -79,12 +87,16 @@ class PointNet2SSG(nn.Module):
         width: multiplier on every hidden MLP width (rounded, at least 1), for small models in tests and
             scaling studies; the final width is ``emb_dims``.
         emb_dims: width of the last layer and of the global feature (paper: 1024).
+        in_features: extra per-point input channels beside the coordinates (normals, colour, height), so
+            the first level's MLP takes ``3 + in_features`` channels.
 
     Attributes:
         out_dim: ``emb_dims``.
+        point_dim: channels of the second level, ``max(1, round(256 * width))``.
 
     Raises:
-        ValueError: sequences that are not of length 2, non-positive sizes / radii / width.
+        ValueError: sequences that are not of length 2, non-positive sizes / radii / width, negative
+            ``in_features``.
     """
 
     def __init__(
@@ -94,6 +106,7 @@ class PointNet2SSG(nn.Module):
         nsamples: Sequence[int] = (32, 64),
         width: float = 1.0,
         emb_dims: int = 1024,
+        in_features: int = 0,
     ):
         super().__init__()
         for arg, seq in (("npoints", npoints), ("radii", radii), ("nsamples", nsamples)):
@@ -109,25 +122,37 @@ class PointNet2SSG(nn.Module):
         if not width > 0:
             raise ValueError(f"pointnet2_ssg: width must be > 0, got {width}")
         check_positive_int("pointnet2_ssg", "emb_dims", emb_dims)
+        check_non_negative_int("pointnet2_ssg", "in_features", in_features)
 
         def w(c: int) -> int:
             return max(1, round(c * width))
 
-        self.sa1 = SetAbstraction(npoints[0], radii[0], nsamples[0], 0, [w(64), w(64), w(128)])
+        self.sa1 = SetAbstraction(npoints[0], radii[0], nsamples[0], in_features, [w(64), w(64), w(128)])
         self.sa2 = SetAbstraction(npoints[1], radii[1], nsamples[1], self.sa1.out_channels, [w(128), w(128), w(256)])
         self.sa3 = SetAbstraction(None, None, None, self.sa2.out_channels, [w(256), w(512), emb_dims])
         self.npoints = tuple(npoints)
         self.emb_dims = emb_dims
+        self.in_features = in_features
         self.out_dim = emb_dims
+        self.point_dim = self.sa2.out_channels
 
-    def forward(self, xyz: Tensor) -> Tensor:
-        """Global feature ``(B, out_dim)`` of clouds ``(B, N, 3)`` with ``N >= npoints[0]``."""
+    def forward_features(self, xyz: Tensor, features: Tensor | None = None) -> BackboneOutput:
+        """Second-level features ``(B, npoints[1], point_dim)`` at their centres, the global feature
+        ``(B, emb_dims)`` and the per-level (xyz, features), for clouds ``xyz`` ``(B, N, 3)`` with
+        ``N >= npoints[0]`` and ``features`` ``(B, N, in_features)`` (``None`` when ``in_features == 0``)."""
         check_xyz("pointnet2_ssg", xyz)
+        check_features("pointnet2_ssg", xyz, features, self.in_features)
         if xyz.shape[1] < self.npoints[0]:
             raise ValueError(
                 f"pointnet2_ssg: clouds have N={xyz.shape[1]} points, fewer than npoints[0]={self.npoints[0]}"
             )
-        xyz1, f1 = self.sa1(xyz.contiguous(), None)
+        xyz = xyz.contiguous()
+        xyz1, f1 = self.sa1(xyz, features)
         xyz2, f2 = self.sa2(xyz1, f1)
         _, f3 = self.sa3(xyz2, f2)
-        return f3.squeeze(1)
+        return BackboneOutput(
+            global_feature=f3.squeeze(1),
+            point_features=f2,
+            point_xyz=xyz2,
+            levels=((xyz, features), (xyz1, f1), (xyz2, f2)),
+        )

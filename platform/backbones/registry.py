@@ -1,7 +1,8 @@
 """Backbone registry: build an encoder by name with keyword arguments from a config.
 
-Every registered backbone is an ``nn.Module`` with ``forward(xyz: (B, N, 3)) -> (B, out_dim)`` and an int
-attribute ``out_dim``.
+Every registered backbone is an ``nn.Module`` with ``forward(xyz: (B, N, 3), features=None) -> (B, out_dim)``
+and an int attribute ``out_dim``; the built-in ones are :class:`~pointtune.backbones.base.Backbone` subclasses,
+which add ``forward_features`` (per-point and global features), ``point_dim`` and ``in_features``.
 """
 
 from __future__ import annotations
