@@ -37,6 +37,10 @@ same training forward, log base 2, detached; A9 normal samples a = 1; A10 Eq. 7 
 A14 projection ``Linear(D, D)`` (``mlp2`` option), unused at inference; A16 linear per-iteration lambda
 ramp; A17 anchors without positives or negatives are skipped; A21 label smoothing 0.2 (PyTorch's form);
 A25 every weight is detached, gradients flow only through the similarities.
+
+Data parallelism (:class:`CEDR`): the EMA centres are computed from every worker's batch; with
+``gather`` the SCC loss of Eq. 2 and the CPCM batch centres see the whole global batch (the paper's batch of
+80 was spread over 8 GPUs), through :func:`pointtune.distributed.all_gather_with_grad`.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from pointtune.distributed import (
+    all_gather_rows,
+    all_gather_with_grad,
+    all_reduce_sum,
+    average_batchnorm_stats,
+    world_size,
+)
 from pointtune.method import BackboneConfig, Method, MethodConfig, Task, register_method
 
 __all__ = [
@@ -60,6 +71,7 @@ __all__ = [
     "select_pair_weights",
     "cpcm_class_weights",
     "batch_class_centers",
+    "global_class_centers",
     "ema_update_centers",
     "combine_weights",
     "weighted_scc_loss",
@@ -80,7 +92,8 @@ class CEDRConfig(MethodConfig):
     the outlier / unstable entropy thresholds in bits (Eq. 7); ``unstable_offset`` is the 1.2 of Eq. 7;
     ``fixed_outlier_weight`` / ``fixed_unstable_weight`` are the weights of Eq. 11; ``cpcm_margin`` is the
     method-2 ratio (A13); ``combine`` merges CPCM and EAA negative weights (``l2`` = Eq. S3); ``form`` picks
-    the weighted loss (``paper`` = spec 2.8, ``aggregate`` = literal Eqs. 9/10).
+    the weighted loss (``paper`` = spec 2.8, ``aggregate`` = literal Eqs. 9/10); ``gather`` makes SCC and the
+    CPCM batch centres span every data-parallel worker's batch (see the field's description).
     """
 
     name: Literal["cedr"] = "cedr"
@@ -109,6 +122,17 @@ class CEDRConfig(MethodConfig):
     label_smoothing: float = Field(0.2, ge=0, lt=1)
     projection: Literal["linear", "mlp2"] = "linear"
     head_dropout: float = Field(0.5, ge=0, lt=1)
+    gather: bool = Field(
+        False,
+        description=(
+            "Data parallelism: compute the supervised contrastive loss (Eq. 2, with its CPCM and EAA weights) "
+            "over the global batch, the projections, labels and entropies of every worker's batch gathered "
+            "(the paper's batch of 80 was spread over 8 GPUs); CPCM batch centres are then the global batch's. "
+            "Each worker's SCC is the loss over the gathered batch and its gradient reaches each worker's own "
+            "rows, so the update is that of one process holding the whole batch. Cross-entropy stays per "
+            "worker. No effect in a single process."
+        ),
+    )
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "CEDRConfig":
@@ -333,6 +357,14 @@ def batch_class_centers(
     Raises:
         ValueError: bad shapes or a label outside ``[0, num_classes)``.
     """
+    sums, counts = _class_sums(z, labels, num_classes)
+    centers = sums / counts.clamp(min=1).to(z.dtype)[:, None]
+    return centers, counts > 0
+
+
+def _class_sums(z: torch.Tensor, labels: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums ``(K, D)`` of the detached rows of ``z`` and per-class counts ``(K,)`` int64, after
+    checking the shapes and the label range (``ValueError``)."""
     if z.dim() != 2:
         raise ValueError(f"z must be (B, D), got shape {tuple(z.shape)}")
     if labels.shape != (z.shape[0],):
@@ -343,8 +375,35 @@ def batch_class_centers(
     z = z.detach()
     counts = torch.bincount(labels, minlength=num_classes)
     sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype, device=z.device).index_add_(0, labels, z)
-    centers = sums / counts.clamp(min=1).to(z.dtype)[:, None]
-    return centers, counts > 0
+    return sums, counts
+
+
+@torch.no_grad()
+def global_class_centers(
+    z: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class centres of the union of every data-parallel worker's batch (A5 under data parallelism).
+
+    The per-class sums and counts of the local batch are all-reduced across workers
+    (:func:`pointtune.distributed.all_reduce_sum`, one collective), so every worker gets the same centres:
+    the mean embedding of each class over the global batch. In a single process it equals
+    :func:`batch_class_centers`. A collective: every worker must call it at the same point.
+
+    Args:
+        z: ``(B_r, D)`` this worker's embeddings; labels: ``(B_r,)`` int64 in ``[0, num_classes)``.
+        num_classes: K.
+
+    Returns:
+        ``(centers, present)``: ``(K, D)`` centres (zero rows for classes absent from every worker's batch)
+        and a ``(K,)`` bool mask of the classes present in the global batch; both detached.
+
+    Raises:
+        ValueError: bad shapes or a label outside ``[0, num_classes)`` (as :func:`batch_class_centers`).
+    """
+    sums, counts = _class_sums(z, labels, num_classes)
+    packed = all_reduce_sum(torch.cat([sums, counts[:, None].to(sums.dtype)], dim=1))   # one all-reduce
+    sums, counts = packed[:, :-1], packed[:, -1].round()
+    return sums / counts.clamp(min=1)[:, None], counts > 0
 
 
 @torch.no_grad()
@@ -559,7 +618,7 @@ def lambda_at(progress: float, lambda_con: float, lambda_con_end: float, schedul
 
 
 def cedr_loss(
-    z: torch.Tensor,
+    z: torch.Tensor | None,
     logits: torch.Tensor,
     labels: torch.Tensor,
     cfg: CEDRConfig,
@@ -567,6 +626,7 @@ def cedr_loss(
     progress: float = 0.0,
     centers: torch.Tensor | None = None,
     centers_valid: torch.Tensor | None = None,
+    gather: bool = False,
 ) -> dict[str, torch.Tensor]:
     """CEDR training loss ``L = mean_i CE_i + lambda(progress) * L_SCC`` (Eq. 3 with batch means).
 
@@ -582,24 +642,38 @@ def cedr_loss(
 
     Every weight is computed without gradient (A25).
 
+    With ``gather`` (``cfg.gather`` in :class:`CEDR`) and several data-parallel workers, L_SCC and its
+    weights are computed over the global batch: ``z`` is gathered with
+    :func:`pointtune.distributed.all_gather_with_grad` (rank order) and the labels and detached logits with
+    :func:`pointtune.distributed.all_gather_rows`, so per-batch CPCM centres, EAA weights, ``outlier_frac``
+    and ``unstable_frac`` are the global batch's and ``scc`` is the same on every worker; the gradient
+    reaches each worker's own rows of ``z`` (see :func:`~pointtune.distributed.all_gather_with_grad` for
+    the factor that DDP's gradient averaging cancels). CE stays the mean over the local batch. A collective
+    then: every worker must call it.
+
     Args:
-        z: ``(B, D)`` projected embeddings (normalised inside).
+        z: ``(B, D)`` projected embeddings (normalised inside); may be ``None`` when ``cfg.use_scc`` is off.
         logits: ``(B, K)`` classification logits of the same forward.
         labels: ``(B,)`` int64.
         cfg: the method config.
         epoch: 0-based epoch (for the start epochs); progress: fraction of the run done (for lambda).
         centers: optional ``(K, D)`` class centres (e.g. an EMA memory) instead of the batch's.
         centers_valid: ``(K,)`` bool mask of usable rows of ``centers`` (default: all).
+        gather: compute L_SCC over every data-parallel worker's batch (no effect in a single process).
 
     Returns:
         Dict of scalar tensors: ``loss``, ``ce``, ``scc`` (0 when off), ``lambda_con``, ``outlier_frac`` and
         ``unstable_frac`` (fractions of the batch flagged by EAA; 0 when EAA is not applied).
 
     Raises:
-        ValueError: inconsistent shapes (from the component functions).
+        ValueError: inconsistent shapes (from the component functions), or ``z`` is ``None`` with
+            ``cfg.use_scc`` on.
     """
     _check_logits_labels(logits, labels)
-    if z.dim() != 2 or z.shape[0] != logits.shape[0]:
+    if z is None:
+        if cfg.use_scc:
+            raise ValueError("z (the projections) is required when cfg.use_scc is on")
+    elif z.dim() != 2 or z.shape[0] != logits.shape[0]:
         raise ValueError(f"z must be ({logits.shape[0]}, D), got shape {tuple(z.shape)}")
     num_classes = logits.shape[1]
     ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
@@ -612,6 +686,10 @@ def cedr_loss(
         return out
 
     z = F.normalize(z, dim=1)
+    if gather and world_size() > 1:
+        z = all_gather_with_grad(z)                                         # (sum_r B_r, D), rank order
+        labels = all_gather_rows(labels)[0]
+        logits = all_gather_rows(logits.detach())[0]                        # for the EAA weights only
     w_cpcm = w_eaa = None
     with torch.no_grad():
         if cfg.use_cpcm and epoch >= cfg.cpcm_start_epoch:
@@ -638,13 +716,47 @@ def cedr_loss(
 # --------------------------------------------------------------------------------------------------
 
 
+def _drop_projection_head(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook of a CEDR without SCC: drop the ``proj_head.*`` entries that checkpoints
+    written before the head was left out (an unused, untrained head) still hold."""
+    for key in [k for k in state_dict if k.startswith(prefix + "proj_head.")]:
+        del state_dict[key]
+
+
 @register_method("cedr")
 class CEDR(Method):
     """CEDR on a registry backbone: ``f`` -> ``I``; ``f_cls(I)`` logits; ``f_prj(I)`` contrastive embedding.
 
-    Buffers ``center_memory`` ``(K, D)`` and ``center_seen`` ``(K,)`` hold the EMA class centres (used when
-    ``cfg.centers == 'ema'``; updated by every training-mode ``forward`` with SCC and CPCM on, also before
-    ``cpcm_start_epoch`` so that the memory is warm when CPCM starts).
+    ``proj_head`` (``f_prj``) exists only with ``cfg.use_scc`` (plain CE trains ``f`` and ``f_cls`` only; it
+    is ``None`` otherwise, so no parameter is left without a gradient; a checkpoint that still holds one
+    loads, its head ignored). Buffers ``center_memory`` ``(K, D)`` and ``center_seen`` ``(K,)`` hold the EMA
+    class centres (used when ``cfg.centers == 'ema'`` with SCC and CPCM on, :attr:`uses_center_memory`;
+    updated by every training-mode ``forward`` then, also before ``cpcm_start_epoch`` so that the memory is
+    warm when CPCM starts; zeros otherwise).
+
+    ``forward`` returns the terms of :func:`cedr_loss` and ``acc``, the fraction of the batch whose logits'
+    argmax is the label (detached).
+
+    Data parallelism (:meth:`ddp_options`):
+
+    * every parameter gets a gradient at every step (``find_unused_parameters=False``): the CPCM and EAA
+      start epochs only switch detached pair weights on, never a module, and an SCC without a valid anchor
+      is a zero still attached to the projections;
+    * the EMA centres are updated from the global batch: per-class sums and counts of the projections are
+      all-reduced (:func:`global_class_centers`), so every worker holds the same memory; DDP must then not
+      overwrite it with rank 0's copy (``broadcast_buffers=False``);
+    * with ``broadcast_buffers=False`` DDP no longer copies BatchNorm running statistics (backbone,
+      classification head, ``mlp2`` projection) from rank 0 either. Left alone they would drift apart over the
+      run and each worker would evaluate a different model; :meth:`after_step` therefore averages them over
+      the workers after every optimizer step (one small all-reduce,
+      :func:`pointtune.distributed.average_batchnorm_stats`): every worker evaluates the same model, with
+      statistics that follow all workers' batches rather than rank 0's alone. (Only a loop that calls
+      ``after_step`` gets this; without it the statistics differ per worker, as in plain DDP with
+      ``broadcast_buffers=False``, and checkpoints hold rank 0's.) The per-batch BatchNorm normalisation
+      itself stays per worker (no SyncBatchNorm), as in the paper's multi-GPU training;
+    * ``cfg.gather``: SCC (Eq. 2 with its CPCM / EAA weights) over the projections, labels and entropies of
+      every worker's batch (:func:`cedr_loss`); CE stays per worker. Without it each worker's SCC and
+      CPCM batch centres see its own batch only (a per-worker batch of ``train.batch_size``).
     """
 
     task = Task.CLASSIFICATION
@@ -663,42 +775,64 @@ class CEDR(Method):
         self.backbone = build_backbone(cfg.backbone.name, **cfg.backbone.kwargs())
         dim = int(self.backbone.out_dim)
         self.cls_head = ClassificationHead(dim, num_classes, dropout=cfg.head_dropout)
-        if cfg.projection == "linear":
+        self.proj_head: nn.Module | None = None
+        if cfg.use_scc and cfg.projection == "linear":
             self.proj_head = nn.Linear(dim, dim)
-        else:
+        elif cfg.use_scc:
             self.proj_head = nn.Sequential(
                 nn.Linear(dim, dim), nn.BatchNorm1d(dim), nn.ReLU(inplace=True), nn.Linear(dim, dim)
             )
+        else:
+            self.register_load_state_dict_pre_hook(_drop_projection_head)
         self.register_buffer("center_memory", torch.zeros(num_classes, dim))
         self.register_buffer("center_seen", torch.zeros(num_classes, dtype=torch.bool))
 
-    def forward(self, batch: dict[str, torch.Tensor], epoch: int, progress: float) -> dict[str, torch.Tensor]:
-        """Losses of one mini-batch; see :func:`cedr_loss`. Also returns detached ``logits`` ``(B, K)``.
+    @property
+    def uses_center_memory(self) -> bool:
+        """Whether the EMA centre memory is in use (``centers='ema'`` with SCC and CPCM on)."""
+        cfg: CEDRConfig = self.cfg
+        return cfg.use_scc and cfg.use_cpcm and cfg.centers == "ema"
 
-        The loss terms are computed in float32 with autocast off (the similarity exponentials and entropies
-        are not safe in half precision).
+    def forward(self, batch: dict[str, torch.Tensor], epoch: int, progress: float) -> dict[str, torch.Tensor]:
+        """Losses of one mini-batch (``points`` ``(B, N, 3)``, ``label`` ``(B,)``); see :func:`cedr_loss`.
+
+        Returns its dict plus ``acc`` (training accuracy of the batch, detached). The loss terms are computed
+        in float32 with autocast off (the similarity exponentials and entropies are not safe in half
+        precision). In training mode with the EMA memory in use, the memory is first updated from the global
+        batch (:func:`global_class_centers`, a collective under DDP).
         """
         points, labels = batch["points"], batch["label"]
         feat = self.backbone(points)                                      # I (B, D)
         logits = self.cls_head(feat)                                      # (B, K)
-        emb = self.proj_head(feat)                                        # (B, D), normalised in the loss
+        emb = self.proj_head(feat) if self.proj_head is not None else None   # (B, D), normalised in the loss
         cfg: CEDRConfig = self.cfg
         with torch.autocast(device_type=points.device.type, enabled=False):
-            logits32 = logits.float()
-            z = F.normalize(emb.float(), dim=1)
+            z = F.normalize(emb.float(), dim=1) if emb is not None else None
             centers = valid = None
-            if cfg.use_scc and cfg.use_cpcm and cfg.centers == "ema":
+            if self.uses_center_memory:
                 if self.training:
                     with torch.no_grad():
-                        batch_centers, present = batch_class_centers(z, labels, self.num_classes)
+                        batch_centers, present = global_class_centers(z, labels, self.num_classes)
                         memory, seen = ema_update_centers(self.center_memory, self.center_seen,
                                                           batch_centers, present, cfg.center_momentum)
                         self.center_memory.copy_(memory)
                         self.center_seen.copy_(seen)
                 centers, valid = self.center_memory, self.center_seen
-            out = cedr_loss(z, logits32, labels, cfg, epoch, progress, centers, valid)
-        out["logits"] = logits.detach()
+            out = cedr_loss(z, logits.float(), labels, cfg, epoch, progress, centers, valid,
+                            gather=cfg.gather and self.training)
+        out["acc"] = (logits.detach().argmax(dim=1) == labels).float().mean()
         return out
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Average the BatchNorm running statistics over the data-parallel workers (see the class
+        docstring: DDP does not broadcast buffers for CEDR); a no-op in a single process."""
+        average_batchnorm_stats(self)
+
+    def ddp_options(self) -> dict[str, bool]:
+        """``find_unused_parameters=False`` (every parameter is used at every step) and
+        ``broadcast_buffers=False`` (the EMA centres are all-reduced, and :meth:`after_step` averages the
+        BatchNorm statistics); see the class docstring."""
+        return {"find_unused_parameters": False, "broadcast_buffers": False}
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -706,9 +840,9 @@ class CEDR(Method):
         return self.cls_head(self.backbone(batch["points"]))
 
     @torch.no_grad()
-    def embed(self, points: torch.Tensor) -> torch.Tensor:
-        """Global features ``I`` ``(B, D)`` of clouds ``(B, N, 3)`` from the backbone."""
-        return self.backbone(points)
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Global features ``I`` ``(B, D)`` of ``batch["points"]`` ``(B, N, 3)`` from the backbone."""
+        return self.backbone(batch["points"])
 
     def encoder(self) -> nn.Module:
         """The backbone ``f``."""

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from pointtune.distributed import all_gather_rows, average_batchnorm_stats, rank
 from pointtune.method import BackboneConfig, Method, MethodConfig, Task, register_method
 from pointtune.ops import fps, gather_points
 
@@ -517,25 +518,6 @@ def orthogonality_loss(prototypes: torch.Tensor, reduction: str = "sum") -> torc
 # --------------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def _gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """All-gather the rows of ``x`` from every DDP worker (sizes may differ); returns ``(rows, offset of this
-    worker's rows)``. Without an initialised process group of more than one worker: ``(x, 0)``."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x, 0
-    world, rank = dist.get_world_size(), dist.get_rank()
-    count = torch.tensor([x.shape[0]], device=x.device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    sizes = [int(c) for c in counts]
-    padded = x.new_zeros((max(sizes), *x.shape[1:]))
-    padded[: x.shape[0]] = x
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded.contiguous())
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)]), sum(sizes[:rank])
-
-
 def conclu_loss(
     qa: torch.Tensor,
     qb: torch.Tensor,
@@ -557,8 +539,9 @@ def conclu_loss(
         qa, qb, za, zb: ``(B, d)`` predictions and projections of views a and b.
         prototypes: ``(J, d)``.
         cfg: the method config.
-        gather: compute the codes over the projections of every DDP worker (A14); each worker keeps the
-            rows of its own samples.
+        gather: compute the codes over the projections of every DDP worker (A14;
+            :func:`pointtune.distributed.all_gather_rows`, no gradient: the codes are constants); each
+            worker keeps the rows of its own samples. A collective then: every worker must call it.
 
     Returns:
         Dict of scalars: ``loss`` (differentiable), and the detached ``con``, ``swap``, ``orth``,
@@ -579,7 +562,7 @@ def conclu_loss(
         both = torch.stack([src_a.detach(), src_b.detach()], dim=1)          # (B, 2, d): one gather
         offset = 0
         if gather:
-            both, offset = _gather_rows(both)
+            both, offset = all_gather_rows(both)
         codes_a = sinkhorn_codes(both[:, 0], protos, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
         codes_b = sinkhorn_codes(both[:, 1], protos, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
         rows = slice(offset, offset + qa.shape[0])
@@ -611,7 +594,20 @@ class ConClu(Method):
     * ``predictor`` (q): ``Linear(p, h') - BN - LReLU - Linear(h', p)``.
     * ``prototypes``: ``nn.Parameter(J, p)``, ``N(0, 1)`` initialisation (A9).
 
-    Labels are never used. :meth:`embed` is the encoder's global feature (spec 4.5 (a)).
+    Labels are never used. :meth:`embed` is the encoder's global feature (spec 4.5 (a)). ``forward``
+    returns the loss terms and the diagnostics ``proto_usage`` and ``code_entropy`` (:func:`conclu_loss`).
+
+    Data parallelism (:meth:`ddp_options`): every parameter, the prototypes included, gets a gradient at
+    every step (no term starts late; a loss weight of 0 multiplies a term that stays in the graph, giving
+    zero gradients, not missing ones), so ``find_unused_parameters=False``; the prototypes are a parameter,
+    kept identical by DDP's gradient averaging. The only buffers are BatchNorm running statistics. DDP's
+    default broadcast copies rank 0's at the start of each forward, so after the last step of an epoch
+    every worker still holds its own batch's update and the sharded evaluation would merge slightly
+    different models; instead ``broadcast_buffers=False`` and :meth:`after_step` averages them over the
+    workers after every step (:func:`pointtune.distributed.average_batchnorm_stats`), so every worker
+    evaluates the same model. Each worker draws its views from its own stream (the seed is offset by the
+    rank), and with ``sinkhorn_global`` the Sinkhorn codes are computed over the projections of every
+    worker's batch (A14, the equipartition over the global batch).
     """
 
     task = Task.PRETRAIN
@@ -682,9 +678,7 @@ class ConClu(Method):
         points = batch["points"]
         cfg: ConCluConfig = self.cfg
         seed = int(torch.randint(0, 2**62, (1,)).item())
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
-            seed = (seed + 1_000_003 * dist.get_rank()) % 2**62    # workers seeded alike draw different views
+        seed = (seed + 1_000_003 * rank()) % 2**62                 # workers seeded alike draw different views
         gen = torch.Generator(device=points.device)
         gen.manual_seed(seed)
         with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
@@ -694,11 +688,21 @@ class ConClu(Method):
         with torch.autocast(device_type=points.device.type, enabled=False):
             return conclu_loss(qa, qb, za, zb, self.prototypes, cfg, gather=cfg.sinkhorn_global and self.training)
 
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Average the BatchNorm running statistics over the data-parallel workers (see the class
+        docstring); a no-op in a single process."""
+        average_batchnorm_stats(self)
+
+    def ddp_options(self) -> dict[str, bool]:
+        """``find_unused_parameters=False`` (every parameter is used at every step) and
+        ``broadcast_buffers=False`` (:meth:`after_step` keeps the BatchNorm statistics identical)."""
+        return {"find_unused_parameters": False, "broadcast_buffers": False}
+
     @torch.no_grad()
-    def embed(self, points: torch.Tensor) -> torch.Tensor:
-        """Encoder global features ``(B, D)`` of clouds ``(B, N, 3)``, no augmentation (spec 4.5 (a)); the
-        caller puts the module in eval mode."""
-        return self.backbone(points)
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Encoder global features ``(B, D)`` of ``batch["points"]`` ``(B, N, 3)``, no augmentation (spec 4.5
+        (a)); the caller puts the module in eval mode."""
+        return self.backbone(batch["points"])
 
     def encoder(self) -> nn.Module:
         """The backbone ``f`` (with its max pooling)."""

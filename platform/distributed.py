@@ -5,6 +5,8 @@ group, or a group of one), so the same code runs locally, in one Tune trial and 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.distributed as dist
 
@@ -57,8 +59,8 @@ def all_gather_rows(x: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward returns to each worker the gradient of its own rows, summed over workers
-    (every worker computes the same loss on the gathered rows, so the sums are the full gradient)."""
+    """All-gather whose backward all-reduces (sums) the gradient of the gathered rows over the workers and
+    hands each worker the slice of its own rows (see :func:`all_gather_with_grad`)."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:
@@ -73,15 +75,47 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate the rows of ``x`` from every worker (rank order, sizes may differ), differentiably: the
-    gradient of a loss computed identically on every worker reaches each worker's own rows.
+    """Concatenate the rows of ``x`` from every worker (rank order, sizes may differ), differentiably.
+
+    Backward: worker ``r`` receives for its own rows ``sum_s dL_s / dx_r``, the gradient of the sum of every
+    worker's loss ``L_s`` (an all-reduce of the gathered rows' gradient). When every worker computes the same
+    loss ``L`` on the gathered rows that is ``world_size() * dL/dx_r``; DDP's averaging of parameter
+    gradients over the workers divides the factor back out, so the update is exactly the gradient of ``L``,
+    as if one process held the concatenated batch. (Where each worker's ``L_s`` differs, e.g. only its own
+    rows as anchors, DDP's update is the gradient of the mean of the ``L_s``.) Every worker must call it
+    the same number of times in the same order (it is a collective, forward and backward).
 
     Args:
-        x: ``(M_r, D)`` on worker ``r``.
+        x: ``(M_r, ...)`` on worker ``r``; trailing shape and dtype equal on all workers.
 
     Returns:
-        ``(sum_r M_r, D)``.
+        ``(sum_r M_r, ...)``; ``x`` itself in a single process.
     """
     if world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def average_batchnorm_stats(module: torch.nn.Module) -> None:
+    """Replace, in place, the running mean and variance of every BatchNorm layer of ``module`` that is in
+    training mode by their mean over the workers (one all-reduce of all of them), so that every worker
+    evaluates the same model (evaluation is sharded across workers and merged).
+
+    For a module wrapped in DDP with ``broadcast_buffers=False`` (whose buffers DDP no longer copies from
+    rank 0): called after each optimizer step, the statistics stay identical on every worker and follow an
+    EMA of the batch statistics averaged over the workers' batches. Layers in eval mode (e.g. a frozen
+    encoder) do not update their statistics and are left out; ``num_batches_tracked`` needs no averaging
+    (every worker runs the same number of steps). No-op in a single process.
+    """
+    if world_size() == 1:
+        return
+    stats = [buf for mod in module.modules()
+             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm) and mod.training
+             for buf in (mod.running_mean, mod.running_var) if buf is not None]
+    if not stats:
+        return
+    dtype = functools.reduce(torch.promote_types, (s.dtype for s in stats))
+    flat = all_reduce_sum(torch.cat([s.reshape(-1).to(dtype) for s in stats])) / world_size()
+    for s, part in zip(stats, flat.split([s.numel() for s in stats])):
+        s.copy_(part.view_as(s))

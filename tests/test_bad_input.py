@@ -294,8 +294,8 @@ class _Toy(torch.nn.Module):
     def predict(self, batch):
         return torch.cat([batch["points"].mean(1), -batch["points"].mean(1)], -1)[:, :2]
 
-    def embed(self, points):
-        return points.mean(1)
+    def embed(self, batch):
+        return batch["points"].mean(1)
 
 
 @pytest.mark.parametrize("task", [Task.CLASSIFICATION, Task.PRETRAIN])
@@ -398,7 +398,7 @@ def test_preflight_passes_tiny_configs_and_reports_loss_terms():
     state = torch.get_rng_state()
     result = preflight(exp, objective="train/scc")
     assert torch.equal(torch.get_rng_state(), state)
-    assert {"loss", "ce", "scc", "logits"} <= set(result.loss_terms) and result.data.num_classes == 8
+    assert {"loss", "ce", "scc", "acc"} <= set(result.loss_terms) and result.data.num_classes == 8
     assert "normals" in result.data.train[0]
     conclu = build_config("conclu", overrides={**TINY, "method.view_points": 64, "method.projector_hidden": 32,
                                                 "method.projection_dim": 16, "method.predictor_hidden": 16})

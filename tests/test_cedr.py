@@ -25,6 +25,7 @@ from pointtune.methods.cedr import (
     eaa_sample_weights,
     ema_update_centers,
     entropy_bits,
+    global_class_centers,
     lambda_at,
     select_pair_weights,
     weighted_scc_loss,
@@ -257,6 +258,7 @@ def test_registered_and_contract_attributes():
     assert (cfg.combine, cfg.form, cfg.cpcm_method) == ("l2", "paper", 1)
     assert (cfg.eaa_mode, cfg.centers) == ("varying", "batch")
     assert cfg.label_smoothing == 0.2 and cfg.projection == "linear"
+    assert cfg.gather is False and "global batch" in CEDRConfig.model_fields["gather"].description
 
 
 @pytest.mark.parametrize(
@@ -642,9 +644,10 @@ def test_module_forward_backward(extra):
     model.train()
     batch = _batch()
     out = model(batch, epoch=0, progress=0.3)
-    for key in ("loss", "ce", "scc", "lambda_con", "outlier_frac", "unstable_frac"):
+    assert set(out) == {"loss", "ce", "scc", "lambda_con", "outlier_frac", "unstable_frac", "acc"}   # no logits
+    for key in out:
         assert out[key].dim() == 0 and torch.isfinite(out[key]), key
-    assert out["logits"].shape == (8, 4) and not out["logits"].requires_grad
+    assert not out["acc"].requires_grad and 0.0 <= float(out["acc"]) <= 1.0
     out["loss"].backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -652,18 +655,84 @@ def test_module_forward_backward(extra):
     logits = model.predict(batch)
     assert logits.shape == (8, 4)
     torch.testing.assert_close(logits, model.cls_head(model.backbone(batch["points"])))
-    assert model.embed(batch["points"]).shape == (8, model.backbone.out_dim) == (8, 32)   # I, D = emb_dims
+    feats = model.embed(batch)
+    assert feats.shape == (8, model.backbone.out_dim) == (8, 32) and not feats.requires_grad   # I, D = emb_dims
+    torch.testing.assert_close(feats, model.backbone(batch["points"]))
     assert model.encoder() is model.backbone
 
 
-def test_module_all_off_is_plain_cross_entropy():
+def test_module_acc_is_the_batch_accuracy_of_the_training_logits():
+    torch.manual_seed(16)
+    model = CEDR(tiny_cfg(head_dropout=0.0), num_classes=4, total_epochs=1)
+    captured = []
+    model.cls_head.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()))
+    batch = _batch()
+    out = model(batch, 0, 0.0)
+    want = (captured[-1].argmax(1) == batch["label"]).double().mean()
+    assert float(out["acc"]) == pytest.approx(float(want))
+    # an easy case: a head that always predicts class 0 is right on 3 of the 8 samples of _batch()
+    with torch.no_grad():
+        model.cls_head.net[-1].weight.zero_()
+        model.cls_head.net[-1].bias.copy_(torch.tensor([5.0, 0.0, 0.0, 0.0]))
+    assert float(model(batch, 0, 0.0)["acc"]) == pytest.approx(3 / 8)
+
+
+@pytest.mark.parametrize("switches", [{"use_scc": False, "use_cpcm": False, "use_eaa": False}, {"use_scc": False}])
+def test_module_all_off_is_plain_cross_entropy(switches):
     torch.manual_seed(14)
-    model = CEDR(tiny_cfg(use_scc=False, use_cpcm=False, use_eaa=False), num_classes=4, total_epochs=1)
+    model = CEDR(tiny_cfg(**switches), num_classes=4, total_epochs=1)
+    assert model.proj_head is None                                 # never built without SCC: no unused parameter
+    assert not any(name.startswith("proj_head") for name, _ in model.named_parameters())
+    captured = []
+    model.cls_head.register_forward_hook(lambda mod, inp, out: captured.append(out.detach()))
     batch = _batch()
     out = model(batch, epoch=0, progress=0.0)
-    want = F.cross_entropy(out["logits"], batch["label"], label_smoothing=0.2)
+    want = F.cross_entropy(captured[-1], batch["label"], label_smoothing=0.2)
     assert float(out["loss"].detach()) == pytest.approx(float(want), rel=1e-6)
     assert float(out["scc"]) == 0.0 and float(out["outlier_frac"]) == 0.0 and float(out["unstable_frac"]) == 0.0
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())     # every parameter is used at every step
+
+
+def test_module_without_scc_loads_a_checkpoint_that_has_a_projection_head():
+    torch.manual_seed(17)
+    with_head = CEDR(tiny_cfg(), num_classes=4, total_epochs=1)
+    without = CEDR(tiny_cfg(use_scc=False), num_classes=4, total_epochs=1)
+    without.load_state_dict(with_head.state_dict())                # strict: only proj_head.* is dropped
+    torch.testing.assert_close(without.cls_head.net[-1].weight, with_head.cls_head.net[-1].weight)
+    state = with_head.state_dict()
+    state["cls_head.extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="cls_head.extra"):      # any other unexpected key still fails
+        without.load_state_dict(state)
+
+
+def test_cedr_loss_without_projections():
+    logits, labels, _ = hand_logits()
+    y = torch.tensor(labels)
+    out = cedr_loss(None, logits, y, tiny_cfg(use_scc=False))
+    want = F.cross_entropy(logits, y, label_smoothing=0.2)
+    assert float(out["loss"]) == pytest.approx(float(want), rel=1e-12) and float(out["scc"]) == 0.0
+    with pytest.raises(ValueError, match="use_scc"):
+        cedr_loss(None, logits, y, tiny_cfg())
+
+
+def test_ddp_options_and_single_process_collectives():
+    model = CEDR(tiny_cfg(centers="ema"), num_classes=4, total_epochs=1)
+    # EMA centres are all-reduced by the method itself: DDP must not overwrite them with rank 0's copy
+    assert model.ddp_options() == {"find_unused_parameters": False, "broadcast_buffers": False}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.after_step(1, 10)                                        # single process: BatchNorm averaging is a no-op
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # one process: the global centres are the batch centres, and gather changes nothing
+    z = torch.randn(10, 5, dtype=DT)
+    y = torch.tensor(LABELS)
+    for got, want in zip(global_class_centers(z, y, 5), batch_class_centers(z, y, 5)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError):
+        global_class_centers(z, y[:-1], 5)
+    logits = torch.randn(10, 4, dtype=DT, generator=torch.Generator().manual_seed(3)) * 2
+    for key, value in cedr_loss(z, logits, y, tiny_cfg(), gather=True).items():
+        assert float(value) == pytest.approx(float(cedr_loss(z, logits, y, tiny_cfg())[key]), rel=1e-12), key
 
 
 def test_module_ema_buffers():

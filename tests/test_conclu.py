@@ -532,7 +532,7 @@ def test_module_forward_backward(extra):
         assert sum(float(p.grad.abs().sum()) for p in part.parameters()) > 0
     assert model.prototypes.grad.abs().sum() > 0
     model.eval()
-    feats = model.embed(batch["points"])
+    feats = model.embed(batch)
     assert feats.shape == (8, 32) and not feats.requires_grad
     torch.testing.assert_close(feats, model.backbone(batch["points"]))
     assert model.encoder() is model.backbone
@@ -561,6 +561,16 @@ def test_module_ignores_labels_and_is_reproducible():
     assert float(a) == float(b)
     c = model(batch, 0, 0.0)["loss"].detach()                         # new views
     assert float(c) != float(a)
+
+
+def test_ddp_options_and_single_process_after_step():
+    model = ConClu(tiny_cfg(), 0, 1)
+    # every parameter is used at every step; BatchNorm statistics are averaged by after_step, not broadcast
+    assert model.ddp_options() == {"find_unused_parameters": False, "broadcast_buffers": False}
+    model(_batch(), 0, 0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.after_step(1, 10)                                        # single process: a no-op
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_loss_weights_switch_terms_off():
