@@ -60,7 +60,7 @@ from pointtune.distributed import (
     average_batchnorm_stats,
     world_size,
 )
-from pointtune.method import BackboneConfig, Method, MethodConfig, Task, register_method
+from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
 
 __all__ = [
     "CEDRConfig",
@@ -802,7 +802,7 @@ class CEDR(Method):
         batch (:func:`global_class_centers`, a collective under DDP).
         """
         points, labels = batch["points"], batch["label"]
-        feat = self.backbone(points)                                      # I (B, D)
+        feat = self.backbone(points, point_inputs(batch, self.cfg.backbone))  # I (B, D)
         logits = self.cls_head(feat)                                      # (B, K)
         emb = self.proj_head(feat) if self.proj_head is not None else None   # (B, D), normalised in the loss
         cfg: CEDRConfig = self.cfg
@@ -837,12 +837,12 @@ class CEDR(Method):
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class logits ``(B, K)`` from ``f_cls`` only (the projection head is unused at inference)."""
-        return self.cls_head(self.backbone(batch["points"]))
+        return self.cls_head(self.backbone(batch["points"], point_inputs(batch, self.cfg.backbone)))
 
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Global features ``I`` ``(B, D)`` of ``batch["points"]`` ``(B, N, 3)`` from the backbone."""
-        return self.backbone(batch["points"])
+        return self.backbone(batch["points"], point_inputs(batch, self.cfg.backbone))
 
     def encoder(self) -> nn.Module:
         """The backbone ``f``."""

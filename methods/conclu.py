@@ -135,6 +135,9 @@ class ConCluConfig(MethodConfig):
 
     @model_validator(mode="after")
     def _dgcnn_max_pooling_and_neighbours(self) -> "ConCluConfig":
+        if self.backbone.inputs:
+            raise ValueError("backbone.inputs: ConClu's views crop and resample the coordinates only; per-point "
+                             "input features are not carried through its augmentations")
         if self.backbone.name == "dgcnn":
             kwargs = self.backbone.kwargs()
             if "pooling" not in kwargs:

@@ -18,7 +18,7 @@ The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module
 from __future__ import annotations
 
 import enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -35,19 +35,46 @@ class Task(str, enum.Enum):
     SEGMENTATION = "segmentation"
 
 
+# Per-point input features a batch may carry beside ``points``, and their widths.
+POINT_INPUTS = {"normals": 3, "color": 3, "height": 1}
+
+
 class BackboneConfig(BaseModel):
     """Which backbone to build from the registry (``pointtune.backbones``) and its keyword arguments.
 
-    ``name`` is a registry key (``pointnet``, ``dgcnn``, ``pointnet2_ssg``); every other key is passed to the
-    backbone's constructor, e.g. ``{name: dgcnn, k: 20, emb_dims: 1024}``.
+    ``name`` is a registry key (``pointnet``, ``dgcnn``, ``pointnet2_ssg``); ``inputs`` names the per-point
+    features fed to it beside the coordinates, in this order (``normals``, ``color``, ``height``: keys of
+    the batch, e.g. ``normals`` with ``data.use_normals=true``), which sets its ``in_features``; every other
+    key is passed to the backbone's constructor, e.g. ``{name: dgcnn, k: 20, emb_dims: 1024}``.
     """
 
     model_config = ConfigDict(extra="allow")
     name: str = "dgcnn"
+    inputs: list[Literal["normals", "color", "height"]] = []
 
     def kwargs(self) -> dict[str, Any]:
-        """Constructor keyword arguments: every key except ``name``."""
-        return dict(self.model_extra or {})
+        """Constructor keyword arguments: every key except ``name`` and ``inputs``, plus ``in_features``
+        when ``inputs`` is not empty."""
+        extra = dict(self.model_extra or {})
+        if self.inputs:
+            extra["in_features"] = sum(POINT_INPUTS[name] for name in self.inputs)
+        return extra
+
+
+def point_inputs(batch: dict[str, torch.Tensor], cfg: BackboneConfig) -> torch.Tensor | None:
+    """The per-point features ``cfg.inputs`` of a batch, concatenated: ``(B, N, in_features)``, or ``None``.
+
+    Raises:
+        KeyError: the batch lacks one of them (e.g. ``normals`` without ``data.use_normals=true``); the
+            message names the config key.
+    """
+    if not cfg.inputs:
+        return None
+    missing = [name for name in cfg.inputs if name not in batch]
+    if missing:
+        raise KeyError(f"method.backbone.inputs: the batch has no {missing[0]!r} (for normals set "
+                       f"data.use_normals=true; the dataset must provide it)")
+    return torch.cat([batch[name] for name in cfg.inputs], dim=-1)
 
 
 class MethodConfig(BaseModel):

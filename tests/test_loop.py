@@ -95,3 +95,19 @@ def test_loop_calls_the_step_hook_and_reports_no_stale_values(monkeypatch):
     for metrics, _ in session.reports:
         assert 0 <= metrics["train/acc"] <= 1  # the method's own diagnostic, not the loop's guess
     assert m1["lr"] > m3["lr"]
+
+
+def test_per_point_inputs_reach_the_backbone():
+    from pointtune.data import build_datasets
+
+    exp = build_config("cedr", overrides={**TINY, "data.use_normals": True, "method.backbone.inputs": ["normals"]})
+    assert exp.method.backbone.kwargs()["in_features"] == 3
+    method = exp.method_cls(exp.method, 8, 1).eval()
+    data = build_datasets(exp.data)
+    batch = {k: torch.stack([data.val[i][k] for i in range(4)]) for k in ("points", "normals", "label")}
+    flipped = {**batch, "normals": -batch["normals"]}
+    assert not torch.allclose(method.predict(batch), method.predict(flipped))
+    with pytest.raises(KeyError, match="method.backbone.inputs"):
+        method.predict({"points": batch["points"]})
+    with pytest.raises(Exception, match="backbone.inputs"):
+        build_config("conclu", overrides={"method.backbone.inputs": ["normals"]})
