@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 
 SETTINGS = [
     "method.backbone.name=pointnet", "method.backbone.emb_dims=256", "method.projector_hidden=256",
@@ -29,11 +28,11 @@ SETTINGS = [
 
 def svm_scores(method, data, seed: int) -> dict[str, float]:
     """Linear-SVM protocol of ``method`` (fit: training split, score: test split)."""
-    from pointtune.train.evaluate import evaluate
+    from pointtune.protocols import evaluate
 
     torch.manual_seed(seed)
-    loaders = {"fit": DataLoader(data.train_eval, batch_size=128), "eval": DataLoader(data.test, batch_size=128)}
-    scores, _ = evaluate(method, loaders, torch.device("cpu"), data.class_names)
+    scores, _ = evaluate(method, {"fit": data.train_eval, "eval": data.test}, torch.device("cpu"), data.class_names,
+                         batch_size=128)
     return scores
 
 
@@ -46,7 +45,7 @@ def main() -> None:
 
     from pointtune.config import config_from_file
     from pointtune.data import build_datasets
-    from pointtune.train.checkpoint import load_state
+    from pointtune.train.checkpoint import load_method
 
     out = Path(args.output).resolve()
     sets = [*SETTINGS, "data.name=modelnet40", f"data.root={Path(args.data_root).resolve()}"]
@@ -62,10 +61,8 @@ def main() -> None:
            "--output", str(out / "pretrain"), *[a for s in sets for a in ("--set", s)]]
     subprocess.run(cmd, check=True)
     pretrain_s = time.time() - began
-    state = load_state(out / "pretrain" / "checkpoints" / "latest")
-    trained = exp.method_cls(exp.method, data.num_classes, exp.train.epochs)
-    trained.load_state_dict(state["model"])
-    after = svm_scores(trained, data, 0)
+    trained = load_method(out / "pretrain" / "checkpoints" / "latest")  # the encoder after every epoch
+    after = svm_scores(trained.method, data, 0)
 
     print(f"\nConClu (PointNet-256) on the ModelNet40 sample, classes {exp.data.classes}, "
           f"{len(data.train_eval)} train / {len(data.test)} test shapes; linear SVM, test split")

@@ -73,12 +73,75 @@ class TrainConfig(BaseModel):
 
 
 class ProtocolConfig(BaseModel):
-    """Settings of the evaluation protocols (self-supervised methods are judged by a linear SVM on frozen
-    global features: Point-MAE / OcCo protocol; ``svm_c`` is LinearSVC's C)."""
+    """The ``protocol.*`` section: which evaluation protocol judges the run, on which data, with what settings
+    (:mod:`pointtune.protocols`).
+
+    Fields:
+        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``;
+            :func:`pointtune.protocols.protocol_names`); ``None`` is the default of the method's task kind
+            (classification -> ``classification``, pretrain -> ``linear_svm``).
+        data: a dataset of the protocol's own (a :class:`~pointtune.data.DataConfig`), e.g. pretrain on
+            ShapeNetPart, judge on ModelNet40. When set, the protocol fits on its training split, scores its
+            validation split every evaluated epoch and its test split at the end; ``None`` uses ``data``.
+        svm_c: linear SVM: LinearSVC's C, one value, or a list chosen from by stratified ``svm_folds``-fold
+            cross-validation on the (L2-normalised) training features (SCL / DCGLR specs' recommendation).
+        svm_folds: folds of that cross-validation (fewer when the training split has fewer clouds per class).
+        svm_max_iter: LinearSVC's ``max_iter``; whether the final fit converged is reported (``svm_converged``).
+        ways, shots: few-shot: every ``N``-way ``K``-shot setting of these lists is run (Point-MAE: 5/10-way,
+            10/20-shot); a setting the data cannot fill is skipped with a printed line.
+        folds: few-shot episodes (folds) per setting; accuracy is reported as mean and std over them.
+        queries: few-shot query clouds per class and episode, drawn from the scored split (Point-MAE: 20).
+        fewshot_c: few-shot: C of the LinearSVC fitted per episode on the support features.
+        seed: seed of the few-shot episodes and of the SVM cross-validation folds.
+    """
+
+    # Imported here so that this class is the only part of the module the protocols touch.
+    from pydantic import field_validator
 
     model_config = ConfigDict(extra="forbid")
-    svm_c: float = Field(1.0, gt=0)
+    name: str | None = None
+    data: DataConfig | None = None
+    svm_c: float | list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    svm_folds: int = Field(5, ge=2)
     svm_max_iter: int = Field(5000, ge=100)
+    ways: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
+    shots: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
+    folds: int = Field(10, ge=1)
+    queries: int = Field(20, ge=1)
+    fewshot_c: float = Field(1.0, gt=0)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        from pointtune.protocols import protocol_names
+
+        if value is not None and value not in protocol_names():
+            raise ValueError(f"unknown protocol {value!r}; known protocols: {', '.join(protocol_names())} "
+                             "(null: the default of the method's task)")
+        return value
+
+    @field_validator("svm_c")
+    @classmethod
+    def _positive_cs(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give one C or a non-empty list of Cs, e.g. [0.01, 0.1, 1, 10]")
+        if any(not c > 0 for c in values):
+            raise ValueError("every C must be > 0")
+        if isinstance(value, list) and len(set(values)) < len(values):
+            raise ValueError("a C is listed more than once")
+        return value
+
+    @field_validator("ways", "shots")
+    @classmethod
+    def _counts(cls, value: list[int], info) -> list[int]:
+        low = 2 if info.field_name == "ways" else 1
+        if any(v < low for v in value):
+            raise ValueError(f"every entry must be an integer >= {low}")
+        if len(set(value)) < len(value):
+            raise ValueError("an entry is listed more than once")
+        return value
 
 
 class ExperimentConfig(BaseModel):

@@ -228,12 +228,14 @@ def _one_line(err: BaseException) -> str:
 
 def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> None:
     task = exp.method_cls.task.value
-    if data.num_classes < 2:
+    # Classes and the validation split matter for evaluation (and a classifier's training); with a
+    # protocol.data of its own, those are checked on it (_check_judged).
+    if data.num_classes < 2 and (exp.protocol.data is None or task != "pretrain"):
         raise DatasetError(
             f"data.classes: dataset {exp.data.name!r} is left with {data.num_classes} class "
             f"({', '.join(data.class_names)}); a {task} method and its evaluation need at least 2"
         )
-    if len(data.val) == 0:
+    if exp.protocol.data is None and len(data.val) == 0:
         raise DatasetError("data.val_fraction: the validation split is empty; evaluation and model selection need "
                            "one (test data is never used for selection)")
     n, world, batch = len(data.train), max(int(workers), 1), exp.train.batch_size
@@ -250,6 +252,38 @@ def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> N
         )
 
 
+def _check_judged(exp: ExperimentConfig, judged, protocol) -> None:
+    """``protocol.data``'s splits (when set) can judge: at least 2 classes and a validation split."""
+    if judged.source != "protocol.data":
+        return
+    name = exp.protocol.data.name
+    if judged.num_classes < 2:
+        raise DatasetError(f"protocol.data.classes: dataset {name!r} is left with {judged.num_classes} class "
+                           f"({', '.join(judged.class_names)}); the {protocol.name} protocol needs at "
+                           "least 2")
+    if len(judged.val) == 0:
+        raise DatasetError("protocol.data.val_fraction: the validation split is empty; evaluation and model "
+                           "selection need one (test data is never used for selection)")
+
+
+def _check_reported(exp: ExperimentConfig, protocol, judged, objective: str | None) -> None:
+    """The protocol reports something on the validation split, and ``objective`` (a ``val/`` metric) is not a
+    part of it that this data cannot fill (e.g. a few-shot setting with more ways than classes)."""
+    import numpy as np
+
+    fit_labels = np.asarray(judged.fit.labels) if "fit" in protocol.splits else None
+    names, skipped = protocol.reported(exp.protocol, fit_labels, np.asarray(judged.val.labels), judged.num_classes)
+    where = "protocol.data" if judged.source == "protocol.data" else "data"
+    if not names:
+        raise ConfigError(f"protocol: the {protocol.name} protocol reports nothing on the validation split of "
+                          f"{where} ({exp.protocol.data.name if judged.source == 'protocol.data' else exp.data.name}): "
+                          f"skipped {', '.join(skipped)}")
+    if objective and objective.startswith("val/") and objective[4:] in protocol.metrics(exp.protocol) \
+            and objective[4:] not in names:
+        raise ConfigError(f"objective.metric: {objective!r} is never reported on this data; the {protocol.name} "
+                          f"protocol skips {', '.join(skipped)}")
+
+
 def _tiny_batch(dataset, indices: list[int]) -> dict:
     from torch.utils.data import default_collate
 
@@ -261,15 +295,20 @@ def preflight(
 ) -> PreflightResult:
     """Check that ``exp`` can train, on the CPU, in about a second, before any run directory, Ray or MLflow.
 
-    Steps: build the datasets (:func:`pointtune.data.build_datasets`, unless ``data`` is given); check the
-    splits (at least 2 classes, a non-empty validation split, enough training clouds for one batch of
+    Steps: resolve the evaluation protocol (``protocol.name`` or the task's default,
+    :func:`pointtune.protocols.selected_protocol`); build the datasets (:func:`pointtune.data.build_datasets`,
+    unless ``data`` is given) and the splits the protocol judges on (``protocol.data``'s own when set,
+    :func:`pointtune.protocols.build_eval_splits`); check the splits (at least 2 classes and a non-empty
+    validation split where the protocol judges, enough training clouds for one batch of
     ``train.batch_size`` per worker with ``train.drop_last``, no last batch of 1 without it); build the
-    method with the dataset's number of classes; run one ``forward`` in train mode on 2 training clouds
-    (of different classes where possible) and ``predict`` (classification: ``(1, K)`` logits; segmentation:
-    ``(1, N, K)``) or ``embed`` (pretrain: ``(1, D)``) in eval mode on 1 cloud. The global torch RNG state
-    and the training set's augmentation streams are left as they were. With ``objective``, also check it is a
-    metric the run reports (:func:`pointtune.search.space.check_objective`, now with the class names and
-    the method's loss terms).
+    method with the training dataset's number of classes; run one ``forward`` in train mode on 2 training
+    clouds (of different classes where possible) and the protocol's hook (:meth:`Protocol.check_output
+    <pointtune.protocols.Protocol.check_output>`: ``predict`` ``(1, K)`` logits, or ``embed`` ``(1, D)``) in
+    eval mode on 1 validation cloud of the judged splits. The global torch RNG state and the training set's
+    augmentation streams are left as they were. Check that the protocol reports something on the
+    validation split (a few-shot setting needs enough classes and clouds). With ``objective``, also check
+    it is a metric the run reports (:func:`pointtune.search.space.check_objective` against the selected
+    protocol's metrics, with the class names and the method's loss terms) and one this data does not skip.
 
     Args:
         exp: the validated experiment (as ``pointtune train`` runs it, or a sweep's probe trial config).
@@ -281,23 +320,30 @@ def preflight(
         :class:`PreflightResult` with the datasets, the forward pass's output keys and the time taken.
 
     Raises:
-        DatasetError: the dataset cannot be read or used (see :func:`pointtune.data.build_datasets`), it has
-            fewer than 2 classes, or the validation split is empty.
-        ConfigError: the batch does not fit the training split, the model cannot be built (e.g. an unknown
-            ``method.backbone.name``, a backbone argument it does not take, an unusable ``method.pretrained``)
-            or fails on the batch (e.g. a shape mismatch, ``data.num_points`` below DGCNN's ``k``), or a
-            file it needs is missing (``method.pretrained`` without ``state.pt``); the
-            message names the key (``method.backbone`` or ``method`` when the fault is inside the method) and
-            the original error in one line.
+        DatasetError: the dataset or ``protocol.data`` cannot be read or used (see
+            :func:`pointtune.data.build_datasets`; messages name ``data.*`` or ``protocol.data.*``), the judged
+            data has fewer than 2 classes, or its validation split is empty.
+        ConfigError: ``protocol.name`` cannot judge the method's task (or ``protocol.data`` is set for the
+            classification protocol), the protocol reports nothing on the validation split, the objective is
+            not a metric the run reports or one this data makes the protocol skip, the batch does not fit the
+            training split, the model cannot be built (e.g. an unknown ``method.backbone.name``, a backbone
+            argument it does not take, an unusable ``method.pretrained``) or fails on the batch (e.g. a shape
+            mismatch, ``data.num_points`` below DGCNN's ``k``), or a file it needs is missing
+            (``method.pretrained`` without ``state.pt``); the message names the key (``method.backbone`` or
+            ``method`` when the fault is inside the method) and the original error in one line.
     """
     import torch
 
     from pointtune.data import build_datasets
+    from pointtune.protocols import build_eval_splits, selected_protocol
 
     began = time.perf_counter()
+    protocol = selected_protocol(exp)  # protocol.name fits the method's task; protocol.data fits the protocol
     if data is None:
         data = build_datasets(exp.data)
     _check_splits(exp, data, workers)
+    judged = build_eval_splits(exp, data)
+    _check_judged(exp, judged, protocol)
     cls, name, k = exp.method_cls, exp.method.name, data.num_classes
     labels = data.train.labels
     second = next((i for i in range(1, len(labels)) if labels[i] != labels[0]), 1)
@@ -305,7 +351,7 @@ def preflight(
     with torch.random.fork_rng(devices=[]):
         try:
             batch = _tiny_batch(data.train, [0, second])
-            probe = _tiny_batch(data.val, [0])
+            probe = _tiny_batch(judged.val, [0])
         finally:
             data.train.set_epoch(data.train.epoch)  # forget the visits: training streams start afresh
         try:
@@ -328,7 +374,7 @@ def preflight(
                 raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
             method.eval()
             with torch.no_grad():
-                _check_eval_output(cls.task.value, method, probe, k)
+                protocol.check_output(method, probe, judged.num_classes)
         except (ConfigError, DatasetError):
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, NotImplementedError,
@@ -336,24 +382,13 @@ def preflight(
             raise ConfigError(f"{_culprit(err)}: the model fails on a batch of training clouds: {_one_line(err)} "
                               f"(preflight: {context})") from err
     loss_terms = tuple(out)
+    _check_reported(exp, protocol, judged, objective)
     if objective is not None:
         from pointtune.search.space import check_objective
 
-        check_objective(objective, cls.task, "objective.metric", data.class_names, list(loss_terms))
+        check_objective(objective, cls.task, "objective.metric", judged.class_names, list(loss_terms),
+                        protocol=protocol.name, protocol_cfg=exp.protocol)
     return PreflightResult(data, loss_terms, time.perf_counter() - began)
-
-
-def _check_eval_output(task: str, method, batch: dict, num_classes: int) -> None:
-    """Run the evaluation hook of ``task`` on a 1-cloud ``batch`` and check its output's shape."""
-    if task == "pretrain":
-        emb = method.embed(batch["points"])
-        if emb.dim() != 2 or emb.shape[0] != 1:
-            raise ValueError(f"embed returned shape {tuple(emb.shape)}, expected (1, D)")
-        return
-    logits = method.predict(batch)
-    expected = (1, num_classes) if task == "classification" else (1, batch["points"].shape[1], num_classes)
-    if tuple(logits.shape) != expected:
-        raise ValueError(f"predict returned shape {tuple(logits.shape)}, expected {expected}")
 
 
 def load_sweep_yaml_checked(

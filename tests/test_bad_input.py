@@ -33,7 +33,7 @@ from pointtune.preflight import (
     preflight,
 )
 from pointtune.search.space import check_objective, load_search_space
-from pointtune.train.evaluate import PROTOCOL_METRICS, evaluate
+from pointtune.protocols import evaluate, protocol_metrics
 
 LEFTOVERS = ("mlflow.db", "config.yaml", "sweep.yaml", "optuna.db", "tune", "checkpoints")
 
@@ -301,11 +301,11 @@ class _Toy(torch.nn.Module):
 @pytest.mark.parametrize("task", [Task.CLASSIFICATION, Task.PRETRAIN])
 def test_declared_protocol_metrics_are_what_the_protocols_return(task):
     gen = torch.Generator().manual_seed(0)
-    batches = [{"points": torch.randn(8, 16, 3, generator=gen), "label": torch.arange(8) % 2} for _ in range(2)]
+    items = [{"points": torch.randn(16, 3, generator=gen), "label": torch.tensor(i % 2)} for i in range(16)]
     method = _Toy()
     method.task = task
-    scores, _ = evaluate(method, {"eval": batches, "fit": batches}, torch.device("cpu"), ["a", "b"])
-    assert set(scores) == set(PROTOCOL_METRICS[task]) | {"acc/a", "acc/b"}
+    scores, _ = evaluate(method, {"eval": items, "fit": items}, torch.device("cpu"), ["a", "b"])
+    assert set(scores) == set(protocol_metrics(task)) | {"acc/a", "acc/b"}
 
 
 @pytest.mark.parametrize("values,fragment", [

@@ -43,50 +43,25 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
     return best
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
+def resolve_checkpoint(path: str | Path) -> Path | str:
     """The checkpoint directory that ``path`` designates, for ``pointtune train finetune --from PATH``.
 
-    ``path`` may be a checkpoint directory (holding ``state.pt``) or that file, a ``pointtune train`` run
-    directory (its ``checkpoints/best``), or a sweep directory (the best trial's best checkpoint). A
-    ``state.pt`` found so is checked to be a ``torch.save`` file (a zip archive with a pickle); the full check
-    (:func:`pointtune.methods.finetune.read_checkpoint`) happens when the encoder is loaded.
+    A thin wrapper of :func:`pointtune.train.checkpoint.find_checkpoint` (which see: a checkpoint directory
+    or its ``state.pt``, a ``pointtune train`` run directory, local or multi-worker, a sweep directory or one
+    of its trial directories) whose errors name the flag. Only the resolution and a check that the
+    ``state.pt`` is a ``torch.save`` archive happen here; the checkpoint is read in full
+    (:func:`pointtune.train.checkpoint.load_method`) when the encoder is loaded.
+
+    Returns:
+        An absolute local :class:`~pathlib.Path`, or a storage URI string for a sweep in remote storage.
 
     Raises:
-        ConfigError: nothing usable at ``path``, or its ``state.pt`` is not a file torch wrote; names the path.
+        ConfigError: nothing usable at ``path``; one line starting ``--from`` and naming the path (a
+            :class:`~pointtune.train.checkpoint.CheckpointNotFoundError` when nothing exists there).
     """
-    import zipfile
+    from pointtune.train.checkpoint import find_checkpoint
 
-    def checked(state: Path) -> Path:
-        """The directory of ``state`` if it is a ``torch.save`` archive (a zip holding ``*/data.pkl``)."""
-        try:
-            with zipfile.ZipFile(state) as archive:
-                ok = any(name.endswith("data.pkl") for name in archive.namelist())
-        except (zipfile.BadZipFile, OSError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"--from {state}: not a pointtune checkpoint (not a file written by torch.save)")
-        return state.parent
-
-    path = Path(path).resolve()
-    if not path.exists():
-        raise ConfigError(f"--from {path}: no such file or directory")
-    if path.is_file() and path.name != "state.pt":
-        raise ConfigError(f"--from {path}: not a checkpoint (a checkpoint is a directory holding state.pt, "
-                          "or that state.pt)")
-    if path.name == "state.pt" and path.is_file():
-        return checked(path)
-    if (path / "state.pt").is_file():
-        return checked(path / "state.pt")
-    if (path / "checkpoints" / "best" / "state.pt").is_file():
-        return checked(path / "checkpoints" / "best" / "state.pt")
-    if (path / "sweep.yaml").is_file():
-        from ray.tune import ExperimentAnalysis, ResultGrid
-
-        spec = SweepSpec.load(path)
-        space = spec.space()
-        grid = ResultGrid(ExperimentAnalysis(f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"))
-        rows = [r for r in summarize(grid, space, trial_config(spec, {}).train.epochs, asdict(spec)) if r.best_checkpoint]
-        if rows:
-            return Path(rows[0].best_checkpoint)
-        raise ConfigError(f"{path}: no trial of this sweep left a checkpoint")
-    raise ConfigError(f"{path}: not a checkpoint, a pointtune run directory or a sweep directory")
+    try:
+        return find_checkpoint(path)
+    except ConfigError as err:
+        raise type(err)(f"--from {err}") from None

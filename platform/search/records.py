@@ -17,7 +17,6 @@ values and reopen clients lazily.
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any

@@ -207,8 +207,9 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     Raises:
         ConfigError: one line naming the file and the key at fault.
     """
+    from pointtune.config import ProtocolConfig
     from pointtune.method import get_method
-    from pointtune.train.evaluate import DEFAULT_OBJECTIVE
+    from pointtune.protocols import resolve_protocol
 
     path = Path(path)
     source = str(path)
@@ -226,9 +227,12 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
         method_cls = get_method(name)
     except KeyError as err:
         raise ConfigError(f"{source}: method: {err.args[0]}") from None
-    if method_cls.task not in DEFAULT_OBJECTIVE:
-        raise ConfigError(f"{source}: method: no evaluation protocol for {name}'s task {method_cls.task.value!r}")
-    default_metric, default_mode = DEFAULT_OBJECTIVE[method_cls.task]
+    fixed_protocol = (tree.get("params") or {}).get("protocol.name")  # a space may fix the protocol
+    protocol = fixed_protocol.get("value") if isinstance(fixed_protocol, dict) else None
+    try:
+        default_metric, default_mode = resolve_protocol(method_cls.task, protocol).objective(ProtocolConfig())
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
     objective = tree.get("objective")
     if objective is None:
         objective = {}
@@ -243,7 +247,7 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
         raise ConfigError(f"{source}: objective.mode: expected max or min, got {mode!r}")
     if not isinstance(metric, str) or not metric:
         raise ConfigError(f"{source}: objective.metric: expected a metric name such as {default_metric}")
-    check_objective(metric, method_cls.task, f"{source}: objective.metric")
+    check_objective(metric, method_cls.task, f"{source}: objective.metric", protocol=protocol)
     raw = tree.get("params")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted config keys")
@@ -260,24 +264,34 @@ EPOCH_METRICS = ("epoch", "lr", "time/epoch_s", "train/loss")
 
 
 def objective_metrics(
-    task: Task, class_names: list[str] | None = None, loss_terms: list[str] | None = None
+    task: Task, class_names: list[str] | None = None, loss_terms: list[str] | None = None,
+    protocol: str | None = None, protocol_cfg: Any = None,
 ) -> list[str]:
-    """The metric names a run of a ``task`` method reports every epoch, i.e. what an objective may name.
+    """The metric names a run of a ``task`` method reports, i.e. what an objective may name.
 
-    ``val/<m>`` for each metric of the task's protocol (``PROTOCOL_METRICS``) and ``val/acc/<class>``;
-    ``epoch``, ``lr``, ``time/epoch_s``; ``train/loss`` and ``train/<term>`` for each loss term the method's
-    ``forward`` returns (``train/acc`` when it returns ``logits``). Unknown parts are shown as patterns:
-    ``val/acc/<class>`` without ``class_names``, ``train/<loss term>`` without ``loss_terms``.
+    ``val/<m>`` for each metric of the selected protocol (:meth:`pointtune.protocols.Protocol.metrics`
+    under ``protocol_cfg``: e.g. ``val/svm_acc``, ``val/svm_C``, ``val/fewshot/5way10shot``) and
+    ``val/acc/<class>`` when the protocol reports per-class accuracy; ``epoch``, ``lr``, ``time/epoch_s``;
+    ``train/loss`` and ``train/<term>`` for each loss term the method's ``forward`` returns (``train/acc``
+    when it returns ``logits``). Unknown parts are shown as patterns: ``val/acc/<class>`` without
+    ``class_names``, ``train/<loss term>`` without ``loss_terms``.
+
+    Args:
+        protocol: ``protocol.name``; None: ``protocol_cfg.name``, else the default protocol of ``task``.
+        protocol_cfg: the ``protocol`` section (a :class:`~pointtune.config.ProtocolConfig`; default
+            settings when None), which decides e.g. the few-shot settings.
 
     Raises:
-        ConfigError: no evaluation protocol is registered for ``task``.
+        ConfigError: no evaluation protocol for ``task``, or ``protocol`` cannot judge it.
     """
-    from pointtune.train.evaluate import PROTOCOL_METRICS
+    from pointtune.config import ProtocolConfig
+    from pointtune.protocols import resolve_protocol
 
-    if task not in PROTOCOL_METRICS:
-        raise ConfigError(f"no evaluation protocol for task {task.value!r}")
-    names = [f"val/{m}" for m in PROTOCOL_METRICS[task]]
-    names += [f"val/acc/{c}" for c in class_names] if class_names is not None else ["val/acc/<class>"]
+    cfg = protocol_cfg if protocol_cfg is not None else ProtocolConfig()
+    selected = resolve_protocol(task, protocol or cfg.name)
+    names = [f"val/{m}" for m in selected.metrics(cfg)]
+    if selected.per_class:
+        names += [f"val/acc/{c}" for c in class_names] if class_names is not None else ["val/acc/<class>"]
     names += list(EPOCH_METRICS)
     if loss_terms is None:
         names.append("train/<loss term>")
@@ -288,9 +302,10 @@ def objective_metrics(
 
 
 def check_objective(
-    metric: str, task: Task, where: str, class_names: list[str] | None = None, loss_terms: list[str] | None = None
+    metric: str, task: Task, where: str, class_names: list[str] | None = None, loss_terms: list[str] | None = None,
+    protocol: str | None = None, protocol_cfg: Any = None,
 ) -> None:
-    """Check that ``metric`` is one that runs of a ``task`` method report every epoch (see
+    """Check that ``metric`` is one that runs of a ``task`` method judged by the selected protocol report (see
     :func:`objective_metrics`; ``val/acc/<x>`` and ``train/<x>`` are accepted for any ``x`` when
     ``class_names`` / ``loss_terms`` are not given).
 
@@ -300,23 +315,38 @@ def check_objective(
         where: prefix of the error message (file and key, e.g. ``space.yaml: objective.metric``).
         class_names: the dataset's classes, if known.
         loss_terms: keys of the method's ``forward`` output, if known (from :func:`pointtune.preflight.preflight`).
+        protocol: ``protocol.name`` (None: ``protocol_cfg.name``, else the task's default protocol).
+        protocol_cfg: the ``protocol`` section (:class:`~pointtune.config.ProtocolConfig`), if known.
 
     Raises:
-        ConfigError: ``metric`` is not reported; the message lists the valid names and the closest one.
+        ConfigError: ``metric`` is not reported; the message names the protocol, lists the valid names and the
+            closest one, and says which other protocol of the task reports ``metric`` if one does.
     """
-    valid = objective_metrics(task, class_names, loss_terms)
+    from pointtune.config import ProtocolConfig
+    from pointtune.protocols import protocol_names, resolve_protocol
+
+    cfg = protocol_cfg if protocol_cfg is not None else ProtocolConfig()
+    selected = resolve_protocol(task, protocol or cfg.name)
+    valid = objective_metrics(task, class_names, loss_terms, selected.name, cfg)
     if metric in valid:
         return
-    if class_names is None and metric.startswith("val/acc/") and len(metric) > len("val/acc/"):
+    if class_names is None and selected.per_class and metric.startswith("val/acc/") and len(metric) > len("val/acc/"):
         return
     if loss_terms is None and metric.startswith("train/") and len(metric) > len("train/"):
         return
-    from pointtune.train.evaluate import PROTOCOL_NAME
-
+    others = []
+    for name in protocol_names():
+        try:
+            other = resolve_protocol(task, name)
+        except ConfigError:
+            continue
+        if name != selected.name and metric.startswith("val/") and metric[4:] in other.metrics(cfg):
+            others.append(name)
+    elsewhere = f"; reported by the {others[0]} protocol (protocol.name: {others[0]})" if others else ""
     close = difflib.get_close_matches(metric, valid, n=1, cutoff=0.5)
     hint = f"; closest: {close[0]}" if close else ""
-    raise ConfigError(f"{where}: {metric!r} is not reported by runs of the {PROTOCOL_NAME[task]} protocol "
-                      f"(task {task.value}){hint}; valid: {', '.join(valid)}")
+    raise ConfigError(f"{where}: {metric!r} is not reported by runs of the {selected.name} protocol "
+                      f"(task {task.value}){elsewhere}{hint}; valid: {', '.join(valid)}")
 
 
 def _check_against_schema(space: SearchSpace) -> None:

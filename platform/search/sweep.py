@@ -343,7 +343,7 @@ def run_sweep(spec: SweepSpec):
     from pointtune import tracking
     from pointtune.cluster import init_ray, node_resources
     from pointtune.search.report import finalize
-    from pointtune.train.evaluate import PROTOCOL_NAME
+    from pointtune.protocols import protocol_name
 
     space = prepare_sweep(spec)
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
@@ -361,7 +361,7 @@ def run_sweep(spec: SweepSpec):
         {tracking.KIND_TAG: "sweep", "pointtune.method": spec.method, "pointtune.git_commit": _git_commit()},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
-         "task": probe.method_cls.task.value, "protocol": PROTOCOL_NAME[probe.method_cls.task],
+         "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": probe.train.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict()},
     )

@@ -14,7 +14,7 @@ import yaml
 
 from pointtune import tracking
 from pointtune.config import ExperimentConfig
-from pointtune.train.evaluate import DEFAULT_OBJECTIVE
+from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
 
 
@@ -94,7 +94,7 @@ def train(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     if workers == 0 and not use_gpu:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # local CPU mode stays on the CPU
-    metric, mode = DEFAULT_OBJECTIVE[exp.method_cls.task]
+    metric, mode = default_objective(exp)
     uri = tracking.resolve_tracking_uri(run_dir, mlflow_uri)
     experiment_id = tracking.ensure_experiment(uri, f"pointtune-{exp.method.name}", run_dir)
     run_id = tracking.start_run(uri, experiment_id, run_dir.name,

@@ -5,11 +5,13 @@ data-parallel Ray Train workers, and directly inside a single-process Tune trial
 :mod:`~pointtune.train.session` it is given is the only difference. It asks the method for its model,
 losses, diagnostics and predictions, and knows nothing else about it. Per optimizer step it sets the
 per-iteration learning rate and weight decay (:mod:`~pointtune.train.schedule`), steps, and calls the
-method's ``after_step`` hook. Per epoch it evaluates with the task's protocol every ``train.eval_every``
-epochs and at the last (an epoch that does not evaluate reports no ``val/*`` value), and reports the metrics
-with a checkpoint (model, optimizer, scaler, epoch, best score, RNG states, the epoch's metrics) at evaluated
-epochs: every ``train.checkpoint_every``-th, whenever the objective improves, and at the last epoch. It
-resumes from the session's checkpoint (or, in local mode, ``<run dir>/checkpoints``).
+method's ``after_step`` hook. Per epoch it evaluates with the selected protocol (:mod:`pointtune.protocols`:
+``protocol.name`` or the task's default, on ``protocol.data``'s splits when set, each worker scoring its
+shard) every ``train.eval_every`` epochs and at the last (an epoch that does not evaluate reports no ``val/*``
+value), and reports the metrics with a checkpoint (model, optimizer, scaler, epoch, best score, RNG states,
+the epoch's metrics) at evaluated epochs: every ``train.checkpoint_every``-th, whenever the objective
+improves, and at the last epoch. It resumes from the session's checkpoint (or, in local mode,
+``<run dir>/checkpoints``).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from torch.utils.data import DataLoader
 from pointtune.config import ExperimentConfig, OptimConfig, build_config
 from pointtune.data import build_datasets
 from pointtune.method import Method
+from pointtune.protocols import build_eval_splits, evaluate, to_device
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
-from pointtune.train.evaluate import evaluate, to_device
 from pointtune.train.schedule import apply_schedules
 from pointtune.train.session import TrainSession, TuneSession
 
@@ -163,9 +165,11 @@ def run_loop(loop: LoopConfig, session) -> None:
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
-    if len(data.val) == 0:
-        raise ValueError("data.val_fraction: the validation split is empty; evaluation and model selection need "
-                         "one (test data is never used for selection)")
+    # What the protocol judges on: the training dataset's splits, or protocol.data's own.
+    judged = build_eval_splits(exp, data)
+    if len(judged.val) == 0:
+        raise ValueError(f"{judged.source}.val_fraction: the validation split is empty; evaluation and model "
+                         "selection need one (test data is never used for selection)")
     method: Method = exp.method_cls(exp.method, data.num_classes, exp.train.epochs).to(device)
     optimizer = build_optimizer(method, exp.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=exp.train.amp and device.type == "cuda")
@@ -188,16 +192,17 @@ def run_loop(loop: LoopConfig, session) -> None:
             print(f"[pointtune] resumed from epoch {start_epoch} ({resume_dir})", flush=True)
 
     model = session.prepare_model(method, method.ddp_options())
+    if world > 1:  # same initial weights on every worker (seeded alike), then each its own dropout stream
+        torch.manual_seed(exp.train.seed + 1_000_003 * rank)
     train_loader = session.prepare_loader(
         DataLoader(data.train, batch_size=exp.train.batch_size, shuffle=True, drop_last=exp.train.drop_last,
                    num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0)
     )
-    # Every rank evaluates the whole validation split: exact metrics, identical on all ranks.
-    eval_loaders = {
-        "eval": DataLoader(data.val, batch_size=exp.train.eval_batch_size),
-        "fit": DataLoader(data.train_eval, batch_size=exp.train.eval_batch_size),
-    }
-    test_loaders = {**eval_loaders, "eval": DataLoader(data.test, batch_size=exp.train.eval_batch_size)}
+    # Each rank evaluates only its shard of every split (indices rank::world, no padding); the protocol
+    # merges the shards exactly (summed confusion matrices, gathered features), identical on all ranks.
+    val_splits = {"fit": judged.fit, "eval": judged.val}
+    test_splits = {"fit": judged.fit, "eval": judged.test} if judged.test is not None and len(judged.test) else None
+    eval_batch = exp.train.eval_batch_size
     show_progress = loop.progress and rank == 0
     for epoch in range(start_epoch, exp.train.epochs):
         began = time.time()
@@ -211,14 +216,16 @@ def run_loop(loop: LoopConfig, session) -> None:
         confusion = None
         evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
         if evaluated:
-            scores, confusion = evaluate(method, eval_loaders, device, data.class_names, **exp.protocol.model_dump())
+            scores, confusion = evaluate(method, val_splits, device, judged.class_names, exp.protocol,
+                                         batch_size=eval_batch)
             metrics.update({f"val/{k}": v for k, v in scores.items()})
         improved = is_better(metrics.get(metric), best, mode)
         if improved:
             best = metrics[metric]
         metrics[f"best/{metric}"] = best if best is not None else float("nan")
-        if final and data.test is not None:
-            test_scores, _ = evaluate(method, test_loaders, device, data.class_names, **exp.protocol.model_dump())
+        if final and test_splits is not None:
+            test_scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol,
+                                      batch_size=eval_batch)
             metrics.update({f"test/{k}": v for k, v in test_scores.items()})
         metrics["time/epoch_s"] = time.time() - began
 
