@@ -132,6 +132,12 @@ def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
     return runs[0].info.run_id if runs else None
 
 
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
+    """Every child run of ``parent_run_id`` (MLflow ``Run`` objects)."""
+    return _retry(_client(uri).search_runs, [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+                  max_results=50000)
+
+
 def reopen_run(uri: str, run_id: str) -> None:
     """Mark a run ``RUNNING`` again (a trial restarted by ``pointtune resume``)."""
     _retry(_client(uri).update_run, run_id, status="RUNNING")

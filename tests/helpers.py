@@ -90,10 +90,12 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
 
     client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{sweep_dir}/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
+    # Runs and Optuna trials marked lost (started after Tune last saved its state, then interrupted) are
+    # outside what Tune received.
     runs = {r.data.tags["pointtune.trial_id"]: r for r in client.search_runs(experiments, max_results=1000)
-            if r.data.tags.get("pointtune.kind") == "trial"}
+            if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"}
     study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    studied = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    studied = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "lost" not in t.user_attrs}
     summary = {row["trial_id"]: row for row in csv.DictReader((sweep_dir / "summary.csv").open())}
     results = tune_results(sweep_dir, tune_dir)
     assert set(runs) == set(results) == set(studied) == set(summary), (set(runs), set(results), set(studied))

@@ -88,7 +88,7 @@ class MlflowRecorder(Callback):
             )
         self.run_ids[trial.trial_id] = run_id
         if OPTUNA_KEY in trial.config:
-            _set_study_attr(self.sweep["sweep_dir"], trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
+            set_study_attr(self.sweep["sweep_dir"], trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
         print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -179,11 +179,17 @@ def failure_reason(error: BaseException | str | None) -> str:
     return (text.strip().splitlines() or ["unknown error"])[0][:500]
 
 
-def _set_study_attr(sweep_dir: str, number: int, key: str, value: Any) -> None:
-    """Set a user attribute on Optuna trial ``number`` of the sweep's study."""
+def set_study_attr(sweep_dir: str, number: int, key: str, value: Any) -> None:
+    """Set a user attribute on Optuna trial ``number`` of the sweep's study (a trial Optuna already closed,
+    e.g. one a resumed sweep restarts, keeps the attributes it has)."""
+    from optuna.exceptions import UpdateFinishedTrialError
+
     storage = study_storage(sweep_dir)
     study_id = storage.get_study_id_from_name(STUDY_NAME)
-    storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+    try:
+        storage.set_trial_user_attr(storage.get_trial_id_from_study_id_trial_number(study_id, number), key, value)
+    except UpdateFinishedTrialError:
+        pass
 
 
 class StudySearch(OptunaSearch):
@@ -221,9 +227,14 @@ class StudySearch(OptunaSearch):
             return
         if not math.isfinite(value):
             return
+        from optuna.exceptions import UpdateFinishedTrialError
+
         step = int(result.get("epoch", 0))
         if step not in self._reported.setdefault(trial_id, set()):
-            ot_trial.report(float(value), step)
+            try:
+                ot_trial.report(float(value), step)
+            except UpdateFinishedTrialError:  # closed in the study before an interruption: nothing to add
+                return
             self._reported[trial_id].add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -234,10 +245,15 @@ class StudySearch(OptunaSearch):
         self._report(trial_id, result)  # the last epoch: Tune does not pass a stopping result to on_trial_result
         if error or trial_id in self._completed_trials or not stopped_early(result, self._max_epochs):
             return super().on_trial_complete(trial_id, result, error)
+        from optuna.exceptions import UpdateFinishedTrialError
+
         ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
-        if isinstance(result.get(self.metric), (int, float)):
-            ot_trial.set_user_attr("last_value", float(result[self.metric]))
-        self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        try:
+            ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
+            if isinstance(result.get(self.metric), (int, float)):
+                ot_trial.set_user_attr("last_value", float(result[self.metric]))
+            self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
+        except UpdateFinishedTrialError:  # closed in the study before an interruption
+            pass
         self._completed_trials.add(trial_id)
         return None

@@ -17,7 +17,7 @@ import yaml
 
 from pointtune import tracking
 from pointtune.search.checkpoints import best_checkpoint, fetch, trial_checkpoint_dirs
-from pointtune.search.records import metric_items, stopped_early
+from pointtune.search.records import metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
 from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, sampled_params, study_storage, trial_config
 
@@ -176,15 +176,45 @@ def ui_url(spec, run_id: str | None = None, port: int = 5000) -> str:
     return f"{base}/{path}/runs/{run_id}" if run_id else f"{base}/{path}?workflowType=machine_learning"
 
 
+LOST = ("started before the sweep was interrupted, after Tune last saved its state: Tune does not know it, so "
+        "no resume can continue it (its sampled values are tried again as a new trial if Optuna suggests them)")
+
+
+def close_lost_trials(spec, known: set[str]) -> int:
+    """Close what an interruption orphaned: child runs still RUNNING whose trial is not among ``known`` (the
+    trials in Tune's state) end KILLED with ``pointtune.status=LOST`` and the reason, and Optuna trials still
+    RUNNING that no known trial continues end FAIL with the same reason. Returns how many runs were closed."""
+    import optuna
+
+    uri = spec.tracking_uri
+    closed = 0
+    for run in tracking.child_runs(uri, spec.experiment_id, spec.parent_run_id):
+        if run.info.status == "RUNNING" and run.data.tags.get(tracking.TRIAL_TAG) not in known:
+            tracking.set_tags(uri, run.info.run_id, {"pointtune.status": "LOST", "pointtune.lost": LOST})
+            tracking.end_run(uri, run.info.run_id, "KILLED")
+            closed += 1
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(spec.root))
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if trial.user_attrs.get("tune_trial_id") not in known:
+            set_study_attr(str(spec.root), trial.number, "lost", LOST)
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return closed
+
+
 def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
-    """Write ``summary.csv``, ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the
-    parent run, print the table, the best trial and how to open the results. Returns the trial summaries."""
+    """Close what an interruption orphaned (:func:`close_lost_trials`), write ``summary.csv``,
+    ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the parent run, print the table,
+    the best trial and how to open the results. Returns the trial summaries."""
     from dataclasses import asdict
 
     root = spec.root
     max_epochs = trial_config(spec, {}).train.epochs
     rows = summarize(results, space, max_epochs, asdict(spec))
     uri = spec.tracking_uri
+    lost = close_lost_trials(spec, {r.trial_id for r in rows})
+    if lost:
+        print(f"[pointtune] {lost} trial(s) started before the interruption were unknown to Tune's saved state: "
+              f"their MLflow runs are marked LOST")
     for rank, row in enumerate(rows, start=1):
         row.mlflow_run_id = tracking.find_child_run(uri, spec.experiment_id, spec.parent_run_id, row.trial_id)
         if row.mlflow_run_id:
