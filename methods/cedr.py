@@ -744,15 +744,15 @@ class CEDR(Method):
       is a zero still attached to the projections;
     * the EMA centres are updated from the global batch: per-class sums and counts of the projections are
       all-reduced (:func:`global_class_centers`), so every worker holds the same memory; DDP must then not
-      overwrite it with rank 0's copy (``broadcast_buffers=False``);
-    * with ``broadcast_buffers=False`` DDP no longer copies BatchNorm running statistics (backbone,
+      overwrite it with rank 0's copy (``forward_sync_buffers=False``);
+    * with ``forward_sync_buffers=False`` DDP no longer copies BatchNorm running statistics (backbone,
       classification head, ``mlp2`` projection) from rank 0 either. Left alone they would drift apart over the
       run and each worker would evaluate a different model; :meth:`after_step` therefore averages them over
       the workers after every optimizer step (one small all-reduce,
       :func:`pointtune.distributed.average_batchnorm_stats`): every worker evaluates the same model, with
       statistics that follow all workers' batches rather than rank 0's alone. (Only a loop that calls
       ``after_step`` gets this; without it the statistics differ per worker, as in plain DDP with
-      ``broadcast_buffers=False``, and checkpoints hold rank 0's.) The per-batch BatchNorm normalisation
+      ``forward_sync_buffers=False``, and checkpoints hold rank 0's.) The per-batch BatchNorm normalisation
       itself stays per worker (no SyncBatchNorm), as in the paper's multi-GPU training;
     * ``cfg.gather``: SCC (Eq. 2 with its CPCM / EAA weights) over the projections, labels and entropies of
       every worker's batch (:func:`cedr_loss`); CE stays per worker. Without it each worker's SCC and
@@ -830,9 +830,9 @@ class CEDR(Method):
 
     def ddp_options(self) -> dict[str, bool]:
         """``find_unused_parameters=False`` (every parameter is used at every step) and
-        ``broadcast_buffers=False`` (the EMA centres are all-reduced, and :meth:`after_step` averages the
+        ``forward_sync_buffers=False`` (the EMA centres are all-reduced, and :meth:`after_step` averages the
         BatchNorm statistics); see the class docstring."""
-        return {"find_unused_parameters": False, "broadcast_buffers": False}
+        return {"find_unused_parameters": False, "forward_sync_buffers": False}
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -606,7 +606,7 @@ class ConClu(Method):
     kept identical by DDP's gradient averaging. The only buffers are BatchNorm running statistics. DDP's
     default broadcast copies rank 0's at the start of each forward, so after the last step of an epoch
     every worker still holds its own batch's update and the sharded evaluation would merge slightly
-    different models; instead ``broadcast_buffers=False`` and :meth:`after_step` averages them over the
+    different models; instead ``forward_sync_buffers=False`` and :meth:`after_step` averages them over the
     workers after every step (:func:`pointtune.distributed.average_batchnorm_stats`), so every worker
     evaluates the same model. Each worker draws its views from its own stream (the seed is offset by the
     rank), and with ``sinkhorn_global`` the Sinkhorn codes are computed over the projections of every
@@ -698,8 +698,8 @@ class ConClu(Method):
 
     def ddp_options(self) -> dict[str, bool]:
         """``find_unused_parameters=False`` (every parameter is used at every step) and
-        ``broadcast_buffers=False`` (:meth:`after_step` keeps the BatchNorm statistics identical)."""
-        return {"find_unused_parameters": False, "broadcast_buffers": False}
+        ``forward_sync_buffers=False`` (:meth:`after_step` keeps the BatchNorm statistics identical)."""
+        return {"find_unused_parameters": False, "forward_sync_buffers": False}
 
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

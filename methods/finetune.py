@@ -67,7 +67,7 @@ class Finetune(Method):
     Data parallelism (:meth:`ddp_options`): every trainable parameter gets a gradient at every step; with
     ``freeze_encoder`` the encoder's parameters do not require gradients, so DDP leaves them out
     (``find_unused_parameters=False`` holds), and its BatchNorm statistics are frozen too (eval mode). The
-    only buffers are BatchNorm running statistics; as in CEDR and ConClu, ``broadcast_buffers=False`` and
+    only buffers are BatchNorm running statistics; as in CEDR and ConClu, ``forward_sync_buffers=False`` and
     :meth:`after_step` averages the statistics of the layers in training mode over the workers after every
     step, so every worker evaluates the same model (DDP's broadcast at the start of each forward would leave
     each worker with its own last batch's update at evaluation time).
@@ -116,8 +116,8 @@ class Finetune(Method):
         average_batchnorm_stats(self)
 
     def ddp_options(self) -> dict[str, bool]:
-        """``find_unused_parameters=False`` and ``broadcast_buffers=False`` (see the class docstring)."""
-        return {"find_unused_parameters": False, "broadcast_buffers": False}
+        """``find_unused_parameters=False`` and ``forward_sync_buffers=False`` (see the class docstring)."""
+        return {"find_unused_parameters": False, "forward_sync_buffers": False}
 
     @torch.no_grad()
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -33,6 +33,9 @@ TRAIN_ENV = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # Ray Train copies a worker's print() into its logs, and Ray forwards the worker's stdout as well: every
+    # line would reach the console twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 # How long a trial's Train worker group may wait for its resources before the trial fails (seconds).
 DEFAULT_WORKER_START_TIMEOUT_S = 120.0
@@ -140,3 +143,47 @@ def node_resources() -> list[dict[str, float]]:
     import ray
 
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
+
+
+def addable_nodes(config: dict | None = None) -> list[dict[str, float]]:
+    """Nodes the cluster's autoscaler may start, one resource dict per node: for every worker node type of
+    the ``ray up`` config, ``max_workers`` nodes of its ``resources`` (all types together at most the
+    config's ``max_workers``). Nodes already running are among them (see :func:`planning_nodes`).
+
+    Args:
+        config: the cluster-launcher config; default ``~/ray_bootstrap_config.yaml``, which ``ray up`` writes
+            on the head node (absent elsewhere: no node can be added).
+    """
+    import yaml
+
+    if config is None:
+        path = os.path.expanduser("~/ray_bootstrap_config.yaml")
+        if not os.path.isfile(path):
+            return []
+        with open(path) as fh:
+            config = yaml.safe_load(fh) or {}
+    head = config.get("head_node_type")
+    budget = int(config.get("max_workers", 0))
+    nodes: list[dict[str, float]] = []
+    for name, node_type in (config.get("available_node_types") or {}).items():
+        if name == head:
+            continue
+        count = min(int(node_type.get("max_workers", 0)), budget - len(nodes))
+        resources = {k: float(v) for k, v in (node_type.get("resources") or {}).items() if float(v) > 0}
+        nodes += [dict(resources) for _ in range(max(count, 0))]
+    return nodes
+
+
+def planning_nodes(present: list[dict[str, float]], addable: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The nodes to plan trials on: those present, plus those the autoscaler may still start (each present
+    node uses up one addable node with the same CPU/GPU/custom resources; Ray's per-node ``node:...`` and
+    memory entries are ignored in the match)."""
+    def shape(node: dict[str, float]) -> tuple:
+        return tuple(sorted((k, v) for k, v in node.items()
+                            if not k.startswith("node:") and k not in ("memory", "object_store_memory")))
+
+    left = [shape(n) for n in addable]
+    for node in present:
+        if shape(node) in left:
+            left.remove(shape(node))
+    return list(present) + [dict(s) for s in left]

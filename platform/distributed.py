@@ -102,7 +102,7 @@ def average_batchnorm_stats(module: torch.nn.Module) -> None:
     training mode by their mean over the workers (one all-reduce of all of them), so that every worker
     evaluates the same model (evaluation is sharded across workers and merged).
 
-    For a module wrapped in DDP with ``broadcast_buffers=False`` (whose buffers DDP no longer copies from
+    For a module wrapped in DDP with ``forward_sync_buffers=False`` (whose buffers DDP no longer copies from
     rank 0): called after each optimizer step, the statistics stay identical on every worker and follow an
     EMA of the batch statistics averaged over the workers' batches. Layers in eval mode (e.g. a frozen
     encoder) do not update their statistics and are left out; ``num_batches_tracked`` needs no averaging

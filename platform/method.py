@@ -160,9 +160,9 @@ class Method(nn.Module):
     def ddp_options(self) -> dict[str, bool]:
         """What data parallelism needs, for ``DistributedDataParallel``: ``find_unused_parameters`` (some
         parameters get no gradient in a step, e.g. a head used only after a start epoch) and
-        ``broadcast_buffers`` (False when buffers are kept identical by the method itself, e.g. statistics
+        ``forward_sync_buffers`` (False when buffers are kept identical by the method itself, e.g. statistics
         all-reduced across workers, so rank 0's copy must not overwrite them)."""
-        return {"find_unused_parameters": False, "broadcast_buffers": True}
+        return {"find_unused_parameters": False, "forward_sync_buffers": True}
 
     @torch.no_grad()
     def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

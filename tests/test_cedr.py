@@ -719,7 +719,7 @@ def test_cedr_loss_without_projections():
 def test_ddp_options_and_single_process_collectives():
     model = CEDR(tiny_cfg(centers="ema"), num_classes=4, total_epochs=1)
     # EMA centres are all-reduced by the method itself: DDP must not overwrite them with rank 0's copy
-    assert model.ddp_options() == {"find_unused_parameters": False, "broadcast_buffers": False}
+    assert model.ddp_options() == {"find_unused_parameters": False, "forward_sync_buffers": False}
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.after_step(1, 10)                                        # single process: BatchNorm averaging is a no-op
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -566,7 +566,7 @@ def test_module_ignores_labels_and_is_reproducible():
 def test_ddp_options_and_single_process_after_step():
     model = ConClu(tiny_cfg(), 0, 1)
     # every parameter is used at every step; BatchNorm statistics are averaged by after_step, not broadcast
-    assert model.ddp_options() == {"find_unused_parameters": False, "broadcast_buffers": False}
+    assert model.ddp_options() == {"find_unused_parameters": False, "forward_sync_buffers": False}
     model(_batch(), 0, 0.0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.after_step(1, 10)                                        # single process: a no-op

@@ -351,7 +351,7 @@ def test_method_trains_under_ddp(workers, name):
             assert "acc" in part["terms"] and "logits" not in part["terms"]
     # every worker evaluates the same model: BatchNorm statistics averaged by after_step, CEDR's EMA centres
     # all-reduced (DDP does not broadcast buffers)
-    assert parts[0]["options"] == {"find_unused_parameters": False, "broadcast_buffers": False}
+    assert parts[0]["options"] == {"find_unused_parameters": False, "forward_sync_buffers": False}
     assert parts[0]["buffers_equal"], f"buffers differ across workers by {parts[0]['buffers_diff']}"
     if method_name == "cedr" and overrides.get("gather"):
         assert parts[0]["scc_equal"], "the gathered SCC differs across workers"

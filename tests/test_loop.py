@@ -2,6 +2,7 @@
 diagnostics from the method, and no stale validation values on epochs that do not evaluate."""
 
 import math
+import shutil
 
 import pytest
 import torch
@@ -69,8 +70,10 @@ class Recorder:
     def checkpoint_dir(self):
         return None
 
-    def report(self, metrics, checkpoint):
+    def report(self, metrics, checkpoint, owned=False):
         self.reports.append((dict(metrics), checkpoint is not None))
+        if checkpoint is not None and owned:
+            shutil.rmtree(checkpoint)
 
     def prepare_model(self, model, ddp_options):
         return model

@@ -81,3 +81,20 @@ def test_drivers_pinned_to_the_declared_resource():
 def test_impossible_shapes_raise(kwargs, match):
     with pytest.raises(ResourceError, match=match):
         plan_resources(**kwargs)
+
+
+def test_plans_include_the_nodes_an_autoscaler_may_add():
+    from pointtune.cluster import addable_nodes, planning_nodes
+
+    config = {"max_workers": 3, "head_node_type": "head",
+              "available_node_types": {"head": {"resources": {"CPU": 6, "GPU": 0, DRIVER_RESOURCE: 1000}},
+                                       "gpu_1x": {"max_workers": 8, "resources": {"CPU": 4, "GPU": 1}}}}
+    addable = addable_nodes(config)
+    assert addable == [{"CPU": 4.0, "GPU": 1.0}] * 3  # the config's max_workers bounds every type together
+    head = {"CPU": 6.0, DRIVER_RESOURCE: 1000.0, "node:10.0.0.1": 1.0, "memory": 1e9}
+    running = {"CPU": 4.0, "GPU": 1.0, "node:10.0.0.2": 1.0}
+    nodes = planning_nodes([head, running], addable)
+    assert len(nodes) == 4  # the running GPU node is one of the three the autoscaler may have
+    plan = plan_resources(nodes, workers=1, gpus_per_worker=1, trials=8)
+    assert plan.max_concurrent == 3 and plan.cpus_per_worker == 4
+    assert addable_nodes({}) == []

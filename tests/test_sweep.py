@@ -71,11 +71,16 @@ def test_summary_and_best_config(sweep):
     assert (out / "optimization_history.png").stat().st_size > 1000
 
 
-def test_console_is_quiet(sweep):
-    _, proc = sweep
-    for noise in ("PreemptionWatcher", "Checkpoint successfully created", "Trial status:", "result ─"):
-        assert noise not in proc.stdout + proc.stderr, noise
+@pytest.mark.parametrize("which", ["sweep", "parallel_sweep"])
+def test_console_is_quiet(which, request):
+    _, proc = request.getfixturevalue(which)
+    console = proc.stdout + proc.stderr
+    for noise in ("PreemptionWatcher", "Checkpoint successfully created", "Trial status:", "result ─",
+                  "Reporting training result", "FutureWarning"):
+        assert noise not in console, noise
     assert "== Status ==" in proc.stdout and "[pointtune] trial" in proc.stdout
+    epoch_lines = [line for line in console.splitlines() if "[pointtune] epoch 1/" in line]
+    assert len(epoch_lines) == len(set(epoch_lines))  # each worker line once, not echoed by Ray Train too
 
 
 def test_mlflow_parent_and_children(sweep):

@@ -151,7 +151,7 @@ def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
     space = spec.space()
     plan = spec.plan
     loop = LoopConfig(trial_config(spec, config).to_dict(), space.metric, space.mode,
-                      cpus_per_worker=plan.cpus_per_worker)
+                      cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose)
     if plan.single_process:
         tune_trial_loop(loop)
         return
@@ -226,15 +226,21 @@ def _tuner_parts(spec: SweepSpec, space: SearchSpace):
 
 
 def _plan_when_ready(spec: SweepSpec):
-    """Plan per-trial resources from the nodes the cluster has. With ``wait_for_resources`` > 0 (autoscaling
-    clusters whose GPU nodes start at 0), first ask the autoscaler for the workers of the concurrent trials and
-    wait up to that many seconds for the plan to fit (the request is released by :func:`_release_request`)."""
-    from pointtune.cluster import node_resources
+    """Plan per-trial resources from the nodes the cluster has and, on a ``ray up`` head, the node types its
+    autoscaler may add. With ``wait_for_resources`` > 0 (autoscaling clusters whose GPU nodes start at 0),
+    first ask the autoscaler for the workers of the concurrent trials and wait up to that many seconds for the
+    plan to fit (the request is released by :func:`_release_request`)."""
+    from pointtune.cluster import addable_nodes, node_resources, planning_nodes
     from pointtune.search.resources import ResourceError, plan_resources
 
+    addable = addable_nodes()
+    if addable:
+        print(f"[pointtune] planning with the {len(addable)} node(s) the autoscaler may start; pending trials ask "
+              f"for them (raise --worker-start-timeout above their boot time)", flush=True)
+
     def plan():
-        return plan_resources(node_resources(), spec.workers, spec.gpus_per_worker, spec.max_concurrent,
-                              spec.trials, spec.cpus_per_worker)
+        return plan_resources(planning_nodes(node_resources(), addable), spec.workers, spec.gpus_per_worker,
+                              spec.max_concurrent, spec.trials, spec.cpus_per_worker)
 
     if spec.wait_for_resources <= 0:
         return plan()

@@ -104,7 +104,7 @@ def train(
     if workers > 0:
         from pointtune.cluster import init_ray
 
-        init_ray(None, dashboard=False)
+        init_ray(None)  # the dashboard's State API lets Ray Train free the workers of a failed run
     loop = LoopConfig(exp.to_dict(), metric, mode, mlflow={"tracking_uri": uri, "run_id": run_id},
                       local_dir=str(run_dir / "checkpoints") if workers == 0 else None, progress=progress,
                       cpus_per_worker=1 if workers > 0 else None)

@@ -49,6 +49,7 @@ class LoopConfig:
         local_dir: local mode: where ``latest`` and ``best`` checkpoints are kept (Ray keeps none there).
         progress: show a progress bar (rank 0).
         cpus_per_worker: CPUs a worker holds; a CPU worker uses that many torch threads.
+        verbose: keep Ray Train's INFO lines (e.g. every report's full metrics) on the console.
     """
 
     experiment: dict[str, Any]
@@ -58,6 +59,7 @@ class LoopConfig:
     local_dir: str | None = None
     progress: bool = False
     cpus_per_worker: float | None = None
+    verbose: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for ``TorchTrainer(train_loop_config=...)``."""
@@ -144,7 +146,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer``, any number of workers): ``config`` is a
     :class:`LoopConfig` as a dict."""
     loop = LoopConfig(**config)
-    run_loop(loop, TrainSession(loop.cpus_per_worker))
+    run_loop(loop, TrainSession(loop.cpus_per_worker, loop.verbose))
 
 
 def tune_trial_loop(loop: LoopConfig) -> None:
@@ -243,13 +245,14 @@ def run_loop(loop: LoopConfig, session) -> None:
                 "best": best, "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics,
                 "class_names": data.class_names,
             }
-            with tempfile.TemporaryDirectory(dir=local.root if local else None) as tmp:
-                staged = save_state(Path(tmp) / "ckpt", state)
-                if confusion is not None:
-                    np.save(staged / "confusion.npy", confusion)
-                if local is not None:
-                    staged = local.commit(staged, improved)
-                session.report(metrics, staged)
+            staged = save_state(Path(tempfile.mkdtemp(prefix="pointtune-ckpt-", dir=local.root if local else None)),
+                                state)
+            if confusion is not None:
+                np.save(staged / "confusion.npy", confusion)
+            if local is not None:  # local mode keeps latest and best itself; the session must not delete them
+                session.report(metrics, local.commit(staged, improved), owned=False)
+            else:
+                session.report(metrics, staged, owned=True)
         summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
         print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)",
               flush=True)

@@ -13,7 +13,9 @@ Two runners, one loop (:func:`pointtune.train.loop.run_loop`):
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +25,14 @@ import torch
 class TrainSession:
     """The loop's view of a Ray Train worker (or of Train's in-process local mode)."""
 
-    def __init__(self, cpus_per_worker: float | None = None):
+    def __init__(self, cpus_per_worker: float | None = None, verbose: bool = False):
         import ray.train
         from ray.train.torch import get_device
+
+        if not verbose:  # Ray Train logs every report's full metrics at INFO, under its file's path as name
+            from ray.train.v2._internal.execution import context as train_context
+
+            logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
@@ -40,11 +47,24 @@ class TrainSession:
         checkpoint = ray.train.get_checkpoint()
         return checkpoint.to_directory() if checkpoint is not None else None
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        """Send one epoch's metrics (and, from rank 0, the checkpoint directory) to Ray Train."""
-        import ray.train
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, owned: bool = False) -> None:
+        """Send one epoch's metrics (and, from rank 0, the checkpoint directory) to Ray Train.
 
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+        An ``owned`` checkpoint directory (a fresh one the session may delete) is uploaded to the run's
+        storage in the background while the next epoch trains, then deleted; one that is not is uploaded
+        before this returns.
+        """
+        import ray.train
+        from ray.train import CheckpointUploadMode
+
+        if checkpoint is None:
+            ray.train.report(metrics)
+        elif owned:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)),
+                             checkpoint_upload_mode=CheckpointUploadMode.ASYNC,
+                             delete_local_checkpoint_after_upload=True)
+        else:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint)))
 
     def prepare_model(self, model: torch.nn.Module, ddp_options: dict[str, bool]) -> torch.nn.Module:
         """Move to the device and, with several workers, wrap in DDP with the method's ``ddp_options``
@@ -79,11 +99,14 @@ class TuneSession:
         checkpoint = tune.get_checkpoint()
         return checkpoint.to_directory() if checkpoint is not None else None
 
-    def report(self, metrics: dict[str, Any], checkpoint: Path | None) -> None:
-        """Send one epoch's metrics (and the checkpoint directory, if one was written) to Tune."""
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, owned: bool = False) -> None:
+        """Send one epoch's metrics (and the checkpoint directory, if one was written) to Tune, which copies
+        the checkpoint into the trial's storage before this returns; an ``owned`` directory is then deleted."""
         from ray import tune
 
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint)) if checkpoint else None)
+        if checkpoint is not None and owned:
+            shutil.rmtree(checkpoint, ignore_errors=True)
 
     def prepare_model(self, model: torch.nn.Module, ddp_options: dict[str, bool]) -> torch.nn.Module:
         """Move to the device (one process: no DDP, ``ddp_options`` unused)."""
