@@ -75,3 +75,32 @@ def test_every_ray_process_knows_its_cluster(other_ray):
     port = seen["gcs"].rsplit(":", 1)[1]
     assert seen["address"].rsplit(":", 1)[1] == port != other_ray.rsplit(":", 1)[1]
     assert seen["nodes"] == [seen["mine"]]
+
+
+def test_unplaceable_workers_fail_the_trial_in_bounded_time(tmp_path):
+    # The plan fits the cluster's nodes, but something else holds most of the CPUs: the trial's 2 workers
+    # cannot be placed, and after --worker-start-timeout the trial fails with one line naming what it waited
+    # for, instead of Ray Train retrying for ever. The sweep exits non-zero and stays resumable.
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})
+    try:
+        ray.init(address=cluster.address)
+        blocker = ray.util.placement_group([{"CPU": 1.5}])
+        ray.get(blocker.ready(), timeout=60)
+        space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2}})
+        out = tmp_path / "run"
+        began = time.time()
+        proc = pointtune("sweep", "cedr", "--space", str(space), "--trials", "1", "--epochs", "1", "--workers", "2",
+                         "--address", cluster.address, "--worker-start-timeout", "5", "--output", str(out),
+                         timeout=300)
+        assert proc.returncode == 1 and time.time() - began < 200, proc.stderr[-3000:]
+        assert "no trial of the sweep succeeded" in proc.stderr
+        (row,) = list(csv.DictReader((out / "summary.csv").open()))
+        assert row["status"] == "FAILED" and "could not be placed within 5 s" in row["error"], row["error"]
+        assert "'CPU': 0.95" in row["error"]  # the resources it waited for
+        assert (out / "tune").is_dir()  # resumable: `pointtune resume` restores it
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

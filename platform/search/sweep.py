@@ -172,10 +172,16 @@ def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: st
     try:
         trainer.fit()
     except Exception as err:  # noqa: BLE001 - one line with the root cause; Tune records the trial as failed
-        reason = failure_reason(err)
-        if "WorkerGroupStartupTimeoutError" in str(err) or "timed out" in reason.lower():
+        cause = getattr(err, "controller_failure", None)  # ray.train.ControllerError
+        workers = getattr(err, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> error
+        if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
             reason = (f"its {plan.workers} workers x {plan.worker_bundle()} could not be placed within "
-                      f"{spec.worker_start_timeout:g} s (--worker-start-timeout): {reason}")
+                      f"{spec.worker_start_timeout:g} s (--worker-start-timeout)")
+        elif workers:
+            rank, first = sorted(workers.items())[0]
+            reason = f"worker {rank}: {failure_reason(first)}"
+        else:
+            reason = failure_reason(cause or err)
         raise RuntimeError(reason) from None
 
 
