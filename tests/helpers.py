@@ -160,8 +160,11 @@ def stop_ray_instance(address: str) -> None:
     instance on the machine). Processes are found by the GCS address or port on their command line."""
     import signal
 
+    import re
+
     port = address.rsplit(":", 1)[1]
-    marks = (address, f"--gcs_server_port={port}", f"--gcs-address={address}", f"--port={port}")
+    # Its processes name the GCS by the node's IP or by 127.0.0.1: match the port.
+    mark = re.compile(rf"(--gcs[-_]address=\S+:{port}|--gcs_server_port={port}|--port={port})(\s|$)")
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
@@ -169,7 +172,7 @@ def stop_ray_instance(address: str) -> None:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if "ray" in cmdline and any(m in cmdline for m in marks):
+        if "ray" in cmdline and mark.search(cmdline):
             try:
                 os.kill(int(proc.name), signal.SIGKILL)
             except OSError:

@@ -81,10 +81,16 @@ def test_unplaceable_workers_fail_the_trial_in_bounded_time(tmp_path):
     # The plan fits the cluster's nodes, but something else holds most of the CPUs: the trial's 2 workers
     # cannot be placed, and after --worker-start-timeout the trial fails with one line naming what it waited
     # for, instead of Ray Train retrying for ever. The sweep exits non-zero and stays resumable.
+    import socket
+
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True})
+    with socket.socket() as sock:  # a free dashboard port: 8265 may be another instance's
+        sock.bind(("127.0.0.1", 0))
+        dashboard_port = sock.getsockname()[1]
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": True,
+                                                            "dashboard_port": dashboard_port})
     try:
         ray.init(address=cluster.address)
         blocker = ray.util.placement_group([{"CPU": 1.5}])

@@ -128,10 +128,9 @@ class MlflowRecorder(Callback):
         from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
 
         best = best_checkpoint(trial_checkpoint_dirs(self.sweep, trial.trial_id, trial.path), self.metric, self.mode)
-        if best is not None:
-            final = {f"best/{self.metric}": best.metrics.get(self.metric), "best/epoch": best.metrics.get("epoch")}
+        if best is not None:  # best/<metric> is already in every epoch's record
             tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},
-                                 {k: v for k, v in final.items() if v is not None}, step=int(best.metrics["epoch"]))
+                                 {"best/epoch": best.metrics.get("epoch", 0)}, step=int(best.metrics.get("epoch", 0)))
             log_checkpoint_artifacts(self._uri, run_id, best.path, f"trial {trial.trial_id}")
 
 
