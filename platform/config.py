@@ -57,6 +57,9 @@ class TrainConfig(BaseModel):
     ``amp`` takes effect on CUDA only. ``eval_every`` is in epochs; the last epoch is always evaluated.
     ``checkpoint_every`` is in epochs: a checkpoint is also written whenever the objective improves and at
     the last epoch, so the best model and the end of the run are always kept.
+    ``threads``: torch threads of each CPU worker; ``None``: the CPUs a Ray worker holds, all cores in local
+    mode. A sweep records the value its trials used in their configs (and so in ``best_config.yaml``), since
+    the thread count changes floating-point results.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -70,6 +73,7 @@ class TrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
     eval_every: int = Field(1, ge=1)
     checkpoint_every: int = Field(1, ge=1)
+    threads: int | None = Field(None, ge=1)
 
 
 class ProtocolConfig(BaseModel):

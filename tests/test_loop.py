@@ -64,15 +64,17 @@ class Recorder:
 
     rank, world_size, device = 0, 1, torch.device("cpu")
 
-    def __init__(self):
-        self.reports = []
+    def __init__(self, keep: bool = False):
+        self.reports, self.keep, self.checkpoints = [], keep, {}
 
     def checkpoint_dir(self):
         return None
 
     def report(self, metrics, checkpoint, owned=False):
         self.reports.append((dict(metrics), checkpoint is not None))
-        if checkpoint is not None and owned:
+        if checkpoint is not None and self.keep:
+            self.checkpoints[metrics["epoch"]] = checkpoint
+        elif checkpoint is not None and owned:
             shutil.rmtree(checkpoint)
 
     def prepare_model(self, model, ddp_options):
@@ -114,3 +116,26 @@ def test_per_point_inputs_reach_the_backbone():
         method.predict({"points": batch["points"]})
     with pytest.raises(Exception, match="backbone.inputs"):
         build_config("conclu", overrides={"method.backbone.inputs": ["normals"]})
+
+
+def test_test_split_is_scored_on_the_selected_epoch():
+    from pointtune.data import build_datasets
+    from pointtune.protocols import evaluate
+    from pointtune.train.checkpoint import load_method
+
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 4, "optim.lr": 0.05})
+    session = Recorder(keep=True)
+    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), session)
+    history = [m for m, _ in session.reports]
+    values = [m["val/OA"] for m in history]
+    selected = values.index(max(values)) + 1  # the first epoch reaching the best (later ties do not improve)
+    final = history[-1]
+    assert final["test/epoch"] == selected
+    assert not any(k.startswith("test/") for m in history[:-1] for k in m)
+    # The reported test accuracy is that of the selected epoch's weights, whichever epoch that is.
+    chosen = load_method(session.checkpoints[selected]).method
+    data = build_datasets(exp.data)
+    scores, _ = evaluate(chosen, {"eval": data.test}, torch.device("cpu"), data.class_names)
+    assert scores["OA"] == pytest.approx(final["test/OA"])
+    for path in session.checkpoints.values():
+        shutil.rmtree(path)

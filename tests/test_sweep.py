@@ -141,3 +141,26 @@ def test_finetune_from_sweep_resolves_best_checkpoint(sweep):
     rows = sorted(csv.DictReader((out / "summary.csv").open()), key=lambda r: -float(r["best_objective"]))
     assert ckpt.parent.name == f"trial_{rows[0]['trial_id']}"
     assert load_state(ckpt)["metrics"]["val/OA"] == pytest.approx(float(rows[0]["best_objective"]))
+
+
+def test_best_config_retrains_to_the_same_numbers(tmp_path):
+    # A 1-trial sweep, then `pointtune train --config best_config.yaml` with the same seed: the same
+    # per-epoch validation metrics (the thread count the trial used is part of the recorded config).
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+    sweep_dir, run_dir = tmp_path / "sweep", tmp_path / "retrain"
+    proc = pointtune("sweep", "cedr", "--space", str(space), "--trials", "1", "--epochs", "3", "--output", str(sweep_dir),
+                     "--cpus-per-worker", "1")  # 1 thread in the trial; a local run would take every core
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    exp = config_from_file("cedr", sweep_dir / "best_config.yaml")
+    assert exp.train.threads == 1
+    proc = pointtune("train", "cedr", "--config", str(sweep_dir / "best_config.yaml"), "--output", str(run_dir),
+                     "--no-progress")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
+    sweep_client, sweep_runs = mlflow_runs(sweep_dir)
+    child = next(r for r in sweep_runs if r.data.tags.get("pointtune.trial_id") == rows[0]["trial_id"])
+    client, runs = mlflow_runs(run_dir)
+    for key in ("train/loss", "val/OA"):  # train/loss differs in the last digits with another thread count
+        retrained = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.step)]
+        swept = [m.value for m in sorted(sweep_client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)]
+        assert retrained == swept and len(swept) == 3, key

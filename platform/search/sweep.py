@@ -150,8 +150,11 @@ def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
         logging.getLogger("ray").setLevel(logging.WARNING)  # e.g. "Checkpoint successfully created" per epoch
     space = spec.space()
     plan = spec.plan
-    loop = LoopConfig(trial_config(spec, config).to_dict(), space.metric, space.mode,
-                      cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose)
+    exp = trial_config(spec, config)
+    if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
+        exp.train.threads = max(1, int(plan.cpus_per_worker))
+    loop = LoopConfig(exp.to_dict(), space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker,
+                      verbose=spec.verbose)
     if plan.single_process:
         tune_trial_loop(loop)
         return

@@ -16,6 +16,7 @@ improves, and at the last epoch. It resumes from the session's checkpoint (or, i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import tempfile
@@ -134,6 +135,21 @@ def _train_one_epoch(
     return {key: total / max(steps, 1) for key, total in sums.items()}
 
 
+@contextlib.contextmanager
+def _weights(method: Method, weights: dict[str, torch.Tensor] | None):
+    """Run the block with ``weights`` (a state dict) loaded into ``method``, then put its own back;
+    ``None``: the method as it is."""
+    if weights is None:
+        yield
+        return
+    own = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    method.load_state_dict(weights)
+    try:
+        yield
+    finally:
+        method.load_state_dict(own)
+
+
 def _log_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> None:
     """Rank 0 of ``pointtune train``: log one epoch's metrics to the run's MLflow run (if any)."""
     if loop.mlflow:
@@ -164,6 +180,8 @@ def run_loop(loop: LoopConfig, session) -> None:
     exp = build_config(loop.experiment["method"]["name"], loop.experiment)
     metric, mode = loop.metric, loop.mode
     rank, world, device = session.rank, session.world_size, session.device
+    if exp.train.threads is not None:
+        torch.set_num_threads(exp.train.threads)
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
@@ -179,7 +197,7 @@ def run_loop(loop: LoopConfig, session) -> None:
     local = LocalCheckpoints(loop.local_dir) if loop.local_dir else None
     if local is not None:
         local.root.mkdir(parents=True, exist_ok=True)
-    start_epoch, best = 0, None
+    start_epoch, best, best_epoch, best_weights = 0, None, None, None
     resume_dir = session.checkpoint_dir()
     if resume_dir is None and local is not None and (local.latest / "state.pt").is_file():
         resume_dir = local.latest
@@ -188,7 +206,7 @@ def run_loop(loop: LoopConfig, session) -> None:
         method.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        start_epoch, best = state["epoch"] + 1, state["best"]
+        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state.get("best_epoch")
         set_rng_state(state["rng"])
         if rank == 0:
             print(f"[pointtune] resumed from epoch {start_epoch} ({resume_dir})", flush=True)
@@ -223,12 +241,18 @@ def run_loop(loop: LoopConfig, session) -> None:
             metrics.update({f"val/{k}": v for k, v in scores.items()})
         improved = is_better(metrics.get(metric), best, mode)
         if improved:
-            best = metrics[metric]
+            best, best_epoch = metrics[metric], epoch + 1
+            best_weights = {k: v.detach().clone() for k, v in method.state_dict().items()}
         metrics[f"best/{metric}"] = best if best is not None else float("nan")
         if final and test_splits is not None:
-            test_scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol,
-                                      batch_size=eval_batch)
+            # Test is scored on the model that validation selected (the best epoch; the last one only when the
+            # best epoch's weights are not in memory, i.e. it came before a resume); test/epoch says which.
+            scored = best_weights if best_weights is not None and not improved else None
+            with _weights(method, scored):
+                test_scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol,
+                                          batch_size=eval_batch)
             metrics.update({f"test/{k}": v for k, v in test_scores.items()})
+            metrics["test/epoch"] = best_epoch if scored is not None else epoch + 1
         metrics["time/epoch_s"] = time.time() - began
 
         if rank != 0:
@@ -242,7 +266,7 @@ def run_loop(loop: LoopConfig, session) -> None:
             state = {
                 "model": method.state_dict(), "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict(), "epoch": epoch,
-                "best": best, "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics,
+                "best": best, "best_epoch": best_epoch, "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics,
                 "class_names": data.class_names,
             }
             staged = save_state(Path(tempfile.mkdtemp(prefix="pointtune-ckpt-", dir=local.root if local else None)),

@@ -29,10 +29,11 @@ class TrainSession:
         import ray.train
         from ray.train.torch import get_device
 
-        if not verbose:  # Ray Train logs every report's full metrics at INFO, under its file's path as name
+        if not verbose:  # Ray Train logs every report's full metrics at INFO (workers: under its file's path)
             from ray.train.v2._internal.execution import context as train_context
 
-            logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+            for name in ("ray.train", train_context.__file__):
+                logging.getLogger(name).setLevel(logging.WARNING)
 
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
