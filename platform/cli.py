@@ -118,10 +118,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     exp = config_from_file(args.method, args.config, sets)
     preflight(exp, workers=args.workers)
     run_dir = _run_dir(args, "train", args.method)
-    result = train(exp, run_dir, workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri,
-                   progress=not args.no_progress)
-    scores = "  ".join(f"{k}={v:.4f}" for k, v in result.items() if k.startswith(("val/", "test/")))
-    print(f"[pointtune] done after {result.get('epoch')} epochs: {scores}")
+    summary = train(exp, run_dir, workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri,
+                    progress=not args.no_progress)
+    test = summary["test"]
+    headline = next((k for k in ("OA", "svm_acc") if k in test), next(iter(test), None))
+    tested = f", test {headline} {test[headline]:.4f} (epoch {int(test['epoch'])})" if headline else ""
+    best = "none" if summary["best"] is None else f"{summary['best']:.4f} at epoch {summary['best_epoch']}"
+    print(f"[pointtune] done: {summary['epochs']} epochs in {summary['wall_s']:.0f} s, best {summary['objective']} "
+          f"{best}{tested}")
     return 0
 
 

@@ -1,5 +1,7 @@
 """`pointtune train`: local in-process mode with checkpoints and resume; 2 Ray Train CPU workers (gloo)."""
 
+import json
+
 import pytest
 
 from helpers import mlflow_runs, pointtune, tiny_sets
@@ -20,12 +22,21 @@ def test_local_train_one_epoch_then_resume(tmp_path):
     assert runs[0].data.params["method.lambda_con"] == "0.1"
     per_class = [k for k in runs[0].data.metrics if k.startswith("val/acc/")]
     assert len(per_class) >= 2 and all(0 <= runs[0].data.metrics[k] <= 1 for k in per_class)
+    # The run directory holds its numbers; the console ends with one short line.
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best_epoch"] == 1 and summary["best"] == state["metrics"]["val/OA"]
+    assert summary["test"]["epoch"] == 1 and 0 <= summary["test"]["OA"] <= 1
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("[pointtune] done: 1 epochs") and len(last) < 160, last
+    assert "[pointtune] data synthetic val:" in proc.stdout
 
     # The same command with a longer budget continues from the checkpoint instead of starting over.
     proc = pointtune("train", "cedr", "--epochs", "2", "--output", str(out), "--no-progress", *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from epoch 1" in proc.stdout + proc.stderr
     assert load_state(out / "checkpoints" / "latest")["epoch"] == 1
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and json.loads((out / "summary.json").read_text())["epochs"] == 2
 
 
 @pytest.mark.slow

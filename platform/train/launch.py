@@ -7,8 +7,11 @@ last checkpoint.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -16,6 +19,10 @@ from pointtune import tracking
 from pointtune.config import ExperimentConfig
 from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
+
+
+METRICS_FILE = "metrics.jsonl"  # one JSON line per epoch, written by rank 0
+SUMMARY_FILE = "summary.json"
 
 
 def make_trainer(
@@ -74,7 +81,7 @@ def train(
     mlflow_uri: str | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Train ``exp``; returns the last epoch's metrics.
+    """Train ``exp``; returns its summary (``summary.json``: best epoch and value, test metrics, wall time).
 
     Args:
         exp: the validated experiment.
@@ -107,13 +114,38 @@ def train(
         init_ray(None)  # the dashboard's State API lets Ray Train free the workers of a failed run
     loop = LoopConfig(exp.to_dict(), metric, mode, mlflow={"tracking_uri": uri, "run_id": run_id},
                       local_dir=str(run_dir / "checkpoints") if workers == 0 else None, progress=progress,
-                      cpus_per_worker=1 if workers > 0 else None)
+                      cpus_per_worker=1 if workers > 0 else None, metrics_file=str(run_dir / METRICS_FILE))
     trainer = make_trainer(loop, workers=workers, use_gpu=use_gpu, name="train", storage_path=str(run_dir))
+    began = time.time()
     try:
-        result = trainer.fit()
+        trainer.fit()
     except Exception:
         tracking.end_run(uri, run_id, "FAILED")
         raise
     tracking.end_run(uri, run_id, "FINISHED")
-    print(f"[pointtune] MLflow run {run_id}: mlflow ui --backend-store-uri {uri}")
-    return dict(result.metrics or {})
+    summary = write_summary(run_dir, metric, mode, time.time() - began)
+    print(f"[pointtune] per-epoch metrics: {run_dir / METRICS_FILE}; summary: {run_dir / SUMMARY_FILE}; "
+          f"MLflow: pointtune ui {run_dir}")
+    return summary
+
+
+def write_summary(run_dir: Path, metric: str, mode: str, wall_s: float) -> dict[str, Any]:
+    """``<run_dir>/summary.json`` from the run's per-epoch records: the best epoch by the objective, its value,
+    the test metrics (scored on that epoch's weights) and the wall time; returns it.
+
+    Raises:
+        FileNotFoundError: the run recorded no epoch.
+    """
+    epochs = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
+    scored = [e for e in epochs if isinstance(e.get(metric), (int, float))]
+    sign = 1 if mode == "max" else -1
+    best = max(scored, key=lambda e: (sign * e[metric], -e["epoch"])) if scored else None
+    last = epochs[-1]
+    summary = {
+        "epochs": int(last["epoch"]), "objective": metric, "mode": mode,
+        "best_epoch": int(best["epoch"]) if best else None, "best": best[metric] if best else None,
+        "wall_s": round(wall_s, 2),
+        "test": {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")},
+    }
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary

@@ -17,6 +17,7 @@ improves, and at the last epoch. It resumes from the session's checkpoint (or, i
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import tempfile
@@ -51,6 +52,7 @@ class LoopConfig:
         progress: show a progress bar (rank 0).
         cpus_per_worker: CPUs a worker holds; a CPU worker uses that many torch threads.
         verbose: keep Ray Train's INFO lines (e.g. every report's full metrics) on the console.
+        metrics_file: ``pointtune train``: rank 0 appends each epoch's metrics there as a JSON line.
     """
 
     experiment: dict[str, Any]
@@ -61,6 +63,7 @@ class LoopConfig:
     progress: bool = False
     cpus_per_worker: float | None = None
     verbose: bool = False
+    metrics_file: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for ``TorchTrainer(train_loop_config=...)``."""
@@ -135,6 +138,22 @@ def _train_one_epoch(
     return {key: total / max(steps, 1) for key, total in sums.items()}
 
 
+def _describe_data(exp: ExperimentConfig, data) -> None:
+    """One line per split (clouds, classes present) and a warning naming the classes without a validation
+    cloud (their accuracy is never measured before the test)."""
+    names = data.class_names
+    for split in ("train", "val", "test"):
+        dataset = getattr(data, split)
+        if dataset is None:
+            continue
+        present = int((dataset.pcs.class_counts() > 0).sum())
+        print(f"[pointtune] data {exp.data.name} {split}: {len(dataset)} clouds, {present} of {len(names)} classes",
+              flush=True)
+    missing = [n for n, c in zip(names, data.val.pcs.class_counts()) if c == 0]
+    if missing and len(data.val):
+        print(f"[pointtune] warning: no validation cloud for {len(missing)} class(es): {', '.join(missing)}", flush=True)
+
+
 @contextlib.contextmanager
 def _weights(method: Method, weights: dict[str, torch.Tensor] | None):
     """Run the block with ``weights`` (a state dict) loaded into ``method``, then put its own back;
@@ -185,6 +204,8 @@ def run_loop(loop: LoopConfig, session) -> None:
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
+    if rank == 0:
+        _describe_data(exp, data)
     # What the protocol judges on: the training dataset's splits, or protocol.data's own.
     judged = build_eval_splits(exp, data)
     if len(judged.val) == 0:
@@ -259,6 +280,9 @@ def run_loop(loop: LoopConfig, session) -> None:
             session.report(metrics, None)
             continue
         _log_epoch(loop, metrics, epoch + 1)
+        if loop.metrics_file:
+            with open(loop.metrics_file, "a") as fh:
+                fh.write(json.dumps(metrics) + "\n")
         keep = evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0)
         if not keep:
             session.report(metrics, None)
