@@ -57,13 +57,14 @@ class TrainConfig(BaseModel):
     ``amp`` takes effect on CUDA only. ``eval_every`` is in epochs; the last epoch is always evaluated.
     ``checkpoint_every`` is in epochs: a checkpoint is also written whenever the objective improves and at
     the last epoch, so the best model and the end of the run are always kept.
-    ``threads``: torch threads of each CPU worker; ``None``: the CPUs a Ray worker holds, all cores in local
+    ``epochs: 0`` trains nothing and judges the initial model with the protocol: the random-initialisation
+    baseline of self-supervised methods. ``threads``: torch threads of each CPU worker; ``None``: the CPUs a Ray worker holds, all cores in local
     mode. A sweep records the value its trials used in their configs (and so in ``best_config.yaml``), since
     the thread count changes floating-point results.
     """
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(10, ge=1)
+    epochs: int = Field(10, ge=0)
     batch_size: int = Field(32, ge=2)
     eval_batch_size: int = Field(64, ge=1)
     loader_workers: int = Field(0, ge=0)

@@ -55,7 +55,7 @@ _FILE_SCHEMES = ("", "file")
 # (``epochs``, ``max_concurrent``: None means "default").
 _MIN_INT = {
     "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0},
-    "train": {"epochs": 1, "workers": 0},
+    "train": {"epochs": 0, "workers": 0},
 }
 _SEED_MAX = 2**32 - 1  # numpy's (hence Optuna's TPE) seed range
 

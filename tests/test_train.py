@@ -50,3 +50,14 @@ def test_two_cpu_workers_gloo(tmp_path):
     assert len(oa) == 1 and 0.0 <= oa[0].value <= 1.0
     checkpoints = list((out / "train").glob("checkpoint_*/state.pt"))
     assert checkpoints, "Ray Train kept no checkpoint"
+
+
+def test_zero_epochs_judges_the_untrained_model(tmp_path):
+    # The random-initialisation baseline, without faking training: the protocol on the initial weights.
+    out = tmp_path / "baseline"
+    proc = pointtune("train", "cedr", "--epochs", "0", "--output", str(out), "--no-progress", *tiny_sets())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert record["epoch"] == 0 and 0 <= record["val/OA"] <= 1 and record["test/epoch"] == 0
+    assert not any(k.startswith("train/") for k in record)  # nothing was trained
+    assert "epoch 0 (untrained)" in proc.stdout

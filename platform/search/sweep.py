@@ -210,6 +210,9 @@ def prepare_sweep(spec: SweepSpec) -> SearchSpace:
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
     probe = trial_config(spec, {p.key: p.corners()[0] for p in space.params})
+    if probe.train.epochs < 1:
+        raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
+                          "untrained baseline)")
     preflight(probe, workers=spec.workers, objective=space.metric)  # fails here, not in every trial
     return space
 

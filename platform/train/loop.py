@@ -245,6 +245,22 @@ def run_loop(loop: LoopConfig, session) -> None:
     test_splits = {"fit": judged.fit, "eval": judged.test} if judged.test is not None and len(judged.test) else None
     eval_batch = exp.train.eval_batch_size
     show_progress = loop.progress and rank == 0
+    if exp.train.epochs == 0:  # the initial model judged by the protocol: the random-initialisation baseline
+        metrics = {"epoch": 0}
+        scores, confusion = evaluate(method, val_splits, device, judged.class_names, exp.protocol, batch_size=eval_batch)
+        metrics.update({f"val/{k}": v for k, v in scores.items()})
+        metrics[f"best/{metric}"] = metrics.get(metric, float("nan"))
+        if test_splits is not None:
+            scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol, batch_size=eval_batch)
+            metrics.update({f"test/{k}": v for k, v in scores.items()}, **{"test/epoch": 0})
+        if rank == 0:
+            _log_epoch(loop, metrics, 0)
+            if loop.metrics_file:
+                with open(loop.metrics_file, "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+            print(f"[pointtune] epoch 0 (untrained): {metric}={metrics.get(metric, float('nan')):.4f}", flush=True)
+        session.report(metrics, None)
+        return
     for epoch in range(start_epoch, exp.train.epochs):
         began = time.time()
         if world > 1:
