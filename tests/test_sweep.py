@@ -33,11 +33,11 @@ def sweep(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def parallel_sweep(tmp_path_factory):
-    """Data-parallel trials: 2 trials of 2 Ray Train workers each."""
+    """Data-parallel trials: 2 trials of 2 Ray Train workers each, checkpoints in a separate --storage."""
     root = tmp_path_factory.mktemp("sweep2w")
     out = root / "run"
     proc = pointtune("sweep", "cedr", "--space", str(_space(root)), "--trials", "2", "--epochs", "2",
-                     "--workers", "2", "--output", str(out), "--seed", "3")
+                     "--workers", "2", "--output", str(out), "--seed", "3", "--storage", str(root / "storage"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return out, proc
 
@@ -51,9 +51,13 @@ def test_records_equal_what_tune_received(sweep):
 
 def test_data_parallel_records_equal_what_tune_received(parallel_sweep):
     out, _ = parallel_sweep
-    statuses = check_records(out, 2)
+    storage = out.parent / "storage" / out.name  # <storage>/<sweep dir name>
+    statuses = check_records(out, 2, tune_dir=storage / "tune")
     assert len(statuses) == 2 and set(statuses.values()) <= {"FINISHED", "STOPPED"}
-    assert list(out.glob("train/trial_*/checkpoint_*/state.pt"))  # kept by Ray Train in the sweep directory
+    assert list(storage.glob("train/trial_*/checkpoint_*/state.pt"))  # kept by Ray Train in the storage
+    client, runs = mlflow_runs(out)
+    for child in (r for r in runs if r.data.tags.get("pointtune.kind") == "trial"):
+        assert "best_checkpoint" in {a.path for a in client.list_artifacts(child.info.run_id)}
 
 
 def test_summary_and_best_config(sweep):

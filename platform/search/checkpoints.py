@@ -13,7 +13,6 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from pointtune.train.checkpoint import METRICS_FILE
 
@@ -39,35 +38,42 @@ def _join(base: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}"
 
 
-def trial_checkpoint_dirs(sweep: dict[str, Any], trial_id: str, trial_path: str | None) -> list[KeptCheckpoint]:
-    """Every kept checkpoint of a trial, from its Tune trial directory and its Ray Train run directory.
+def kept_checkpoints(base: str) -> list[KeptCheckpoint]:
+    """The ``checkpoint_*`` directories directly under ``base`` (a local path or a storage URI) that hold a
+    ``metrics.json``; a checkpoint still being written, or not one of ours, is skipped."""
+    import pyarrow.fs
+
+    fs, path = _fs(base)
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(_join(info.path, METRICS_FILE)) as fh:
+                metrics = json.loads(fh.read())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict):
+            found.append(KeptCheckpoint(info.path if "://" not in base else base.split("://")[0] + "://" + info.path,
+                                        metrics))
+    return found
+
+
+def trial_checkpoint_dirs(storage_path: str, trial_id: str, trial_path: str | None) -> list[KeptCheckpoint]:
+    """Every kept checkpoint of a sweep trial: in its Tune trial directory (single-process trials) and its Ray
+    Train run directory ``<storage path>/train/trial_<id>`` (data-parallel trials).
 
     Args:
-        sweep: the sweep spec as a dict (``storage``, ``sweep_dir``).
+        storage_path: the sweep's storage path (``SweepSpec.storage_path``).
         trial_id: Tune's trial id.
         trial_path: the trial's directory in the storage (``Trial.path`` / ``Result.path``), if known.
     """
-    import pyarrow.fs
-
-    storage = (sweep.get("storage") or str(Path(sweep["sweep_dir"]).resolve())).rstrip("/")
-    found = []
-    for base in filter(None, [trial_path, _join(_join(storage, "train"), f"trial_{trial_id}")]):
-        fs, path = _fs(base)
-        try:
-            infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-        except (OSError, ValueError):
-            continue
-        for info in infos:
-            if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
-                continue
-            try:
-                with fs.open_input_stream(_join(info.path, METRICS_FILE)) as fh:
-                    metrics = json.loads(fh.read())
-            except (OSError, ValueError):
-                continue  # a checkpoint being written, or not one of ours
-            uri = info.path if "://" not in base else base.split("://")[0] + "://" + info.path
-            found.append(KeptCheckpoint(uri, metrics))
-    return found
+    bases = [trial_path, _join(_join(storage_path, "train"), f"trial_{trial_id}")]
+    return [kept for base in filter(None, bases) for kept in kept_checkpoints(base)]
 
 
 def best_checkpoint(kept: list[KeptCheckpoint], metric: str, mode: str) -> KeptCheckpoint | None:

@@ -127,7 +127,8 @@ class MlflowRecorder(Callback):
         """Best checkpoint, its config and its validation confusion matrix as the run's artifacts."""
         from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
 
-        best = best_checkpoint(trial_checkpoint_dirs(self.sweep, trial.trial_id, trial.path), self.metric, self.mode)
+        storage = SweepSpec(**self.sweep).storage_path
+        best = best_checkpoint(trial_checkpoint_dirs(storage, trial.trial_id, trial.path), self.metric, self.mode)
         if best is not None:  # best/<metric> is already in every epoch's record
             tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},
                                  {"best/epoch": best.metrics.get("epoch", 0)}, step=int(best.metrics.get("epoch", 0)))

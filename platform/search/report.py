@@ -59,7 +59,9 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
         sweep: the sweep spec as a dict (where the checkpoints are).
     """
     from pointtune.search.records import failure_reason
+    from pointtune.search.sweep import SweepSpec
 
+    storage = SweepSpec(**sweep).storage_path
     rows = []
     for result in results:
         df = result.metrics_dataframe
@@ -73,7 +75,7 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
             status = "FAILED"
         else:
             status = "STOPPED" if stopped_early(metrics, max_epochs) else "FINISHED"
-        kept = best_checkpoint(trial_checkpoint_dirs(sweep, trial_id, result.path), space.metric, space.mode)
+        kept = best_checkpoint(trial_checkpoint_dirs(storage, trial_id, result.path), space.metric, space.mode)
         searched = set(space.searched())
         rows.append(TrialSummary(
             trial_id, status, {k: v for k, v in sampled_params(result.config).items() if k in searched},

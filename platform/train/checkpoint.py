@@ -107,7 +107,6 @@ class LocalCheckpoints:
 
 RUN_CHECKPOINTS = "checkpoints"  # a local run's LocalCheckpoints root, under the run directory
 RAY_TRAIN_DIR = "train"  # where Ray Train keeps a multi-worker run's checkpoints (launch.py: RunConfig name)
-CHECKPOINT_PREFIX = "checkpoint_"  # Ray Train's and Tune's checkpoint directory names
 SWEEP_FILE = "sweep.yaml"
 _EXPECTED = "expected a checkpoint directory (holding state.pt), its state.pt, a run directory or a sweep directory"
 
@@ -159,24 +158,6 @@ def _check_torch_archive(state: Path) -> Path:
         raise ConfigError(f"{state}: not a pointtune checkpoint (torch cannot load it: not an archive written by "
                           "torch.save)")
     return state.parent
-
-
-def _kept_in(directory: Path) -> list:
-    """The ``checkpoint_*`` directories directly under ``directory`` that hold ``metrics.json`` and ``state.pt``
-    (a checkpoint still being written, or not one of ours, is skipped), as ``KeptCheckpoint``s."""
-    from pointtune.search.checkpoints import KeptCheckpoint
-
-    kept = []
-    for child in sorted(directory.glob(f"{CHECKPOINT_PREFIX}*")):
-        if not (child / STATE_FILE).is_file():
-            continue
-        try:
-            metrics = json.loads((child / METRICS_FILE).read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(metrics, dict):
-            kept.append(KeptCheckpoint(str(child), metrics))
-    return kept
 
 
 def _recorded_objective(kept: list) -> str | None:
@@ -257,9 +238,7 @@ def _sweep_trial(trial_dir: Path) -> str | None:
     """The best checkpoint of a sweep trial named by its directory (``<sweep>/tune/trial_<id>`` or
     ``<sweep>/train/trial_<id>``), wherever the trial kept its checkpoints, by the sweep's objective; ``None``
     when ``trial_dir`` is not such a directory of a sweep directory."""
-    from dataclasses import asdict
-
-    from pointtune.search.checkpoints import trial_checkpoint_dirs
+    from pointtune.search.checkpoints import kept_checkpoints, trial_checkpoint_dirs
     from pointtune.search.sweep import TUNE_NAME, SweepSpec
 
     sweep_dir = trial_dir.parent.parent
@@ -270,8 +249,8 @@ def _sweep_trial(trial_dir: Path) -> str | None:
     space = spec.space()
     trial_id = trial_dir.name.removeprefix("trial_")
     tune_trial = sweep_dir / TUNE_NAME / trial_dir.name
-    kept = trial_checkpoint_dirs(asdict(spec), trial_id, str(tune_trial) if tune_trial.is_dir() else None)
-    kept += [k for k in _kept_in(trial_dir) if k.path not in {c.path for c in kept}]
+    kept = trial_checkpoint_dirs(spec.storage_path, trial_id, str(tune_trial) if tune_trial.is_dir() else None)
+    kept += [k for k in kept_checkpoints(str(trial_dir)) if k.path not in {c.path for c in kept}]
     if not kept:
         raise ConfigError(f"{trial_dir}: this trial left no checkpoint")
     return _choose(kept, [(space.metric, space.mode)])
@@ -326,8 +305,10 @@ def find_checkpoint(path: str | Path) -> Path | str:
     trial = _sweep_trial(path)
     if trial is not None:
         return trial if _is_uri(trial) else find_checkpoint(trial)
+    from pointtune.search.checkpoints import kept_checkpoints
+
     for where in (path / RAY_TRAIN_DIR, path):  # a multi-worker run's Ray Train checkpoints, or a directory of them
-        kept = _kept_in(where) if where.is_dir() else []
+        kept = kept_checkpoints(str(where)) if where.is_dir() else []
         if kept:
             return find_checkpoint(_choose(kept, _run_objective(path) or _run_objective(path.parent)))
     if (local / "latest" / STATE_FILE).is_file():

@@ -169,12 +169,16 @@ def _weights(method: Method, weights: dict[str, torch.Tensor] | None):
         method.load_state_dict(own)
 
 
-def _log_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> None:
-    """Rank 0 of ``pointtune train``: log one epoch's metrics to the run's MLflow run (if any)."""
+def _record_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> None:
+    """Rank 0 of ``pointtune train``: one epoch's metrics to the run's MLflow run and its ``metrics_file``
+    (sweeps set neither: their driver records what Tune receives)."""
     if loop.mlflow:
         from pointtune.tracking import log_metrics
 
         log_metrics(loop.mlflow, metrics, step)
+    if loop.metrics_file:
+        with open(loop.metrics_file, "a") as fh:
+            fh.write(json.dumps(metrics) + "\n")
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -254,10 +258,7 @@ def run_loop(loop: LoopConfig, session) -> None:
             scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol, batch_size=eval_batch)
             metrics.update({f"test/{k}": v for k, v in scores.items()}, **{"test/epoch": 0})
         if rank == 0:
-            _log_epoch(loop, metrics, 0)
-            if loop.metrics_file:
-                with open(loop.metrics_file, "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
+            _record_epoch(loop, metrics, 0)
             print(f"[pointtune] epoch 0 (untrained): {metric}={metrics.get(metric, float('nan')):.4f}", flush=True)
         session.report(metrics, None)
         return
@@ -295,10 +296,7 @@ def run_loop(loop: LoopConfig, session) -> None:
         if rank != 0:
             session.report(metrics, None)
             continue
-        _log_epoch(loop, metrics, epoch + 1)
-        if loop.metrics_file:
-            with open(loop.metrics_file, "a") as fh:
-                fh.write(json.dumps(metrics) + "\n")
+        _record_epoch(loop, metrics, epoch + 1)
         keep = evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0)
         if not keep:
             session.report(metrics, None)
