@@ -247,16 +247,18 @@ def run_loop(loop: LoopConfig, session) -> None:
     # merges the shards exactly (summed confusion matrices, gathered features), identical on all ranks.
     val_splits = {"fit": judged.fit, "eval": judged.val}
     test_splits = {"fit": judged.fit, "eval": judged.test} if judged.test is not None and len(judged.test) else None
-    eval_batch = exp.train.eval_batch_size
+    def score(splits: dict, prefix: str) -> tuple[dict[str, float], np.ndarray | None]:
+        """The protocol's metrics on ``splits`` (every rank its shard), named ``<prefix>/<metric>``."""
+        scores, confusion = evaluate(method, splits, device, judged.class_names, exp.protocol,
+                                     batch_size=exp.train.eval_batch_size)
+        return {f"{prefix}/{k}": v for k, v in scores.items()}, confusion
+
     show_progress = loop.progress and rank == 0
     if exp.train.epochs == 0:  # the initial model judged by the protocol: the random-initialisation baseline
-        metrics = {"epoch": 0}
-        scores, confusion = evaluate(method, val_splits, device, judged.class_names, exp.protocol, batch_size=eval_batch)
-        metrics.update({f"val/{k}": v for k, v in scores.items()})
+        metrics = {"epoch": 0, **score(val_splits, "val")[0]}
         metrics[f"best/{metric}"] = metrics.get(metric, float("nan"))
         if test_splits is not None:
-            scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol, batch_size=eval_batch)
-            metrics.update({f"test/{k}": v for k, v in scores.items()}, **{"test/epoch": 0})
+            metrics.update(score(test_splits, "test")[0], **{"test/epoch": 0})
         if rank == 0:
             _record_epoch(loop, metrics, 0)
             print(f"[pointtune] epoch 0 (untrained): {metric}={metrics.get(metric, float('nan')):.4f}", flush=True)
@@ -274,9 +276,8 @@ def run_loop(loop: LoopConfig, session) -> None:
         confusion = None
         evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
         if evaluated:
-            scores, confusion = evaluate(method, val_splits, device, judged.class_names, exp.protocol,
-                                         batch_size=eval_batch)
-            metrics.update({f"val/{k}": v for k, v in scores.items()})
+            scores, confusion = score(val_splits, "val")
+            metrics.update(scores)
         improved = is_better(metrics.get(metric), best, mode)
         if improved:
             best, best_epoch = metrics[metric], epoch + 1
@@ -287,9 +288,7 @@ def run_loop(loop: LoopConfig, session) -> None:
             # best epoch's weights are not in memory, i.e. it came before a resume); test/epoch says which.
             scored = best_weights if best_weights is not None and not improved else None
             with _weights(method, scored):
-                test_scores, _ = evaluate(method, test_splits, device, judged.class_names, exp.protocol,
-                                          batch_size=eval_batch)
-            metrics.update({f"test/{k}": v for k, v in test_scores.items()})
+                metrics.update(score(test_splits, "test")[0])
             metrics["test/epoch"] = best_epoch if scored is not None else epoch + 1
         metrics["time/epoch_s"] = time.time() - began
 
