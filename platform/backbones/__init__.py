@@ -4,7 +4,7 @@ Every backbone is a :class:`Backbone`: ``forward(xyz, features=None)`` maps chan
 (plus optional extra per-point channels ``(B, N, in_features)``) to a global feature ``(B, out_dim)``;
 ``forward_features(xyz, features=None)`` returns a :class:`BackboneOutput` with that global feature and the
 per-point features ``(B, M, point_dim)`` at coordinates ``(B, M, 3)``. Registered names: ``pointnet``,
-``dgcnn``, ``pointnet2_ssg``.
+``dgcnn``, ``pointnet2_ssg``, ``vit3d``.
 """
 
 from .base import Backbone, BackboneOutput
@@ -13,6 +13,7 @@ from .head import ClassificationHead
 from .pointnet import PointNet
 from .dgcnn import DGCNN
 from .pointnet2 import PointNet2SSG
+from .vit import PointViT
 
 __all__ = [
     "Backbone",
@@ -21,6 +22,7 @@ __all__ = [
     "DGCNN",
     "PointNet",
     "PointNet2SSG",
+    "PointViT",
     "backbone_names",
     "build_backbone",
     "register_backbone",
