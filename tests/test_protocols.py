@@ -88,7 +88,8 @@ def test_registry_defaults_and_task_checks():
         resolve_protocol(Task.CLASSIFICATION, None, own_data=True)
     with pytest.raises(ConfigError, match=r"protocol.name: no evaluation protocol for task 'segmentation'"):
         resolve_protocol(Task.SEGMENTATION)
-    assert protocol_metrics(Task.PRETRAIN) == ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged")
+    assert protocol_metrics(Task.PRETRAIN) == ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged",
+                                               "feature_rank")
 
 
 def test_protocol_name_and_objective_of_an_experiment():
@@ -226,7 +227,7 @@ def test_few_shot_protocol_reports_mean_and_std_and_skips_with_one_line(capsys):
     cfg = ProtocolConfig(name="few_shot", ways=[3, 5], shots=[5, 10], folds=6, queries=20, seed=1)
     scores, cm = evaluate(_Probe(), {"fit": fit, "eval": ev}, CPU, list("abcd"), cfg)
     assert cm is None and set(scores) == {"fewshot/3way5shot", "fewshot/3way5shot_std",
-                                          "fewshot/3way10shot", "fewshot/3way10shot_std"}
+                                          "fewshot/3way10shot", "fewshot/3way10shot_std", "feature_rank"}
     assert 0.5 < scores["fewshot/3way10shot"] <= 1 and 0 <= scores["fewshot/3way10shot_std"] < 0.5
     out = capsys.readouterr().out.strip().splitlines()
     assert out == ["[pointtune] few_shot: skipped 5way5shot (4 classes have >= 5 training and >= 20 scored clouds), "

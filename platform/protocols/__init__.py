@@ -8,8 +8,9 @@ name           judges                   reports (``val/<name>``, ``test/<name>``
 ============== ======================== ================================================ ==========================
 classification classification methods   ``OA``, ``mAcc``, ``F1``, ``acc/<class>``        classification
 linear_svm     any method with ``embed`` ``svm_acc``, ``svm_mAcc``, ``svm_F1``, ``svm_C``, pretrain
-                                        ``svm_converged``, ``acc/<class>``
-few_shot       any method with ``embed`` ``fewshot/<N>way<K>shot`` and ``..._std``
+                                        ``svm_converged``, ``feature_rank``, ``acc/<class>``
+few_shot       any method with ``embed`` ``fewshot/<N>way<K>shot`` and ``..._std``,
+                                        ``feature_rank``
 ============== ======================== ================================================ ==========================
 
 Part- and scene-segmentation protocols plug in the same way: a :class:`Protocol` subclass registered with
@@ -18,7 +19,7 @@ Part- and scene-segmentation protocols plug in the same way: a :class:`Protocol`
 
 Public API::
 
-    evaluate(method, splits, device, class_names, cfg, batch_size=, num_workers=)   score a method
+    evaluate(method, splits, device, class_names, cfg, batch_size=, num_workers=, return_arrays=)
     build_eval_splits(exp, data=None) -> EvalSplits(fit, val, test, class_names, source)
     protocol_name(exp), default_objective(exp), selected_protocol(exp)             per experiment
     protocol_metrics(task, cfg), resolve_protocol(task, name), get_protocol(name), protocol_names()
@@ -26,6 +27,11 @@ Public API::
     Protocol, register_protocol                                                     the contract
     extract_features, shard_indices, shard_loader, share_from_rank0, to_device, l2_normalize
     fit_linear_svm, SvmFit, cv_splits; plan_settings, draw_episodes, Episode, setting_name
+    feature_spectrum, effective_rank, log_spectrum, plot_spectrum                   feature collapse (DCGLR 5b)
+
+``feature_rank`` (feature protocols) is the effective rank of the raw training-split features; their normalised
+eigenvalue spectrum is the ``spectrum`` array (``evaluate(..., return_arrays=True)``), which the training loop
+saves beside ``confusion.npy`` as ``spectrum.npy`` in each checkpoint (:mod:`pointtune.protocols.spectrum`).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ from pointtune.protocols.base import (
 from pointtune.protocols.classification import Classification
 from pointtune.protocols.linear_svm import LinearSVM, SvmFit, cv_splits, fit_linear_svm
 from pointtune.protocols.few_shot import Episode, FewShot, draw_episodes, plan_settings, setting_name
+from pointtune.protocols.spectrum import effective_rank, feature_spectrum, log_spectrum, plot_spectrum
 
 if TYPE_CHECKING:
     from pointtune.config import ExperimentConfig
@@ -79,6 +86,7 @@ __all__ = [
     "as_dataset",
     "Classification", "LinearSVM", "FewShot",
     "fit_linear_svm", "SvmFit", "cv_splits", "plan_settings", "draw_episodes", "Episode", "setting_name",
+    "feature_spectrum", "effective_rank", "log_spectrum", "plot_spectrum",
 ]
 
 
@@ -130,8 +138,8 @@ def build_eval_splits(exp: ExperimentConfig, data: DatasetBundle | None = None) 
 
 def evaluate(
     method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-    cfg: ProtocolConfig | None = None, *, batch_size: int = 64, num_workers: int = 0,
-) -> tuple[dict[str, float], np.ndarray | None]:
+    cfg: ProtocolConfig | None = None, *, batch_size: int = 64, num_workers: int = 0, return_arrays: bool = False,
+) -> tuple[dict[str, float], np.ndarray | None] | tuple[dict[str, float], np.ndarray | None, dict[str, np.ndarray]]:
     """Score ``method`` with the protocol ``cfg.name`` (None: the default of ``method.task``).
 
     Every data-parallel worker must call it (each evaluates only its shard; the merged result is exact and
@@ -146,10 +154,13 @@ def evaluate(
         class_names: names in label order; ``K = len(class_names)``.
         cfg: the ``protocol`` section (default settings when None).
         batch_size, num_workers: of the evaluation loaders.
+        return_arrays: also return the protocol's other arrays (a third element).
 
     Returns:
         ``(metrics, confusion)``: the protocol's metrics without split prefix, plus ``acc/<class name>`` for
         every class present when the protocol has a confusion matrix; the ``(K, K)`` confusion matrix or None.
+        With ``return_arrays``, ``(metrics, confusion, arrays)``: ``arrays`` maps names to the protocol's other
+        arrays, e.g. ``spectrum`` ``(D,)`` for the feature protocols (see :meth:`Protocol.run`), else ``{}``.
 
     Raises:
         ConfigError: the protocol is unknown or cannot judge ``method.task`` (:func:`resolve_protocol`).
@@ -166,10 +177,10 @@ def evaluate(
         raise ValueError(f"the {protocol.name} protocol was given an empty eval split")
     was_training = method.training
     try:
-        scores, cm = protocol.run(method, datasets, device, list(class_names), cfg, batch_size, num_workers)
+        scores, cm, arrays = protocol.run(method, datasets, device, list(class_names), cfg, batch_size, num_workers)
     finally:
         method.train(was_training)
     if cm is not None and protocol.per_class:
         per_class = per_class_accuracy(cm)
         scores.update({f"acc/{name}": float(acc) for name, acc in zip(class_names, per_class) if not np.isnan(acc)})
-    return scores, cm
+    return (scores, cm, arrays) if return_arrays else (scores, cm)

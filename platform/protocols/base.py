@@ -47,8 +47,8 @@ __all__ = [
     "l2_normalize",
 ]
 
-# (metrics without split prefix, confusion matrix (K, K) or None)
-Result = tuple[dict[str, float], "np.ndarray | None"]
+# (metrics without split prefix, confusion matrix (K, K) or None, named arrays: e.g. {"spectrum": (D,)})
+Result = tuple[dict[str, float], "np.ndarray | None", dict[str, np.ndarray]]
 
 
 class Protocol:
@@ -113,8 +113,10 @@ class Protocol:
         Every data-parallel worker calls it (collectives inside); every worker gets the same result.
 
         Returns:
-            ``(metrics, confusion)``: metric names without split prefix, and the ``(K, K)`` int64 confusion
-            matrix behind them (None for protocols without one).
+            ``(metrics, confusion, arrays)``: metric names without split prefix, the ``(K, K)`` int64 confusion
+            matrix behind them (None for protocols without one), and other evaluation arrays by name, saved
+            beside the confusion matrix in a checkpoint as ``<name>.npy`` (e.g. ``spectrum``, the ``(D,)``
+            normalised feature spectrum of :mod:`pointtune.protocols.spectrum`; ``{}`` for none).
         """
         raise NotImplementedError
 

@@ -56,4 +56,4 @@ class Classification(Protocol):
                 preds = method.predict(batch).argmax(-1).cpu().numpy()
                 local += confusion_matrix(batch["label"].cpu().numpy(), preds, k)
         cm = local if dist.world_size() == 1 else dist.all_reduce_sum(torch.from_numpy(local).to(device)).cpu().numpy()
-        return classification_metrics(cm), cm
+        return classification_metrics(cm), cm, {}

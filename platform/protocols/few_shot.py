@@ -24,6 +24,7 @@ from pointtune.config import ProtocolConfig
 from pointtune.method import Method
 from pointtune.protocols.base import Protocol, Result, extract_features, l2_normalize, register_protocol
 from pointtune.protocols.linear_svm import LinearSVM, pool_size
+from pointtune.protocols.spectrum import shared_feature_spectrum
 
 __all__ = ["FewShot", "Episode", "setting_name", "plan_settings", "draw_episodes", "episode_accuracy"]
 
@@ -129,7 +130,9 @@ class FewShot(Protocol):
     the accuracies are summed over workers (zeros elsewhere), so the figures equal a single process's.
     Reports ``fewshot/<N>way<K>shot`` (mean query accuracy over the folds, in [0, 1]) and ``..._std``
     (population std) per runnable setting; settings the data cannot fill are left out, announced once per
-    process in one line. ``ConvergenceWarning`` of the episode fits is ignored.
+    process in one line. ``ConvergenceWarning`` of the episode fits is ignored. When any setting runs, it also
+    reports ``feature_rank``, the effective rank of the raw ``fit`` features, with their normalised spectrum as
+    the array ``spectrum`` (:func:`~pointtune.protocols.spectrum.shared_feature_spectrum`, DCGLR Fig. 5b).
     """
 
     tasks = LinearSVM.tasks
@@ -137,15 +140,17 @@ class FewShot(Protocol):
     per_class = False
 
     def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
-        """Mean and std of every configured setting, in ``ways`` x ``shots`` order."""
-        return tuple(n for w in cfg.ways for s in cfg.shots for n in (setting_name(w, s), setting_name(w, s) + "_std"))
+        """Mean and std of every configured setting, in ``ways`` x ``shots`` order, then ``feature_rank``."""
+        settings = (n for w in cfg.ways for s in cfg.shots for n in (setting_name(w, s), setting_name(w, s) + "_std"))
+        return (*settings, "feature_rank")
 
     def reported(self, cfg: ProtocolConfig, fit_labels: np.ndarray | None, eval_labels: np.ndarray,
                  num_classes: int) -> tuple[tuple[str, ...], list[str]]:
-        """The runnable settings' names and the skipped settings (:func:`plan_settings`)."""
+        """The runnable settings' names (then ``feature_rank``; nothing when no setting runs) and the skipped
+        settings (:func:`plan_settings`)."""
         runnable, skipped = plan_settings(cfg, fit_labels, eval_labels)
         names = tuple(n for w, s, _ in runnable for n in (setting_name(w, s), setting_name(w, s) + "_std"))
-        return names, skipped
+        return (*names, "feature_rank") if names else (), skipped
 
     check_output = LinearSVM.check_output
 
@@ -164,7 +169,8 @@ class FewShot(Protocol):
                 print(line, flush=True)
         episodes = draw_episodes(cfg, y_fit, y_eval)
         if not episodes:
-            return {}, None
+            return {}, None, {}
+        feature_rank, spectrum = shared_feature_spectrum(x_fit, device)  # raw features, before normalising
         x_fit, x_eval = l2_normalize(x_fit), l2_normalize(x_eval)
         mine = list(range(dist.rank(), len(episodes), dist.world_size()))
         accs = np.zeros(len(episodes), dtype=np.float64)
@@ -184,4 +190,5 @@ class FewShot(Protocol):
                 if got.size:
                     scores[setting_name(way, shot)] = float(got.mean())
                     scores[setting_name(way, shot) + "_std"] = float(got.std())
-        return scores, None
+        scores["feature_rank"] = feature_rank
+        return scores, None, {"spectrum": spectrum}

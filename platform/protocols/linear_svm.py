@@ -30,6 +30,7 @@ from pointtune.protocols.base import (
     register_protocol,
     share_from_rank0,
 )
+from pointtune.protocols.spectrum import shared_feature_spectrum
 
 __all__ = ["LinearSVM", "SvmFit", "fit_linear_svm", "cv_splits", "pool_size"]
 
@@ -135,15 +136,18 @@ class LinearSVM(Protocol):
     features are gathered; rank 0 alone fits :func:`fit_linear_svm` and predicts ``eval``; the confusion
     matrix, the chosen C and the convergence flag reach every worker through
     :func:`~pointtune.protocols.base.share_from_rank0`. Reports ``svm_acc`` (OA), ``svm_mAcc``, ``svm_F1``,
-    ``svm_C`` (the C used) and ``svm_converged`` (1 or 0), and ``acc/<class>``.
+    ``svm_C`` (the C used) and ``svm_converged`` (1 or 0), ``feature_rank`` (the effective rank of the raw
+    ``fit`` features, :func:`~pointtune.protocols.spectrum.shared_feature_spectrum`: the feature-collapse
+    diagnostic of DCGLR Fig. 5b, whose normalised spectrum is returned as the array ``spectrum``), and
+    ``acc/<class>``.
     """
 
     tasks = frozenset({Task.PRETRAIN, Task.CLASSIFICATION})
     splits = ("fit", "eval")
 
     def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
-        """``("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged")``."""
-        return ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged")
+        """``("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged", "feature_rank")``."""
+        return ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged", "feature_rank")
 
     def check_output(self, method: Method, batch: dict[str, torch.Tensor], num_classes: int) -> None:
         """``embed`` must return ``(1, D)`` features for a 1-cloud batch.
@@ -177,4 +181,5 @@ class LinearSVM(Protocol):
         cm = shared[: k * k].reshape(k, k).round().astype(np.int64)
         scores = {("svm_acc" if name == "OA" else f"svm_{name}"): v for name, v in classification_metrics(cm).items()}
         scores.update(svm_C=float(shared[-2]), svm_converged=float(shared[-1]))
-        return scores, cm
+        scores["feature_rank"], spectrum = shared_feature_spectrum(x_fit, device)
+        return scores, cm, {"spectrum": spectrum}

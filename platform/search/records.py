@@ -124,7 +124,8 @@ class MlflowRecorder(Callback):
         tracking.end_run(self._uri, run_id, "FAILED")
 
     def _log_best(self, trial, run_id: str) -> None:
-        """Best checkpoint, its config and its validation confusion matrix as the run's artifacts."""
+        """Best checkpoint, its config, its validation confusion matrix and feature spectrum as the run's
+        artifacts."""
         from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
 
         storage = SweepSpec(**self.sweep).storage_path
@@ -136,7 +137,8 @@ class MlflowRecorder(Callback):
 
 
 def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str) -> None:
-    """Log ``config.yaml``, ``confusion_matrix.png`` (if the checkpoint has one) and the checkpoint itself
+    """Log ``config.yaml``, ``confusion_matrix.png`` (if the checkpoint has one), ``feature_spectrum.png`` (the
+    feature-collapse plot of DCGLR Fig. 5b, if it has a ``spectrum.npy``) and the checkpoint itself
     (``best_checkpoint/``) to a run; ``checkpoint`` may be a local path or a storage URI."""
     import yaml
 
@@ -157,6 +159,16 @@ def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str)
                                   str(tmp / "confusion_matrix.png"),
                                   title=f"{title}, epoch {state['epoch'] + 1} (validation)")
             tracking.log_artifact(uri, run_id, tmp / "confusion_matrix.png")
+        if (local / "spectrum.npy").exists():
+            import numpy as np
+
+            from pointtune.protocols.spectrum import log_spectrum, plot_spectrum
+
+            spectrum = np.load(local / "spectrum.npy")
+            if spectrum.size and np.isfinite(spectrum).all():  # NaN: the features were not finite
+                plot_spectrum(log_spectrum(spectrum), str(tmp / "feature_spectrum.png"),
+                              title=f"{title}, epoch {state['epoch'] + 1} (training-split features)")
+                tracking.log_artifact(uri, run_id, tmp / "feature_spectrum.png")
         tracking.log_artifact(uri, run_id, local, "best_checkpoint")
 
 

@@ -2,7 +2,8 @@
 
 One checkpoint is a directory holding ``state.pt`` (this module), ``metrics.json`` (the epoch's metrics, so
 that the best checkpoint of a run can be chosen without loading models) and optional evaluation artefacts
-(``confusion.npy``). Ray Train moves these directories to the run's storage; in local mode
+(``confusion.npy``; ``spectrum.npy``, the normalised feature spectrum of the feature protocols,
+:mod:`pointtune.protocols.spectrum`). Ray Train moves these directories to the run's storage; in local mode
 (``num_workers=0``) Ray keeps no copy, so :class:`LocalCheckpoints` keeps the latest and the best.
 
 This module is also the one reader of the format: :func:`load_method` rebuilds a method from any checkpoint
