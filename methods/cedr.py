@@ -35,7 +35,7 @@ same training forward, log base 2, detached; A9 normal samples a = 1; A10 Eq. 7 
 ``unstable_offset``; A11 thresholds in bits, the same for every K; A12 ``cpcm_start_epoch`` and
 ``eaa_start_epoch`` (default 0 = paper); A13 method-2 margin as a ratio ``d_min <= margin * d_second``;
 A14 projection ``Linear(D, D)`` (``mlp2`` option), unused at inference; A16 linear per-iteration lambda
-ramp; A17 anchors without positives or negatives are skipped; A21 label smoothing 0.2 (PyTorch's form);
+ramp (``method.lambda_con.shape=linear``, a :class:`~pointtune.schedules.Schedule`); A17 anchors without positives or negatives are skipped; A21 label smoothing 0.2 (PyTorch's form);
 A25 every weight is detached, gradients flow only through the similarities.
 
 Data parallelism (:class:`CEDR`): the EMA centres are computed from every worker's batch; with
@@ -46,7 +46,7 @@ Data parallelism (:class:`CEDR`): the EMA centres are computed from every worker
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,7 @@ from pointtune.distributed import (
     world_size,
 )
 from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
+from pointtune.schedules import Schedule, bounded
 
 __all__ = [
     "CEDRConfig",
@@ -75,7 +76,6 @@ __all__ = [
     "ema_update_centers",
     "combine_weights",
     "weighted_scc_loss",
-    "lambda_at",
     "cedr_loss",
 ]
 
@@ -92,47 +92,53 @@ class CEDRConfig(MethodConfig):
     the outlier / unstable entropy thresholds in bits (Eq. 7); ``unstable_offset`` is the 1.2 of Eq. 7;
     ``fixed_outlier_weight`` / ``fixed_unstable_weight`` are the weights of Eq. 11; ``cpcm_margin`` is the
     method-2 ratio (A13); ``combine`` merges CPCM and EAA negative weights (``l2`` = Eq. S3); ``form`` picks
-    the weighted loss (``paper`` = spec 2.8, ``aggregate`` = literal Eqs. 9/10); ``gather`` makes SCC and the
-    CPCM batch centres span every data-parallel worker's batch (see the field's description).
+    the weighted loss (``paper`` = spec 2.8, ``aggregate`` = literal Eqs. 9/10).
+
+    ``gather`` (data parallelism): the supervised contrastive loss (Eq. 2, with its CPCM and EAA weights) is
+    computed over the global batch, the projections, labels and entropies of every worker's batch gathered
+    (the paper's batch of 80 was spread over 8 GPUs); CPCM batch centres are then the global batch's. Each
+    worker's SCC is the loss over the gathered batch and its gradient reaches each worker's own rows, so the
+    update is that of one process holding the whole batch. Cross-entropy stays per worker.
     """
 
     name: Literal["cedr"] = "cedr"
     backbone: BackboneConfig = BackboneConfig(name="dgcnn")
-    lambda_con: float = Field(0.1, ge=0)
-    lambda_schedule: Literal["constant", "linear"] = "constant"
-    lambda_con_end: float = Field(0.2, ge=0)
-    temperature: float = Field(1.0, gt=0)
-    use_scc: bool = True
-    use_cpcm: bool = True
-    use_eaa: bool = True
-    cpcm_method: Literal[1, 2] = 1
-    cpcm_margin: float = Field(0.8, gt=0, le=1)
-    centers: Literal["batch", "ema"] = "batch"
-    center_momentum: float = Field(0.9, gt=0, lt=1)
-    cpcm_start_epoch: int = Field(0, ge=0)
-    eaa_mode: Literal["varying", "fixed"] = "varying"
-    ent_low: float = Field(1.0, ge=0)
-    ent_high: float = Field(2.5, ge=0)
-    unstable_offset: float = 1.2
-    fixed_outlier_weight: float = Field(0.8, ge=0)
-    fixed_unstable_weight: float = Field(1.2, ge=0)
-    eaa_start_epoch: int = Field(0, ge=0)
-    combine: Literal["l2", "product", "sum"] = "l2"
-    form: Literal["paper", "aggregate"] = "paper"
-    label_smoothing: float = Field(0.2, ge=0, lt=1)
-    projection: Literal["linear", "mlp2"] = "linear"
-    head_dropout: float = Field(0.5, ge=0, lt=1)
+    lambda_con: Annotated[Schedule, bounded(ge=0)] = Field(
+        Schedule(start=0.1, end=0.2, shape="constant"),
+        description="lambda of Eq. 3, the SCC weight; shape linear: the per-iteration ramp of Table VI (A16)")
+    temperature: float = Field(1.0, gt=0, description="tau of Eq. 2 (the paper: 1; SupCon uses 0.07-0.1, A2)")
+    use_scc: bool = Field(
+        True, description="the supervised contrastive term (Eq. 2); false: plain cross-entropy, the baseline")
+    use_cpcm: bool = Field(True, description="CPCM class-pair weights on negatives (Eqs. 4-5)")
+    use_eaa: bool = Field(True, description="EAA entropy-aware sample weights (Eqs. 6-8, 11)")
+    cpcm_method: Literal[1, 2] = Field(
+        1, description="CPCM method: 1 every class pair (Eq. 4), 2 the nearest pair only (Eq. 5, Table VII)")
+    cpcm_margin: float = Field(
+        0.8, gt=0, le=1, description="method 2: the nearest pair is the one with d_min <= margin * d_second (A13)")
+    centers: Literal["batch", "ema"] = Field(
+        "batch", description="CPCM class centres: batch (means of the batch's z) or ema (a memory updated every step, A5)")
+    center_momentum: float = Field(0.9, gt=0, lt=1, description="centers=ema: momentum of the centre memory")
+    cpcm_start_epoch: int = Field(0, ge=0, description="first epoch (0-based) with CPCM (A12; paper: 0)")
+    eaa_mode: Literal["varying", "fixed"] = Field(
+        "varying", description="EAA weights: varying with the entropy (Eq. 8) or fixed per group (Eq. 11)")
+    ent_low: float = Field(
+        1.0, ge=0, description="entropy threshold in bits below which a sample is an outlier (Eq. 7)")
+    ent_high: float = Field(2.5, ge=0, description="entropy threshold in bits above which a sample is unstable (Eq. 7)")
+    unstable_offset: float = Field(1.2, description="the 1.2 of Eq. 7 (A10)")
+    fixed_outlier_weight: float = Field(0.8, ge=0, description="eaa_mode=fixed: weight of outliers (Eq. 11)")
+    fixed_unstable_weight: float = Field(1.2, ge=0, description="eaa_mode=fixed: weight of unstable samples (Eq. 11)")
+    eaa_start_epoch: int = Field(0, ge=0, description="first epoch (0-based) with EAA (A12; paper: 0)")
+    combine: Literal["l2", "product", "sum"] = Field(
+        "l2", description="how CPCM and EAA weights of a negative pair combine: l2 (Eq. S3), product or sum")
+    form: Literal["paper", "aggregate"] = Field(
+        "paper", description="weighted loss: paper (spec 2.8) or aggregate (Eqs. 9/10 literally)")
+    label_smoothing: float = Field(0.2, ge=0, lt=1, description="label smoothing of the cross-entropy (A21; 0: none)")
+    projection: Literal["linear", "mlp2"] = Field(
+        "linear", description="projection before SCC: linear, Linear(D, D) (A14), or mlp2; unused at inference")
+    head_dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the classification head")
     gather: bool = Field(
-        False,
-        description=(
-            "Data parallelism: compute the supervised contrastive loss (Eq. 2, with its CPCM and EAA weights) "
-            "over the global batch, the projections, labels and entropies of every worker's batch gathered "
-            "(the paper's batch of 80 was spread over 8 GPUs); CPCM batch centres are then the global batch's. "
-            "Each worker's SCC is the loss over the gathered batch and its gradient reaches each worker's own "
-            "rows, so the update is that of one process holding the whole batch. Cross-entropy stays per "
-            "worker. No effect in a single process."
-        ),
-    )
+        False, description="data parallelism: SCC (with its CPCM and EAA weights) and the CPCM batch centres over "
+        "the global batch, every worker's rows gathered; no effect in one process")
 
     @model_validator(mode="after")
     def _thresholds_ordered(self) -> "CEDRConfig":
@@ -600,35 +606,18 @@ def weighted_scc_loss(
 # --------------------------------------------------------------------------------------------------
 
 
-def lambda_at(progress: float, lambda_con: float, lambda_con_end: float, schedule: str = "constant") -> float:
-    """Contrastive weight lambda of Eq. 3 at a point of the run (Table VI; spec A16).
-
-    ``constant``: ``lambda_con``; ``linear``: ``lambda_con + (lambda_con_end - lambda_con) * progress``, with
-    ``progress`` (fraction of iterations done) clamped to ``[0, 1]``.
-
-    Raises:
-        ValueError: unknown ``schedule``.
-    """
-    if schedule == "constant":
-        return float(lambda_con)
-    if schedule == "linear":
-        t = min(max(float(progress), 0.0), 1.0)
-        return float(lambda_con + (lambda_con_end - lambda_con) * t)
-    raise ValueError(f"schedule must be 'constant' or 'linear', got {schedule!r}")
-
-
 def cedr_loss(
     z: torch.Tensor | None,
     logits: torch.Tensor,
     labels: torch.Tensor,
     cfg: CEDRConfig,
     epoch: int = 0,
-    progress: float = 0.0,
+    lambda_con: float | None = None,
     centers: torch.Tensor | None = None,
     centers_valid: torch.Tensor | None = None,
     gather: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """CEDR training loss ``L = mean_i CE_i + lambda(progress) * L_SCC`` (Eq. 3 with batch means).
+    """CEDR training loss ``L = mean_i CE_i + lambda * L_SCC`` (Eq. 3 with batch means).
 
     CE is ``F.cross_entropy`` with ``cfg.label_smoothing`` (Eq. 1; A21). With ``cfg.use_scc`` off the loss is
     plain CE. Otherwise L_SCC is :func:`weighted_scc_loss` with
@@ -656,7 +645,8 @@ def cedr_loss(
         logits: ``(B, K)`` classification logits of the same forward.
         labels: ``(B,)`` int64.
         cfg: the method config.
-        epoch: 0-based epoch (for the start epochs); progress: fraction of the run done (for lambda).
+        epoch: 0-based epoch (for the start epochs).
+        lambda_con: lambda at this step (``cfg.lambda_con`` evaluated by :class:`CEDR`); ``None``: its start.
         centers: optional ``(K, D)`` class centres (e.g. an EMA memory) instead of the batch's.
         centers_valid: ``(K,)`` bool mask of usable rows of ``centers`` (default: all).
         gather: compute L_SCC over every data-parallel worker's batch (no effect in a single process).
@@ -677,7 +667,7 @@ def cedr_loss(
         raise ValueError(f"z must be ({logits.shape[0]}, D), got shape {tuple(z.shape)}")
     num_classes = logits.shape[1]
     ce = F.cross_entropy(logits, labels, label_smoothing=cfg.label_smoothing)
-    lam = lambda_at(progress, cfg.lambda_con, cfg.lambda_con_end, cfg.lambda_schedule)
+    lam = cfg.lambda_con.start if lambda_con is None else lambda_con
     zero = torch.zeros((), dtype=ce.dtype, device=ce.device)
     out = {"ce": ce, "lambda_con": torch.tensor(lam, dtype=ce.dtype, device=ce.device),
            "outlier_frac": zero, "unstable_frac": zero}
@@ -763,8 +753,8 @@ class CEDR(Method):
     Config = CEDRConfig
     # The paper's optimisation (SGD, momentum 0.9, lr 0.1 -> 0.001 cosine; wd 1e-4, A15). Its batch of 80 and
     # 300 epochs are left to the run (`--set train.batch_size=80 --epochs 300`) so that debug runs stay short.
-    recipe = {"optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                        "schedule": "cosine", "min_lr": 1e-3}}
+    recipe = {"optim": {"name": "sgd", "lr": {"start": 0.1, "end": 1e-3, "shape": "cosine"}, "momentum": 0.9,
+                        "weight_decay": 1e-4}}
 
     def __init__(self, cfg: CEDRConfig, num_classes: int, total_epochs: int):
         super().__init__(cfg, num_classes, total_epochs)
@@ -818,7 +808,8 @@ class CEDR(Method):
                         self.center_memory.copy_(memory)
                         self.center_seen.copy_(seen)
                 centers, valid = self.center_memory, self.center_seen
-            out = cedr_loss(z, logits.float(), labels, cfg, epoch, progress, centers, valid,
+            lam = cfg.lambda_con.at(progress * self.total_epochs, self.total_epochs)
+            out = cedr_loss(z, logits.float(), labels, cfg, epoch, lam, centers, valid,
                             gather=cfg.gather and self.training)
         out["acc"] = (logits.detach().argmax(dim=1) == labels).float().mean()
         return out

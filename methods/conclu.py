@@ -109,29 +109,38 @@ class ConCluConfig(MethodConfig):
 
     name: Literal["conclu"] = "conclu"
     backbone: BackboneConfig = BackboneConfig(name="dgcnn", k=20, emb_dims=1024, pooling="max")
-    num_prototypes: int = Field(32, ge=1)
-    temperature: float = Field(0.01, gt=0)
-    sinkhorn_epsilon: float = Field(0.05, gt=0)
-    sinkhorn_iterations: int = Field(3, ge=1)
-    sinkhorn_global: bool = True
-    lambda_con: float = Field(1.0, ge=0)
-    lambda_clu: float = Field(1.0, ge=0)
-    lambda_orth: float = Field(1.0, ge=0)
-    orth_reduction: Literal["sum", "mean"] = "sum"
-    swap: bool = True
-    code_feature: Literal["z", "q"] = "z"
-    projector_hidden: int = Field(1024, ge=1)
-    projection_dim: int = Field(256, ge=1)
-    predictor_hidden: int = Field(512, ge=1)
-    leaky_slope: float = Field(0.2, ge=0)
-    crop_ratio: float = Field(0.85, gt=0, le=1)
-    view_points: int = Field(1024, ge=1)
-    view_sampling: Literal["random", "fps"] = "random"
-    rotation_deg: float = Field(5.0, ge=0, le=180)
-    up_axis: Literal[0, 1, 2] = 1
-    jitter_sigma: float = Field(0.01, ge=0)
-    jitter_clip: float = Field(0.025, ge=0)
-    renormalize: bool = True
+    num_prototypes: int = Field(32, ge=1, description="J, the number of cluster prototypes")
+    temperature: float = Field(0.01, gt=0, description="tau of the soft assignments (Eq. 5)")
+    sinkhorn_epsilon: float = Field(
+        0.05, gt=0, description="epsilon of Sinkhorn-Knopp on the cost 2 - 2 cos (Eqs. 6-7)")
+    sinkhorn_iterations: int = Field(3, ge=1, description="Sinkhorn-Knopp iterations (Eqs. 6-7)")
+    sinkhorn_global: bool = Field(
+        True, description="data parallelism: Sinkhorn over every worker's projections (A14); no effect in one process")
+    lambda_con: float = Field(1.0, ge=0, description="weight of the contrasting loss L_con (Eq. 10, A4)")
+    lambda_clu: float = Field(1.0, ge=0, description="weight of the swapped clustering loss L_swap (Eqs. 9-10, A4)")
+    lambda_orth: float = Field(1.0, ge=0, description="weight of the prototype orthogonality loss L_orth (Eqs. 8, 10)")
+    orth_reduction: Literal["sum", "mean"] = Field(
+        "sum", description="L_orth reduction: sum (the paper's entry-wise L1) or mean (divided by J^2)")
+    swap: bool = Field(
+        True, description="predict each view's codes from the other view (true, Eq. 9) or the same view (A6)")
+    code_feature: Literal["z", "q"] = Field(
+        "z", description="the feature the Sinkhorn codes come from: z (projection) or q (prediction) (A8)")
+    projector_hidden: int = Field(
+        1024, ge=1, description="projector hidden width (D -> hidden -> hidden -> projection_dim)")
+    projection_dim: int = Field(256, ge=1, description="projector output width")
+    predictor_hidden: int = Field(
+        512, ge=1, description="predictor hidden width (projection_dim -> hidden -> projection_dim)")
+    leaky_slope: float = Field(0.2, ge=0, description="negative slope of the heads' LeakyReLU")
+    crop_ratio: float = Field(
+        0.85, gt=0, le=1, description="share of the points a view's half-space crop keeps (section 3.1, A12)")
+    view_points: int = Field(1024, ge=1, description="points per view")
+    view_sampling: Literal["random", "fps"] = Field("random", description="how a view picks its points: random or fps")
+    rotation_deg: float = Field(
+        5.0, ge=0, le=180, description="views: rotation by U[-rotation_deg, rotation_deg] degrees about up_axis")
+    up_axis: Literal[0, 1, 2] = Field(1, description="axis of the view rotation: 0 x, 1 y, 2 z")
+    jitter_sigma: float = Field(0.01, ge=0, description="views: std of the Gaussian jitter")
+    jitter_clip: float = Field(0.025, ge=0, description="views: the jitter is clipped to +-jitter_clip")
+    renormalize: bool = Field(True, description="re-centre each view and scale it into the unit sphere")
 
     @model_validator(mode="after")
     def _dgcnn_max_pooling_and_neighbours(self) -> "ConCluConfig":
@@ -620,8 +629,8 @@ class ConClu(Method):
     # data pipeline: the views are made by the method. The batch size (A1) and the 200 epochs are left to the
     # run (`--set train.batch_size=128 --epochs 200`).
     recipe = {
-        "optim": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4, "schedule": "step", "step_size": 20,
-                  "gamma": 0.7},
+        "optim": {"name": "adamw", "weight_decay": 1e-4,
+                  "lr": {"start": 1e-3, "shape": "step", "step_epochs": 20, "gamma": 0.7}},
         "data": {"num_points": 2048,
                  "augment": {"scale_low": 1.0, "scale_high": 1.0, "translate": 0.0, "jitter_sigma": 0.0,
                              "rotate_up": False, "shuffle": True}},

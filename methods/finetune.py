@@ -28,10 +28,12 @@ class FinetuneConfig(MethodConfig):
     ``freeze_encoder``: train the head only (a linear-probe-like protocol with an MLP head)."""
 
     name: Literal["finetune"] = "finetune"
-    pretrained: str | None = None
-    freeze_encoder: bool = False
-    label_smoothing: float = Field(0.0, ge=0, lt=1)
-    head_dropout: float = Field(0.5, ge=0, lt=1)
+    pretrained: str | None = Field(
+        None, description="checkpoint, run or sweep directory of the pretrained encoder (null: random initialisation)")
+    freeze_encoder: bool = Field(
+        False, description="train the head only (a linear-probe-like protocol with an MLP head)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy (0: none)")
+    head_dropout: float = Field(0.5, ge=0, lt=1, description="dropout of the classification head")
 
 
 def load_pretrained_encoder(checkpoint_dir: str) -> tuple[torch.nn.Module, str]:
@@ -75,8 +77,8 @@ class Finetune(Method):
 
     task = Task.CLASSIFICATION
     Config = FinetuneConfig
-    recipe = {"optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4,
-                        "schedule": "cosine", "min_lr": 1e-3}}
+    recipe = {"optim": {"name": "sgd", "lr": {"start": 0.1, "end": 1e-3, "shape": "cosine"}, "momentum": 0.9,
+                        "weight_decay": 1e-4}}
 
     def __init__(self, cfg: FinetuneConfig, num_classes: int, total_epochs: int):
         super().__init__(cfg, num_classes, total_epochs)

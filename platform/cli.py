@@ -20,10 +20,12 @@ import logging
 import os
 import sys
 import time
+
+import yaml
 from pathlib import Path
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
-from pointtune.config import ConfigError
+from pointtune.config import ConfigError, config_from_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
@@ -98,7 +100,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     URI, ``--gpu`` against this machine's CUDA devices, ``--from``, the config, and a preflight
     (:func:`pointtune.preflight.preflight`: datasets, one forward pass of the model on the CPU).
     """
-    from pointtune.config import config_from_file
     from pointtune.preflight import check_gpus, check_numbers, check_tracking_uri, preflight
     from pointtune.train.launch import train
 
@@ -210,6 +211,23 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """``pointtune config METHOD``: every config key with its type, the default a run gets, its meaning."""
+    from pointtune.config_doc import config_rows, format_rows, schedule_rows
+
+    exp = config_from_file(args.method, args.config, args.set)
+    if args.yaml:
+        print(yaml.safe_dump(exp.to_dict(), sort_keys=False), end="")
+        return 0
+    print(f"pointtune config {args.method}: key, type, the value a run gets (platform default < the method's "
+          "recipe < --config < --set), meaning. Set any key with --set KEY=VALUE or in a --config YAML.\n")
+    print(format_rows(config_rows(exp)))
+    print("\nA schedule is given whole ({start: 0.1, shape: cosine, end: 0.001}), in part (--set "
+          "optim.lr.warmup_epochs=5) or as a number (its start). Its parts:")
+    print(format_rows(schedule_rows()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pointtune`` argument parser."""
     from pointtune.method import method_names
@@ -259,6 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
                        f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")
     sweep.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own log lines")
     sweep.set_defaults(func=cmd_sweep)
+
+    config = sub.add_parser("config", help="list every config key of a method: type, default, meaning")
+    config.add_argument("method", choices=methods, help="method whose keys to list")
+    config.add_argument("--config", help="YAML config whose values to show as the defaults")
+    config.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key before listing (e.g. method.backbone.name=vit3d)")
+    config.add_argument("--yaml", action="store_true", help="print the whole config as YAML instead")
+    config.set_defaults(func=cmd_config)
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep")
     resume.add_argument("sweep_dir")

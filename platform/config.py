@@ -14,40 +14,36 @@ import copy
 import difflib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from pointtune.data import DataConfig
 from pointtune.method import Method, MethodConfig, get_method
+from pointtune.schedules import Schedule, WithSchedules, bounded, schedule_fields
 
 
 class ConfigError(ValueError):
     """A config file, override or value is invalid; the message is one line naming the key at fault."""
 
 
-class OptimConfig(BaseModel):
-    """Optimizer and its per-iteration schedules (:mod:`pointtune.train.schedule`).
+class OptimConfig(WithSchedules):
+    """Optimizer and its per-iteration schedules (:class:`pointtune.schedules.Schedule`).
 
-    ``schedule``: ``cosine`` anneals ``lr`` to ``min_lr`` over the run, step by step; ``step`` multiplies it
-    by ``gamma`` every ``step_size`` epochs; ``constant`` keeps it. ``warmup_epochs`` (may be fractional)
-    first ramps it linearly from 0. ``weight_decay_end``: if set, weight decay follows a cosine from
-    ``weight_decay`` to it over the run (DINO / DCGLR). Biases, norm scales and tokens get no weight decay
-    (:meth:`pointtune.method.Method.param_groups`).
+    ``lr`` and ``weight_decay`` are schedules: a number sets the value (``start``), the rest of the default
+    stays; ``optim.lr.shape``, ``.end``, ``.warmup_epochs`` (linear warm-up from ``warmup_start``, default 0)
+    and ``.step_epochs`` / ``.gamma`` (``step`` shape) change the curve. The loop sets both on every step.
+    Biases, norm scales and tokens get no weight decay (:meth:`pointtune.method.Method.param_groups`).
     """
 
     model_config = ConfigDict(extra="forbid")
-    name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    weight_decay_end: float | None = Field(None, ge=0)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    min_lr: float = Field(1e-3, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    step_size: int = Field(20, ge=1)
-    gamma: float = Field(0.7, gt=0, le=1)
+    name: Literal["sgd", "adamw"] = Field("sgd", description="optimizer: sgd (with momentum) or adamw")
+    lr: Annotated[Schedule, bounded(ge=0)] = Field(
+        Schedule(start=0.1, end=1e-3, shape="cosine"), description="learning rate schedule (start: the peak)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (adamw: unused)")
+    weight_decay: Annotated[Schedule, bounded(ge=0)] = Field(
+        Schedule(start=1e-4), description="weight decay schedule (DINO / DCGLR: cosine 0.04 -> 0.4)")
 
 
 class TrainConfig(BaseModel):
@@ -64,17 +60,21 @@ class TrainConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(10, ge=0)
-    batch_size: int = Field(32, ge=2)
-    eval_batch_size: int = Field(64, ge=1)
-    loader_workers: int = Field(0, ge=0)
-    drop_last: bool = True
-    amp: bool = True
-    seed: int = 0
-    grad_clip: float | None = Field(None, gt=0)
-    eval_every: int = Field(1, ge=1)
-    checkpoint_every: int = Field(1, ge=1)
-    threads: int | None = Field(None, ge=1)
+    epochs: int = Field(
+        10, ge=0, description="epochs of training (0: judge the untrained model, the random-initialisation baseline)")
+    batch_size: int = Field(
+        32, ge=2, description="clouds per batch and worker (data parallelism multiplies it by the workers)")
+    eval_batch_size: int = Field(64, ge=1, description="clouds per batch when evaluating")
+    loader_workers: int = Field(0, ge=0, description="DataLoader worker processes per training worker")
+    drop_last: bool = Field(True, description="drop the last incomplete training batch")
+    amp: bool = Field(True, description="mixed precision (CUDA only)")
+    seed: int = Field(0, description="seed of the weights, the batch order and the random views")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value (null: off)")
+    eval_every: int = Field(1, ge=1, description="evaluate every this many epochs (the last epoch always)")
+    checkpoint_every: int = Field(
+        1, ge=1, description="keep a checkpoint every this many epochs (besides the best and the last)")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads per CPU worker (null: the worker's CPUs, all cores locally; recorded by sweeps)")
 
 
 class ProtocolConfig(BaseModel):
@@ -104,17 +104,23 @@ class ProtocolConfig(BaseModel):
     from pydantic import field_validator
 
     model_config = ConfigDict(extra="forbid")
-    name: str | None = None
-    data: DataConfig | None = None
-    svm_c: float | list[float] = Field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
-    svm_folds: int = Field(5, ge=2)
-    svm_max_iter: int = Field(5000, ge=100)
-    ways: list[int] = Field(default_factory=lambda: [5, 10], min_length=1)
-    shots: list[int] = Field(default_factory=lambda: [10, 20], min_length=1)
-    folds: int = Field(10, ge=1)
-    queries: int = Field(20, ge=1)
-    fewshot_c: float = Field(1.0, gt=0)
-    seed: int = Field(0, ge=0)
+    name: str | None = Field(
+        None, description="evaluation protocol: classification, linear_svm, few_shot (null: the task's default)")
+    data: DataConfig | None = Field(
+        None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet, keys as data.* (null: data)")
+    svm_c: float | list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0], description="linear SVM: C, or a list chosen from by cross-validation on the training features")
+    svm_folds: int = Field(5, ge=2, description="linear SVM: folds of that cross-validation")
+    svm_max_iter: int = Field(
+        5000, ge=100, description="linear SVM: LinearSVC max_iter (whether it converged is reported as svm_converged)")
+    ways: list[int] = Field(
+        default_factory=lambda: [5, 10], min_length=1, description="few-shot: the N of every N-way setting run")
+    shots: list[int] = Field(
+        default_factory=lambda: [10, 20], min_length=1, description="few-shot: the K of every K-shot setting run")
+    folds: int = Field(10, ge=1, description="few-shot: episodes per setting (accuracy: mean and std over them)")
+    queries: int = Field(20, ge=1, description="few-shot: query clouds per class and episode")
+    fewshot_c: float = Field(1.0, gt=0, description="few-shot: C of the LinearSVC fitted per episode")
+    seed: int = Field(0, ge=0, description="seed of the few-shot episodes and the SVM folds")
 
     @field_validator("name")
     @classmethod
@@ -319,6 +325,28 @@ def _first_error(
     return ConfigError(f"{source}: {key}: {first['msg']}{shown}{more}")
 
 
+def schedule_keys(method_cls: type[Method]) -> list[str]:
+    """Dotted keys of every schedule of ``method_cls``'s experiment config (``optim.lr``,
+    ``method.teacher_momentum``, ...)."""
+    return schedule_fields(ExperimentConfig) + schedule_fields(method_cls.Config, "method.")
+
+
+def _schedule_starts(tree: dict[str, Any], schedules: list[str]) -> dict[str, Any]:
+    """``tree`` with a number given for a schedule written as ``{start: number}``, so that merging it over
+    another layer's schedule keeps that layer's other parts (``--set optim.lr=0.05`` over a recipe's
+    warm-up)."""
+    out = copy.deepcopy(tree)
+    for key in schedules:
+        *sections, leaf = key.split(".")
+        node = out
+        for part in sections:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            node[leaf] = {"start": value}
+    return out
+
+
 def build_config(
     method: str,
     tree: dict[str, Any] | None = None,
@@ -344,9 +372,12 @@ def build_config(
         method_cls = get_method(method)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from None
-    merged = deep_merge(getattr(method_cls, "recipe", {}), tree or {})
+    schedules = schedule_keys(method_cls)
+    merged = deep_merge(_schedule_starts(getattr(method_cls, "recipe", {}), schedules),
+                        _schedule_starts(tree or {}, schedules))
     for key, value in (overrides or {}).items():
-        set_dotted(merged, key, value)
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        set_dotted(merged, f"{key}.start" if key in schedules and is_number else key, value)
     merged.setdefault("method", {})
     if not isinstance(merged["method"], dict):
         raise ConfigError(f"{source}: method: expected a mapping of the method's hyperparameters")

@@ -21,10 +21,11 @@ import enum
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from pointtune.registry import Registry
+from pointtune.schedules import WithSchedules
 
 
 class Task(str, enum.Enum):
@@ -49,8 +50,10 @@ class BackboneConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="allow")
-    name: str = "dgcnn"
-    inputs: list[Literal["normals", "color", "height"]] = []
+    name: str = Field(
+        "dgcnn", description="backbone registry key: pointnet, dgcnn, pointnet2_ssg, vit3d (its arguments are listed below it)")
+    inputs: list[Literal["normals", "color", "height"]] = Field(
+        [], description="per-point features fed beside the coordinates, in order: normals, color, height")
 
     def kwargs(self) -> dict[str, Any]:
         """Constructor keyword arguments: every key except ``name`` and ``inputs``, plus ``in_features``
@@ -77,10 +80,11 @@ def point_inputs(batch: dict[str, torch.Tensor], cfg: BackboneConfig) -> torch.T
     return torch.cat([batch[name] for name in cfg.inputs], dim=-1)
 
 
-class MethodConfig(BaseModel):
+class MethodConfig(WithSchedules):
     """Base of every method's hyperparameters. Subclasses add the paper's symbols as fields.
 
     Unknown keys are rejected so that a typo in a config or a search space fails before any compute.
+    Hyperparameters that change over the run are :class:`~pointtune.schedules.Schedule` fields.
     """
 
     model_config = ConfigDict(extra="forbid")

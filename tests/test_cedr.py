@@ -26,7 +26,6 @@ from pointtune.methods.cedr import (
     ema_update_centers,
     entropy_bits,
     global_class_centers,
-    lambda_at,
     select_pair_weights,
     weighted_scc_loss,
 )
@@ -253,8 +252,8 @@ def test_registered_and_contract_attributes():
     assert CEDR.task is Task.CLASSIFICATION and CEDR.Config is CEDRConfig
     cfg = CEDRConfig()
     assert cfg.name == "cedr" and cfg.backbone.name == "dgcnn"
-    assert (cfg.lambda_con, cfg.temperature, cfg.ent_low, cfg.ent_high) == (0.1, 1.0, 1.0, 2.5)
-    assert cfg.unstable_offset == 1.2 and cfg.lambda_schedule == "constant"
+    assert (cfg.lambda_con.start, cfg.temperature, cfg.ent_low, cfg.ent_high) == (0.1, 1.0, 1.0, 2.5)
+    assert cfg.unstable_offset == 1.2 and cfg.lambda_con.shape == "constant"
     assert (cfg.combine, cfg.form, cfg.cpcm_method) == ("l2", "paper", 1)
     assert (cfg.eaa_mode, cfg.centers) == ("varying", "batch")
     assert cfg.label_smoothing == 0.2 and cfg.projection == "linear"
@@ -610,19 +609,26 @@ def test_cedr_loss_switches_and_start_epochs():
 
 
 def test_lambda_linear_ramp():
-    assert lambda_at(0.0, 0.1, 0.2, "linear") == pytest.approx(0.1)
-    assert lambda_at(0.25, 0.1, 0.2, "linear") == pytest.approx(0.125)
-    assert lambda_at(0.5, 0.1, 0.2, "linear") == pytest.approx(0.15)
-    assert lambda_at(1.0, 0.1, 0.2, "linear") == pytest.approx(0.2)
-    assert lambda_at(1.5, 0.1, 0.2, "linear") == pytest.approx(0.2)
-    assert all(lambda_at(p, 0.1, 0.2, "constant") == 0.1 for p in (0.0, 0.5, 1.0))
-    with pytest.raises(ValueError):
-        lambda_at(0.5, 0.1, 0.2, "cosine")
+    """A16: lambda ramps linearly per iteration from lambda_con.start to .end (a Schedule); the loss uses it."""
+    ramp = tiny_cfg(lambda_con={"start": 0.1, "end": 0.2, "shape": "linear"}).lambda_con
+    assert [ramp.at(p * 4, 4) for p in (0.0, 0.25, 0.5, 1.0, 1.5)] == pytest.approx([0.1, 0.125, 0.15, 0.2, 0.2])
+    assert all(tiny_cfg().lambda_con.at(p, 4) == 0.1 for p in (0.0, 2.0, 4.0))   # the paper: constant
     logits, labels, _ = hand_logits()
     z = torch.randn(10, 5, dtype=DT)
-    out = cedr_loss(z, logits, torch.tensor(labels), tiny_cfg(lambda_schedule="linear"), progress=0.5)
+    out = cedr_loss(z, logits, torch.tensor(labels), tiny_cfg(), lambda_con=0.15)
     assert float(out["lambda_con"]) == pytest.approx(0.15)
     assert float(out["loss"]) == pytest.approx(float(out["ce"] + 0.15 * out["scc"]), rel=1e-12)
+    assert float(cedr_loss(z, logits, torch.tensor(labels), tiny_cfg())["lambda_con"]) == pytest.approx(0.1)
+
+
+def test_module_follows_the_lambda_schedule():
+    """CEDR.forward evaluates lambda_con at the run's progress: half-way through 4 epochs of a linear ramp."""
+    torch.manual_seed(0)
+    cfg = tiny_cfg(lambda_con={"start": 0.1, "end": 0.3, "shape": "linear"})
+    model = CEDR(cfg, num_classes=3, total_epochs=4)
+    batch = {"points": torch.randn(6, 32, 3), "label": torch.tensor([0, 1, 2, 0, 1, 2])}
+    assert float(model(batch, epoch=2, progress=0.5)["lambda_con"]) == pytest.approx(0.2)
+    assert float(model(batch, epoch=0, progress=0.0)["lambda_con"]) == pytest.approx(0.1)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ from pointtune.config import ConfigError, build_config, config_from_file, parse_
 
 def test_defaults_recipe_and_overrides():
     exp = build_config("cedr")
-    assert exp.method.name == "cedr" and exp.method.lambda_con == pytest.approx(0.1)
+    assert exp.method.name == "cedr" and exp.method.lambda_con.start == pytest.approx(0.1)
     exp = build_config("cedr", {"optim": {"lr": 0.05}}, {"optim.lr": 0.02, "method.backbone.k": 10})
-    assert exp.optim.lr == pytest.approx(0.02)
+    assert exp.optim.lr.start == pytest.approx(0.02)
     assert exp.method.backbone.kwargs() == {"k": 10}
 
 

@@ -51,7 +51,7 @@ CASES = [
     ("cedr-eaa-only-fixed-mlp2-gather", "cedr", {"use_cpcm": False, "eaa_mode": "fixed", "projection": "mlp2",
                                                  "gather": True}),
     ("cedr-late-starts-ema-aggregate", "cedr", {"centers": "ema", "cpcm_start_epoch": 1, "eaa_start_epoch": 1,
-                                                "form": "aggregate", "lambda_schedule": "linear"}),
+                                                "form": "aggregate", "lambda_con": {"shape": "linear"}}),
     ("conclu-default", "conclu", {}),
     ("conclu-same-view-q-codes", "conclu", {"swap": False, "code_feature": "q"}),
     ("conclu-local-sinkhorn", "conclu", {"sinkhorn_global": False, "orth_reduction": "mean"}),

@@ -11,37 +11,31 @@ from conftest import TINY
 from pointtune.config import OptimConfig, build_config
 from pointtune.method import Method
 from pointtune.train.loop import LoopConfig, build_optimizer, run_loop
-from pointtune.train.schedule import apply_schedules, lr_at, warmup_cosine, weight_decay_at
+from pointtune.train.schedule import apply_schedules
 
 
-def test_warmup_cosine_against_the_formula():
-    total, warm, peak, final = 100, 10, 0.5, 0.01
-    for step in range(0, total + 1):
-        if step < warm:
-            expected = peak * step / warm
-        else:
-            expected = final + 0.5 * (1 + math.cos(math.pi * (step - warm) / (total - warm))) * (peak - final)
-        assert warmup_cosine(step, total, peak, final, warm) == pytest.approx(expected)
-    assert warmup_cosine(5, 4, 1.0, 0.0) == pytest.approx(0.0)  # past the end: the final value
+def test_optimizer_schedules_per_iteration():
+    """optim.lr / optim.weight_decay are Schedules, applied by the loop on every step from the step alone."""
+    cfg = OptimConfig(lr={"start": 0.1, "end": 0.001, "shape": "cosine", "warmup_epochs": 1.5},
+                      weight_decay={"start": 0.04, "end": 0.4, "shape": "cosine"})
+    opt = torch.optim.SGD([{"params": [torch.nn.Parameter(torch.zeros(2))], "decay": True},
+                           {"params": [torch.nn.Parameter(torch.zeros(1))], "decay": False, "weight_decay": 0.0}],
+                          lr=1.0)
+
+    def at(step):
+        lr = apply_schedules(opt, cfg, step, 10, 5)
+        assert opt.param_groups[0]["lr"] == opt.param_groups[1]["lr"] == lr
+        assert opt.param_groups[1]["weight_decay"] == 0.0       # exempt groups keep no decay
+        return lr, opt.param_groups[0]["weight_decay"]
+
+    assert at(0)[0] == 0 and at(7)[0] == pytest.approx(0.1 * 7 / 15)     # warm-up over 15 of 50 steps
+    assert at(15)[0] == pytest.approx(0.1) and at(50) == pytest.approx((0.001, 0.4))
+    assert at(0)[1] == pytest.approx(0.04)
+    lrs = [at(s)[0] for s in range(15, 51)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:])) and len(set(lrs)) == len(lrs)  # every step, not per epoch
 
 
-def test_lr_schedules_per_iteration():
-    cos = OptimConfig(lr=0.1, min_lr=0.001, schedule="cosine", warmup_epochs=1.5)
-    assert lr_at(cos, 0, 10, 5) == 0 and lr_at(cos, 7, 10, 5) == pytest.approx(0.1 * 7 / 15)
-    assert lr_at(cos, 15, 10, 5) == pytest.approx(0.1) and lr_at(cos, 50, 10, 5) == pytest.approx(0.001)
-    values = [lr_at(cos, s, 10, 5) for s in range(15, 51)]
-    assert all(a >= b for a, b in zip(values, values[1:]))  # decays every step, not once per epoch
-    step = OptimConfig(lr=0.1, schedule="step", step_size=2, gamma=0.5)
-    assert [lr_at(step, e * 10, 10, 8) for e in range(6)] == pytest.approx([0.1, 0.1, 0.05, 0.05, 0.025, 0.025])
-    assert lr_at(OptimConfig(lr=0.2, schedule="constant"), 33, 10, 5) == 0.2
-
-
-def test_weight_decay_schedule_and_groups():
-    cfg = OptimConfig(weight_decay=0.04, weight_decay_end=0.4)
-    assert weight_decay_at(cfg, 0, 10, 10) == pytest.approx(0.04)
-    assert weight_decay_at(cfg, 100, 10, 10) == pytest.approx(0.4)
-    assert weight_decay_at(OptimConfig(weight_decay=0.04), 50, 10, 10) == 0.04
-
+def test_parameter_groups():
     class Toy(Method):
         def __init__(self):
             torch.nn.Module.__init__(self)
@@ -53,6 +47,7 @@ def test_weight_decay_schedule_and_groups():
     decay, plain = toy.param_groups(0.05)
     assert [p.shape for p in decay["params"]] == [torch.Size([3, 4])] and decay["weight_decay"] == 0.05
     assert len(plain["params"]) == 4 and plain["weight_decay"] == 0.0  # bias, norm weight and bias, token
+    cfg = OptimConfig(weight_decay={"start": 0.04, "end": 0.4, "shape": "cosine"})
     optimizer = build_optimizer(toy, cfg)
     apply_schedules(optimizer, cfg, 100, 10, 10)
     assert optimizer.param_groups[0]["weight_decay"] == pytest.approx(0.4)

@@ -34,7 +34,7 @@ def test_conditions_sample_only_when_switch_on():
             seen_off += 1
             assert not {"method.ent_low", "method.ent_high", "method.unstable_offset"} & set(params)
         assert ("method.cpcm_method" in params) == params["method.use_cpcm"]
-        assert 0.01 <= params["optim.lr"] <= 0.2
+        assert 0.01 <= params["optim.lr.start"] <= 0.2
         study.tell(trial, 0.0)
     assert seen_on and seen_off
 

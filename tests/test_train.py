@@ -19,7 +19,7 @@ def test_local_train_one_epoch_then_resume(tmp_path):
     client, runs = mlflow_runs(out)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val/OA")] == [1]
-    assert runs[0].data.params["method.lambda_con"] == "0.1"
+    assert runs[0].data.params["method.lambda_con.start"] == "0.1"
     per_class = [k for k in runs[0].data.metrics if k.startswith("val/acc/")]
     assert len(per_class) >= 2 and all(0 <= runs[0].data.metrics[k] <= 1 for k in per_class)
     # The run directory holds its numbers; the console ends with one short line.

@@ -8,7 +8,7 @@ per-point features ``(B, M, point_dim)`` at coordinates ``(B, M, 3)``. Registere
 """
 
 from .base import Backbone, BackboneOutput
-from .registry import backbone_names, build_backbone, register_backbone
+from .registry import backbone_factory, backbone_names, build_backbone, register_backbone
 from .head import ClassificationHead
 from .pointnet import PointNet
 from .dgcnn import DGCNN
@@ -23,6 +23,7 @@ __all__ = [
     "PointNet",
     "PointNet2SSG",
     "PointViT",
+    "backbone_factory",
     "backbone_names",
     "build_backbone",
     "register_backbone",

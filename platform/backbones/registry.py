@@ -14,7 +14,7 @@ from torch import nn
 
 from pointtune.registry import Registry
 
-__all__ = ["register_backbone", "build_backbone", "backbone_names"]
+__all__ = ["register_backbone", "build_backbone", "backbone_names", "backbone_factory"]
 
 _BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 
@@ -22,6 +22,8 @@ _BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
 register_backbone = _BACKBONES.register
 #: Names of every registered backbone, sorted.
 backbone_names = _BACKBONES.names
+#: The class (or factory) registered as a name; ``KeyError`` listing the known names for an unknown one.
+backbone_factory = _BACKBONES.get
 
 
 def build_backbone(name: str, **kwargs: Any) -> nn.Module:

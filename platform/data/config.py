@@ -21,14 +21,16 @@ class AugmentConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    scale_low: float = Field(2.0 / 3.0, gt=0)
-    scale_high: float = Field(1.5, gt=0)
-    translate: float = Field(0.2, ge=0)
-    jitter_sigma: float = Field(0.0, ge=0)
-    jitter_clip: float = Field(0.05, ge=0)
-    rotate_up: bool = False
-    rotate_range_deg: float = Field(360.0, ge=0, le=360)
-    shuffle: bool = True
+    scale_low: float = Field(
+        2.0 / 3.0, gt=0, description="per-axis scale factor drawn from U(scale_low, scale_high) (1 and 1: off)")
+    scale_high: float = Field(1.5, gt=0, description="upper bound of the scale factor")
+    translate: float = Field(0.2, ge=0, description="per-axis translation drawn from U(-translate, translate) (0: off)")
+    jitter_sigma: float = Field(0.0, ge=0, description="std of the Gaussian jitter (0: off; PointNet: 0.01)")
+    jitter_clip: float = Field(0.05, ge=0, description="the jitter is clipped to +-jitter_clip")
+    rotate_up: bool = Field(False, description="rotate about the up axis (y)")
+    rotate_range_deg: float = Field(
+        360.0, ge=0, le=360, description="rotation angle drawn from U(-range/2, range/2) degrees")
+    shuffle: bool = Field(True, description="random point order")
 
     @model_validator(mode="after")
     def _scale_order(self) -> AugmentConfig:
@@ -66,20 +68,25 @@ class DataConfig(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    name: str = "synthetic"
-    root: str | None = None
-    variant: str | None = None
-    classes: list[str] | None = None
-    num_points: int = Field(1024, gt=0)
-    sampling: Literal["first", "random", "fps"] = "first"
-    use_normals: bool = False
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    split_seed: int = Field(0, ge=0)
-    synthetic_per_class: int = Field(48, ge=1)
-    synthetic_num_classes: int = Field(8, ge=2, le=10)
-    augment: AugmentConfig = AugmentConfig()
-    normalize: bool = True
-    cache: bool = True
+    name: str = Field(
+        "synthetic", description="dataset: synthetic, modelnet40, modelnet40_resampled, modelnet10, scanobjectnn, shapenetpart, shapenetpart_h5")
+    root: str | None = Field(None, description="the dataset directory (all but synthetic)")
+    variant: str | None = Field(
+        None, description="ScanObjectNN variant: OBJ_ONLY, OBJ_BG or PB_T50_RS (null: PB_T50_RS)")
+    classes: list[str] | None = Field(
+        None, description="keep only these classes, labels re-indexed in this order (null: all)")
+    num_points: int = Field(1024, gt=0, description="points per cloud fed to the model")
+    sampling: Literal["first", "random", "fps"] = Field(
+        "first", description="how training clouds pick their points: first rows, random rows, or fps")
+    use_normals: bool = Field(False, description="also return per-point normals (datasets that have them)")
+    val_fraction: float = Field(
+        0.1, ge=0, lt=1, description="share of every class of the training split held out for validation")
+    split_seed: int = Field(0, ge=0, description="seed of that split and of the augmentation streams")
+    synthetic_per_class: int = Field(48, ge=1, description="synthetic dataset: clouds per class and split")
+    synthetic_num_classes: int = Field(8, ge=2, le=10, description="synthetic dataset: classes (2 to 10)")
+    augment: AugmentConfig = Field(AugmentConfig(), description="training augmentation (evaluation never augments)")
+    normalize: bool = Field(True, description="centre every cloud and scale it into the unit sphere")
+    cache: bool = Field(True, description="keep built splits on disk for later trials and workers on this machine")
 
     @field_validator("classes")
     @classmethod

@@ -35,6 +35,7 @@ from pointtune.data import build_datasets
 from pointtune.method import Method
 from pointtune.protocols import build_eval_splits, evaluate, to_device
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
+from pointtune.schedules import schedule_values
 from pointtune.train.schedule import apply_schedules
 from pointtune.train.session import TrainSession, TuneSession
 
@@ -84,10 +85,10 @@ def seed_everything(seed: int) -> None:
 def build_optimizer(method: Method, cfg: OptimConfig) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW over the method's parameter groups (:meth:`Method.param_groups`); the
     learning rate and weight decay are set per step by :func:`~pointtune.train.schedule.apply_schedules`."""
-    groups = method.param_groups(cfg.weight_decay)
+    groups = method.param_groups(cfg.weight_decay.start)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.lr.start, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.lr.start)
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:
@@ -247,11 +248,12 @@ def run_loop(loop: LoopConfig, session) -> None:
     # merges the shards exactly (summed confusion matrices, gathered features), identical on all ranks.
     val_splits = {"fit": judged.fit, "eval": judged.val}
     test_splits = {"fit": judged.fit, "eval": judged.test} if judged.test is not None and len(judged.test) else None
-    def score(splits: dict, prefix: str) -> tuple[dict[str, float], np.ndarray | None]:
-        """The protocol's metrics on ``splits`` (every rank its shard), named ``<prefix>/<metric>``."""
-        scores, confusion = evaluate(method, splits, device, judged.class_names, exp.protocol,
-                                     batch_size=exp.train.eval_batch_size)
-        return {f"{prefix}/{k}": v for k, v in scores.items()}, confusion
+    def score(splits: dict, prefix: str) -> tuple[dict[str, float], np.ndarray | None, dict[str, np.ndarray]]:
+        """The protocol's metrics on ``splits`` (every rank its shard), named ``<prefix>/<metric>``, its
+        confusion matrix and its other arrays (e.g. ``spectrum``), saved into checkpoints as ``<name>.npy``."""
+        scores, confusion, arrays = evaluate(method, splits, device, judged.class_names, exp.protocol,
+                                             batch_size=exp.train.eval_batch_size, return_arrays=True)
+        return {f"{prefix}/{k}": v for k, v in scores.items()}, confusion, arrays
 
     show_progress = loop.progress and rank == 0
     if exp.train.epochs == 0:  # the initial model judged by the protocol: the random-initialisation baseline
@@ -271,12 +273,14 @@ def run_loop(loop: LoopConfig, session) -> None:
         data.train.set_epoch(epoch)
         stats = _train_one_epoch(model, method, train_loader, optimizer, scaler, exp, epoch, device, show_progress)
         metrics: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
+        # The schedules this epoch followed (at its start): what PBT mutated is visible epoch by epoch.
+        metrics.update({f"sched/{k}": v for k, v in schedule_values(exp, epoch, exp.train.epochs).items()})
         metrics.update({f"train/{k}": v for k, v in stats.items()})
         final = epoch == exp.train.epochs - 1
-        confusion = None
+        confusion, arrays = None, {}
         evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
         if evaluated:
-            scores, confusion = score(val_splits, "val")
+            scores, confusion, arrays = score(val_splits, "val")
             metrics.update(scores)
         improved = is_better(metrics.get(metric), best, mode)
         if improved:
@@ -310,6 +314,8 @@ def run_loop(loop: LoopConfig, session) -> None:
                                 state)
             if confusion is not None:
                 np.save(staged / "confusion.npy", confusion)
+            for name, array in arrays.items():  # e.g. spectrum.npy (the feature-collapse diagnostic)
+                np.save(staged / f"{name}.npy", array)
             if local is not None:  # local mode keeps latest and best itself; the session must not delete them
                 session.report(metrics, local.commit(staged, improved), owned=False)
             else:

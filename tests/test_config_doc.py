@@ -1,0 +1,64 @@
+"""`pointtune config METHOD` (pointtune.config_doc): every key listed with its type, the value a run gets and
+a one-line meaning, for every method and backbone."""
+
+import pytest
+import yaml
+
+from helpers import pointtune
+from pointtune.backbones import backbone_names
+from pointtune.config import build_config, config_keys
+from pointtune.config_doc import config_rows, schedule_rows, type_name
+from pointtune.method import method_names
+from pointtune.schedules import Schedule
+
+
+@pytest.mark.parametrize("method", method_names())
+def test_every_key_is_listed_with_a_meaning(method):
+    rows = config_rows(build_config(method))
+    listed = {r.key for r in rows}
+    schedules = {r.key for r in rows if r.type == "schedule"}
+    for key in config_keys(method):
+        if key == "method.name" or key.rpartition(".")[0] in schedules or key.startswith("protocol.data."):
+            continue   # the fixed name; a schedule's parts are listed once; protocol.data.* are data.* keys
+        assert key in listed, key
+    undocumented = [r.key for r in rows if r.type != "section" and not r.meaning and not r.key.startswith("protocol.data")]
+    assert not undocumented, f"fields without a description: {undocumented}"
+    assert all(r.meaning for r in schedule_rows())
+
+
+@pytest.mark.parametrize("backbone", backbone_names())
+def test_every_backbone_argument_is_documented(backbone):
+    rows = config_rows(build_config("cedr", overrides={"method.backbone.name": backbone}))
+    args = [r for r in rows if r.key.startswith("method.backbone.") and r.key not in
+            ("method.backbone.name", "method.backbone.inputs")]
+    assert args, backbone
+    assert not [r.key for r in args if r.meaning.startswith("argument of backbone")], "no Args: entry in the docstring"
+
+
+def test_values_are_what_a_run_gets():
+    exp = build_config("conclu", overrides={"optim.lr": 0.002, "method.backbone.k": 16})
+    rows = {r.key: r for r in config_rows(exp)}
+    assert rows["optim.lr"].default == "{start: 0.002, shape: step, step_epochs: 20, gamma: 0.7}"         # the recipe's step decay kept
+    assert rows["optim.name"].default == "adamw" and rows["optim.name"].type == "sgd|adamw"
+    assert rows["method.backbone.k"].default == "16" and rows["method.backbone.pooling"].default == "max"
+    assert rows["train.threads"].type == "int | null (>= 1)" and rows["train.threads"].default == "null"
+    assert rows["data.augment.scale_low"].default == "1"
+
+
+def test_type_names():
+    from typing import Literal
+    assert type_name(Literal["a", "b"]) == "a|b" and type_name(float | None) == "float | null"
+    assert type_name(list[str] | None) == "list[str] | null" and type_name(Schedule) == "schedule"
+
+
+def test_cli_lists_and_writes_yaml(tmp_path):
+    out = pointtune("config", "cedr", "--set", "method.use_scc=false")
+    assert out.returncode == 0, out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.strip().startswith("method.use_scc "))
+    assert "false" in line and "plain cross-entropy" in line
+    assert "<schedule>.warmup_epochs" in out.stdout
+    out = pointtune("config", "cedr", "--yaml", "--set", "optim.lr.warmup_epochs=2")
+    tree = yaml.safe_load(out.stdout)
+    assert build_config("cedr", tree).optim.lr.warmup_epochs == 2
+    bad = pointtune("config", "cedr", "--set", "method.use_sc=false")
+    assert bad.returncode == 2 and "closest valid keys: method.use_scc" in bad.stderr
