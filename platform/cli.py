@@ -146,7 +146,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
-        wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
+        scheduler=args.scheduler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
     )
@@ -271,7 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
                        help="autoscaling clusters: request one trial's workers and wait this long for them")
     sweep.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
+    sweep.add_argument("--scheduler", choices=("asha", "pbt"), default="asha",
+                       help="asha: Optuna TPE proposes, ASHA stops the weak (default); pbt: population-based "
+                       "training perturbs the space's `perturb:` parameters (no Optuna)")
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
+    sweep.add_argument("--pbt-interval", type=int, default=1, metavar="EPOCHS",
+                       help="PBT: epochs between exploit/explore steps (default 1)")
     sweep.add_argument("--worker-start-timeout", type=float, default=DEFAULT_WORKER_START_TIMEOUT_S,
                        metavar="SECONDS", help="a data-parallel trial whose workers cannot be placed within this "
                        f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")

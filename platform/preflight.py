@@ -54,7 +54,8 @@ _FILE_SCHEMES = ("", "file")
 # Integer fields and their minimum, per command; a field absent from ``values`` or None is not checked
 # (``epochs``, ``max_concurrent``: None means "default").
 _MIN_INT = {
-    "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0},
+    "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0,
+              "pbt_interval": 1},
     "train": {"epochs": 0, "workers": 0},
 }
 _SEED_MAX = 2**32 - 1  # numpy's (hence Optuna's TPE) seed range

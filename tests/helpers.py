@@ -71,7 +71,7 @@ def tune_results(sweep_dir: Path, tune_dir: Path | None = None) -> dict:
 
 
 def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir: Path | None = None,
-                  tracking_uri: str | None = None) -> dict:
+                  tracking_uri: str | None = None, study: bool = True) -> dict:
     """Assert that MLflow, the Optuna study and summary.csv hold, trial by trial and epoch by epoch, exactly
     what Tune received; returns ``{trial_id: status}`` (FINISHED, STOPPED or FAILED).
 
@@ -81,6 +81,8 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
       intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run;
     - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``).
+
+    ``study=False``: a PBT sweep, which has no Optuna study (and no ``optuna.db``).
     """
     import csv
     import math
@@ -94,14 +96,17 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     # outside what Tune received.
     runs = {r.data.tags["pointtune.trial_id"]: r for r in client.search_runs(experiments, max_results=1000)
             if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"}
-    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db")
-    studied = {t.user_attrs["tune_trial_id"]: t for t in study.trials if "lost" not in t.user_attrs}
+    if study:
+        trials = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
+        studied = {t.user_attrs["tune_trial_id"]: t for t in trials if "lost" not in t.user_attrs}
+    else:
+        assert not (sweep_dir / "optuna.db").exists()
     summary = {row["trial_id"]: row for row in csv.DictReader((sweep_dir / "summary.csv").open())}
     results = tune_results(sweep_dir, tune_dir)
-    assert set(runs) == set(results) == set(studied) == set(summary), (set(runs), set(results), set(studied))
+    assert set(runs) == set(results) == set(studied if study else runs) == set(summary), (set(runs), set(results))
     statuses = {}
     for trial_id, (result, df) in results.items():
-        run, ot, row = runs[trial_id], studied[trial_id], summary[trial_id]
+        run, ot, row = runs[trial_id], studied[trial_id] if study else None, summary[trial_id]
         tags = run.data.tags
         received = [] if df is None or "epoch" not in df else list(zip(df["epoch"].astype(int), df[metric]))
         for key in (metric, "train/loss", "lr"):
@@ -109,24 +114,29 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             expected = [] if df is None or key not in df else [(int(e), float(v)) for e, v in zip(df["epoch"], df[key])]
             assert [s for s, _ in history] == [s for s, _ in expected], (trial_id, key, history, expected)
             assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(history, expected)), (trial_id, key)
-        assert dict(ot.intermediate_values) == {e: float(v) for e, v in received}, (trial_id, ot.intermediate_values)
-        assert ot.user_attrs["mlflow_run_id"] == run.info.run_id == row["mlflow_run_id"]
-        assert row["optuna_trial"] == str(ot.number) == tags["pointtune.optuna_trial"]
+        assert run.info.run_id == row["mlflow_run_id"]
+        if study:
+            assert dict(ot.intermediate_values) == {e: float(v) for e, v in received}, (trial_id, ot.intermediate_values)
+            assert ot.user_attrs["mlflow_run_id"] == run.info.run_id
+            assert row["optuna_trial"] == str(ot.number) == tags["pointtune.optuna_trial"]
+        else:
+            assert row["optuna_trial"] == "" and "pointtune.optuna_trial" not in tags
         assert not any(k.startswith("sampled") for k in run.data.params)
         last_epoch = received[-1][0] if received else 0
         if result.error is not None:
             status = "FAILED"
             assert run.info.status == "FAILED" and tags["pointtune.failure"], tags
-            assert ot.state == optuna.trial.TrialState.FAIL
+            assert not study or ot.state == optuna.trial.TrialState.FAIL
         elif last_epoch < epochs:
             status = "STOPPED"
             assert run.info.status == "KILLED" and f"after epoch {last_epoch} of {epochs}" in tags["pointtune.stopped_by"]
-            assert ot.state == optuna.trial.TrialState.PRUNED and ot.user_attrs["stopped_at_epoch"] == last_epoch
+            assert not study or (ot.state == optuna.trial.TrialState.PRUNED
+                                 and ot.user_attrs["stopped_at_epoch"] == last_epoch)
             assert "pointtune.failure" not in tags
         else:
             status = "FINISHED"
             assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
-            assert ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1])
+            assert not study or (ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1]))
         assert row["status"] == status, (row["status"], status)
         if received:  # the run ended when the trial did, not when the sweep did
             ended_after_last_result = run.info.end_time / 1000 - float(df["timestamp"].iloc[-1])
@@ -136,6 +146,35 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     if ranked:
         assert runs[ranked[0]["trial_id"]].data.tags["pointtune.rank"] == "1"
     return statuses
+
+
+def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
+    """Start the sweep ``cmd`` (writing to ``out``) in its own session and SIGKILL it, with its Ray
+    processes, once a trial has reported an epoch and Tune has saved its experiment state after that: the
+    kill comes after a state that references a checkpoint that exists. (Killed between Tune deleting a
+    superseded checkpoint and saving the state that forgets it, the restored trial cannot find its
+    checkpoint: Tune's window, narrowed here on purpose; issue 12 is about closing it.)"""
+    import signal
+    import time
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+
+    def reported() -> bool:
+        results = [p for p in out.glob("tune/*/result.json") if p.stat().st_size]
+        states = list(out.glob("tune/experiment_state-*.json"))
+        return bool(results and states) and max(s.stat().st_mtime for s in states) >= max(
+            r.stat().st_mtime for r in results)
+
+    while not reported():
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        assert time.time() < deadline, f"no trial reported within {timeout:g} s"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
 
 
 def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:

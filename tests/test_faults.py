@@ -1,17 +1,12 @@
 """Faults and bad input: a killed sweep is finished by `resume`; a NaN trial fails alone; bad input exits 2."""
 
 import csv
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import optuna
 import pytest
 
-from conftest import REPO
-from helpers import check_records, mlflow_runs, pointtune, tiny_sets, write_space
+from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, write_space
 
 
 @pytest.mark.parametrize("args,match", [
@@ -69,29 +64,7 @@ def test_killed_sweep_is_finished_by_resume(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space), "--trials", "3",
            "--epochs", "3", "--output", str(out), "--max-concurrent", "1"]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-
-    def reported() -> bool:
-        """A trial reported an epoch and Tune saved its experiment state after that: the kill comes after
-        a state that references a checkpoint that exists. (Killed between Tune deleting a superseded
-        checkpoint and saving the state that forgets it, the restored trial cannot find its checkpoint:
-        Tune's window, narrowed here on purpose; issue 12 is about closing it.)"""
-        results = [p for p in out.glob("tune/*/result.json") if p.stat().st_size]
-        states = list(out.glob("tune/experiment_state-*.json"))
-        return bool(results and states) and max(s.stat().st_mtime for s in states) >= max(
-            r.stat().st_mtime for r in results)
-
-    # Kill the driver and its Ray processes once the first trial has reported an epoch.
-    while not reported():
-        assert proc.poll() is None, "the sweep ended before it could be killed"
-        assert time.time() < deadline, "no trial reported within 300 s"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
+    kill_after_first_report(cmd, out)
     assert not (out / "summary.csv").exists()
 
     resumed = pointtune("resume", str(out))

@@ -54,7 +54,8 @@ def test_a_schedule_given_in_part_or_as_a_number():
     ({"optim.lr.end": -1}, "optim.lr: Value error, end must be >= 0"),
     ({"method.lambda_con": -0.5}, "method.lambda_con: Value error, start must be >= 0"),
     ({"optim.lr.shape": "exp"}, "optim.lr.shape: Input should be 'constant', 'linear', 'cosine' or 'step'"),
-    ({"optim.lr.warmup": 3}, "optim.lr.warmup: unknown key; closest valid keys: optim.lr.warmup_start, optim.lr.warmup_epochs"),
+    ({"optim.lr.warmup": 3},
+     "optim.lr.warmup: unknown key; closest valid keys: optim.lr.warmup_start, optim.lr.warmup_epochs"),
 ])
 def test_bad_schedules_name_their_key(override, message):
     with pytest.raises(ConfigError, match="^--set: " + message.replace("(", r"\(").replace(")", r"\)")):

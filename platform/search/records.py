@@ -28,7 +28,7 @@ from pointtune import tracking
 from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, SweepSpec, sampled_params, study_storage, trial_config
 
 # Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
-METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/")
+METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/", "sched/")
 METRIC_KEYS = ("epoch", "lr")
 
 
@@ -60,6 +60,7 @@ class MlflowRecorder(Callback):
     def __init__(self, sweep: dict[str, Any], metric: str, mode: str, max_epochs: int):
         self.sweep, self.metric, self.mode, self.max_epochs = sweep, metric, mode, max_epochs
         self.run_ids: dict[str, str] = {}
+        self.configs: dict[str, dict[str, Any]] = {}  # PBT: the config each trial last reported under
 
     @property
     def _uri(self) -> str:
@@ -92,11 +93,21 @@ class MlflowRecorder(Callback):
         print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        """Log the epoch Tune just received, at step ``epoch``."""
+        """Log the epoch Tune just received, at step ``epoch``; under PBT also the values of the sampled
+        parameters the trial ran with (``param/<key>``) and ``pbt/exploit`` = 1 where they changed since its
+        previous epoch (it copied another trial)."""
         metrics = metric_items(result)
-        if "epoch" in metrics:
-            tracking.log_metrics({"tracking_uri": self._uri, "run_id": self._run_id(trial)}, metrics,
-                                 step=int(metrics["epoch"]))
+        if "epoch" not in metrics:
+            return
+        if self.sweep.get("scheduler") == "pbt":
+            params = sampled_params(trial.config)
+            metrics.update({f"param/{k}": float(v) for k, v in params.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            previous = self.configs.get(trial.trial_id)
+            metrics["pbt/exploit"] = float(previous is not None and previous != params)
+            self.configs[trial.trial_id] = params
+        tracking.log_metrics({"tracking_uri": self._uri, "run_id": self._run_id(trial)}, metrics,
+                             step=int(metrics["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """The trial ended without error: FINISHED, or KILLED if the scheduler stopped it early."""

@@ -195,6 +195,8 @@ def close_lost_trials(spec, known: set[str]) -> int:
             tracking.set_tags(uri, run.info.run_id, {"pointtune.status": "LOST", "pointtune.lost": LOST})
             tracking.end_run(uri, run.info.run_id, "KILLED")
             closed += 1
+    if spec.scheduler == "pbt":  # no Optuna study
+        return closed
     study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(spec.root))
     for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         if trial.user_attrs.get("tune_trial_id") not in known:
@@ -225,7 +227,8 @@ def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
     (root / "summary.txt").write_text(table + "\n")
     _write_csv(rows, root / "summary.csv")
     best_config = write_best_config(rows, root / "best_config.yaml")
-    plots = plot_study(root)
+    pbt = spec.scheduler == "pbt"
+    plots = [] if pbt else plot_study(root)
     for path in [root / "summary.csv", *plots] + ([root / "best_config.yaml"] if best_config else []):
         tracking.log_artifact(uri, spec.parent_run_id, path)
     done = [r for r in rows if r.best is not None]
@@ -237,11 +240,11 @@ def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
     print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {counts['STOPPED']} stopped early by "
-          f"ASHA, {counts['FAILED']} failed")
+          f"{'PBT' if pbt else 'ASHA'}, {counts['FAILED']} failed")
     if done:
         best = done[0]
-        print(f"[pointtune] best trial {best.trial_id} (Optuna #{best.optuna_trial}): {space.metric} = {best.best:.4f}  "
-              f"{best.params}")
+        origin = "its last PBT values" if pbt else f"Optuna #{best.optuna_trial}"
+        print(f"[pointtune] best trial {best.trial_id} ({origin}): {space.metric} = {best.best:.4f}  {best.params}")
         print(f"[pointtune] best config: {root / 'best_config.yaml'}  (pointtune train {spec.method} --config ...)")
         if best.mlflow_run_id:
             print(f"[pointtune] best run: {ui_url(spec, best.mlflow_run_id)}")
@@ -249,8 +252,26 @@ def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
         print(f"[pointtune] MLflow runs: pointtune ui {root}   (then open {ui_url(spec)})")
     else:
         print(f"[pointtune] MLflow runs: {ui_url(spec)}")
-    print(f"[pointtune] Optuna study: optuna-dashboard sqlite:///{root.resolve()}/optuna.db")
+    if pbt:
+        exploits = sum(1 for _ in _pbt_exploits(spec))
+        print(f"[pointtune] PBT: {exploits} exploit(s); each trial's param/* and sched/* per epoch are in MLflow")
+    else:
+        print(f"[pointtune] Optuna study: optuna-dashboard sqlite:///{root.resolve()}/optuna.db")
     return rows
+
+
+def _pbt_exploits(spec):
+    """The exploits Tune's PBT logged (``pbt_global.txt``: one JSON list per exploit: the target's and the
+    donor's trial tags, their training iterations, the donor's config and the target's new config)."""
+    import json
+
+    from pointtune.search.sweep import TUNE_NAME
+
+    path = Path(spec.storage_path) / TUNE_NAME / "pbt_global.txt"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
 
 
 def _write_csv(rows: list[TrialSummary], path: Path) -> None:

@@ -13,9 +13,15 @@ File format (``search_spaces/cedr.yaml``)::
       method.ent_high:     {type: float, low: 1.5, high: 3.5, when: {method.use_eaa: true}}
       train.batch_size:    {type: int, low: 16, high: 64, step: 16}
       method.label_smoothing: {type: fixed, value: 0.2}
+      method.teacher_momentum.start: {type: float, low: 0.99, high: 0.9995, perturb: {factor: [0.999, 1.001]}}
+      method.student_temperature:    {type: categorical, choices: [0.05, 0.1, 0.2], perturb: resample}
 
 Keys are dotted config keys (see :mod:`pointtune.config`). ``when`` makes a parameter conditional: it is
 sampled only if every named parameter (defined earlier in the file) took one of the given values.
+``perturb`` marks what population-based training (``pointtune sweep --scheduler pbt``,
+:mod:`pointtune.search.pbt`) may change when a trial exploits another: multiply by one of two factors
+(numbers; clipped to ``[low, high]``), or ``resample`` from the parameter's distribution. ASHA sweeps
+ignore it.
 """
 
 from __future__ import annotations
@@ -30,16 +36,17 @@ from pointtune.method import Task
 
 TYPES = ("float", "int", "categorical", "fixed")
 _ALLOWED = {
-    "float": {"type", "low", "high", "log", "step", "when"},
-    "int": {"type", "low", "high", "log", "step", "when"},
-    "categorical": {"type", "choices", "when"},
+    "float": {"type", "low", "high", "log", "step", "when", "perturb"},
+    "int": {"type", "low", "high", "log", "step", "when", "perturb"},
+    "categorical": {"type", "choices", "when", "perturb"},
     "fixed": {"type", "value", "when"},
 }
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched (or fixed) hyperparameter. ``when`` maps earlier keys to their allowed values."""
+    """One searched (or fixed) hyperparameter. ``when`` maps earlier keys to their allowed values;
+    ``perturb`` is how PBT may change it: ``None``, ``"resample"`` or the pair of factors ``(low, high)``."""
 
     key: str
     type: str
@@ -50,6 +57,7 @@ class Param:
     choices: tuple = ()
     value: Any = None
     when: dict[str, tuple] = field(default_factory=dict)
+    perturb: str | tuple[float, float] | None = None
 
     def active(self, sampled: dict[str, Any]) -> bool:
         """Whether every condition holds for the values sampled so far."""
@@ -64,6 +72,30 @@ class Param:
         if self.type == "categorical":
             return trial.suggest_categorical(self.key, list(self.choices))
         return self.value
+
+    def domain(self):
+        """The parameter as a Ray Tune search domain (``tune.loguniform``, ``tune.choice``, ...), for the
+        initial population and the resampling of population-based training; a fixed value as it is."""
+        from ray import tune
+
+        if self.type == "categorical":
+            return tune.choice(list(self.choices))
+        if self.type == "fixed":
+            return self.value
+        if self.type == "int":
+            if self.log:
+                return tune.lograndint(int(self.low), int(self.high) + 1)
+            return tune.qrandint(int(self.low), int(self.high), int(self.step or 1))
+        if self.log:
+            return tune.loguniform(self.low, self.high)
+        return tune.quniform(self.low, self.high, self.step) if self.step else tune.uniform(self.low, self.high)
+
+    def clip(self, value: Any) -> Any:
+        """``value`` held within ``[low, high]`` (and an integer for ``int``), after a PBT perturbation."""
+        if self.type not in ("float", "int"):
+            return value
+        value = min(max(value, self.low), self.high)
+        return int(round(value)) if self.type == "int" else float(value)
 
     def corners(self) -> list[Any]:
         """Values that span the parameter (bounds or every choice), used to validate it against the config."""
@@ -101,6 +133,16 @@ class SearchSpace:
         """Keys that are sampled (not fixed)."""
         return [p.key for p in self.params if p.type != "fixed"]
 
+    def active_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` without the parameters whose ``when`` conditions fail (a sampler that draws every
+        parameter, like the initial population of PBT, draws inactive ones too); other keys pass."""
+        params = {p.key: p for p in self.params}
+        kept: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in params or params[key].active(kept):
+                kept[key] = value
+        return kept
+
 
 def _err(source: str, key: str, msg: str) -> ConfigError:
     return ConfigError(f"{source}: {key}: {msg}")
@@ -133,6 +175,7 @@ def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) ->
         if cond_key not in earlier:
             raise _err(source, key, f"condition on {cond_key!r}, which is not a parameter defined before it")
         when[cond_key] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+    perturb = _perturbation(source, key, spec.get("perturb"), kind)
     if kind in ("float", "int"):
         low, high = _number(source, key, spec, "low", kind), _number(source, key, spec, "high", kind)
         if low > high:
@@ -147,15 +190,28 @@ def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) ->
             step = _number(source, key, spec, "step", kind)
             if step <= 0 or log:
                 raise _err(source, key, "'step' must be > 0 and cannot be combined with log")
-        return Param(key, kind, low=low, high=high, log=log, step=step, when=when)
+        return Param(key, kind, low=low, high=high, log=log, step=step, when=when, perturb=perturb)
     if kind == "categorical":
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _err(source, key, f"'choices' must be a non-empty list, got {choices!r}")
-        return Param(key, kind, choices=tuple(choices), when=when)
+        return Param(key, kind, choices=tuple(choices), when=when, perturb=perturb)
     if "value" not in spec:
         raise _err(source, key, "type fixed needs a 'value'")
     return Param(key, kind, value=spec["value"], when=when)
+
+
+def _perturbation(source: str, key: str, spec: Any, kind: str) -> str | tuple[float, float] | None:
+    """``perturb:`` of a parameter: ``resample`` or ``{factor: [a, b]}`` (numbers > 0, numeric types only)."""
+    if spec is None or spec == "resample":
+        return spec
+    if kind in ("float", "int") and isinstance(spec, dict) and set(spec) == {"factor"}:
+        factors = spec["factor"]
+        if (isinstance(factors, list) and len(factors) == 2
+                and all(isinstance(f, (int, float)) and not isinstance(f, bool) and f > 0 for f in factors)):
+            return (float(min(factors)), float(max(factors)))
+    allowed = "resample" if kind == "categorical" else "resample or {factor: [0.8, 1.2]} (two numbers > 0)"
+    raise _err(source, key, f"perturb: expected {allowed}, got {spec!r}")
 
 
 def _params_of(path: Path, tree: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""A sweep: Ray Tune + Optuna TPE (study in SQLite) + ASHA, every trial recorded in MLflow by the driver.
+"""A sweep: Ray Tune + Optuna TPE (study in SQLite) + ASHA, or population-based training
+(:mod:`pointtune.search.pbt`), every trial recorded in MLflow by the driver.
 
 Data flow: :class:`SweepSpec` (validated before Ray starts, saved as ``<sweep dir>/sweep.yaml``) -> ``Tuner``
 -> one :func:`run_trial` per trial, which trains in its own actor (one worker) or through a ``TorchTrainer``
@@ -62,6 +63,8 @@ class SweepSpec:
     storage: str | None = None
     mlflow_uri: str | None = None
     grace_period: int = 1
+    scheduler: str = "asha"
+    pbt_interval: int = 1
     wait_for_resources: float = 0.0
     worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT_S
     verbose: bool = False
@@ -122,9 +125,13 @@ class SweepSpec:
         return load_search_space(self.root / "space.yaml", self.method)
 
 
-def trial_config(spec: SweepSpec, sampled: dict[str, Any]):
-    """The :class:`ExperimentConfig` of a trial: base config + sampled values + the sweep's fixed overrides."""
+def trial_config(spec: SweepSpec, sampled: dict[str, Any], space: SearchSpace | None = None):
+    """The :class:`ExperimentConfig` of a trial: base config + sampled values + the sweep's fixed overrides.
+    A PBT population draws every parameter: those whose ``when`` conditions fail are left out here (``space``:
+    the sweep's, default the one saved in the sweep directory)."""
     sampled = sampled_params(sampled)
+    if spec.scheduler == "pbt":
+        sampled = (space or spec.space()).active_values(sampled)
     return build_config(spec.method, spec.base, {**sampled, **spec.fixed_overrides()}, source=f"trial {sampled}")
 
 
@@ -150,7 +157,7 @@ def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
         logging.getLogger("ray").setLevel(logging.WARNING)  # e.g. "Checkpoint successfully created" per epoch
     space = spec.space()
     plan = spec.plan
-    exp = trial_config(spec, config)
+    exp = trial_config(spec, config, space)
     if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
         exp.train.threads = max(1, int(plan.cpus_per_worker))
     loop = LoopConfig(exp.to_dict(), space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker,
@@ -207,31 +214,58 @@ def prepare_sweep(spec: SweepSpec) -> SearchSpace:
     from pointtune.preflight import check_numbers, check_tracking_uri, preflight
 
     check_numbers(asdict(spec), "sweep")
+    if spec.scheduler not in ("asha", "pbt"):
+        raise ConfigError(f"--scheduler must be asha or pbt, got {spec.scheduler!r}")
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
-    probe = trial_config(spec, {p.key: p.corners()[0] for p in space.params})
+    probe = trial_config(spec, {p.key: p.corners()[0] for p in space.params}, space)
     if probe.train.epochs < 1:
         raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
                           "untrained baseline)")
+    if spec.scheduler == "pbt":
+        _check_pbt(spec, space, probe)
     preflight(probe, workers=spec.workers, objective=space.metric)  # fails here, not in every trial
     return space
 
 
+def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
+    """PBT needs single-process trials and a checkpoint at every perturbation (``--pbt-interval``)."""
+    from pointtune.search.pbt import pbt_scheduler
+
+    pbt_scheduler(space, spec.pbt_interval, probe.train.epochs)  # the space marks what to perturb, consistently
+    if spec.workers > 1:
+        raise ConfigError("--scheduler pbt: trials exploit each other's checkpoints through Tune, which "
+                          "data-parallel trials (--workers > 1) do not support yet; use --workers 1")
+    for key in ("eval_every", "checkpoint_every"):
+        every = getattr(probe.train, key)
+        if spec.pbt_interval % every:
+            raise ConfigError(f"train.{key}: PBT exploits the checkpoint of every --pbt-interval "
+                              f"({spec.pbt_interval}) epochs, so it must divide it, got {every}")
+
+
 def _tuner_parts(spec: SweepSpec, space: SearchSpace):
-    """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``)."""
+    """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): Optuna TPE + ASHA,
+    or Tune's random initial population + PBT (:mod:`pointtune.search.pbt`)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
 
+    from pointtune.search.pbt import pbt_scheduler
     from pointtune.search.records import MlflowRecorder, StudySearch
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = trial_config(spec, {}).train.epochs
-    searcher = StudySearch(
-        space=space.define_by_run, metric=space.metric, mode=space.mode, max_epochs=epochs,
-        sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=study_storage(spec.root), study_name=STUDY_NAME,
-    )
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
+    if spec.scheduler == "pbt":
+        searcher = BasicVariantGenerator(random_state=spec.seed)
+        scheduler = pbt_scheduler(space, spec.pbt_interval, epochs, spec.seed)
+    else:
+        searcher = StudySearch(
+            space=space.define_by_run, metric=space.metric, mode=space.mode, max_epochs=epochs,
+            sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=study_storage(spec.root),
+            study_name=STUDY_NAME,
+        )
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec_dict=asdict(spec)), spec.plan.trial_bundle())
     recorder = MlflowRecorder(asdict(spec), space.metric, space.mode, epochs)
     return searcher, scheduler, trainable, [recorder]
@@ -309,7 +343,9 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", space.metric: space.metric},
-        parameter_columns={OPTUNA_KEY: "optuna #"},  # the sampled values: summary.csv, MLflow, Optuna
+        # the sampled values: summary.csv, MLflow, Optuna; PBT's perturbed ones change, so they are shown
+        parameter_columns=({p.key: p.key.split(".", 1)[-1] for p in space.params if p.perturb is not None}
+                           if spec.scheduler == "pbt" else {OPTUNA_KEY: "optuna #"}),
         max_report_frequency=30, sort_by_metric=True,
     )
 
@@ -317,6 +353,8 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
 def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
+
+    from pointtune.search.pbt import population_space
 
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
@@ -328,6 +366,7 @@ def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
     else:
         tuner = tune.Tuner(
             trainable,
+            param_space=population_space(space) if spec.scheduler == "pbt" else None,
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
                 max_concurrent_trials=spec.plan.max_concurrent, metric=space.metric, mode=space.mode,

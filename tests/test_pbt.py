@@ -1,0 +1,109 @@
+"""Population-based training (`pointtune sweep --scheduler pbt`, pointtune.search.pbt): the space marks what
+PBT may perturb; a 4-trial sweep exploits at every epoch, every store records what Tune received, each trial's
+MLflow run holds the values it followed per epoch, and a killed PBT sweep is finished by `resume`."""
+
+import csv
+import json
+import sys
+
+import pytest
+
+from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, write_space
+from pointtune.config import ConfigError
+from pointtune.search.pbt import pbt_scheduler
+from pointtune.search.space import load_search_space
+
+EPOCHS = 3
+TINY = {"method.backbone.name": {"type": "fixed", "value": "pointnet"},
+        "method.backbone.emb_dims": {"type": "fixed", "value": 64},
+        "data.num_points": {"type": "fixed", "value": 128},
+        "data.synthetic_per_class": {"type": "fixed", "value": 16},
+        "train.batch_size": {"type": "fixed", "value": 16}}
+PERTURBED = {
+    "optim.lr.start": {"type": "float", "low": 0.005, "high": 0.3, "log": True, "perturb": {"factor": [0.8, 1.2]}},
+    "method.lambda_con.shape": {"type": "categorical", "choices": ["constant", "linear"]},
+    "method.lambda_con.end": {"type": "float", "low": 0.1, "high": 0.4, "perturb": {"factor": [0.8, 1.2]},
+                              "when": {"method.lambda_con.shape": "linear"}},
+    "method.temperature": {"type": "categorical", "choices": [0.1, 0.5, 1.0], "perturb": "resample"},
+}
+
+
+def _space(root, params=PERTURBED):
+    return write_space(root / "space.yaml", {**TINY, **params})
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"optim.lr.start": {"type": "float", "low": 0.01, "high": 0.2}}, "no parameter is marked `perturb:`"),
+    ({"optim.lr.start": {"type": "float", "low": 0.01, "high": 0.2, "perturb": {"factor": [0.8, 1.2]}},
+      "method.lambda_con.start": {"type": "float", "low": 0.05, "high": 0.3, "perturb": {"factor": [0.5, 2]}}},
+     "one pair of factors for every parameter"),
+])
+def test_what_pbt_perturbs_is_checked(tmp_path, params, message):
+    space = load_search_space(_space(tmp_path, params))
+    with pytest.raises(ConfigError, match=message):
+        pbt_scheduler(space, 1, EPOCHS)
+
+
+@pytest.mark.parametrize("spec, message", [
+    ({"type": "categorical", "choices": [1, 2], "perturb": {"factor": [0.8, 1.2]}}, "perturb: expected resample,"),
+    ({"type": "float", "low": 0.1, "high": 1.0, "perturb": {"factor": [0.8]}},
+     r"perturb: expected resample or \{factor: \[0.8, 1.2\]\}"),
+    ({"type": "float", "low": 0.1, "high": 1.0, "perturb": "shift"}, "perturb: expected"),
+])
+def test_bad_perturb_names_the_key(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=r"method.temperature: " + message):
+        load_search_space(_space(tmp_path, {"method.temperature": spec}))
+
+
+def test_pbt_refuses_what_it_cannot_run(tmp_path):
+    space = str(_space(tmp_path))
+    workers = pointtune("sweep", "cedr", "--space", space, "--scheduler", "pbt", "--workers", "2",
+                        "--output", str(tmp_path / "a"))
+    assert workers.returncode == 2 and "data-parallel trials (--workers > 1)" in workers.stderr
+    every = pointtune("sweep", "cedr", "--space", space, "--scheduler", "pbt", "--pbt-interval", "3",
+                      "--set", "train.checkpoint_every=2", "--output", str(tmp_path / "b"))
+    assert every.returncode == 2 and "train.checkpoint_every: PBT exploits" in every.stderr
+
+
+@pytest.mark.slow
+def test_pbt_sweep_exploits_and_records_what_it_followed(tmp_path):
+    out = tmp_path / "run"
+    proc = pointtune("sweep", "cedr", "--space", str(_space(tmp_path)), "--trials", "4", "--epochs", str(EPOCHS),
+                     "--scheduler", "pbt", "--pbt-interval", "1", "--output", str(out), "--seed", "1")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    statuses = check_records(out, EPOCHS, study=False)
+    assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 4    # PBT stops nobody
+    exploits = [json.loads(line) for line in (out / "tune" / "pbt_global.txt").read_text().splitlines()]
+    assert exploits and f"PBT: {len(exploits)} exploit(s)" in proc.stdout
+    client, runs = mlflow_runs(out)
+    trials = {r.data.tags["pointtune.trial_id"]: r for r in runs if r.data.tags.get("pointtune.kind") == "trial"}
+    exploited = 0
+    for run in trials.values():
+        flags = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "pbt/exploit")}
+        assert sorted(flags) == list(range(1, EPOCHS + 1))
+        lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "param/optim.lr.start")}
+        sched = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "sched/optim.lr")}
+        assert sorted(lrs) == sorted(sched) == sorted(flags)
+        for epoch, flag in flags.items():
+            if flag:   # it took another trial's values: they differ from its previous epoch's
+                exploited += 1
+                params = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
+                          for k in ("param/optim.lr.start", "param/method.temperature")}
+                assert any(p[epoch] != p[epoch - 1] for p in params.values())
+    assert exploited >= 1
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert len({r["trial_id"] for r in rows}) == 4 and all(r["optuna_trial"] == "" for r in rows)
+
+
+@pytest.mark.slow
+def test_killed_pbt_sweep_is_finished_by_resume(tmp_path):
+    space = _space(tmp_path, {**PERTURBED, "data.synthetic_per_class": {"type": "fixed", "value": 96}})
+    out = tmp_path / "run"
+    kill_after_first_report([sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space),
+                             "--trials", "4", "--epochs", str(EPOCHS), "--scheduler", "pbt", "--output", str(out)],
+                            out)
+    assert not (out / "summary.csv").exists()
+    resumed = pointtune("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    statuses = check_records(out, EPOCHS, study=False)
+    assert len(statuses) == 4 and set(statuses.values()) == {"FINISHED"}
