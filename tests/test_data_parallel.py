@@ -34,6 +34,8 @@ _CEDR = {"backbone": {"name": "pointnet", "emb_dims": 32}}
 _CONCLU = {"backbone": {"name": "pointnet", "emb_dims": 32}, "projector_hidden": 32, "projection_dim": 16,
            "predictor_hidden": 16, "num_prototypes": 4, "view_points": 32}
 _FINETUNE = {"backbone": {"name": "pointnet", "emb_dims": 48}}
+_DCGLR = {"backbone": {"name": "vit3d", "dim": 16, "depth": 1, "heads": 2, "k": 8}, "out_dim": 16, "proj_hidden": 16,
+          "proj_bottleneck": 8, "n_local_crops": 2, "n_multires": 1}
 
 # (case id, method, method config). Together the CEDR cases cover use_scc on/off, use_cpcm on/off with
 # cpcm_method 1/2 and centers batch/ema, use_eaa on/off, gather on/off, the start epochs and both loss forms.
@@ -58,6 +60,12 @@ CASES = [
     ("conclu-zero-weights", "conclu", {"lambda_con": 0.0, "lambda_clu": 0.0}),
     ("finetune-scratch", "finetune", _FINETUNE),
     ("finetune-scratch-frozen", "finetune", {**_FINETUNE, "freeze_encoder": True, "label_smoothing": 0.2}),
+    # DCGLR: kNN crops of shared size with the teacher's own BatchNorm statistics; box crops resampled to fixed
+    # sizes, mlp2 head (BatchNorm) with the teacher's statistics an EMA of the student's, DINO averaging
+    ("dcglr-knn-shared", "dcglr", {}),
+    ("dcglr-box-fixed-mlp2-ema-bn", "dcglr", {"crop_mode": "box", "view_points_mode": "fixed", "global_points": 48,
+                                              "local_points": 16, "head": "mlp2", "teacher_bn": "ema",
+                                              "loss_avg": "dino"}),
 ]
 CONTROL = "control-unused-module"        # a module with an unused parameter: the harness must report it
 
@@ -190,6 +198,11 @@ def _train_case(method_name: str, overrides: dict, dataset, rank: int, control: 
     optimizer = torch.optim.SGD(method.param_groups(1e-4), lr=0.05, momentum=0.9)
 
     captured = []                                                 # CEDR: normalised projections of each step
+    teacher_out: list[list[torch.Tensor]] = []                    # DCGLR: teacher outputs of each step
+    is_dcglr = method_name == "dcglr"
+    if is_dcglr:
+        method.teacher.register_forward_hook(lambda m, i, o: teacher_out[-1].append(o.detach().double()))
+        teacher_start = [p.detach().clone() for p in method.teacher.parameters()]
     if getattr(method, "proj_head", None) is not None:
         method.proj_head.register_forward_hook(lambda m, i, o: captured.append(F.normalize(o.detach().float(), dim=1)))
     res: dict = {"options": options, "losses": [], "terms": [], "scc": [], "missing_grads": set(), "labels": []}
@@ -198,6 +211,7 @@ def _train_case(method_name: str, overrides: dict, dataset, rank: int, control: 
     for epoch in range(EPOCHS):
         sampler.set_epoch(epoch)
         for i, batch in enumerate(loader):
+            teacher_out.append([])
             out = model(batch, epoch, (epoch + i / len(loader)) / EPOCHS)
             loss = out["loss"]
             res["losses"].append(float(loss.detach()))
@@ -228,6 +242,19 @@ def _train_case(method_name: str, overrides: dict, dataset, rank: int, control: 
         res["centers"] = (method.center_memory.clone(), method.center_seen.clone())
         res["union_centers"], res["alone_centers"] = union, alone
         res["centers_equal"] = _flat_gather([method.center_memory, method.center_seen])[0]
+    if is_dcglr:
+        # replay Eq. 9 over the union of both workers' teacher outputs (and over this worker's alone)
+        q = method.cfg.center_momentum
+        union = alone = torch.zeros_like(method.center, dtype=torch.float64)
+        for outs in teacher_out:
+            rows = torch.cat(outs)
+            union = q * union + (1 - q) * all_gather_rows(rows)[0].mean(dim=0)
+            alone = q * alone + (1 - q) * rows.mean(dim=0)
+        teacher = list(method.teacher.parameters()) + list(method.teacher.buffers())
+        res["dcglr"] = {"center": method.center.clone(), "union": union, "alone": alone,
+                        "teacher_equal": _flat_gather(teacher)[0] and _flat_gather([method.center])[0],
+                        "teacher_moved": any(not torch.equal(p, s) for p, s in zip(method.teacher.parameters(),
+                                                                                     teacher_start))}
     del res["labels"]
     return res
 
@@ -253,7 +280,8 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         dataset = _Clouds()
         for name, method_name, overrides in CASES:
             attempt(name, _train_case, method_name, {**(_CEDR if method_name == "cedr" else
-                                                        _CONCLU if method_name == "conclu" else {}),
+                                                        _CONCLU if method_name == "conclu" else
+                                                        _DCGLR if method_name == "dcglr" else {}),
                                                      **overrides}, dataset, rank)
         attempt(CONTROL, _train_case, "cedr", {**_CEDR, "use_scc": False}, dataset, rank, control=True)
     finally:
@@ -364,6 +392,14 @@ def test_method_trains_under_ddp(workers, name):
             torch.testing.assert_close(memory, union_memory, atol=1e-6, rtol=1e-5)
         # a worker's own batches alone would give other centres (the check can fail)
         assert any(not torch.allclose(p["alone_centers"][0], p["union_centers"][0], atol=1e-4) for p in parts)
+    if "dcglr" in parts[0]:
+        # DCGLR: the teacher (parameters, BatchNorm statistics) and the centre are the same on both workers, the
+        # teacher moved (EMA), and the centre is Eq. 9 over the teacher outputs of both workers' batches
+        assert parts[0]["dcglr"]["teacher_equal"], "the teacher or the centre differs across workers"
+        for part in parts:
+            assert part["dcglr"]["teacher_moved"]
+            torch.testing.assert_close(part["dcglr"]["center"].double(), part["dcglr"]["union"], atol=1e-6, rtol=1e-5)
+        assert any(not torch.allclose(p["dcglr"]["alone"], p["dcglr"]["union"], atol=1e-4) for p in parts)
 
 
 def test_harness_reports_an_unused_parameter(workers):

@@ -102,7 +102,7 @@ def test_mlflow_parent_and_children(sweep):
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # runs table, not GenAI
     for child in children:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert "optim.lr" in child.data.params and "train.epochs" in child.data.params
+        assert "optim.lr.start" in child.data.params and "train.epochs" in child.data.params
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         assert {"config.yaml", "confusion_matrix.png", "best_checkpoint"} <= artifacts
 
