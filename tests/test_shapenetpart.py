@@ -396,3 +396,15 @@ def test_bad_h5_files_are_named(tmp_path):
     one_line_error(err, str(path), "'pid'", "(2, 2048)")
     shutil.copy(real(SNP) / "ply_data_all0.h5", path)
     assert len(read_shapenetpart_h5(tmp_path, "all")) == 20
+
+
+@pytest.mark.parametrize("name", ["shapenetpart", "shapenetpart_h5"])
+def test_variant_all_pretrains_on_every_shape(name):
+    """``data.variant: all``: the 20 sample shapes are training data (validation carved out), the test split is
+    empty: what a self-supervised method pretrains on, judged on another dataset (``protocol.data``)."""
+    data = build_datasets(DataConfig(name=name, root=str(real(SNP)), variant="all", num_points=512, cache=False))
+    assert len(data.train) + len(data.val) == 20 and len(data.test) == 0
+    assert data.train[0]["points"].shape == (512, 3) and data.class_names == SHAPENETPART_CLASSES
+    with pytest.raises(DatasetError) as info:
+        build_datasets(DataConfig(name=name, root=str(real(SNP)), variant="trainval", cache=False))
+    one_line_error(info, "data.variant:", "official, all", "'trainval'")

@@ -50,7 +50,8 @@ class DataConfig(BaseModel):
             (both with per-point part labels, item key ``seg``); checked by
             :func:`pointtune.data.build_datasets` against :func:`pointtune.data.dataset_names`.
         root: the dataset directory (every dataset but ``synthetic`` needs one).
-        variant: ScanObjectNN variant ``OBJ_ONLY``, ``OBJ_BG`` or ``PB_T50_RS`` (default when ``None``).
+        variant: ScanObjectNN variant ``OBJ_ONLY``, ``OBJ_BG`` or ``PB_T50_RS`` (default when ``None``);
+            ShapeNetPart ``official`` (default) or ``all`` (every shape for training, no test split).
         classes: keep only these class names, labels re-indexed in this order; ``None`` keeps all.
         num_points: points per cloud fed to the model (> 0, at most the dataset's points per cloud).
         sampling: how training items choose them: ``first`` rows, ``random`` rows (fresh each time), or
@@ -72,7 +73,8 @@ class DataConfig(BaseModel):
         "synthetic", description="dataset: synthetic, modelnet40, modelnet40_resampled, modelnet10, scanobjectnn, shapenetpart, shapenetpart_h5")
     root: str | None = Field(None, description="the dataset directory (all but synthetic)")
     variant: str | None = Field(
-        None, description="ScanObjectNN variant: OBJ_ONLY, OBJ_BG or PB_T50_RS (null: PB_T50_RS)")
+        None, description="ScanObjectNN: OBJ_ONLY, OBJ_BG or PB_T50_RS (null: PB_T50_RS); ShapeNetPart: official "
+        "or all (every shape for training, no test: pretraining)")
     classes: list[str] | None = Field(
         None, description="keep only these classes, labels re-indexed in this order (null: all)")
     num_points: int = Field(1024, gt=0, description="points per cloud fed to the model")

@@ -95,13 +95,33 @@ def load_shapenetpart(cfg: DataConfig) -> Splits:
     carved out of train as for every dataset. Every cloud is resampled to ``max(num_points, 2048)`` points
     (:func:`pointtune.data.shapenetpart.resample_indices`), with normals and ``seg`` (global part ids 0..49).
 
-    Without ``train_test_split/shuffled_{train,val,test}_file_list.json`` (e.g. the pointtune sample) this
-    raises a DatasetError naming the missing list rather than guessing a split; read such a folder with
-    ``read_shapenetpart_txt(root, 'all')``.
+    ``data.variant: all``: every shape is training data and the test split is empty, for self-supervised
+    pretraining (STRL and DCGLR pretrain on all of ShapeNet and judge on another dataset: ``protocol.data``);
+    it needs no split lists. Without ``train_test_split/shuffled_{train,val,test}_file_list.json`` (e.g. the
+    pointtune sample) the official split raises a DatasetError naming the missing list rather than guessing.
     """
     root = require_root(cfg, SHAPENETPART_TXT_LAYOUT)
     n = max(cfg.num_points, SHAPENETPART_NUM_POINTS)
+    if _shapenetpart_variant(cfg) == "all":
+        return _all_for_training(read_shapenetpart_txt(root, "all", n))
     return read_shapenetpart_txt(root, "trainval", n), read_shapenetpart_txt(root, "test", n)
+
+
+SHAPENETPART_VARIANTS = ("official", "all")
+
+
+def _shapenetpart_variant(cfg: DataConfig) -> str:
+    """``data.variant`` of a ShapeNetPart dataset: ``official`` (default) or ``all``."""
+    variant = cfg.variant or "official"
+    if variant not in SHAPENETPART_VARIANTS:
+        raise DatasetError(f"data.variant: {cfg.name} has the variants {', '.join(SHAPENETPART_VARIANTS)} (all: "
+                           f"every shape for training, no test split, for pretraining), got {variant!r}")
+    return variant
+
+
+def _all_for_training(shapes: PointCloudSet) -> Splits:
+    """Every shape as the training split and an empty test split."""
+    return shapes, shapes.subset([])
 
 
 @register_dataset("shapenetpart_h5")
@@ -109,10 +129,13 @@ def load_shapenetpart_h5(cfg: DataConfig) -> Splits:
     """ShapeNetPart in the HDF5 layout under ``data.root``: train = ``ply_data_train*.h5`` then
     ``ply_data_val*.h5``, test = ``ply_data_test*.h5`` (2048 points per cloud, ``seg`` = the ``pid`` key).
 
-    A folder with only ``ply_data_all*.h5`` (no official split, e.g. the pointtune sample) raises a
-    DatasetError naming the missing ``ply_data_train*.h5``; read it with ``read_shapenetpart_h5(root, 'all')``.
+    ``data.variant: all``: every ``ply_data_*.h5`` shape is training data, the test split is empty (as for
+    ``shapenetpart``). A folder with only ``ply_data_all*.h5`` (e.g. the pointtune sample) raises a
+    DatasetError naming the missing ``ply_data_train*.h5`` for the official split.
     """
     root = require_root(cfg, SHAPENETPART_H5_LAYOUT)
+    if _shapenetpart_variant(cfg) == "all":
+        return _all_for_training(read_shapenetpart_h5(root, "all"))
     return read_shapenetpart_h5(root, "trainval"), read_shapenetpart_h5(root, "test")
 
 

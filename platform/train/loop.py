@@ -139,19 +139,17 @@ def _train_one_epoch(
     return {key: total / max(steps, 1) for key, total in sums.items()}
 
 
-def _describe_data(exp: ExperimentConfig, data) -> None:
-    """One line per split (clouds, classes present) and a warning naming the classes without a validation
-    cloud (their accuracy is never measured before the test)."""
-    names = data.class_names
-    for split in ("train", "val", "test"):
-        dataset = getattr(data, split)
+def _describe_splits(label: str, splits: dict[str, Any], names: list[str], warn: bool) -> None:
+    """One line per split (clouds, classes present) and, with ``warn``, a warning naming the classes without
+    a validation cloud (their accuracy is never measured before the test)."""
+    for split, dataset in splits.items():
         if dataset is None:
             continue
         present = int((dataset.pcs.class_counts() > 0).sum())
-        print(f"[pointtune] data {exp.data.name} {split}: {len(dataset)} clouds, {present} of {len(names)} classes",
-              flush=True)
-    missing = [n for n, c in zip(names, data.val.pcs.class_counts()) if c == 0]
-    if missing and len(data.val):
+        print(f"[pointtune] {label} {split}: {len(dataset)} clouds, {present} of {len(names)} classes", flush=True)
+    val = splits.get("val")
+    missing = [n for n, c in zip(names, val.pcs.class_counts()) if c == 0] if val is not None else []
+    if warn and missing and len(val):
         print(f"[pointtune] warning: no validation cloud for {len(missing)} class(es): {', '.join(missing)}", flush=True)
 
 
@@ -209,10 +207,15 @@ def run_loop(loop: LoopConfig, session) -> None:
     seed_everything(exp.train.seed)
 
     data = build_datasets(exp.data)
-    if rank == 0:
-        _describe_data(exp, data)
     # What the protocol judges on: the training dataset's splits, or protocol.data's own.
     judged = build_eval_splits(exp, data)
+    if rank == 0:
+        own = judged.source == "data"
+        _describe_splits(f"data {exp.data.name}", {"train": data.train, "val": data.val, "test": data.test},
+                         data.class_names, warn=own)
+        if not own:
+            _describe_splits(f"judged on protocol.data {exp.protocol.data.name}",
+                             {"fit": judged.fit, "val": judged.val, "test": judged.test}, judged.class_names, warn=True)
     if len(judged.val) == 0:
         raise ValueError(f"{judged.source}.val_fraction: the validation split is empty; evaluation and model "
                          "selection need one (test data is never used for selection)")

@@ -1,0 +1,61 @@
+"""DCGLR end to end through the CLI, as the README documents it: pretrained on the ShapeNetPart sample's
+points (`data.variant=all`) and judged by linear SVM on the complete ModelNet40 classes (`protocol.data`),
+and a 2-trial sweep with 2 Ray Train CPU workers per trial, checked against what Tune received."""
+
+import json
+
+import pytest
+
+import yaml
+
+from helpers import check_records, pointtune, real
+
+pytestmark = [pytest.mark.slow, pytest.mark.realdata]
+CLASSES = "[airplane, bathtub, bench]"
+# A one-block 3D-ViT of width 32 over 256-point clouds: an epoch of the 18 sample shapes takes seconds.
+TINY_DCGLR = {"method.backbone.dim": 32, "method.backbone.depth": 1, "method.backbone.heads": 2,
+              "method.backbone.k": 16, "method.proj_hidden": 64, "method.proj_bottleneck": 32, "method.out_dim": 64,
+              "method.n_local_crops": 2, "method.n_multires": 1, "data.num_points": 256, "train.batch_size": 8,
+              "optim.lr.warmup_epochs": 0}
+
+
+def _sets(values: dict) -> list[str]:
+    return [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
+
+
+def _judged_on(shared_data) -> str:
+    root = real(shared_data / "modelnet40_subset")
+    return f"protocol.data={{name: modelnet40, root: {root}, classes: {CLASSES}, num_points: 256}}"
+
+
+def test_pretrain_on_shapenetpart_judged_by_svm_on_modelnet40(shared_data, tmp_path):
+    out = tmp_path / "run"
+    proc = pointtune("train", "dcglr", "--epochs", "2", "--dataset", "shapenetpart",
+                     "--data-root", str(real(shared_data / "shapenetpart_subset")), "--set", "data.variant=all",
+                     "--set", _judged_on(shared_data), *_sets(TINY_DCGLR), "--output", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "data shapenetpart train: 18 clouds" in proc.stdout and "data shapenetpart test: 0 clouds" in proc.stdout
+    assert "judged on protocol.data modelnet40 val:" in proc.stdout
+    assert "no validation cloud" not in proc.stdout   # the pretraining data's classes are not judged
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(0 < e["val/svm_acc"] <= 1 and e["val/feature_rank"] >= 1 for e in epochs)
+    assert all(e["sched/method.teacher_momentum"] >= 0.996 for e in epochs)
+    summary = json.loads((out / "summary.json").read_text())
+    assert 1 / 3 <= summary["test"]["svm_acc"] <= 1 and summary["test"]["epoch"] == summary["best_epoch"], summary
+
+
+def test_two_trial_sweep_with_two_workers_per_trial(shared_data, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"method": "dcglr", "params": {
+        **{k: {"type": "fixed", "value": v} for k, v in TINY_DCGLR.items()},
+        "method.teacher_momentum.start": {"type": "float", "low": 0.99, "high": 0.9995},
+        "method.student_temperature": {"type": "categorical", "choices": [0.1, 0.2]},
+    }}))
+    out = tmp_path / "run"
+    proc = pointtune("sweep", "dcglr", "--space", str(space), "--trials", "2", "--epochs", "2", "--workers", "2",
+                     "--dataset", "shapenetpart", "--data-root", str(real(shared_data / "shapenetpart_subset")),
+                     "--set", "data.variant=all", "--set", _judged_on(shared_data), "--output", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    statuses = check_records(out, 2, metric="val/svm_acc")
+    assert len(statuses) == 2 and set(statuses.values()) <= {"FINISHED", "STOPPED"}
