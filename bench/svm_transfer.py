@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--setup", choices=sorted(SETUPS), default="conclu", help="method and encoder")
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--output", help="default runs/bench/svm_transfer/<setup>")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the setup (e.g. data.num_points=256)")
     args = parser.parse_args()
     method, title, settings = SETUPS[args.setup]
 
@@ -64,7 +66,7 @@ def main() -> None:
     from pointtune.train.checkpoint import load_method
 
     out = Path(args.output or f"runs/bench/svm_transfer/{args.setup}").resolve()
-    sets = [*settings, *COMMON, "data.name=modelnet40", f"data.root={Path(args.data_root).resolve()}"]
+    sets = [*settings, *COMMON, "data.name=modelnet40", f"data.root={Path(args.data_root).resolve()}", *args.set]
     exp = config_from_file(method, None, sets)
     data = build_datasets(exp.data)
 

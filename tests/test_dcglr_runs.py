@@ -8,7 +8,7 @@ import pytest
 
 import yaml
 
-from helpers import check_records, pointtune, real
+from helpers import check_records, mlflow_runs, pointtune, real
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 CLASSES = "[airplane, bathtub, bench]"
@@ -41,6 +41,9 @@ def test_pretrain_on_shapenetpart_judged_by_svm_on_modelnet40(shared_data, tmp_p
     assert [e["epoch"] for e in epochs] == [1, 2]
     assert all(0 < e["val/svm_acc"] <= 1 and e["val/feature_rank"] >= 1 for e in epochs)
     assert all(e["sched/method.teacher_momentum"] >= 0.996 for e in epochs)
+    client, runs = mlflow_runs(out)   # the best checkpoint's plots, as a sweep trial's
+    artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
+    assert {"feature_spectrum.png", "confusion_matrix.png", "config.yaml", "best_checkpoint"} <= artifacts
     summary = json.loads((out / "summary.json").read_text())
     assert 1 / 3 <= summary["test"]["svm_acc"] <= 1 and summary["test"]["epoch"] == summary["best_epoch"], summary
 

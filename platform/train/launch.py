@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from pointtune import tracking
-from pointtune.config import ExperimentConfig
+from pointtune.config import ConfigError, ExperimentConfig
 from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
 
@@ -122,11 +122,26 @@ def train(
     except Exception:
         tracking.end_run(uri, run_id, "FAILED")
         raise
+    _log_best_checkpoint(uri, run_id, run_dir, exp.method.name)
     tracking.end_run(uri, run_id, "FINISHED")
     summary = write_summary(run_dir, metric, mode, time.time() - began)
     print(f"[pointtune] per-epoch metrics: {run_dir / METRICS_FILE}; summary: {run_dir / SUMMARY_FILE}; "
           f"MLflow: pointtune ui {run_dir}")
     return summary
+
+
+def _log_best_checkpoint(uri: str, run_id: str, run_dir: Path, method: str) -> None:
+    """The run's best checkpoint, its config, validation confusion matrix and feature spectrum as MLflow
+    artifacts, as a sweep trial's (:func:`pointtune.search.records.log_checkpoint_artifacts`); nothing when the
+    run kept no checkpoint (``--epochs 0``)."""
+    from pointtune.search.records import log_checkpoint_artifacts
+    from pointtune.train.checkpoint import find_checkpoint
+
+    try:
+        best = find_checkpoint(run_dir)
+    except ConfigError:  # none kept (--epochs 0)
+        return
+    log_checkpoint_artifacts(uri, run_id, str(best), f"{method} {run_dir.name}")
 
 
 def write_summary(run_dir: Path, metric: str, mode: str, wall_s: float) -> dict[str, Any]:
