@@ -29,6 +29,7 @@ from pointtune.config import ConfigError, config_from_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 
 
 def default_space_file(method: str) -> Path:
@@ -146,7 +147,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
-        scheduler=args.scheduler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
+        scheduler=args.scheduler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
+        worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
     )
@@ -321,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``pointtune`` command; returns the exit status."""
     from pointtune.data import DatasetError
     from pointtune.search.resources import ResourceError
+    from pointtune.search.sweep import SweepInterrupted
 
     args = build_parser().parse_args(argv)
     logging.getLogger("ray").setLevel(logging.WARNING)
@@ -329,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DatasetError, ResourceError) as err:
         print(f"pointtune: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except SweepInterrupted as err:
+        print(f"pointtune: {err}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -83,7 +83,8 @@ def init_ray(
     """Start a local Ray instance (``address=None``) or join a running cluster; returns its GCS address.
 
     Never attaches to a cluster it was not asked for: ``None`` always starts a new instance, whatever else
-    runs on the machine. Inside ``ray job submit`` / ``pointtune submit`` (``RAY_ADDRESS`` set by Ray's job
+    runs on the machine, and a watcher (:mod:`pointtune.reaper`) stops that instance if this process dies
+    without doing so. Inside ``ray job submit`` / ``pointtune submit`` (``RAY_ADDRESS`` set by Ray's job
     supervisor) ``None`` joins the job's cluster.
 
     Args:
@@ -99,6 +100,8 @@ def init_ray(
     """
     import ray
 
+    from pointtune.reaper import start_reaper
+
     env = {**TRAIN_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{worker_start_timeout_s:g}"}
     level = logging.INFO if verbose else logging.WARNING
     if not verbose:
@@ -112,6 +115,7 @@ def init_ray(
         os.environ.update({**env, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
         ray.init(address="local", include_dashboard=dashboard, logging_level=level, log_to_driver=True,
                  configure_logging=True)
+        start_reaper()  # the instance dies with this process, even when it is killed (pointtune.reaper)
         gcs = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = gcs
         return gcs

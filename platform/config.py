@@ -54,8 +54,8 @@ class TrainConfig(BaseModel):
     ``checkpoint_every`` is in epochs: a checkpoint is also written whenever the objective improves and at
     the last epoch, so the best model and the end of the run are always kept.
     ``epochs: 0`` trains nothing and judges the initial model with the protocol: the random-initialisation
-    baseline of self-supervised methods. ``threads``: torch threads of each CPU worker; ``None``: the CPUs a Ray worker holds, all cores in local
-    mode. A sweep records the value its trials used in their configs (and so in ``best_config.yaml``), since
+    baseline of self-supervised methods. ``threads``: torch threads of each CPU worker; ``None``: the CPUs a
+    Ray worker holds, all cores in local mode. A sweep records the value its trials used in their configs (and so in ``best_config.yaml``), since
     the thread count changes floating-point results.
     """
 
@@ -74,7 +74,8 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(
         1, ge=1, description="keep a checkpoint every this many epochs (besides the best and the last)")
     threads: int | None = Field(
-        None, ge=1, description="torch threads per CPU worker (null: the worker's CPUs, all cores locally; recorded by sweeps)")
+        None, ge=1,
+        description="torch threads per CPU worker (null: the worker's CPUs, all cores locally; recorded by sweeps)")
 
 
 class ProtocolConfig(BaseModel):
@@ -107,9 +108,11 @@ class ProtocolConfig(BaseModel):
     name: str | None = Field(
         None, description="evaluation protocol: classification, linear_svm, few_shot (null: the task's default)")
     data: DataConfig | None = Field(
-        None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet, keys as data.* (null: data)")
+        None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet; keys "
+        "as data.* (null: data)")
     svm_c: float | list[float] = Field(
-        default_factory=lambda: [0.01, 0.1, 1.0, 10.0], description="linear SVM: C, or a list chosen from by cross-validation on the training features")
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0],
+        description="linear SVM: C, or a list chosen from by cross-validation on the training features")
     svm_folds: int = Field(5, ge=2, description="linear SVM: folds of that cross-validation")
     svm_max_iter: int = Field(
         5000, ge=100, description="linear SVM: LinearSVC max_iter (whether it converged is reported as svm_converged)")

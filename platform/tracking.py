@@ -138,9 +138,18 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
                   max_results=50000)
 
 
-def reopen_run(uri: str, run_id: str) -> None:
-    """Mark a run ``RUNNING`` again (a trial restarted by ``pointtune resume``)."""
-    _retry(_client(uri).update_run, run_id, status="RUNNING")
+def reopen_run(uri: str, run_id: str, superseded: tuple[str, ...] = ()) -> dict[str, str]:
+    """Mark a run ``RUNNING`` again (a trial restarted by ``pointtune resume``); each tag of ``superseded``
+    it holds moves to ``<tag>.previous`` (the record of a failure that the restart supersedes). Returns the
+    tags the run had."""
+    client = _client(uri)
+    tags = dict(_retry(client.get_run, run_id).data.tags)
+    for key in superseded:
+        if key in tags:
+            _retry(client.set_tag, run_id, f"{key}.previous", tags[key])
+            _retry(client.delete_tag, run_id, key)
+    _retry(client.update_run, run_id, status="RUNNING")
+    return tags
 
 
 def log_metrics(target: dict[str, str], metrics: dict[str, float], step: int) -> None:

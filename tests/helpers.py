@@ -98,7 +98,9 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"}
     if study:
         trials = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
-        studied = {t.user_attrs["tune_trial_id"]: t for t in trials if "lost" not in t.user_attrs}
+        # A failed trial that resume finished is recorded again; the failed record names its successor.
+        studied = {t.user_attrs["tune_trial_id"]: t for t in trials
+                   if "lost" not in t.user_attrs and "superseded_by" not in t.user_attrs}
     else:
         assert not (sweep_dir / "optuna.db").exists()
     summary = {row["trial_id"]: row for row in csv.DictReader((sweep_dir / "summary.csv").open())}
@@ -148,18 +150,17 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     return statuses
 
 
-def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
-    """Start the sweep ``cmd`` (writing to ``out``) in its own session and SIGKILL it, with its Ray
-    processes, once a trial has reported an epoch and Tune has saved its experiment state after that: the
-    kill comes after a state that references a checkpoint that exists. (Killed between Tune deleting a
-    superseded checkpoint and saving the state that forgets it, the restored trial cannot find its
-    checkpoint: Tune's window, narrowed here on purpose; issue 12 is about closing it.)"""
-    import signal
+def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300) -> subprocess.Popen:
+    """Start the sweep ``cmd`` (writing to ``out``) in its own session, its output captured, and return once a
+    trial has reported an epoch and Tune has saved its experiment state after that: an interruption then
+    comes after a state that references a checkpoint that exists. (Killed between Tune deleting a superseded
+    checkpoint and saving the state that forgets it, the restored trial cannot find its checkpoint: Tune's
+    window, narrowed here on purpose.)"""
     import time
 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + timeout
 
     def reported() -> bool:
@@ -169,12 +170,37 @@ def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> 
             r.stat().st_mtime for r in results)
 
     while not reported():
-        assert proc.poll() is None, "the sweep ended before it could be killed"
+        assert proc.poll() is None, "the sweep ended before it could be interrupted: " + proc.stderr.read()[-3000:]
         assert time.time() < deadline, f"no trial reported within {timeout:g} s"
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    subprocess.run([os.path.join(os.path.dirname(sys.executable), "ray"), "stop", "--force"], capture_output=True)
+    return proc
+
+
+def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
+    """SIGKILL the driver of the sweep ``cmd`` once it has reported (:func:`sweep_until_reported`), as a
+    crash or the OOM killer would, and assert that every process it had started (the Ray instance, its
+    trial actors and Train workers) is gone within 15 s: killed by ``pointtune.reaper``, not by the test."""
+    import signal
+    import time
+
+    from pointtune.reaper import descendants
+
+    proc = sweep_until_reported(cmd, out, timeout)
+    family = descendants({proc.pid})
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.time() + 15
+    while (left := [p for p in family if _running(p)]) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed sweep still run: {left}"
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:

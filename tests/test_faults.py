@@ -1,12 +1,17 @@
 """Faults and bad input: a killed sweep is finished by `resume`; a NaN trial fails alone; bad input exits 2."""
 
 import csv
+import os
+import signal
+import subprocess
 import sys
+import time
 
 import optuna
 import pytest
 
-from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, write_space
+from conftest import REPO
+from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, sweep_until_reported, write_space
 
 
 @pytest.mark.parametrize("args,match", [
@@ -86,3 +91,94 @@ def test_killed_sweep_is_finished_by_resume(tmp_path):
     assert sum(t.state in Done for t in study.trials) == 3
     assert all(t.state in Done or "lost" in t.user_attrs for t in study.trials)
     check_records(out, 3)
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
+    """Issue 12: Ctrl-C (SIGINT to the driver's process group) after a trial's first epoch: exit 130 with the
+    resume command, no summary or best config, the MLflow parent INTERRUPTED (not FINISHED), no trial marked
+    FINISHED or STOPPED that did not end; `pointtune resume` then finishes every store consistently."""
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+    out = tmp_path / "run"
+    began = time.time()
+    proc = sweep_until_reported([sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space),
+                                 "--trials", "2", "--epochs", "2", "--output", str(out), "--max-concurrent", "1"], out)
+    reported = time.time()
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    print(f"first report after {reported - began:.1f} s; stopped {time.time() - reported:.1f} s after SIGINT")
+    assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
+    assert f"pointtune resume {out}" in stderr
+    assert not (out / "summary.csv").exists() and not (out / "best_config.yaml").exists()
+    _, runs = mlflow_runs(out)
+    parent = next(r for r in runs if r.data.tags.get("pointtune.kind") == "sweep")
+    assert parent.info.status == "RUNNING" and parent.data.tags["pointtune.status"] == "INTERRUPTED"
+    results = [p for p in out.glob("tune/*/result.json")]
+    ended = sum(1 for p in results if '"done": true' in p.read_text())
+    children = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
+    assert sum(c.info.status in ("FINISHED", "KILLED") for c in children) <= ended
+    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{out}/optuna.db")
+    assert sum(t.state != optuna.trial.TrialState.RUNNING for t in study.trials) <= ended
+
+    began = time.time()
+    resumed = pointtune("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    print(f"resume took {time.time() - began:.1f} s")
+    statuses = check_records(out, 2)
+    assert len(statuses) == 2
+
+
+def _train_workers() -> list[int]:
+    """PIDs of live Ray Train worker processes (their title names ``RayTrainWorker``)."""
+    from pathlib import Path
+
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_worker_fails_its_trial_with_the_cause_and_resume_finishes_it(tmp_path):
+    """Issue 12: SIGKILL of one Ray Train worker fails that trial alone, with a reason that says what happened
+    to the worker; after `resume` the trial finishes and every store says so (Optuna COMPLETE, MLflow FINISHED
+    without the failure tag, which is kept as pointtune.failure.previous), epoch by epoch as Tune received it."""
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
+                                                  "data.synthetic_per_class": {"type": "fixed", "value": 96}})
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space), "--trials",
+                             "1", "--epochs", "6", "--workers", "2", "--output", str(out)], cwd=REPO, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    # Kill once the Train run has kept its first epoch's checkpoint (Tune's result.json is written in bulk).
+    while not (list(out.glob("train/*/checkpoint_*")) and len(workers := _train_workers()) == 2):
+        assert proc.poll() is None and time.time() < deadline, "the trial ended before a worker could be killed"
+        time.sleep(0.05)
+    os.kill(workers[-1], signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode in (0, 1), stderr[-3000:]
+    _, runs = mlflow_runs(out)
+    (failed,) = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
+    assert failed.info.status == "FAILED", failed.data.tags
+    reason = failed.data.tags["pointtune.failure"]
+    assert "worker" in reason and not reason.rstrip().endswith("worker errors:"), reason
+
+    resumed = pointtune("resume", str(out))
+    assert resumed.returncode == 0, resumed.stderr[-5000:]
+    assert check_records(out, 6) == {failed.data.tags["pointtune.trial_id"]: "FINISHED"}
+    _, runs = mlflow_runs(out)
+    (run,) = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
+    assert run.data.tags["pointtune.failure.previous"] == reason
+
+
+def test_the_failure_of_a_train_run_names_the_worker_that_died():
+    from pointtune.search.sweep import _worker_failure
+
+    collateral = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+    assert _worker_failure({0: collateral, 1: RuntimeError("A worker health check failed.")}) == (
+        "worker 1: A worker health check failed. (1 other worker(s) failed with it)")
+    assert _worker_failure({1: ValueError("loss became nan")}) == "worker 1: loss became nan"

@@ -134,3 +134,22 @@ def test_test_split_is_scored_on_the_selected_epoch():
     assert scores["OA"] == pytest.approx(final["test/OA"])
     for path in session.checkpoints.values():
         shutil.rmtree(path)
+
+
+def test_resumed_at_its_last_epoch_the_run_reports_what_that_checkpoint_recorded():
+    """Issue 12: a trial restored from the checkpoint of its last epoch (e.g. written by a worker after the
+    driver was killed) is complete: it reports that checkpoint's metrics, with the checkpoint, and trains
+    nothing; it is never left with an empty result."""
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 2})
+    first = Recorder(keep=True)
+    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), first)
+    last = first.checkpoints[2]
+
+    class Restored(Recorder):
+        def checkpoint_dir(self):
+            return str(last)
+
+    again = Restored()
+    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), again)
+    assert again.reports == [(first.reports[-1][0], True)]
+    assert "test/OA" in again.reports[0][0] and again.reports[0][0]["epoch"] == 2

@@ -29,14 +29,20 @@ def test_local_train_one_epoch_then_resume(tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("[pointtune] done: 1 epochs") and len(last) < 160, last
     assert "[pointtune] data synthetic val:" in proc.stdout
+    assert {"confusion_matrix.png", "config.yaml", "best_checkpoint"} <= {
+        a.path for a in client.list_artifacts(runs[0].info.run_id)}
 
     # The same command with a longer budget continues from the checkpoint instead of starting over.
     proc = pointtune("train", "cedr", "--epochs", "2", "--output", str(out), "--no-progress", *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "resumed from epoch 1" in proc.stdout + proc.stderr
+    assert "resumed after epoch 1" in proc.stdout + proc.stderr
     assert load_state(out / "checkpoints" / "latest")["epoch"] == 1
     epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2] and json.loads((out / "summary.json").read_text())["epochs"] == 2
+    # Once more: the run is complete; nothing is trained or recorded twice.
+    proc = pointtune("train", "cedr", "--epochs", "2", "--output", str(out), "--no-progress", *tiny_sets())
+    assert proc.returncode == 0 and "the run is complete" in proc.stdout, proc.stderr[-3000:]
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 @pytest.mark.slow

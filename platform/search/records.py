@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from pointtune import tracking
@@ -45,6 +46,30 @@ def metric_items(result: dict[str, Any]) -> dict[str, float]:
 def stopped_early(result: dict[str, Any] | None, max_epochs: int) -> bool:
     """Whether a trial that ended without error ended before its last epoch (ASHA stopped it)."""
     return bool(result) and int(result.get("epoch", 0)) < max_epochs
+
+
+class TrialResultLog(JsonLoggerCallback):
+    """Tune's ``result.json`` logger (every result a trial reported: what ``ResultGrid`` and the summary
+    read), which keeps a trial's earlier results when ``pointtune resume`` restarts it in a new driver.
+
+    Tune restores the file from the storage only for a trial it holds a checkpoint for; a data-parallel
+    trial's checkpoints are Ray Train's, so a resumed one (e.g. after a worker was killed) started a fresh
+    file and its earlier epochs vanished from Tune's record (issue 12). Here the file is restored whenever the
+    storage has one and this driver has not started its own copy yet (Tune's file-logger hook).
+    """
+
+    def _restore_from_remote(self, file_name: str, trial) -> None:
+        import pyarrow.fs
+
+        local = Path(trial.local_path, file_name)
+        if local.exists():  # this driver writes it already (e.g. a PBT restart): it is the newest copy
+            return
+        remote = Path(trial.storage.trial_fs_path, file_name).as_posix()
+        filesystem = trial.storage.storage_filesystem
+        if filesystem.get_file_info(remote).type == pyarrow.fs.FileType.NotFound:
+            return
+        local.parent.mkdir(parents=True, exist_ok=True)
+        pyarrow.fs.copy_files(remote, local.as_posix(), source_filesystem=filesystem)
 
 
 class MlflowRecorder(Callback):
@@ -76,8 +101,8 @@ class MlflowRecorder(Callback):
         spec = SweepSpec(**self.sweep)
         params = sampled_params(trial.config)
         existing = tracking.find_child_run(self._uri, spec.experiment_id, spec.parent_run_id, trial.trial_id)
-        if existing:
-            tracking.reopen_run(self._uri, existing)
+        if existing:  # restarted (resume): a failure it had is superseded by what happens now
+            tracking.reopen_run(self._uri, existing, superseded=("pointtune.failure", "pointtune.status"))
             run_id = existing
         else:
             run_id = tracking.start_run(
@@ -256,17 +281,21 @@ class StudySearch(OptunaSearch):
         if step not in self._reported.setdefault(trial_id, set()):
             try:
                 ot_trial.report(float(value), step)
-            except UpdateFinishedTrialError:  # closed in the study before an interruption: nothing to add
+            except UpdateFinishedTrialError:  # closed in the study (failed, or before an interruption)
                 return
             self._reported[trial_id].add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        """COMPLETE (all epochs, with the last value), PRUNED (stopped early, with the epoch it reached and
-        its last value as user attributes and intermediate values) or FAIL."""
+        """COMPLETE (all epochs, with the last value) or PRUNED (stopped early, with the epoch it reached and
+        its last value as user attributes and intermediate values). A failed trial stays RUNNING here:
+        ``pointtune resume`` may still finish it; the end of the sweep settles it from what Tune received
+        (:func:`pointtune.search.report.reconcile_study`)."""
         from optuna.trial import TrialState
 
         self._report(trial_id, result)  # the last epoch: Tune does not pass a stopping result to on_trial_result
-        if error or trial_id in self._completed_trials or not stopped_early(result, self._max_epochs):
+        if error:
+            return None
+        if trial_id in self._completed_trials or not stopped_early(result, self._max_epochs):
             return super().on_trial_complete(trial_id, result, error)
         from optuna.exceptions import UpdateFinishedTrialError
 

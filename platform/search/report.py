@@ -17,6 +17,7 @@ import yaml
 
 from pointtune import tracking
 from pointtune.search.checkpoints import best_checkpoint, fetch, trial_checkpoint_dirs
+from pointtune.schedules import Schedule
 from pointtune.search.records import metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
 from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, sampled_params, study_storage, trial_config
@@ -41,6 +42,7 @@ class TrialSummary:
     error: str | None = None
     optuna_trial: int | None = None
     mlflow_run_id: str | None = None
+    history: dict[int, float] = field(default_factory=dict)
 
 
 def _trial_id(result) -> str:
@@ -65,10 +67,12 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
     rows = []
     for result in results:
         df = result.metrics_dataframe
-        best = None
+        best, history = None, {}
         if df is not None and space.metric in df and df[space.metric].notna().any():
             col = df[space.metric]
             best = float(col.max() if space.mode == "max" else col.min())
+            if "epoch" in df:
+                history = {int(e): float(v) for e, v in zip(df["epoch"], col) if v == v}
         metrics = result.metrics or {}
         trial_id = _trial_id(result)
         if result.error is not None:
@@ -82,7 +86,7 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
             int(metrics.get("epoch", 0)), best,
             {k: v for k, v in metric_items(metrics).items() if k.startswith(("val/", "train/"))},
             kept.path if kept else None, failure_reason(result.error) if result.error is not None else None,
-            (result.config or {}).get(OPTUNA_KEY),
+            (result.config or {}).get(OPTUNA_KEY), history=history,
         ))
     sign = 1 if space.mode == "max" else -1
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0)))
@@ -92,7 +96,7 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
 def format_table(rows: list[TrialSummary], metric: str) -> str:
     """A fixed-width text table of the trials (best first)."""
     keys = sorted({k for r in rows for k in r.params})
-    header = ["trial", "optuna", "status", "epochs", metric] + [k.split(".")[-1] for k in keys]
+    header = ["trial", "optuna", "status", "epochs", metric] + short_names(keys)
     lines = [header]
     for r in rows:
         cells = [r.trial_id, _fmt(r.optuna_trial), r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}"]
@@ -100,6 +104,20 @@ def format_table(rows: list[TrialSummary], metric: str) -> str:
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines)
+
+
+def short_names(keys: list[str]) -> list[str]:
+    """Column names for dotted ``keys``: the shortest trailing parts that tell them apart
+    (``optim.lr.start``, ``method.lambda_con.start`` -> ``lr.start``, ``lambda_con.start``; a schedule's part is
+    never shown alone)."""
+    names = []
+    for key in keys:
+        parts = key.split(".")
+        n = 2 if len(parts) > 2 and parts[-1] in Schedule.model_fields else 1
+        while n < len(parts) and any(o != key and o.split(".")[-n:] == parts[-n:] for o in keys):
+            n += 1
+        names.append(".".join(parts[-n:]))
+    return names
 
 
 def _fmt(value: Any) -> str:
@@ -182,31 +200,72 @@ LOST = ("started before the sweep was interrupted, after Tune last saved its sta
         "no resume can continue it (its sampled values are tried again as a new trial if Optuna suggests them)")
 
 
-def close_lost_trials(spec, known: set[str]) -> int:
-    """Close what an interruption orphaned: child runs still RUNNING whose trial is not among ``known`` (the
-    trials in Tune's state) end KILLED with ``pointtune.status=LOST`` and the reason, and Optuna trials still
-    RUNNING that no known trial continues end FAIL with the same reason. Returns how many runs were closed."""
-    import optuna
-
-    uri = spec.tracking_uri
-    closed = 0
+def close_lost_runs(spec, rows: list[TrialSummary]) -> int:
+    """Child runs still RUNNING whose trial is not among ``rows`` (Tune's trials: it started after Tune last
+    saved its state, then the sweep was killed) end KILLED with ``pointtune.status=LOST`` and the reason.
+    Returns how many."""
+    uri, known, closed = spec.tracking_uri, {r.trial_id for r in rows}, 0
     for run in tracking.child_runs(uri, spec.experiment_id, spec.parent_run_id):
         if run.info.status == "RUNNING" and run.data.tags.get(tracking.TRIAL_TAG) not in known:
             tracking.set_tags(uri, run.info.run_id, {"pointtune.status": "LOST", "pointtune.lost": LOST})
             tracking.end_run(uri, run.info.run_id, "KILLED")
             closed += 1
-    if spec.scheduler == "pbt":  # no Optuna study
-        return closed
-    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(spec.root))
-    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if trial.user_attrs.get("tune_trial_id") not in known:
-            set_study_attr(str(spec.root), trial.number, "lost", LOST)
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return closed
 
 
+def reconcile_study(spec, rows: list[TrialSummary]) -> None:
+    """Make the Optuna study say, once every trial has ended, what Tune received (the source of truth):
+
+    * a trial still RUNNING that no Tune trial continues: FAIL with ``lost``;
+    * one whose Tune trial failed: FAIL with ``failure`` (its reason);
+    * one whose Tune trial ended (a resumed run whose results the searcher did not see): its missing
+      per-epoch values, then COMPLETE with the last value, or PRUNED with the epoch it reached;
+    * a FAIL trial whose Tune trial ``resume`` then finished: an Optuna trial cannot leave FAIL, so the study
+      gets a new trial with the same parameters, every epoch's value and the outcome, ``resumes`` = the old
+      number; the old one gets ``superseded_by`` and ``row.optuna_trial`` becomes the new number.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    storage = study_storage(spec.root)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    by_tune = {r.trial_id: r for r in rows}
+    for trial in study.get_trials(deepcopy=False):
+        if "superseded_by" in trial.user_attrs or trial.state not in (TrialState.RUNNING, TrialState.FAIL):
+            continue
+        row = by_tune.get(trial.user_attrs.get("tune_trial_id"))
+        if row is None or row.status == "FAILED":
+            if trial.state == TrialState.RUNNING:
+                key, reason = ("lost", LOST) if row is None else ("failure", row.error or "failed")
+                set_study_attr(str(spec.root), trial.number, key, reason)
+                study.tell(trial.number, state=TrialState.FAIL)
+            continue
+        last = row.history.get(row.epochs)
+        outcome = TrialState.PRUNED if row.status == "STOPPED" else TrialState.COMPLETE
+        attrs = {"stopped_at_epoch": row.epochs, **({"last_value": last} if last is not None else {})} \
+            if outcome == TrialState.PRUNED else {}
+        if trial.state == TrialState.RUNNING:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+            for step, value in sorted(row.history.items()):
+                if step not in trial.intermediate_values:
+                    storage.set_trial_intermediate_value(trial_id, step, value)
+            for key, value in attrs.items():
+                set_study_attr(str(spec.root), trial.number, key, value)
+            study.tell(trial.number, last if outcome == TrialState.COMPLETE else None, state=outcome)
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            state=outcome, value=last if outcome == TrialState.COMPLETE else None, params=trial.params,
+            distributions=trial.distributions, intermediate_values=dict(row.history),
+            user_attrs={**{k: v for k, v in trial.user_attrs.items() if k != "failure"}, **attrs,
+                        "resumes": trial.number},
+        ))
+        row.optuna_trial = max(t.number for t in study.get_trials(deepcopy=False))
+        set_study_attr(str(spec.root), trial.number, "superseded_by", row.optuna_trial)
+
+
 def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
-    """Close what an interruption orphaned (:func:`close_lost_trials`), write ``summary.csv``,
+    """Close what is still open (:func:`close_lost_runs`, :func:`reconcile_study`), write ``summary.csv``,
     ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the parent run, print the table,
     the best trial and how to open the results. Returns the trial summaries."""
     from dataclasses import asdict
@@ -215,14 +274,18 @@ def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
     max_epochs = trial_config(spec, {}).train.epochs
     rows = summarize(results, space, max_epochs, asdict(spec))
     uri = spec.tracking_uri
-    lost = close_lost_trials(spec, {r.trial_id for r in rows})
+    lost = close_lost_runs(spec, rows)
+    if spec.scheduler != "pbt":  # PBT sweeps have no Optuna study
+        reconcile_study(spec, rows)
     if lost:
         print(f"[pointtune] {lost} trial(s) started before the interruption were unknown to Tune's saved state: "
               f"their MLflow runs are marked LOST")
     for rank, row in enumerate(rows, start=1):
         row.mlflow_run_id = tracking.find_child_run(uri, spec.experiment_id, spec.parent_run_id, row.trial_id)
         if row.mlflow_run_id:
-            tracking.set_tags(uri, row.mlflow_run_id, {"pointtune.rank": rank if row.best is not None else "-"})
+            tracking.set_tags(uri, row.mlflow_run_id, {"pointtune.rank": rank if row.best is not None else "-",
+                                                        **({"pointtune.optuna_trial": row.optuna_trial}
+                                                           if row.optuna_trial is not None else {})})
     table = format_table(rows, space.metric)
     (root / "summary.txt").write_text(table + "\n")
     _write_csv(rows, root / "summary.csv")

@@ -45,6 +45,11 @@ def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
     return {k: v for k, v in (config or {}).items() if k != OPTUNA_KEY}
 
 
+class SweepInterrupted(Exception):
+    """The sweep stopped (Ctrl-C / SIGINT) before every trial ended: Tune saved its state, nothing was
+    finalized, and ``pointtune resume`` finishes it. The message says how many trials ended and how to resume."""
+
+
 @dataclass
 class SweepSpec:
     """Everything a sweep needs; saved to ``sweep.yaml`` so that ``pointtune resume`` can rebuild it."""
@@ -188,11 +193,25 @@ def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: st
             reason = (f"its {plan.workers} workers x {plan.worker_bundle()} could not be placed within "
                       f"{spec.worker_start_timeout:g} s (--worker-start-timeout)")
         elif workers:
-            rank, first = sorted(workers.items())[0]
-            reason = f"worker {rank}: {failure_reason(first)}"
+            reason = _worker_failure(workers)
         else:
             reason = failure_reason(cause or err)
         raise RuntimeError(reason) from None
+
+
+def _worker_failure(workers: dict[int, BaseException]) -> str:
+    """One line for the failed workers of a Train run: the worker that died first (its process ended or
+    stopped answering; the others' errors, e.g. gloo's "Connection reset by peer", follow from it), else the
+    lowest rank, with how many others failed after it."""
+    from pointtune.search.records import failure_reason
+
+    def died(error: BaseException) -> bool:
+        text = f"{type(error).__name__}: {error}"
+        return any(mark in text for mark in ("ActorDied", "ActorUnavailable", "health check", "died"))
+
+    rank, error = min(workers.items(), key=lambda item: (not died(item[1]), item[0]))
+    others = len(workers) - 1
+    return f"worker {rank}: {failure_reason(error)}" + (f" ({others} other worker(s) failed with it)" if others else "")
 
 
 def _git_commit() -> str:
@@ -252,7 +271,7 @@ def _tuner_parts(spec: SweepSpec, space: SearchSpace):
     from ray.tune.search import BasicVariantGenerator
 
     from pointtune.search.pbt import pbt_scheduler
-    from pointtune.search.records import MlflowRecorder, StudySearch
+    from pointtune.search.records import MlflowRecorder, StudySearch, TrialResultLog
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = trial_config(spec, {}).train.epochs
@@ -268,7 +287,7 @@ def _tuner_parts(spec: SweepSpec, space: SearchSpace):
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec_dict=asdict(spec)), spec.plan.trial_bundle())
     recorder = MlflowRecorder(asdict(spec), space.metric, space.mode, epochs)
-    return searcher, scheduler, trainable, [recorder]
+    return searcher, scheduler, trainable, [recorder, TrialResultLog()]
 
 
 def _plan_when_ready(spec: SweepSpec):
@@ -337,15 +356,18 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
     or when a trial changes state, instead of a metric dump per report (``--verbose`` keeps Tune's own)."""
     from ray import tune
 
+    from pointtune.search.report import short_names
+
     if spec.verbose:
         return None
+    perturbed = [p.key for p in space.params if p.perturb is not None]
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table reporter; the new engine prints every result
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.CLIReporter(
         metric_columns={"epoch": "epoch", space.metric: space.metric},
         # the sampled values: summary.csv, MLflow, Optuna; PBT's perturbed ones change, so they are shown
-        parameter_columns=({p.key: p.key.split(".", 1)[-1] for p in space.params if p.perturb is not None}
-                           if spec.scheduler == "pbt" else {OPTUNA_KEY: "optuna #"}),
+        parameter_columns=(dict(zip(perturbed, short_names(perturbed))) if spec.scheduler == "pbt"
+                           else {OPTUNA_KEY: "optuna #"}),
         max_report_frequency=30, sort_by_metric=True,
     )
 
@@ -399,7 +421,6 @@ def run_sweep(spec: SweepSpec):
     """
     from pointtune import tracking
     from pointtune.cluster import init_ray, node_resources
-    from pointtune.search.report import finalize
     from pointtune.protocols import protocol_name
 
     space = prepare_sweep(spec)
@@ -428,7 +449,7 @@ def run_sweep(spec: SweepSpec):
     print(f"[pointtune] sweep {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, each {shape} of "
           f"{plan.cpus_per_worker:g} CPU / {plan.gpus_per_worker:g} GPU", flush=True)
     results = _tune(spec, space, restore=False)
-    return finalize(spec, space, results)
+    return _finish(spec, space, results)
 
 
 def resume_sweep(sweep_dir: str | Path):
@@ -443,7 +464,6 @@ def resume_sweep(sweep_dir: str | Path):
     from ray import tune
 
     from pointtune.cluster import init_ray
-    from pointtune.search.report import finalize
 
     spec = SweepSpec.load(sweep_dir)
     space = spec.space()
@@ -454,6 +474,25 @@ def resume_sweep(sweep_dir: str | Path):
         raise ConfigError(f"{sweep_dir}: no Tune experiment state at {path} to resume")
     print(f"[pointtune] resuming sweep {spec.root}", flush=True)
     results = _tune(spec, space, restore=True)
+    return _finish(spec, space, results)
+
+
+def _finish(spec: SweepSpec, space: SearchSpace, results):
+    """Finalize a sweep whose trials all ended; raise :class:`SweepInterrupted` for one that was stopped
+    (Tune returns after a SIGINT, its saved state holding trials not yet run or running): then nothing is
+    marked finished, stopped or best, the parent run is tagged INTERRUPTED and stays open for ``resume``."""
+    from ray.tune import ExperimentAnalysis
+
+    from pointtune import tracking
+    from pointtune.search.report import finalize
+
+    # The state Tune saved (before it stopped the trials, which then read TERMINATED in memory).
+    saved = ExperimentAnalysis(f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}").trials
+    ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
+    if ended < spec.trials:
+        tracking.set_tags(spec.tracking_uri, spec.parent_run_id, {"pointtune.status": "INTERRUPTED"})
+        raise SweepInterrupted(f"sweep interrupted with {ended} of {spec.trials} trials ended; Tune saved its "
+                               f"state and nothing was summarized; finish it with: pointtune resume {spec.root}")
     return finalize(spec, space, results)
 
 

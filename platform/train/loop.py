@@ -150,7 +150,8 @@ def _describe_splits(label: str, splits: dict[str, Any], names: list[str], warn:
     val = splits.get("val")
     missing = [n for n, c in zip(names, val.pcs.class_counts()) if c == 0] if val is not None else []
     if warn and missing and len(val):
-        print(f"[pointtune] warning: no validation cloud for {len(missing)} class(es): {', '.join(missing)}", flush=True)
+        print(f"[pointtune] warning: no validation cloud for {len(missing)} class(es): {', '.join(missing)}",
+              flush=True)
 
 
 @contextlib.contextmanager
@@ -238,7 +239,16 @@ def run_loop(loop: LoopConfig, session) -> None:
         start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state.get("best_epoch")
         set_rng_state(state["rng"])
         if rank == 0:
-            print(f"[pointtune] resumed from epoch {start_epoch} ({resume_dir})", flush=True)
+            print(f"[pointtune] resumed after epoch {start_epoch} ({resume_dir})", flush=True)
+        if start_epoch >= exp.train.epochs:
+            # The checkpoint is the run's last epoch (e.g. written by a worker after its driver was killed): the
+            # run is complete, and its result is what that checkpoint recorded. It is reported again so that Tune
+            # (and through it every record) has it; nothing is trained.
+            if rank == 0:
+                print("[pointtune] that is the last epoch: the run is complete", flush=True)
+            session.report(dict(state.get("metrics") or {"epoch": start_epoch}),
+                           Path(resume_dir) if rank == 0 else None)
+            return
 
     model = session.prepare_model(method, method.ddp_options())
     if world > 1:  # same initial weights on every worker (seeded alike), then each its own dropout stream
