@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["AugmentConfig", "DataConfig"]
+__all__ = ["AugmentConfig", "DataConfig", "NO_AUGMENTATION"]
 
 
 class AugmentConfig(BaseModel):
@@ -39,6 +39,12 @@ class AugmentConfig(BaseModel):
         return self
 
 
+#: ``data.augment`` with every augmentation off but the point order: for methods whose views make their own
+#: augmentations (a recipe's ``{"data": {"augment": NO_AUGMENTATION}}``).
+NO_AUGMENTATION = {"scale_low": 1.0, "scale_high": 1.0, "translate": 0.0, "jitter_sigma": 0.0, "rotate_up": False,
+                   "shuffle": True}
+
+
 class DataConfig(BaseModel):
     """Which dataset to read and how to turn it into training / validation / test items (``data.*``).
 
@@ -51,7 +57,9 @@ class DataConfig(BaseModel):
             :func:`pointtune.data.build_datasets` against :func:`pointtune.data.dataset_names`.
         root: the dataset directory (every dataset but ``synthetic`` needs one).
         variant: ScanObjectNN variant ``OBJ_ONLY``, ``OBJ_BG`` or ``PB_T50_RS`` (default when ``None``);
-            ShapeNetPart ``official`` (default) or ``all`` (every shape for training, no test split).
+            ShapeNetPart ``official`` (default), ``all`` (every shape for training, no test split) or ``split``
+            (every shape, split into train and test by pointtune, seeded by ``split_seed`` and stratified by
+            category, with a printed line: for copies without the official split lists, e.g. the sample).
         classes: keep only these class names, labels re-indexed in this order; ``None`` keeps all.
         num_points: points per cloud fed to the model (> 0, at most the dataset's points per cloud).
         sampling: how training items choose them: ``first`` rows, ``random`` rows (fresh each time), or
@@ -73,8 +81,8 @@ class DataConfig(BaseModel):
         "synthetic", description="dataset: synthetic, modelnet40, modelnet40_resampled, modelnet10, scanobjectnn, shapenetpart, shapenetpart_h5")
     root: str | None = Field(None, description="the dataset directory (all but synthetic)")
     variant: str | None = Field(
-        None, description="ScanObjectNN: OBJ_ONLY, OBJ_BG or PB_T50_RS (null: PB_T50_RS); ShapeNetPart: official "
-        "or all (every shape for training, no test: pretraining)")
+        None, description="ScanObjectNN: OBJ_ONLY, OBJ_BG or PB_T50_RS (null: PB_T50_RS); ShapeNetPart: official, "
+        "all (every shape for training, no test: pretraining) or split (seeded split by category, no official lists)")
     classes: list[str] | None = Field(
         None, description="keep only these classes, labels re-indexed in this order (null: all)")
     num_points: int = Field(1024, gt=0, description="points per cloud fed to the model")

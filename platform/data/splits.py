@@ -50,7 +50,8 @@ def filter_classes(ds: PointCloudSet, classes: Sequence[str]) -> PointCloudSet:
     return PointCloudSet(out.points, old_to_new[out.labels], classes, out.normals, out.seg)
 
 
-def train_val_split(ds: PointCloudSet, val_fraction: float, seed: int) -> tuple[PointCloudSet, PointCloudSet]:
+def train_val_split(ds: PointCloudSet, val_fraction: float, seed: int, *, at_least_one: bool = False,
+                    stream: int | None = None) -> tuple[PointCloudSet, PointCloudSet]:
     """Split a training set into train and validation parts, stratified by class and seeded.
 
     The datasets pointtune reads ship no validation split, and their test split must never be used for
@@ -67,6 +68,9 @@ def train_val_split(ds: PointCloudSet, val_fraction: float, seed: int) -> tuple[
         ds: the training split.
         val_fraction: in ``[0, 1)``; 0 gives an empty validation set.
         seed: any non-negative int.
+        at_least_one: every class with at least 2 clouds puts at least one in the second part (a test split
+            carved the same way: :func:`pointtune.data.sources.seeded_test_split`).
+        stream: a further key of the permutations, so that another split of the same clouds is independent.
 
     Returns:
         ``(train, val)``: disjoint subsets of ``ds`` covering it, each in the original sample order, with
@@ -83,8 +87,9 @@ def train_val_split(ds: PointCloudSet, val_fraction: float, seed: int) -> tuple[
     for cls in np.unique(ds.labels):
         members = np.flatnonzero(ds.labels == cls)
         n = members.size
-        n_val = min(int(np.floor(val_fraction * n + 0.5)), n - 1) if n >= 2 else 0
+        share = int(np.floor(val_fraction * n + 0.5))
+        n_val = min(max(share, 1) if at_least_one else share, n - 1) if n >= 2 else 0
         if n_val:
-            chosen = np.random.default_rng([seed, int(cls)]).permutation(members)[:n_val]
-            is_val[chosen] = True
+            key = [seed, int(cls)] if stream is None else [seed, int(cls), stream]
+            is_val[np.random.default_rng(key).permutation(members)[:n_val]] = True
     return ds.subset(~is_val), ds.subset(is_val)
