@@ -5,3 +5,4 @@ from pointtune.methods import cedr  # noqa: F401
 from pointtune.methods import finetune  # noqa: F401
 from pointtune.methods import conclu  # noqa: F401
 from pointtune.methods import dcglr  # noqa: F401
+from pointtune.methods import scl  # noqa: F401

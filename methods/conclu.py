@@ -60,6 +60,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from pointtune.distributed import all_gather_rows, average_batchnorm_stats, rank
+from pointtune.data.config import NO_AUGMENTATION
 from pointtune.method import BackboneConfig, Method, MethodConfig, Task, register_method
 from pointtune.ops import fps, gather_points
 
@@ -632,8 +633,7 @@ class ConClu(Method):
         "optim": {"name": "adamw", "weight_decay": 1e-4,
                   "lr": {"start": 1e-3, "shape": "step", "step_epochs": 20, "gamma": 0.7}},
         "data": {"num_points": 2048,
-                 "augment": {"scale_low": 1.0, "scale_high": 1.0, "translate": 0.0, "jitter_sigma": 0.0,
-                             "rotate_up": False, "shuffle": True}},
+                 "augment": NO_AUGMENTATION},
     }
 
     def __init__(self, cfg: ConCluConfig, num_classes: int = 0, total_epochs: int = 1):

@@ -89,6 +89,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from pointtune.distributed import all_reduce_sum, average_batchnorm_stats, rank
+from pointtune.data.config import NO_AUGMENTATION
 from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
 from pointtune.schedules import Schedule, bounded
 from pointtune.views import MultiCropSpec, multi_crop, view_groups
@@ -568,8 +569,7 @@ class DCGLR(Method):
                   "weight_decay": {"start": 0.04, "end": 0.4, "shape": "cosine"}},
         "train": {"grad_clip": 3.0},
         "data": {"num_points": 2048,
-                 "augment": {"scale_low": 1.0, "scale_high": 1.0, "translate": 0.0, "jitter_sigma": 0.0,
-                             "rotate_up": False, "shuffle": True}},
+                 "augment": NO_AUGMENTATION},
     }
 
     def __init__(self, cfg: DCGLRConfig, num_classes: int = 0, total_epochs: int = 1):

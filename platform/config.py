@@ -83,7 +83,7 @@ class ProtocolConfig(BaseModel):
     (:mod:`pointtune.protocols`).
 
     Fields:
-        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``;
+        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``, ``part_seg``;
             :func:`pointtune.protocols.protocol_names`); ``None`` is the default of the method's task kind
             (classification -> ``classification``, pretrain -> ``linear_svm``).
         data: a dataset of the protocol's own (a :class:`~pointtune.data.DataConfig`), e.g. pretrain on
@@ -98,7 +98,20 @@ class ProtocolConfig(BaseModel):
         folds: few-shot episodes (folds) per setting; accuracy is reported as mean and std over them.
         queries: few-shot query clouds per class and episode, drawn from the scored split (Point-MAE: 20).
         fewshot_c: few-shot: C of the LinearSVC fitted per episode on the support features.
-        seed: seed of the few-shot episodes and of the SVM cross-validation folds.
+        seed: seed of the few-shot episodes, of the SVM cross-validation folds and of the part-segmentation
+            head (its weights, batch order, dropout, label fraction and point subsets).
+        seg_head, seg_category_onehot, seg_dropout: part segmentation (``part_seg``): the head trained on frozen
+            per-point features, ``1fc`` (one Linear to the 50 parts) or ``5fc`` (C -> 512 -> 256 -> 256 -> 128
+            -> 50, BN + LeakyReLU(0.2) + dropout on the hidden layers): the SCL paper's two settings (SCL spec
+            §4.5, A12 [REC]); the category one-hot concatenated to every point's feature (PointNet).
+        seg_epochs, seg_lr, seg_lr_step, seg_lr_gamma, seg_weight_decay, seg_batch_size: the head's Adam and
+            StepLR schedule (SCL spec §4.5 [REC]: 100 epochs, lr 1e-3 halved every 20 epochs, batch 32 shapes).
+        seg_label_fraction: train the head on this seeded, category-stratified fraction of the training shapes
+            (at least one per category): the semi-supervised setting (SCL Table 3: 0.01, 0.05).
+        seg_fit_points: points of every training shape the head is trained on (a fixed seeded subset; the head is
+            point-wise); ``None``: all of them.
+        seg_finetune: fine-tuning the encoder with the head (SCL Table 3 "w/ fine-tune") is not implemented;
+            only ``false`` is accepted.
     """
 
     # Imported here so that this class is the only part of the module the protocols touch.
@@ -106,7 +119,8 @@ class ProtocolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(
-        None, description="evaluation protocol: classification, linear_svm, few_shot (null: the task's default)")
+        None, description="evaluation protocol: classification, linear_svm, few_shot, part_seg (null: the task's "
+        "default)")
     data: DataConfig | None = Field(
         None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet; keys "
         "as data.* (null: data)")
@@ -123,7 +137,28 @@ class ProtocolConfig(BaseModel):
     folds: int = Field(10, ge=1, description="few-shot: episodes per setting (accuracy: mean and std over them)")
     queries: int = Field(20, ge=1, description="few-shot: query clouds per class and episode")
     fewshot_c: float = Field(1.0, gt=0, description="few-shot: C of the LinearSVC fitted per episode")
-    seed: int = Field(0, ge=0, description="seed of the few-shot episodes and the SVM folds")
+    seed: int = Field(0, ge=0, description="seed of the few-shot episodes, the SVM folds and the part_seg head")
+    seg_head: Literal["1fc", "5fc"] = Field(
+        "1fc", description="part_seg: head on the frozen per-point features: 1fc (Linear to the parts) or 5fc "
+        "(C-512-256-256-128-50, BN, LeakyReLU, dropout), the SCL paper's two settings")
+    seg_category_onehot: bool = Field(
+        True, description="part_seg: concatenate the shape category's one-hot to every point's feature (PointNet)")
+    seg_dropout: float = Field(0.5, ge=0, lt=1, description="part_seg: dropout on the hidden layers of the 5fc head")
+    seg_epochs: int = Field(100, ge=1, description="part_seg: epochs of head training per evaluation")
+    seg_lr: float = Field(1e-3, gt=0, description="part_seg: Adam learning rate of the head")
+    seg_lr_step: int = Field(20, ge=1, description="part_seg: the head's learning rate is multiplied by "
+                             "seg_lr_gamma every this many epochs")
+    seg_lr_gamma: float = Field(0.5, gt=0, le=1, description="part_seg: that factor (StepLR)")
+    seg_weight_decay: float = Field(0.0, ge=0, description="part_seg: Adam weight decay of the head")
+    seg_batch_size: int = Field(32, ge=1, description="part_seg: shapes per head training batch")
+    seg_label_fraction: float = Field(
+        1.0, gt=0, le=1, description="part_seg: train the head on this seeded, category-stratified fraction of the "
+        "training shapes, at least one per category (semi-supervised: 0.01, 0.05)")
+    seg_fit_points: int | None = Field(
+        512, ge=1, description="part_seg: points per training shape the head trains on (fixed seeded subset; "
+        "null: all); bounds the memory of the stored features")
+    seg_finetune: bool = Field(
+        False, description="part_seg: fine-tune the encoder with the head; not implemented (only false)")
 
     @field_validator("name")
     @classmethod
@@ -145,6 +180,14 @@ class ProtocolConfig(BaseModel):
             raise ValueError("every C must be > 0")
         if isinstance(value, list) and len(set(values)) < len(values):
             raise ValueError("a C is listed more than once")
+        return value
+
+    @field_validator("seg_finetune")
+    @classmethod
+    def _no_finetune(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("fine-tuning the encoder in the part_seg protocol is not implemented: it judges frozen "
+                             "per-point features (the paper's 'w/o fine-tune'); set it false")
         return value
 
     @field_validator("ways", "shots")

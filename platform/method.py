@@ -10,6 +10,9 @@ The contract serves three task kinds (:class:`Task`):
   protocol (linear SVM on a labelled set) that the platform runs.
 * ``segmentation``: per-point; ``predict`` returns logits ``(B, N, K)``; judged by mIoU.
 
+Any method with an encoder also has ``embed_points`` (per-point features ``(B, N, C)``, by default from
+``encoder().forward_features``), which the ``part_seg`` protocol trains a segmentation head on.
+
 The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module`` so that one
 ``prepare_model`` (DDP) call, one optimizer and one checkpoint cover all of it. Training goes through
 ``forward`` (so DDP synchronises gradients); evaluation calls ``predict`` / ``embed`` on the unwrapped module.
@@ -97,7 +100,8 @@ class Method(nn.Module):
     """A trainable method: model, loss and evaluation hooks behind one interface.
 
     Subclasses set the class attributes ``task`` and ``Config`` and implement ``forward`` plus
-    ``predict`` (classification, segmentation) or ``embed`` (pretrain, and every method with an encoder).
+    ``predict`` (classification, segmentation) or ``embed`` (pretrain, and every method with an encoder);
+    ``embed_points`` (per-point features) works without more code when ``encoder()`` is a registered backbone.
 
     The loop calls, per optimizer step: ``forward`` (through DDP when there are several workers), the
     backward pass and the step, then :meth:`after_step` on the unwrapped method (EMA teachers, centre
@@ -180,9 +184,79 @@ class Method(nn.Module):
         the encoder, for the linear-SVM and few-shot protocols."""
         raise NotImplementedError(f"{type(self).__name__} does not expose an encoder embedding")
 
+    @torch.no_grad()
+    def embed_points(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-point features ``(B, N, C)`` of the encoder for every input point of ``batch["points"]``
+        ``(B, N, 3)``, for the part-segmentation protocol (``part_seg``); the caller puts the module in eval
+        mode.
+
+        Default: ``self.encoder().forward_features(points, inputs)`` (a registered backbone; ``inputs``: the
+        per-point features of ``method.backbone.inputs``), whose ``point_features`` ``(B, M, C)`` at
+        ``point_xyz`` ``(B, M, 3)`` are returned as they are when they lie at the input points (PointNet,
+        DGCNN: ``M = N``) and otherwise (3D-ViT patch centres, PointNet++'s last level) interpolated to the
+        input points by :func:`interpolate_point_features` (inverse squared distance weights of the 3 nearest,
+        PointNet++ feature propagation). A method whose per-point features come from elsewhere overrides it.
+
+        Raises:
+            NotImplementedError: the method has no encoder, or its encoder has no ``forward_features``.
+            KeyError: a per-point input of ``method.backbone.inputs`` is missing from the batch.
+        """
+        encoder = self.encoder()
+        forward_features = getattr(encoder, "forward_features", None)
+        if forward_features is None:
+            raise NotImplementedError(f"{type(self).__name__}.encoder() is a {type(encoder).__name__} without "
+                                      "forward_features: no per-point features (override embed_points)")
+        points = batch["points"]
+        backbone_cfg = getattr(self.cfg, "backbone", None)
+        inputs = point_inputs(batch, backbone_cfg) if isinstance(backbone_cfg, BackboneConfig) else None
+        out = forward_features(points, inputs)
+        return interpolate_point_features(points, out.point_xyz, out.point_features)
+
     def encoder(self) -> nn.Module:
         """The backbone whose weights transfer to downstream fine-tuning."""
         raise NotImplementedError(f"{type(self).__name__} has no transferable encoder")
+
+
+def interpolate_point_features(xyz: torch.Tensor, ref_xyz: torch.Tensor, ref_features: torch.Tensor,
+                               k: int = 3) -> torch.Tensor:
+    """Features of the points ``xyz`` from features known at ``ref_xyz``: the feature propagation of
+    PointNet++ (Qi et al. 2017, Eq. 2 with p = 2): the weighted mean of the ``k`` nearest reference features
+    with weights ``1 / (d^2 + 1e-8)`` (``d``: Euclidean distance), normalised to sum 1.
+
+    A point that coincides with a reference point (``d = 0`` exactly) gets that point's feature exactly (the
+    mean of them where several reference points coincide with it): the 3D-ViT's patch centres are input
+    points, so they keep their token. When ``ref_xyz`` is ``xyz`` (the same
+    tensor, or equal values), ``ref_features`` is returned as it is.
+
+    Args:
+        xyz: ``(B, N, 3)`` where features are wanted.
+        ref_xyz: ``(B, M, 3)`` where they are known, ``M >= 1``.
+        ref_features: ``(B, M, C)``.
+        k: neighbours (PointNet++: 3); ``min(k, M)`` are used.
+
+    Returns:
+        ``(B, N, C)``, the dtype of ``ref_features``.
+
+    Raises:
+        ValueError: shapes that do not match (batch size, ``M``, 3-D coordinates), or ``k < 1``.
+    """
+    from pointtune.ops import knn
+
+    if ref_xyz is xyz or (ref_xyz.shape == xyz.shape and torch.equal(ref_xyz, xyz)):
+        return ref_features
+    if ref_features.dim() != 3 or ref_features.shape[:2] != ref_xyz.shape[:2]:
+        raise ValueError(f"ref_features {tuple(ref_features.shape)} must be (B, M, C) for ref_xyz "
+                         f"{tuple(ref_xyz.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    k = min(k, ref_xyz.shape[1])
+    idx = knn(xyz, ref_xyz, k)  # (B, N, k), validates the coordinates
+    batch = torch.arange(xyz.shape[0], device=xyz.device)[:, None, None]
+    d2 = (xyz[:, :, None, :] - ref_xyz[batch, idx]).pow(2).sum(-1)  # (B, N, k), exact 0 at coincident points
+    zero = d2 == 0
+    weights = torch.where(zero.any(-1, keepdim=True), zero.to(d2.dtype), 1.0 / (d2 + 1e-8))
+    weights = weights / weights.sum(-1, keepdim=True)
+    return (weights.unsqueeze(-1).to(ref_features.dtype) * ref_features[batch, idx]).sum(2)
 
 
 _METHODS: Registry[type[Method]] = Registry("method")

@@ -1,11 +1,14 @@
-"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy, macro F1.
+"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy, macro F1; and the part
+segmentation mIoU of PointNet (:func:`shape_part_ious`, :func:`part_seg_metrics`).
 
-All functions take a confusion matrix ``C`` of shape ``(K, K)`` with ``C[t, p]`` = number of samples of
-true class ``t`` predicted as ``p``. Classes absent from the evaluated set (row sum 0) are left out of the
-class means (mAcc, macro F1), as in the usual ModelNet40 / ScanObjectNN evaluation scripts.
+The classification functions take a confusion matrix ``C`` of shape ``(K, K)`` with ``C[t, p]`` = number of
+samples of true class ``t`` predicted as ``p``. Classes absent from the evaluated set (row sum 0) are left out
+of the class means (mAcc, macro F1), as in the usual ModelNet40 / ScanObjectNN evaluation scripts.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -78,3 +81,67 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: str, tit
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def shape_part_ious(preds: np.ndarray, labels: np.ndarray, parts: Sequence[int]) -> np.ndarray:
+    """Per-shape IoU of part segmentation, as PointNet defines it (Qi et al. 2017, ``part_seg/test.py``;
+    SCL spec A13): for each part id ``p`` of the shapes' category, ``IoU_p = |pred == p and label == p| /
+    |pred == p or label == p|``, counted as 1 when the part is absent from both the prediction and the truth;
+    the shape's IoU is the mean of ``IoU_p`` over the category's parts (predicted ids outside ``parts`` only
+    lower the IoUs of the parts they were taken from).
+
+    Args:
+        preds: ``(M, N)`` or ``(N,)`` integer predicted part ids of ``M`` shapes of one category.
+        labels: same shape, the true part ids.
+        parts: the category's part ids (e.g. ShapeNetPart's global ids, ``SHAPENETPART_SEG_CLASSES``),
+            non-empty.
+
+    Returns:
+        ``(M,)`` float64 in ``[0, 1]`` (``(1,)`` for a single shape).
+
+    Raises:
+        ValueError: ``preds`` and ``labels`` differ in shape or are not 1-D / 2-D, or ``parts`` is empty.
+    """
+    preds, labels = np.asarray(preds), np.asarray(labels)
+    if preds.shape != labels.shape or preds.ndim not in (1, 2):
+        raise ValueError(f"preds {preds.shape} and labels {labels.shape}: expected the same shape, (M, N) or (N,)")
+    parts = [int(p) for p in parts]
+    if not parts:
+        raise ValueError("parts is empty: a category needs at least one part id")
+    preds, labels = np.atleast_2d(preds), np.atleast_2d(labels)  # (N,) -> (1, N)
+    ious = np.empty((preds.shape[0], len(parts)), dtype=np.float64)
+    for j, part in enumerate(parts):
+        p, t = preds == part, labels == part
+        inter, union = (p & t).sum(1), (p | t).sum(1)
+        ious[:, j] = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    return ious.mean(1)
+
+
+def part_seg_metrics(shape_ious: np.ndarray, categories: np.ndarray, names: Sequence[str]) -> dict[str, float]:
+    """PointNet's part-segmentation summary of per-shape IoUs (:func:`shape_part_ious`).
+
+    ``ins_miou``: the mean over all shapes (instance mIoU, the "mean" column of PointNet / the SCL paper's
+    Table 2); ``cls_miou``: the mean over the categories present of each category's mean shape IoU (class
+    mIoU); ``iou/<name>``: each present category's mean shape IoU.
+
+    Args:
+        shape_ious: ``(M,)`` per-shape IoUs.
+        categories: ``(M,)`` integer category of every shape, an index into ``names``.
+        names: category names.
+
+    Returns:
+        ``{"ins_miou", "cls_miou", "iou/<name>" per category present}``, floats in ``[0, 1]``.
+
+    Raises:
+        ValueError: no shape, shapes and categories of different lengths, or a category outside ``names``.
+    """
+    ious = np.asarray(shape_ious, dtype=np.float64).ravel()
+    cats = np.asarray(categories, dtype=np.int64).ravel()
+    if ious.size == 0 or ious.shape != cats.shape:
+        raise ValueError(f"need one category per shape and at least one shape, got {ious.size} IoUs and "
+                         f"{cats.size} categories")
+    if cats.min() < 0 or cats.max() >= len(names):
+        raise ValueError(f"categories outside [0, {len(names)}): min {cats.min()}, max {cats.max()}")
+    per_cat = {names[c]: float(ious[cats == c].mean()) for c in np.unique(cats)}
+    return {"ins_miou": float(ious.mean()), "cls_miou": float(np.mean(list(per_cat.values()))),
+            **{f"iou/{name}": value for name, value in per_cat.items()}}

@@ -15,7 +15,9 @@ equal its global ones).
 
 The official split is train / val / test; pointtune's loaders (``shapenetpart``, ``shapenetpart_h5`` in
 :mod:`pointtune.data.sources`) train on train + val, as PointNet++ and DGCNN do, and carve their own
-validation split out of it.
+validation split out of it. Where the official split lists are absent (e.g. the pointtune sample),
+``data.variant: split`` reads every shape (split ``'all'`` here) and splits it into train and test itself,
+seeded and stratified by category (:func:`pointtune.data.sources.seeded_test_split`), with a printed line.
 """
 
 from __future__ import annotations

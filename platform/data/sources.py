@@ -19,10 +19,11 @@ from pointtune.data.shapenetpart import (
     read_shapenetpart_h5,
     read_shapenetpart_txt,
 )
-from pointtune.data.splits import filter_classes
+from pointtune.data.splits import filter_classes, train_val_split
 from pointtune.data.synthetic import make_synthetic
 
-__all__ = ["SYNTHETIC_SEED", "DEFAULT_SCANOBJECTNN_VARIANT", "MODELNET10_CLASSES"]
+__all__ = ["SYNTHETIC_SEED", "DEFAULT_SCANOBJECTNN_VARIANT", "MODELNET10_CLASSES", "SHAPENETPART_VARIANTS",
+           "SPLIT_TEST_FRACTION", "seeded_test_split"]
 
 # The synthetic dataset is one fixed dataset: data.split_seed changes its validation split, not its shapes.
 SYNTHETIC_SEED = 0
@@ -97,26 +98,81 @@ def load_shapenetpart(cfg: DataConfig) -> Splits:
 
     ``data.variant: all``: every shape is training data and the test split is empty, for self-supervised
     pretraining (STRL and DCGLR pretrain on all of ShapeNet and judge on another dataset: ``protocol.data``);
-    it needs no split lists. Without ``train_test_split/shuffled_{train,val,test}_file_list.json`` (e.g. the
-    pointtune sample) the official split raises a DatasetError naming the missing list rather than guessing.
+    it needs no split lists. ``data.variant: split``: every shape, split by pointtune into train and test
+    (:func:`seeded_test_split`, seeded by ``data.split_seed``, stratified by category; a printed line says
+    so), for judging part segmentation on a copy without the official lists. Without
+    ``train_test_split/shuffled_{train,val,test}_file_list.json`` (e.g. the pointtune sample) the official
+    split raises a DatasetError naming the missing list (and the ``split`` variant) rather than guessing.
     """
     root = require_root(cfg, SHAPENETPART_TXT_LAYOUT)
     n = max(cfg.num_points, SHAPENETPART_NUM_POINTS)
-    if _shapenetpart_variant(cfg) == "all":
+    variant = _shapenetpart_variant(cfg)
+    if variant == "all":
         return _all_for_training(read_shapenetpart_txt(root, "all", n))
-    return read_shapenetpart_txt(root, "trainval", n), read_shapenetpart_txt(root, "test", n)
+    if variant == "split":
+        return _announce_split(cfg, root, read_shapenetpart_txt(root, "all", n))
+    try:
+        return read_shapenetpart_txt(root, "trainval", n), read_shapenetpart_txt(root, "test", n)
+    except DatasetError as err:
+        raise _split_hint(err, "_file_list.json: missing file") from None
 
 
-SHAPENETPART_VARIANTS = ("official", "all")
+SHAPENETPART_VARIANTS = ("official", "all", "split")
+# Share of every category's shapes that the ``split`` variant holds out as the test split (the official
+# split's test share is 2874 of 16881 shapes, 17%).
+SPLIT_TEST_FRACTION = 0.2
 
 
 def _shapenetpart_variant(cfg: DataConfig) -> str:
-    """``data.variant`` of a ShapeNetPart dataset: ``official`` (default) or ``all``."""
+    """``data.variant`` of a ShapeNetPart dataset: ``official`` (default), ``all`` or ``split``."""
     variant = cfg.variant or "official"
     if variant not in SHAPENETPART_VARIANTS:
         raise DatasetError(f"data.variant: {cfg.name} has the variants {', '.join(SHAPENETPART_VARIANTS)} (all: "
-                           f"every shape for training, no test split, for pretraining), got {variant!r}")
+                           "every shape for training, no test split, for pretraining; split: a seeded split by "
+                           f"category of every shape, without the official lists), got {variant!r}")
     return variant
+
+
+def seeded_test_split(shapes: PointCloudSet, test_fraction: float, seed: int) -> Splits:
+    """``(train, test)``: a seeded split of ``shapes``, stratified by category (``labels``), for ShapeNetPart
+    copies without the official split lists (``data.variant: split``).
+
+    Per category with ``n`` shapes, ``max(1, round(test_fraction * n))`` (half up) go to test, at most
+    ``n - 1``, so that every category with at least 2 shapes is in both splits; a category with one shape
+    stays in train. Which shapes go is a permutation from ``np.random.default_rng([seed, label, 1])`` (a
+    stream apart from :func:`~pointtune.data.splits.train_val_split`'s), the same on every machine and call.
+
+    Args:
+        shapes: every shape.
+        test_fraction: in ``(0, 1)``.
+        seed: non-negative.
+
+    Returns:
+        Disjoint subsets covering ``shapes``, each in the original order.
+
+    Raises:
+        ValueError: ``test_fraction`` outside ``(0, 1)`` or a negative ``seed``.
+    """
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    return train_val_split(shapes, test_fraction, seed, at_least_one=True, stream=1)
+
+
+def _split_hint(err: DatasetError, missing: str) -> DatasetError:
+    """``err``, pointing at ``data.variant=split`` when its message says the official split is ``missing``."""
+    if missing not in str(err):
+        return err
+    return DatasetError(f"{err}; data.variant=split splits the shapes that are there (seeded, by category)")
+
+
+def _announce_split(cfg: DataConfig, root: Path, shapes: PointCloudSet) -> Splits:
+    """:func:`seeded_test_split` of ``shapes`` with :data:`SPLIT_TEST_FRACTION` and ``data.split_seed``, and a
+    printed line saying that the split is pointtune's, not the official one."""
+    train, test = seeded_test_split(shapes, SPLIT_TEST_FRACTION, cfg.split_seed)
+    print(f"[pointtune] data {cfg.name} variant split: not the official split; every shape under {root} split "
+          f"by category (seed data.split_seed={cfg.split_seed}, {SPLIT_TEST_FRACTION:g} of each category to test): "
+          f"{len(train)} train, {len(test)} test", flush=True)
+    return train, test
 
 
 def _all_for_training(shapes: PointCloudSet) -> Splits:
@@ -129,14 +185,21 @@ def load_shapenetpart_h5(cfg: DataConfig) -> Splits:
     """ShapeNetPart in the HDF5 layout under ``data.root``: train = ``ply_data_train*.h5`` then
     ``ply_data_val*.h5``, test = ``ply_data_test*.h5`` (2048 points per cloud, ``seg`` = the ``pid`` key).
 
-    ``data.variant: all``: every ``ply_data_*.h5`` shape is training data, the test split is empty (as for
+    ``data.variant: all``: every ``ply_data_*.h5`` shape is training data, the test split is empty;
+    ``data.variant: split``: every shape, split by category with a printed line (both as for
     ``shapenetpart``). A folder with only ``ply_data_all*.h5`` (e.g. the pointtune sample) raises a
     DatasetError naming the missing ``ply_data_train*.h5`` for the official split.
     """
     root = require_root(cfg, SHAPENETPART_H5_LAYOUT)
-    if _shapenetpart_variant(cfg) == "all":
+    variant = _shapenetpart_variant(cfg)
+    if variant == "all":
         return _all_for_training(read_shapenetpart_h5(root, "all"))
-    return read_shapenetpart_h5(root, "trainval"), read_shapenetpart_h5(root, "test")
+    if variant == "split":
+        return _announce_split(cfg, root, read_shapenetpart_h5(root, "all"))
+    try:
+        return read_shapenetpart_h5(root, "trainval"), read_shapenetpart_h5(root, "test")
+    except DatasetError as err:
+        raise _split_hint(err, "no such HDF5 files") from None
 
 
 @register_dataset("scanobjectnn")

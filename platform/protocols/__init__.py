@@ -11,7 +11,14 @@ linear_svm     any method with ``embed`` ``svm_acc``, ``svm_mAcc``, ``svm_F1``, 
                                         ``svm_converged``, ``feature_rank``, ``acc/<class>``
 few_shot       any method with ``embed`` ``fewshot/<N>way<K>shot`` and ``..._std``,
                                         ``feature_rank``
+part_seg       any method with          ``ins_miou``, ``cls_miou``, ``iou/<category>``,
+               ``embed_points``         ``seg_fit_shapes``, ``seg_head_loss``
+               (ShapeNetPart)
 ============== ======================== ================================================ ==========================
+
+``part_seg`` trains a 1fc / 5fc head on frozen per-point features (:mod:`pointtune.protocols.part_seg`) and
+scores PointNet's mIoU; it needs data with per-point part labels (``seg``: ShapeNetPart), the run's own or
+``protocol.data``.
 
 Part- and scene-segmentation protocols plug in the same way: a :class:`Protocol` subclass registered with
 :func:`register_protocol` (``default_for=[Task.SEGMENTATION]``); the training loop only calls
@@ -27,6 +34,7 @@ Public API::
     Protocol, register_protocol                                                     the contract
     extract_features, shard_indices, shard_loader, share_from_rank0, to_device, l2_normalize
     fit_linear_svm, SvmFit, cv_splits; plan_settings, draw_episodes, Episode, setting_name
+    PartSegHead, draw_label_fraction, extract_point_features, train_seg_head          part segmentation
     feature_spectrum, effective_rank, log_spectrum, plot_spectrum                   feature collapse (DCGLR 5b)
 
 ``feature_rank`` (feature protocols) is the effective rank of the raw training-split features; their normalised
@@ -71,6 +79,13 @@ from pointtune.protocols.base import (
 from pointtune.protocols.classification import Classification
 from pointtune.protocols.linear_svm import LinearSVM, SvmFit, cv_splits, fit_linear_svm
 from pointtune.protocols.few_shot import Episode, FewShot, draw_episodes, plan_settings, setting_name
+from pointtune.protocols.part_seg import (
+    PartSegHead,
+    PartSegmentation,
+    draw_label_fraction,
+    extract_point_features,
+    train_seg_head,
+)
 from pointtune.protocols.spectrum import effective_rank, feature_spectrum, log_spectrum, plot_spectrum
 
 if TYPE_CHECKING:
@@ -84,7 +99,8 @@ __all__ = [
     "default_protocols",
     "extract_features", "shard_indices", "shard_loader", "share_from_rank0", "to_device", "l2_normalize",
     "as_dataset",
-    "Classification", "LinearSVM", "FewShot",
+    "Classification", "LinearSVM", "FewShot", "PartSegmentation",
+    "PartSegHead", "draw_label_fraction", "extract_point_features", "train_seg_head",
     "fit_linear_svm", "SvmFit", "cv_splits", "plan_settings", "draw_episodes", "Episode", "setting_name",
     "feature_spectrum", "effective_rank", "log_spectrum", "plot_spectrum",
 ]

@@ -1,0 +1,590 @@
+"""Tests of SCL (methods/scl.py): Eqs. 4, 5 and 7 against brute-force loops over the paper's formulas, the
+patches and their dilated positives on hand-made clouds, the hard-negative interval at its edges (absolute and
+quantile), the empty-set fallback, the annealing staircase at chosen epochs, the frozen stage-1 network in
+stage 2, the config's one-line errors, the search spaces, and stage 1 then stage 2 through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from pointtune.config import ConfigError, build_config
+from pointtune.method import Task, get_method, method_names
+from pointtune.methods.scl import (
+    SCL,
+    SCLConfig,
+    SCLEncoder,
+    annealed_bounds,
+    annealing_steps,
+    dissimilar_indices,
+    hard_negative_mask,
+    info_nce,
+    negative_thresholds,
+    patch_indices,
+    random_rotation,
+    sample_centres,
+    select_negatives,
+    self_similarity,
+    similarity_loss,
+)
+from pointtune.ops import fps
+from pointtune.train.checkpoint import CheckpointNotFoundError, save_state
+
+DT = torch.float64
+# Small enough for a forward in a few tens of milliseconds on one CPU core.
+TINY = {"num_patches": 8, "patch_k": 6, "edgeconv_k": 8, "e1_widths": [16, 16], "sim_dim": 8,
+        "e2_widths": [16, 16, 16], "point_dim": 24}
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _batch(b: int = 4, n: int = 96, seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"points": torch.randn(b, n, 3, generator=_gen(seed)), "label": torch.zeros(b, dtype=torch.long)}
+
+
+def _one_line(err: BaseException, *fragments: str) -> str:
+    msg = str(err)
+    assert "\n" not in msg, msg
+    for fragment in fragments:
+        assert fragment in msg, msg
+    return msg
+
+
+def _stage1_checkpoint(directory, epochs: int = 1, **method) -> tuple[SCL, str]:
+    """A stage-1 SCL (random weights) saved as a pointtune checkpoint in ``directory``."""
+    overrides = {f"method.{k}": v for k, v in {**TINY, **method}.items()}
+    exp = build_config("scl", overrides={**overrides, "train.epochs": epochs})
+    torch.manual_seed(0)
+    model = SCL(exp.method, 0, epochs)
+    model.train()
+    model(_batch(), 0, 0.0)                         # non-trivial BatchNorm statistics
+    save_state(directory, {"model": model.state_dict(), "experiment": exp.to_dict(), "class_names": ["a", "b"],
+                           "metrics": {"epoch": 1}})
+    return model.eval(), str(directory)
+
+
+def _stage2(stage1_from: str, total_epochs: int = 10, **kw) -> SCL:
+    cfg = SCLConfig.model_validate({**TINY, "stage": 2, "stage1_from": stage1_from, **kw})
+    return SCL(cfg, 0, total_epochs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration and contract
+# --------------------------------------------------------------------------------------------------
+
+
+def test_registered_as_a_pretraining_method():
+    assert "scl" in method_names() and get_method("scl") is SCL and SCL.task is Task.PRETRAIN
+    exp = build_config("scl")
+    assert exp.method.stage == 1 and exp.optim.name == "adamw" and exp.optim.weight_decay.start == 0
+    assert (exp.optim.lr.start, exp.optim.lr.shape, exp.optim.lr.step_epochs, exp.optim.lr.gamma) == \
+        (2e-3, "step", 50, 0.5)
+    assert exp.data.num_points == 2048 and exp.data.augment.translate == 0
+
+
+def test_stage1_forward_embed_and_encoder():
+    torch.manual_seed(0)
+    model = SCL(SCLConfig.model_validate(TINY), 0, 4)
+    batch = _batch()
+    out = model(batch, 0, 0.0)
+    assert set(out) == {"loss", "bce_similar", "bce_dissimilar", "sim_acc", "s_mean"}
+    assert all(v.dim() == 0 for v in out.values()) and 0 <= out["s_mean"] <= 1
+    assert torch.allclose(out["loss"], (out["bce_similar"] + out["bce_dissimilar"]) / 2)   # A = B
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.eval()
+    assert model.embed(batch).shape == (4, 8) and model.embed_points(batch).shape == (4, 96, 8)
+    assert isinstance(model.encoder(), SCLEncoder) and model.encoder() is model.e1
+    assert model.ddp_options() == {"find_unused_parameters": False, "forward_sync_buffers": False}
+
+
+def test_encoder_pools_point_features_by_their_mean():
+    enc = SCLEncoder([8, 8, 8], 12, k=5, concat=True).eval()
+    xyz = torch.randn(2, 40, 3, generator=_gen(1))
+    out = enc.forward_features(xyz)
+    assert out.point_features.shape == (2, 40, 12) and enc.fc[0].in_channels == 24   # concatenated
+    assert torch.allclose(out.global_feature, out.point_features.mean(dim=1))
+    assert torch.equal(enc(xyz), out.global_feature)
+    assert SCLEncoder([8, 16], 4, k=5).fc[0].in_channels == 16                    # E1: last layer only
+    with pytest.raises(ValueError, match="method.edgeconv_k"):
+        enc(torch.randn(1, 4, 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# Eqs. 4, 5, 7 against the formulas
+# --------------------------------------------------------------------------------------------------
+
+
+def test_eq4_similarity_loss_brute_force():
+    pos = torch.randn(3, 5, generator=_gen(2), dtype=DT) * 3
+    neg = torch.randn(7, generator=_gen(3), dtype=DT) * 3                           # A = 15 != B = 7
+    total = 0.0
+    for x in pos.flatten().tolist():
+        total += math.log(1 / (1 + math.exp(-x)))                                   # log D(similar)
+    for x in neg.flatten().tolist():
+        total += math.log(1 - 1 / (1 + math.exp(-x)))                               # log(1 - D(dissimilar))
+    expected = -total / (15 + 7)
+    assert similarity_loss(pos, neg).item() == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError):
+        similarity_loss(pos[:0], neg[:0])
+
+
+def test_eq5_self_similarity_brute_force():
+    z = torch.randn(2, 5, 4, generator=_gen(4), dtype=DT)
+    s = self_similarity(z)
+    for b in range(2):
+        for i in range(5):
+            for j in range(5):
+                zi, zj = z[b, i].tolist(), z[b, j].tolist()
+                dot = sum(x * y for x, y in zip(zi, zj))
+                norm = math.sqrt(sum(x * x for x in zi)) * math.sqrt(sum(y * y for y in zj))
+                assert s[b, i, j].item() == pytest.approx(abs(dot) / norm, rel=1e-12)
+    assert (s >= 0).all() and (s <= 1).all() and torch.allclose(s.diagonal(dim1=1, dim2=2), torch.ones(2, 5, dtype=DT))
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_eq7_info_nce_brute_force(normalize):
+    b, m, c, tau = 2, 6, 5, 0.3
+    a = torch.randn(b, m, c, generator=_gen(5), dtype=DT)
+    p = torch.randn(b, m, c, generator=_gen(6), dtype=DT)
+    mask = torch.rand(b, m, m, generator=_gen(7)) < 0.5
+    mask &= ~torch.eye(m, dtype=torch.bool)
+    mask[0, 2] = False                                                              # an anchor without negatives
+    loss, valid = info_nce(a, p, mask, tau, normalize)
+    an = torch.nn.functional.normalize(a, dim=-1) if normalize else a
+    pn = torch.nn.functional.normalize(p, dim=-1) if normalize else p
+    for bb in range(b):
+        for i in range(m):
+            f_pos = math.exp(float(an[bb, i] @ pn[bb, i]) / tau)                   # f(H_i, H_i+)
+            f_neg = sum(math.exp(float(an[bb, i] @ an[bb, j]) / tau) for j in range(m) if mask[bb, i, j])
+            assert loss[bb, i].item() == pytest.approx(-math.log(f_pos / (f_pos + f_neg)), rel=1e-9, abs=1e-12)
+            assert bool(valid[bb, i]) == bool(mask[bb, i].any())
+    assert loss[0, 2].item() == 0.0 and not valid[0, 2]
+
+
+def test_eq7_gradient_flows_through_negatives_but_not_masked_ones():
+    a = torch.randn(1, 4, 3, generator=_gen(8), dtype=DT, requires_grad=True)
+    p = torch.randn(1, 4, 3, generator=_gen(9), dtype=DT, requires_grad=True)
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, 0, 1] = True                                                            # anchor 0: negative 1 only
+    loss, _ = info_nce(a, p, mask, 0.1)
+    loss[0, 0].backward()
+    assert a.grad[0, 1].abs().sum() > 0 and a.grad[0, 2:].abs().sum() == 0 and torch.isfinite(a.grad).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# Patches (Eq. 2) and the dilated positive
+# --------------------------------------------------------------------------------------------------
+
+
+def _line(n: int, c: int | None = None) -> torch.Tensor:
+    """Points on the x axis at 0, 1, ..., n-1; right of ``c`` shifted by 0.01 so that the left neighbour of
+    ``c`` always comes first (no tie)."""
+    x = torch.arange(n, dtype=DT)
+    if c is not None:
+        x = x + 0.01 * (x > c)
+    return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=-1).unsqueeze(0)
+
+
+def test_anchor_and_dilated_patch_at_the_end_of_a_line():
+    anchor, dilated = patch_indices(_line(20), torch.tensor([[0]]), patch_k=3, dilation=2)
+    # neighbours of 0 by distance: 1, 2, 3, 4, 5, 6; anchor: k = 3 of them; dilated: ranks 1, 3, 5 of k d = 6
+    assert anchor.tolist() == [[[0, 1, 2, 3]]] and dilated.tolist() == [[[0, 1, 3, 5]]]
+    _, dilated3 = patch_indices(_line(20), torch.tensor([[0]]), patch_k=3, dilation=3)
+    assert dilated3.tolist() == [[[0, 1, 4, 7]]]                                   # ranks 1, 4, 7 of 9
+
+
+def test_anchor_and_dilated_patch_inside_a_line():
+    c = 10
+    anchor, dilated = patch_indices(_line(20, c), torch.tensor([[c]]), patch_k=2, dilation=2)
+    # by distance: 9 (1), 11 (1.01), 8 (2), 12 (2.01); dilated keeps ranks 1 and 3
+    assert anchor.tolist() == [[[10, 9, 11]]] and dilated.tolist() == [[[10, 9, 8]]]
+    anchor, dilated = patch_indices(_line(20, c), torch.tensor([[c, 0]]), patch_k=4, dilation=2)
+    assert anchor[0, 0].tolist() == [10, 9, 11, 8, 12] and dilated[0, 0].tolist() == [10, 9, 8, 7, 6]
+    assert anchor[0, 1].tolist() == [0, 1, 2, 3, 4] and dilated[0, 1].tolist() == [0, 1, 3, 5, 7]
+
+
+def test_patch_has_its_centre_once_and_a_duplicate_of_it_as_a_neighbour():
+    xyz = _line(12)
+    xyz[0, 5] = xyz[0, 0]                                                           # point 5 duplicates point 0
+    for centre in (0, 5):
+        anchor, dilated = patch_indices(xyz, torch.tensor([[centre]]), patch_k=3, dilation=2)
+        twin = 5 if centre == 0 else 0
+        assert anchor[0, 0, 0] == centre and (anchor == centre).sum() == 1 and anchor[0, 0, 1] == twin
+        assert sorted(anchor[0, 0, 2:].tolist()) == [1, 2] and dilated.shape == (1, 1, 4)
+
+
+def test_patch_search_larger_than_the_cloud_names_the_keys():
+    with pytest.raises(ValueError, match="method.patch_k x method.dilation"):
+        patch_indices(_line(10), torch.tensor([[0]]), patch_k=5, dilation=2)       # 11 points needed
+
+
+def test_centres_are_fps_from_a_random_start():
+    xyz = torch.randn(3, 64, 3, generator=_gen(10))
+    assert torch.equal(sample_centres(xyz, 8, random_start=False), fps(xyz, 8))
+    c = sample_centres(xyz, 8, _gen(11))
+    assert c.shape == (3, 8) and all(len(set(row.tolist())) == 8 for row in c)
+    starts = {tuple(sample_centres(xyz, 8, _gen(s))[:, 0].tolist()) for s in range(5)}
+    assert len(starts) > 1
+    # each later centre is the point farthest from the earlier ones (FPS), whatever the start
+    for b in range(3):
+        chosen = [int(c[b, 0])]
+        for t in range(1, 8):
+            d = torch.cdist(xyz[b], xyz[b, chosen]).min(dim=1).values
+            assert int(c[b, t]) == int(d.argmax())
+            chosen.append(int(c[b, t]))
+    with pytest.raises(ValueError, match="method.num_patches"):
+        sample_centres(xyz, 65)
+
+
+def test_random_rotations():
+    for mode in ("axis", "up", "so3"):
+        rot = random_rotation(64, mode, 90.0, up_axis=1, generator=_gen(12), dtype=DT)
+        assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=DT).expand(64, 3, 3), atol=1e-12)
+        assert torch.allclose(torch.linalg.det(rot), torch.ones(64, dtype=DT))
+        angle = torch.arccos(((rot.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1))
+        assert (angle <= math.pi / 2 + 1e-9).all()
+    up = random_rotation(16, "up", 180.0, up_axis=1, generator=_gen(13), dtype=DT)
+    assert torch.allclose(up[:, 1], torch.tensor([0.0, 1.0, 0.0], dtype=DT).expand(16, 3))   # y is kept
+    axes = random_rotation(200, "axis", 180.0, generator=_gen(14), dtype=DT)
+    fixed = (axes.diagonal(dim1=1, dim2=2) - 1).abs() < 1e-12                      # the rotation axis keeps 1
+    assert fixed.any(dim=1).all() and fixed.any(dim=0).all()                        # x, y and z all drawn
+
+
+def test_dissimilar_patch_is_any_other_patch():
+    j = dissimilar_indices(500, 5, _gen(15))
+    i = torch.arange(5).expand(500, 5)
+    assert (j != i).all() and (j >= 0).all() and (j < 5).all()
+    for anchor in range(5):
+        assert set(j[:, anchor].tolist()) == set(range(5)) - {anchor}
+    with pytest.raises(ValueError):
+        dissimilar_indices(2, 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Hard negatives: the interval, the quantile mode, the empty-set rule (A7, A8)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_absolute_interval_is_closed_at_both_edges():
+    s = torch.tensor([[[1.0, 0.5, 0.75, 0.4999, 0.7501, 0.6],
+                       [0.5, 1.0, 0.6, 0.6, 0.6, 0.6],
+                       [0.75, 0.6, 0.75, 0.6, 0.6, 0.6],          # its own score (diagonal) in the interval
+                       [0.4999, 0.6, 0.6, 1.0, 0.6, 0.6],
+                       [0.7501, 0.6, 0.6, 0.6, 1.0, 0.6],
+                       [0.6, 0.6, 0.6, 0.6, 0.6, 1.0]]], dtype=DT)
+    mask = hard_negative_mask(s, 0.5, 0.75, "absolute")
+    assert mask[0, 0].tolist() == [False, True, True, False, False, True]   # 0.5 and 0.75 in, 0.4999, 0.7501 out
+    assert not mask[0].diagonal().any() and mask[0, 2].tolist() == [True, True, False, True, True, True]
+    assert hard_negative_mask(s, 0.0, 1.0).sum() == 6 * 5                   # the whole negatives
+
+
+def test_quantile_interval_uses_the_anchors_own_scores():
+    row = [0.9, 0.1, 0.3, 0.2, 0.5, 0.4]                                     # anchor 0; others: 0.1 .. 0.5
+    s = torch.tensor([row] + [[0.5] * 6] * 5, dtype=DT).unsqueeze(0)
+    lower, upper = negative_thresholds(s, 0.5, 0.75, "quantile")
+    # n = 5 others sorted 0.1 0.2 0.3 0.4 0.5: lower v[floor(0.5 * 4)] = 0.3, upper v[ceil(0.75 * 4)] = 0.4
+    assert lower[0, 0, 0].item() == 0.3 and upper[0, 0, 0].item() == 0.4
+    assert hard_negative_mask(s, 0.5, 0.75, "quantile")[0, 0].tolist() == [False, False, True, False, False, True]
+    assert hard_negative_mask(s, 0.0, 1.0, "quantile")[0, 0].sum() == 5
+    s = torch.rand(3, 7, 7, generator=_gen(16), dtype=DT)
+    for b_l, b_u in [(0.5, 0.55), (0.61, 0.62), (0.95, 1.0), (0.0, 0.01)]:   # narrow: never empty
+        assert hard_negative_mask(s, b_l, b_u, "quantile").any(dim=-1).all()
+
+
+def test_empty_anchors_fall_back_to_the_most_similar_below_b_u():
+    m = 6
+    s = torch.full((1, m, m), 0.9, dtype=DT)
+    s[0, :, 1] = torch.tensor([0.2, 1.0, 0.3, 0.1, 0.85, 0.2], dtype=DT)
+    s[0, :, 2] = torch.tensor([0.4, 0.5, 1.0, 0.05, 0.8, 0.3], dtype=DT)
+    s[0, 1, 3] = 0.6                                                         # anchor 1: one score in [0.55, 0.7]
+    # every anchor but 1 has nothing in [0.55, 0.7]: 5/6 > 0.5, so the empty ones fall back
+    mask, empty, used = select_negatives(s, 0.55, 0.7, "absolute", fallback_frac=0.5, fallback_k=1)
+    assert used and empty[0].tolist() == [True, False, True, True, True, True]
+    rows = [mask[0, i].nonzero().flatten().tolist() for i in range(m)]
+    # 1 keeps its own; the others take their highest score <= 0.7; 4 has none (0.9, 0.85, 0.8) and stays empty
+    assert rows == [[2], [3], [1], [1], [], [2]]
+    mask2, _, _ = select_negatives(s, 0.55, 0.7, "absolute", fallback_frac=0.5, fallback_k=2)
+    assert [mask2[0, i].nonzero().flatten().tolist() for i in range(m)] == [[1, 2], [3], [1], [1, 2], [], [1, 2]]
+    # at most fallback_frac empty, or fallback_k = 0: the empty anchors stay empty
+    for frac, k in [(5 / 6, 4), (0.5, 0)]:
+        kept, again, used = select_negatives(s, 0.55, 0.7, "absolute", fallback_frac=frac, fallback_k=k)
+        assert not used and torch.equal(kept, hard_negative_mask(s, 0.55, 0.7)) and torch.equal(again, empty)
+
+
+# --------------------------------------------------------------------------------------------------
+# Annealing (sections 3.5, 4.1.1)
+# --------------------------------------------------------------------------------------------------
+
+
+PAPER = [(0, (0.0, 1.0)), (299.99, (0.0, 1.0)), (300, (0.0, 1.0)), (319.999, (0.0, 1.0)), (320, (0.05, 0.975)),
+         (339, (0.05, 0.975)), (340, (0.1, 0.95)), (480, (0.45, 0.775)), (500, (0.5, 0.75)), (511.99, (0.5, 0.75))]
+
+
+@pytest.mark.parametrize("epoch,bounds", PAPER)
+def test_annealing_at_the_papers_epochs(epoch, bounds):
+    epochs = annealed_bounds(epoch, 512, 0.0, 1.0, 0.05, 0.025, 300, 20, "epochs")
+    fraction = SCLConfig().bounds_at(epoch, 512)                             # defaults: 300/512, 20/512
+    assert epochs == pytest.approx(bounds, abs=1e-12) and fraction == pytest.approx(bounds, abs=1e-12)
+
+
+def test_annealing_in_a_short_run_and_at_step_boundaries():
+    # 10 epochs, warm-up 0.5 (5 epochs), period 0.1 (1 epoch): steps at epochs 6, 7, 8, 9
+    steps = [annealing_steps(t, 10, 0.5, 0.1) for t in (0, 4.9, 5, 5.99, 6, 6.5, 7, 9, 9.99)]
+    assert steps == [0, 0, 0, 0, 1, 1, 2, 4, 4]
+    # the loop's progress puts the first step of an epoch a hair below the integer
+    assert annealing_steps(6 - 1e-13, 10, 0.5, 0.1) == 1
+    assert annealing_steps(3.0, 10, 0.3, 0.1) == 0 and annealing_steps(4.0, 10, 0.3, 0.1) == 1   # 0.3 x 10 != 3
+    assert annealing_steps(5, 0, 0.5, 0.1) == 0                                 # a run of 0 epochs
+
+
+def test_annealing_stops_at_the_minimum_width():
+    # the bounds meet after 12 steps of +0.05 / -0.025 (width 1 - 0.075 n >= 0.05): they stay at [0.6, 0.7]
+    last = annealed_bounds(12, 100, 0.0, 1.0, 0.05, 0.025, 0, 1, "epochs", 0.05)
+    assert last == pytest.approx((0.6, 0.7))
+    for t in (13, 20, 99):
+        assert annealed_bounds(t, 100, 0.0, 1.0, 0.05, 0.025, 0, 1, "epochs", 0.05) == last
+    b_l, b_u = annealed_bounds(10**6, 10**6 + 1, 0.2, 0.9, 0.1, 0.0, 0, 1, "epochs", 0.05)
+    assert b_u == 0.9 and b_u - b_l >= 0.05 and b_l == pytest.approx(0.8)
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2
+# --------------------------------------------------------------------------------------------------
+
+
+def test_stage2_trains_e2_and_leaves_the_stage1_network_alone(tmp_path):
+    stage1, path = _stage1_checkpoint(tmp_path / "s1")
+    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_u_start=0.9)    # scores needed from step 0
+    for name in ("e1", "g1"):
+        saved = getattr(stage1, name).state_dict()
+        assert all(torch.equal(v, saved[k]) for k, v in getattr(model, name).state_dict().items())
+    assert not hasattr(model, "disc")
+    frozen = {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("e1.", "g1."))}
+    e2_before = {k: v.clone() for k, v in model.e2.state_dict().items()}
+    model.train()
+    assert model.e2.training and not model.e1.training and not model.g1.training   # frozen: eval mode
+    trainable = {id(p) for g in model.param_groups(0.0) for p in g["params"]}
+    assert trainable == {id(p) for p in [*model.e2.parameters(), *model.g2.parameters()]}
+    opt = torch.optim.Adam(model.param_groups(0.0), lr=1e-2)
+    out = model(_batch(b=3), 0, 0.0)
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    assert all(p.grad is None for p in [*model.e1.parameters(), *model.g1.parameters()])
+    assert all(torch.equal(v, frozen[k]) for k, v in model.state_dict().items() if k in frozen)   # BN stats too
+    assert any(not torch.equal(v, e2_before[k]) for k, v in model.e2.state_dict().items())
+    assert {"loss", "b_l", "b_u", "neg_per_anchor", "no_negative_frac", "dropped_frac", "fallback",
+            "pos_cos"} == set(out)
+    model.eval()
+    batch = _batch(b=2)
+    assert model.embed(batch).shape == (2, 24) and model.embed_points(batch).shape == (2, 96, 24)
+    assert model.encoder() is model.e2
+    assert torch.allclose(model.embed(batch), model.embed_points(batch).mean(dim=1))
+
+
+def test_stage2_counts_anchors_without_negatives(tmp_path, monkeypatch):
+    import pointtune.methods.scl as scl
+
+    _, path = _stage1_checkpoint(tmp_path / "s1")
+    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_l_start=0.2, b_u_start=0.5)
+    m = TINY["num_patches"]
+    s = torch.full((4, m, m), 0.9)
+    s[:, :m // 2, m - 1] = 0.3                       # the first half of the anchors have one negative in [0.2, 0.5]
+    s[:, m - 1, : m // 2] = 0.3
+    monkeypatch.setattr(scl, "self_similarity", lambda z: s.clone())
+    torch.manual_seed(3)
+    out = model(_batch(), 0, 0.0)
+    assert out["no_negative_frac"].item() == pytest.approx((m // 2 - 1) / m)   # anchor m-1 has m/2 of them
+    assert out["dropped_frac"] == out["no_negative_frac"] and out["fallback"] == 0   # not more than half empty
+    assert out["neg_per_anchor"].item() == pytest.approx((m // 2 + m // 2) / m)
+    assert (out["b_l"].item(), out["b_u"].item()) == pytest.approx((0.2, 0.5))
+    # every anchor empty, none below b_u: the fallback runs, finds nothing, the loss is an attached zero
+    s.fill_(0.9)
+    model.zero_grad()
+    out = model(_batch(), 0, 0.0)
+    assert out["no_negative_frac"] == 1 and out["dropped_frac"] == 1 and out["fallback"] == 1
+    assert out["loss"].item() == 0 and out["neg_per_anchor"] == 0
+    out["loss"].backward()
+    assert all(p.grad is not None and (p.grad == 0).all() for p in [*model.e2.parameters(), *model.g2.parameters()])
+
+
+def test_stage2_loss_is_the_mean_over_anchors_with_negatives(tmp_path, monkeypatch):
+    import pointtune.methods.scl as scl
+
+    _, path = _stage1_checkpoint(tmp_path / "s1")
+    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_l_start=0.2, b_u_start=0.5, fallback_k=0)
+    m = TINY["num_patches"]
+    s = torch.rand(2, m, m, generator=_gen(17))
+    monkeypatch.setattr(scl, "self_similarity", lambda z: s.clone())
+    captured = {}
+    real = scl.info_nce
+
+    def spy(a, p, mask, tau, normalize):
+        captured.update(a=a, p=p, mask=mask)
+        return real(a, p, mask, tau, normalize)
+
+    monkeypatch.setattr(scl, "info_nce", spy)
+    out = model(_batch(b=2), 0, 0.0)
+    assert torch.equal(captured["mask"], hard_negative_mask(s, 0.2, 0.5))
+    per, valid = real(captured["a"].detach(), captured["p"].detach(), captured["mask"], 0.07, True)
+    assert out["loss"].item() == pytest.approx(per[valid].mean().item(), rel=1e-6)
+    assert out["no_negative_frac"].item() == pytest.approx((~valid).float().mean().item())
+
+
+def test_warm_up_uses_every_negative_without_the_similarity_network(tmp_path, monkeypatch):
+    _, path = _stage1_checkpoint(tmp_path / "s1")
+    model = _stage2(path, total_epochs=10)                                    # warm-up: 5.86 epochs
+    calls = []
+    original = model.e1.forward_features
+    monkeypatch.setattr(model.e1, "forward_features", lambda *a: calls.append(1) or original(*a))
+    out = model(_batch(), 0, 0.0)
+    m = TINY["num_patches"]
+    assert not calls and out["neg_per_anchor"] == m - 1 and out["no_negative_frac"] == 0
+    out = model(_batch(), 9, 0.95)                       # (9.5 - 5.86) / 0.39: 9 steps: [0.45, 0.775]
+    assert calls and (out["b_l"].item(), out["b_u"].item()) == pytest.approx((0.45, 0.775))
+
+
+def test_stage2_without_hard_negatives_needs_no_stage1_run():
+    model = SCL(SCLConfig.model_validate({**TINY, "stage": 2, "hard_negatives": False}), 0, 10)
+    assert model.e1 is None and model.g1 is None
+    out = model(_batch(), 9, 0.95)
+    assert out["neg_per_anchor"] == TINY["num_patches"] - 1 and out["no_negative_frac"] == 0
+
+
+# --------------------------------------------------------------------------------------------------
+# Config and stage-1 loading errors
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides,fragment", [
+    ({"method.b_l_start": 0.97}, "b_l_start (0.97) must be <= b_u_start - min_width"),
+    ({"method.anneal_warmup": 1.5}, "anneal_warmup (1.5) must be <= 1 with anneal_unit=fraction"),
+    ({"method.backbone.emb_dims": 512}, "only backbone.inputs may be set, got 'emb_dims'"),
+    ({"method.backbone.name": "pointnet"}, "SCL builds its own DGCNN encoders"),
+    ({"method.stage1_from": "runs/x"}, "stage1_from is read by stage 2 only"),
+    ({"method.dilation": 1}, "method.dilation"),
+    ({"method.num_patches": 1}, "method.num_patches"),
+    ({"method.stage": 3}, "method.stage"),
+    ({"method.rotation_deg": 0}, "method.rotation_deg"),
+])
+def test_config_errors_are_one_line(overrides, fragment):
+    with pytest.raises(ConfigError) as err:
+        build_config("scl", overrides=overrides)
+    _one_line(err.value, fragment)
+
+
+def test_epoch_units_allow_long_warm_ups_and_paths_become_absolute():
+    cfg = build_config("scl", overrides={"method.anneal_unit": "epochs", "method.anneal_warmup": 300,
+                                         "method.anneal_period": 20}).method
+    assert cfg.bounds_at(320, 512) == pytest.approx((0.05, 0.975))
+    cfg = build_config("scl", overrides={"method.stage": 2, "method.stage1_from": "runs/stage1"}).method
+    assert cfg.stage1_from.startswith("/") and cfg.stage1_from.endswith("runs/stage1")
+    cfg = build_config("scl", overrides={"method.stage": 2, "method.stage1_from": "s3://b/run"}).method
+    assert cfg.stage1_from == "s3://b/run"
+
+
+def test_stage2_without_a_usable_stage1_run_is_a_one_line_error(tmp_path):
+    exp = build_config("scl", overrides={"method.stage": 2})           # valid config: checked when built
+    with pytest.raises(ConfigError) as err:
+        SCL(exp.method, 0, 1)
+    _one_line(err.value, "method.stage1_from:", "method.stage=1")
+    with pytest.raises(CheckpointNotFoundError) as err:
+        _stage2(str(tmp_path / "nowhere"))
+    _one_line(err.value, "method.stage1_from:", "nowhere")
+    assert isinstance(err.value, FileNotFoundError)
+    stage1, path = _stage1_checkpoint(tmp_path / "s1")
+    stage2 = _stage2(path, total_epochs=1)
+    cfg2 = build_config("scl", overrides={**{f"method.{k}": v for k, v in TINY.items()}, "method.stage": 2,
+                                          "method.stage1_from": path})
+    save_state(tmp_path / "s2", {"model": stage2.state_dict(), "experiment": cfg2.to_dict(), "class_names": ["a", "b"]})
+    with pytest.raises(ConfigError) as err:
+        _stage2(str(tmp_path / "s2"))
+    _one_line(err.value, "method.stage1_from:", "an SCL stage-2 run, not an SCL stage-1 run")
+    with pytest.raises(ConfigError) as err:
+        _stage2(path, backbone={"name": "dgcnn", "inputs": ["normals"]})
+    _one_line(err.value, "method.stage1_from:", "backbone.inputs")
+
+
+def test_a_stage2_checkpoint_rebuilds_with_its_frozen_network(tmp_path):
+    from pointtune.train.checkpoint import load_method
+
+    _, path = _stage1_checkpoint(tmp_path / "s1")
+    stage2 = _stage2(path, total_epochs=1)
+    exp = build_config("scl", overrides={**{f"method.{k}": v for k, v in TINY.items()}, "method.stage": 2,
+                                         "method.stage1_from": path, "train.epochs": 1})
+    save_state(tmp_path / "s2", {"model": stage2.state_dict(), "experiment": exp.to_dict(), "class_names": ["a", "b"]})
+    loaded = load_method(tmp_path / "s2")
+    assert isinstance(loaded.method, SCL) and loaded.method.cfg.stage == 2
+    batch = _batch(b=2)
+    assert torch.allclose(loaded.method.embed(batch), stage2.eval().embed(batch))
+
+
+def test_normals_are_fed_and_rotated_with_the_cloud():
+    cfg = SCLConfig.model_validate({**TINY, "backbone": {"name": "dgcnn", "inputs": ["normals"]}})
+    model = SCL(cfg, 0, 1)
+    batch = _batch()
+    seen = []
+    original = model.e1.forward_features
+    model.e1.forward_features = lambda xyz, f: seen.append((xyz, f)) or original(xyz, f)
+    batch["normals"] = torch.nn.functional.normalize(torch.randn(4, 96, 3, generator=_gen(18)), dim=-1)
+    model(batch, 0, 0.0)
+    xyz, normals = seen[0]
+    assert normals.shape == (8, 96, 3) and torch.equal(normals[:4], batch["normals"])
+    # the rotated copy's normals are the normals rotated like its points: same R solves both
+    rot = torch.linalg.lstsq(xyz[:4].double(), xyz[4:].double()).solution            # (B, 3, 3) = R^T
+    assert torch.allclose(normals[:4].double() @ rot, normals[4:].double(), atol=1e-4)
+    with pytest.raises(KeyError, match="method.backbone.inputs"):
+        model({"points": batch["points"]}, 0, 0.0)
+
+
+# --------------------------------------------------------------------------------------------------
+# Search spaces and the CLI
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("space", ["scl.yaml", "scl_quick.yaml"])
+def test_search_spaces_validate_for_stage2(space):
+    from conftest import REPO
+    from pointtune.search.space import load_search_space
+
+    loaded = load_search_space(REPO / "search_spaces" / space)
+    params = {p.key: p for p in loaded.params}
+    assert loaded.method == "scl" and loaded.metric == "val/svm_acc" and loaded.mode == "max"
+    assert params["method.stage"].value == 2 and "method.stage1_from" not in params
+    assert {"method.temperature", "method.anneal_warmup", "method.anneal_period", "method.delta_b_l",
+            "method.delta_b_u", "method.threshold_mode"} <= set(loaded.searched())
+
+
+TINY_RUN = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8, "method.e1_widths": "[16,16]",
+            "method.sim_dim": 8, "method.e2_widths": "[16,16]", "method.point_dim": 16, "data.num_points": 96,
+            "data.synthetic_per_class": 6, "data.synthetic_num_classes": 3, "train.batch_size": 8,
+            "protocol.svm_c": 1.0}
+
+
+@pytest.mark.slow
+def test_stage1_then_stage2_through_the_cli(tmp_path):
+    from helpers import pointtune
+
+    flags = [x for k, v in TINY_RUN.items() for x in ("--set", f"{k}={v}")]
+    first = tmp_path / "stage1"
+    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(first), "--set",
+                     "method.stage=1", *flags)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((first / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= record["val/svm_acc"] <= 1 and {"train/sim_acc", "train/s_mean"} <= set(record)
+    second = tmp_path / "stage2"
+    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(second), "--set",
+                     "method.stage=2", "--set", f"method.stage1_from={first}", "--set", "method.anneal_warmup=0",
+                     "--set", "method.b_u_start=0.95", *flags)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((second / "metrics.jsonl").read_text().splitlines()[-1])
+    assert 0 <= record["val/svm_acc"] <= 1 and record["train/b_u"] == pytest.approx(0.95)
+    assert {"train/no_negative_frac", "train/neg_per_anchor", "train/dropped_frac"} <= set(record)
+    bad = pointtune("train", "scl", "--epochs", "1", "--set", "method.stage=2", *flags)
+    assert bad.returncode == 2 and "method.stage1_from" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
