@@ -242,3 +242,37 @@ def stop_ray_instance(address: str) -> None:
                 os.kill(int(proc.name), signal.SIGKILL)
             except OSError:
                 pass
+
+
+def _gloo_worker(rank: int, fn, init_file: str, result_file: str, world: int) -> None:
+    """One process of :func:`on_gloo_workers`: join the group, save ``fn(rank)`` (or the traceback)."""
+    import datetime
+    import traceback
+
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        torch.save(fn(rank), f"{result_file}.{rank}")
+    except Exception:
+        torch.save({"error": traceback.format_exc()}, f"{result_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def on_gloo_workers(fn, tmp_path: Path, world: int = 2) -> list:
+    """Run ``fn(rank)`` (a module-level function) in ``world`` spawned gloo processes of one torch.distributed
+    group (1 thread each) and return what each returned, by rank; a worker's error fails the test with its
+    traceback."""
+    import torch
+    import torch.multiprocessing as mp
+
+    init_file, result_file = str(tmp_path / "init"), str(tmp_path / "result")
+    mp.spawn(_gloo_worker, args=(fn, init_file, result_file, world), nprocs=world, join=True)
+    parts = [torch.load(f"{result_file}.{r}", weights_only=False) for r in range(world)]
+    for part in parts:
+        assert "error" not in part, part.get("error")
+    return parts

@@ -5,17 +5,15 @@ frozen per-point features, label fraction, sharded over 2 gloo workers and merge
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import traceback
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import SHARED_DATA
-from helpers import one_line_error, pointtune, real
+from helpers import on_gloo_workers, one_line_error, pointtune, real
 from pointtune.backbones import build_backbone
 from pointtune.config import ConfigError, ProtocolConfig, build_config
 from pointtune.data import SHAPENETPART_CLASSES, SHAPENETPART_SEG_CLASSES, DataConfig, DatasetError, build_datasets
@@ -302,33 +300,18 @@ def test_head_learns_hand_made_parts():
 WORLD = 2
 
 
-def _seg_worker(rank: int, init_file: str, result_file: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        out = {}
-        for name, splits, cfg in _seg_cases():
-            method = _PointProbe()
-            scores, _, arrays = evaluate(method, splits, CPU, NAMES, cfg, batch_size=4, return_arrays=True)
-            out[name] = (scores, arrays["shape_iou"], method.seen)
-        torch.save(out, f"{result_file}.{rank}")
-    except Exception:
-        torch.save({"error": traceback.format_exc()}, f"{result_file}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _seg_worker(rank: int) -> dict:
+    """What one of the 2 gloo workers scores (:func:`helpers.on_gloo_workers`)."""
+    out = {}
+    for name, splits, cfg in _seg_cases():
+        method = _PointProbe()
+        scores, _, arrays = evaluate(method, splits, CPU, NAMES, cfg, batch_size=4, return_arrays=True)
+        out[name] = (scores, arrays["shape_iou"], method.seen)
+    return out
 
 
 def test_sharded_part_seg_equals_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    init_file, result_file = str(tmp_path / "init"), str(tmp_path / "result")
-    mp.spawn(_seg_worker, args=(init_file, result_file), nprocs=WORLD, join=True)
-    parts = [torch.load(f"{result_file}.{r}", weights_only=False) for r in range(WORLD)]
-    for part in parts:
-        assert "error" not in part, part.get("error")
+    parts = on_gloo_workers(_seg_worker, tmp_path, WORLD)
     # one thread here (the one_thread fixture), as in the workers: the same float sums
     for name, splits, cfg in _seg_cases():
         method = _PointProbe()

@@ -3,15 +3,14 @@
 against the selected protocol, ``protocol.data``, evaluation sharded over 2 gloo workers and merged exactly,
 and fine-tuning that starts from a saved encoder."""
 
-import datetime
 import math
-import traceback
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import TINY
+from helpers import on_gloo_workers
 from pointtune.config import ConfigError, ProtocolConfig, build_config
 from pointtune.method import Method, MethodConfig, Task
 from pointtune.protocols import (
@@ -312,33 +311,18 @@ def _sharded_cases():
     ]
 
 
-def _sharded_worker(rank: int, init_file: str, result_file: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        out = {}
-        for name, make, splits, names, cfg in _sharded_cases():
-            method = make()
-            scores, cm = evaluate(method, splits, CPU, names, cfg, batch_size=4)
-            out[name] = (scores, cm, method.seen)
-        torch.save(out, f"{result_file}.{rank}")
-    except Exception:
-        torch.save({"error": traceback.format_exc()}, f"{result_file}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _sharded_worker(rank: int) -> dict:
+    """What one of the 2 gloo workers scores (:func:`helpers.on_gloo_workers`)."""
+    out = {}
+    for name, make, splits, names, cfg in _sharded_cases():
+        method = make()
+        scores, cm = evaluate(method, splits, CPU, names, cfg, batch_size=4)
+        out[name] = (scores, cm, method.seen)
+    return out
 
 
 def test_sharded_evaluation_equals_single_process(tmp_path):
-    import torch.multiprocessing as mp
-
-    init_file, result_file = str(tmp_path / "init"), str(tmp_path / "result")
-    mp.spawn(_sharded_worker, args=(init_file, result_file), nprocs=WORLD, join=True)
-    parts = [torch.load(f"{result_file}.{r}", weights_only=False) for r in range(WORLD)]
-    for part in parts:
-        assert "error" not in part, part.get("error")
+    parts = on_gloo_workers(_sharded_worker, tmp_path, WORLD)
     for name, make, splits, names, cfg in _sharded_cases():
         method = make()
         single, cm = evaluate(method, splits, CPU, names, cfg, batch_size=4)
