@@ -90,7 +90,9 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from pointtune.distributed import all_reduce_sum, average_batchnorm_stats, rank
 from pointtune.data.config import NO_AUGMENTATION
-from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
+from pointtune.method import (
+    BackboneConfig, Method, MethodConfig, Task, interpolate_point_features, point_inputs, register_method,
+)
 from pointtune.schedules import Schedule, bounded
 from pointtune.views import MultiCropSpec, multi_crop, view_groups
 
@@ -702,6 +704,15 @@ class DCGLR(Method):
             KeyError: a per-point input of ``method.backbone.inputs`` is missing from the batch.
         """
         return self._feature_branch().backbone(batch["points"], point_inputs(batch, self.cfg.backbone))
+
+    @torch.no_grad()
+    def embed_points(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-point features ``(B, N, C)`` of the teacher backbone (A16; ``features='student'``: the student's),
+        as :meth:`pointtune.method.Method.embed_points` computes them, without the copy :meth:`encoder` makes
+        for fine-tuning (this runs once per evaluated batch)."""
+        points = batch["points"]
+        out = self._feature_branch().backbone.forward_features(points, point_inputs(batch, self.cfg.backbone))
+        return interpolate_point_features(points, out.point_xyz, out.point_features)
 
     def encoder(self) -> nn.Module:
         """A copy of the teacher backbone (``features='student'``: the student's) with gradients enabled, for
