@@ -77,6 +77,7 @@ class Finetune(Method):
 
     task = Task.CLASSIFICATION
     Config = FinetuneConfig
+    from_key = "method.pretrained"
     recipe = {"optim": {"name": "sgd", "lr": {"start": 0.1, "end": 1e-3, "shape": "cosine"}, "momentum": 0.9,
                         "weight_decay": 1e-4}}
 

@@ -25,28 +25,24 @@ two stages of one method, chosen by ``method.stage``:
 
   where ``H_i+`` is the *dilated* patch of the same centre (its ``k d`` nearest neighbours, every ``d``-th
   kept) and the negatives are the other patches of the same cloud whose score lies in the closed interval
-  ``[b_l, b_u]`` (:func:`hard_negative_mask`), annealed over the run (:func:`annealed_bounds`).
+  ``[b_l, b_u]`` (:func:`hard_negative_mask`), annealed over the run (``method.b_l``, ``method.b_u``: schedules).
 
 Downstream (``embed``, ``embed_points``, ``encoder``): stage 2's ``E2`` (stage 1: ``E1``); the global feature
 is the average pooling of the point features (paper section 4.1.1), the per-point features are ``H``.
 
-**The annealing** (paper section 4.1.1; spec section 2.5) is the paper's staircase, expressed by SCL's own
-fields rather than by :class:`~pointtune.schedules.Schedule` objects, because a ``Schedule`` cannot hold a
-value during a warm-up and then *add* a step every period (its ``step`` shape multiplies by ``gamma`` and
-counts from epoch 0; its warm-up is a ramp, not a hold; its epochs are absolute, not fractions of the run)::
+**The annealing** (paper section 4.1.1; spec section 2.5) is the paper's staircase, one shared
+:class:`~pointtune.schedules.Schedule` per bound (``method.b_l``, ``method.b_u``, shape ``stairs``)::
 
-    W = anneal_warmup, T = anneal_period      (x train.epochs when anneal_unit = fraction)
-    n(t) = max(0, floor((t - W) / T))         (t: the fractional epoch of the step)
-    n(t) <- min(n(t), n*), n* the last step with b_u - b_l >= min_width
-    b_l(t) = b_l_start + delta_b_l n(t),   b_u(t) = b_u_start - delta_b_u n(t)
+    W = warmup_epochs, T = step_epochs        (x train.epochs with unit: fraction, the default)
+    b(t) = start                              for t < W       (t: the fractional epoch of the step)
+    b(t) = start + delta floor((t - W) / T)   after, stopping at end
 
 The defaults are the paper's, as fractions of its 512-epoch run: warm-up 300/512, period 20/512 (both exact
-binary fractions), b from [0, 1] ("the whole negative samples") by +0.05 / -0.025 per step, so a 512-epoch run
-steps at epochs 320, 340, ..., 500 and ends at [0.50, 0.75] (spec's n_max = 10 reading); ``anneal_unit:
-epochs`` with ``anneal_warmup: 300, anneal_period: 20`` gives the same in epochs. The loop logs ``b_l`` and
-``b_u`` as ``train/b_l`` and ``train/b_u``. (A ``Schedule`` shape ``stairs`` - hold ``start`` for
-``warmup_epochs``, then add ``delta`` every ``step_epochs``, clamped at ``end`` - with warm-up and period
-allowed as fractions of the run would express each bound as one shared object.)
+binary fractions), b_l from 0 by +0.05 up to 0.5 and b_u from 1 by -0.025 down to 0.75 ("the whole negative
+samples" first; the spec's n_max = 10 reading), so a 512-epoch run steps at epochs 320, 340, ..., 500 and
+ends at [0.50, 0.75]; ``unit: epochs`` with ``warmup_epochs: 300, step_epochs: 20`` gives the same in
+epochs. A search space ties b_u's warm-up and period to b_l's (``type: same``). The loop records both as
+``sched/method.b_l`` and ``sched/method.b_u`` per epoch, the method as ``train/b_l`` and ``train/b_u``.
 
 Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
 
@@ -77,8 +73,9 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
   and ``b_u`` are quantile levels of ``{s(P_i, P_j)}_{j != i}``: the negatives are the ``j`` with
   ``v_(floor(b_l (n-1))) <= s_ij <= v_(ceil(b_u (n-1)))`` (``v`` the sorted scores, ``n = M - 1``), never empty.
   Clamp: the spec's "b_l <= b_u - min_width" would let the interval slide down towards easy negatives once
-  the bounds meet; here the annealing instead stops at the last step that keeps ``b_u - b_l >= min_width``
-  (0.05). ``b_l_start <= b_u_start - min_width`` is checked in the config.
+  the bounds meet; here each bound stops at its ``end`` instead, and the config checks that the interval
+  can never be narrower than ``min_width`` (0.05): the lowest value ``b_u`` can take minus the highest
+  ``b_l`` can take (:meth:`~pointtune.schedules.Schedule.value_range`).
 * A8: an anchor without a negative in the interval contributes ``-log 1 = 0`` and is left out of the mean.
   When more than ``fallback_frac`` (0.5) of a batch's anchors are empty, each empty anchor takes the
   ``fallback_k`` (4) most similar other patches with ``s <= b_u`` (``fallback_k: 0``: never). Logged:
@@ -88,10 +85,10 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
 * A9: ``normalize: true`` (default) L2-normalises ``G2`` outputs (cosine similarity); ``false`` is Eq. 7's
   unnormalised dot product. ``temperature`` tau = 0.07.
 * A10: the paper's Adam, lr 0.002 decayed x0.5 every 50 epochs (stage 2) is the :attr:`SCL.recipe`
-  (``adamw`` with weight decay 0 is Adam); stage 1's x0.8 every 20 epochs over 128 epochs:
-  ``--set optim.lr.step_epochs=20 --set optim.lr.gamma=0.8 --epochs 128``. For a shorter run scale
-  ``optim.lr.step_epochs`` by hand (50/512 = 0.098 and 20/128 = 0.156 of the run); the annealing scales by
-  itself (fractions).
+  (``adamw`` with weight decay 0 is Adam); stage 1's x0.8 every 20 epochs over 128 epochs is
+  ``method.stage1`` (:class:`Stage1Config`, used when ``pointtune train scl`` trains both stages). For a
+  shorter run ``optim.lr.unit: fraction`` keeps the proportions (50/512 = 0.098, 20/128 = 0.156 of the
+  run); the annealing is in fractions by default.
 * A11: ``E1``: EdgeConv widths (64, 64, 128, 128), the last layer's 128-d output through the FC 128 -> 32;
   ``E2``: 8 EdgeConv of width 64, concatenated (512-d), FC 512 -> 256. Dynamic kNN graph in feature space at
   every layer (the first on xyz), edge feature ``[x_j - x_i, x_i]``, max over the edges; BN + LeakyReLU(0.2)
@@ -119,14 +116,16 @@ from typing import Annotated, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from pointtune.backbones.base import Backbone, BackboneOutput
 from pointtune.backbones.dgcnn import EdgeConv
 from pointtune.distributed import average_batchnorm_stats, rank
 from pointtune.data.config import NO_AUGMENTATION
-from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
+from pointtune.method import (BackboneConfig, Method, MethodConfig, Prerequisite, Task, point_inputs,
+                              register_method)
+from pointtune.schedules import Schedule, bounded
 from pointtune.ops import fps, gather_points, knn
 
 __all__ = [
@@ -140,8 +139,6 @@ __all__ = [
     "dissimilar_indices",
     "similarity_loss",
     "self_similarity",
-    "annealing_steps",
-    "annealed_bounds",
     "negative_thresholds",
     "hard_negative_mask",
     "select_negatives",
@@ -149,12 +146,27 @@ __all__ = [
     "load_similarity_network",
 ]
 
-_EPS = 1e-9  # tolerance on epoch arithmetic, as Schedule's step shape
+_EPS = 1e-9  # tolerance on threshold arithmetic
+# Section 4.1.1: 300 of 512 epochs on all negatives, then a step every 20 epochs (as fractions of the run).
+_PAPER_ANNEALING = {"warmup_epochs": 300 / 512, "step_epochs": 20 / 512, "unit": "fraction"}
 
 
 # --------------------------------------------------------------------------------------------------
 # Config
 # --------------------------------------------------------------------------------------------------
+
+
+class Stage1Config(BaseModel):
+    """Stage 1 as ``pointtune train scl`` and ``pointtune sweep scl`` train it before stage 2 (paper section
+    4.1.1, spec A10): its own epochs and StepLR schedule; every other key (data, batch, backbone inputs,
+    optimizer) is the run's."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: int = Field(128, ge=0, description="stage-1 epochs (paper 128)")
+    lr: float = Field(2e-3, gt=0, description="stage-1 Adam learning rate (paper 0.002)")
+    lr_step: float = Field(
+        20 / 128, gt=0, le=1, description="StepLR period as a fraction of the stage-1 run (paper 20 of 128 epochs)")
+    lr_gamma: float = Field(0.8, gt=0, description="StepLR factor (paper 0.8)")
 
 
 class SCLConfig(MethodConfig):
@@ -168,9 +180,14 @@ class SCLConfig(MethodConfig):
                     "the encoders are SCL's own DGCNNs (edgeconv_k, e1_widths, e2_widths)")
     # stages
     stage: Literal[1, 2] = Field(
-        1, description="1: train the similarity network E1/G1/D (Eq. 4) | 2: the contrastive network E2/G2 (Eq. 7)")
+        2, description="1: train the similarity network E1/G1/D (Eq. 4) | 2: the contrastive network E2/G2 (Eq. 7), "
+                       "after training stage 1 first unless stage1_from names a stage-1 run")
     stage1_from: str | None = Field(
-        None, description="stage 2: the stage-1 run (run, checkpoint or sweep directory) whose E1/G1 score negatives")
+        None, description="stage 2: the stage-1 run (run, checkpoint or sweep directory) whose E1/G1 score "
+                          "negatives; null: `pointtune train` / `sweep` train stage 1 first (method.stage1)")
+    stage1: Stage1Config = Field(
+        Stage1Config(), description="stage 1 as trained before stage 2 when stage1_from is null (paper: 128 epochs, "
+                                    "Adam lr 0.002 x0.8 every 20 epochs)")
     # patches (Eq. 2, section 3.4)
     num_patches: int = Field(32, ge=2, description="M, patches (FPS centres) per cloud (not given; spec A2: 32)")
     patch_k: int = Field(32, ge=1, description="k, nearest neighbours of a centre in its patch, |P_i| = k + 1 (A3)")
@@ -203,19 +220,16 @@ class SCLConfig(MethodConfig):
         True, description="negatives with s in [b_l, b_u] (false: every other patch, the w/o-HNS ablation)")
     threshold_mode: Literal["absolute", "quantile"] = Field(
         "absolute", description="absolute: b_l <= s <= b_u (paper) | quantile: b_l, b_u are per-anchor quantiles (A7)")
-    b_l_start: float = Field(0.0, ge=0, le=1, description="b_l before annealing (not given; A7: 0, all negatives)")
-    b_u_start: float = Field(1.0, ge=0, le=1, description="b_u before annealing (not given; A7: 1, all negatives)")
-    delta_b_l: float = Field(0.05, ge=0, description="increase of b_l at every annealing step (paper 0.05)")
-    delta_b_u: float = Field(0.025, ge=0, description="decrease of b_u at every annealing step (paper 0.025)")
-    anneal_unit: Literal["fraction", "epochs"] = Field(
-        "fraction", description="unit of anneal_warmup and anneal_period: fraction of the run | epochs")
-    anneal_warmup: float = Field(
-        300 / 512, ge=0, description="W, warm-up on the start bounds, in anneal_unit (paper 300 of 512 epochs)")
-    anneal_period: float = Field(
-        20 / 512, gt=0,
-        description="T, between annealing steps, in anneal_unit; the first step at W + T (paper 20 of 512 epochs)")
+    b_l: Annotated[Schedule, bounded(ge=0, le=1)] = Field(
+        Schedule(start=0.0, end=0.5, shape="stairs", delta=0.05, **_PAPER_ANNEALING),
+        description="lower bound of the hard-negative interval over the run (paper: +0.05 every 20 epochs after "
+                    "300 of 512, from 0; A7: up to 0.5)")
+    b_u: Annotated[Schedule, bounded(ge=0, le=1)] = Field(
+        Schedule(start=1.0, end=0.75, shape="stairs", delta=-0.025, **_PAPER_ANNEALING),
+        description="upper bound of the hard-negative interval over the run (paper: -0.025 every 20 epochs after "
+                    "300 of 512, from 1; A7: down to 0.75)")
     min_width: float = Field(
-        0.05, ge=0, le=1, description="annealing stops at the last step keeping b_u - b_l >= min_width (A7)")
+        0.05, ge=0, le=1, description="b_u - b_l may never fall below it: checked on the schedules' ranges (A7)")
     fallback_frac: float = Field(
         0.5, ge=0, le=1, description="share of anchors without negatives above which they take the fallback (A8)")
     fallback_k: int = Field(
@@ -240,22 +254,16 @@ class SCLConfig(MethodConfig):
         if self.stage == 1 and self.stage1_from is not None:
             raise ValueError("stage1_from is read by stage 2 only: set method.stage=2 to train the contrastive "
                              "network from it, or leave stage1_from unset")
-        if self.b_l_start > self.b_u_start - self.min_width + _EPS:
-            raise ValueError(f"b_l_start ({self.b_l_start}) must be <= b_u_start - min_width "
-                             f"({self.b_u_start} - {self.min_width})")
-        if self.anneal_unit == "fraction":
-            for field in ("anneal_warmup", "anneal_period"):
-                if getattr(self, field) > 1:
-                    raise ValueError(f"{field} ({getattr(self, field)}) must be <= 1 with anneal_unit=fraction "
-                                     f"(a fraction of the run; anneal_unit=epochs counts epochs)")
+        lowest_u, highest_l = self.b_u.value_range()[0], self.b_l.value_range()[1]
+        if lowest_u - highest_l < self.min_width - _EPS:
+            raise ValueError(f"b_l, b_u: the interval can narrow to b_u - b_l = {lowest_u:g} - {highest_l:g} < "
+                             f"min_width {self.min_width:g}; set b_l.end and b_u.end (stairs) or the ends of "
+                             f"their shapes further apart")
         return self
 
     def bounds_at(self, epoch: float, total_epochs: int) -> tuple[float, float]:
-        """``(b_l, b_u)`` at (fractional) ``epoch`` of a run of ``total_epochs``: :func:`annealed_bounds` with
-        this config's fields."""
-        return annealed_bounds(epoch, total_epochs, self.b_l_start, self.b_u_start, self.delta_b_l,
-                               self.delta_b_u, self.anneal_warmup, self.anneal_period, self.anneal_unit,
-                               self.min_width)
+        """``(b_l, b_u)`` at (fractional) ``epoch`` of a run of ``total_epochs``: the two schedules."""
+        return self.b_l.at(epoch, total_epochs), self.b_u.at(epoch, total_epochs)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -501,34 +509,6 @@ def self_similarity(z: torch.Tensor) -> torch.Tensor:
     return (zn @ zn.transpose(-1, -2)).abs().clamp(0.0, 1.0)
 
 
-def annealing_steps(epoch: float, total_epochs: int, warmup: float, period: float,
-                    unit: str = "fraction") -> int:
-    """Annealing steps taken by (fractional) ``epoch``: ``max(0, floor((epoch - W) / T))`` with ``W =
-    warmup``, ``T = period`` in epochs, or ``x total_epochs`` when ``unit == 'fraction'`` (0 for a run of 0
-    epochs). A tolerance of 1e-9 periods absorbs rounding at the step epochs."""
-    if unit == "fraction":
-        if total_epochs <= 0:
-            return 0
-        warmup, period = warmup * total_epochs, period * total_epochs
-    if period <= 0:
-        return 0
-    return max(0, math.floor((epoch - warmup) / period + _EPS))
-
-
-def annealed_bounds(epoch: float, total_epochs: int, b_l_start: float = 0.0, b_u_start: float = 1.0,
-                    delta_b_l: float = 0.05, delta_b_u: float = 0.025, warmup: float = 300 / 512,
-                    period: float = 20 / 512, unit: str = "fraction",
-                    min_width: float = 0.05) -> tuple[float, float]:
-    """``(b_l, b_u)`` of the hard-negative interval at (fractional) ``epoch`` (sections 3.5, 4.1.1; the
-    module docstring): ``n`` = :func:`annealing_steps`, held at the last step that keeps ``b_u - b_l >=
-    min_width``; ``b_l = b_l_start + n delta_b_l``, ``b_u = b_u_start - n delta_b_u``."""
-    n = annealing_steps(epoch, total_epochs, warmup, period, unit)
-    shrink = delta_b_l + delta_b_u
-    if shrink > 0:
-        n = min(n, max(0, math.floor((b_u_start - b_l_start - min_width) / shrink + _EPS)))
-    return b_l_start + n * delta_b_l, b_u_start - n * delta_b_u
-
-
 def negative_thresholds(s: torch.Tensor, b_l: float, b_u: float,
                         mode: str = "absolute") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-anchor lower and upper score thresholds ``(B, M, 1)`` of the interval (A7).
@@ -696,16 +676,32 @@ class SCL(Method):
 
     task = Task.PRETRAIN
     Config = SCLConfig
-    # Section 4.1.1 (A10): Adam (adamw with no weight decay), lr 0.002 halved every 50 epochs: stage 2's
-    # schedule (512 epochs in the paper). Stage 1 (128 epochs): `--set optim.lr.step_epochs=20 --set
-    # optim.lr.gamma=0.8`. 2048 points per cloud, no augmentation in the data pipeline (section 4.3 of the
-    # spec: the only transformation is stage 1's rotation, made by the method). Batch 32 is the default.
+    from_key = "method.stage1_from"
+    # Section 4.1.1 (A10): Adam (adamw with no weight decay), lr 0.002 halved every 50 of 512 epochs: stage 2's
+    # schedule, as a fraction of the run (stage 1's: method.stage1). 2048 points per cloud, no augmentation in
+    # the data pipeline (section 4.3 of the spec: the only transformation is the stage-1 rotation, made by the
+    # method). Batch 32 is the default.
     recipe = {
         "optim": {"name": "adamw", "weight_decay": 0.0,
-                  "lr": {"start": 2e-3, "shape": "step", "step_epochs": 50, "gamma": 0.5}},
+                  "lr": {"start": 2e-3, "shape": "step", "step_epochs": 50 / 512, "gamma": 0.5, "unit": "fraction"}},
         "data": {"num_points": 2048,
                  "augment": NO_AUGMENTATION},
     }
+
+    @classmethod
+    def prerequisite(cls, cfg: SCLConfig) -> Prerequisite | None:
+        """Stage 2 with hard negatives and no ``stage1_from`` needs its stage-1 run first: the same config with
+        ``stage: 1`` and ``method.stage1``'s epochs and StepLR schedule, in ``<run dir>/stage1``. Before it
+        exists, stage 2 is checked with ``hard_negatives: false`` (the same encoder and patches)."""
+        if cfg.stage != 2 or not cfg.hard_negatives or cfg.stage1_from is not None:
+            return None
+        s1 = cfg.stage1
+        lr = {"start": s1.lr, "shape": "step", "step_epochs": s1.lr_step, "gamma": s1.lr_gamma, "unit": "fraction",
+              "warmup_epochs": 0.0}
+        return Prerequisite("stage1", {"method.stage": 1, "train.epochs": s1.epochs, "optim.lr": lr},
+                            key="method.stage1_from", stand_in={"method.hard_negatives": False},
+                            own_keys=("method.stage1", "method.rotation", "method.rotation_deg", "method.up_axis",
+                                      "method.e1_widths", "method.sim_dim"))
 
     def __init__(self, cfg: SCLConfig, num_classes: int = 0, total_epochs: int = 1):
         super().__init__(cfg, num_classes, total_epochs)

@@ -6,6 +6,7 @@
     pointtune resume SWEEP_DIR
     pointtune best SWEEP_DIR
     pointtune ui RUN_OR_SWEEP_DIR [--port 5000]
+    pointtune robustness RUN_DIR [--jitter 0.01,...] [--points 1024,...] [--output DIR]   (SCL Figs. 3-4)
     pointtune submit --address http://HEAD:8265 -- sweep cedr ...   (a Ray job running this checkout's code)
 
 Bad input (unknown method or dataset, invalid config or search space, missing data, a trial shape that
@@ -25,7 +26,7 @@ import yaml
 from pathlib import Path
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
-from pointtune.config import ConfigError, config_from_file
+from pointtune.config import ConfigError, config_from_file, plan_prerequisite
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
@@ -100,6 +101,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     Everything is validated before the run directory, MLflow or Ray exist: the flags' numbers, the MLflow
     URI, ``--gpu`` against this machine's CUDA devices, ``--from``, the config, and a preflight
     (:func:`pointtune.preflight.preflight`: datasets, one forward pass of the model on the CPU).
+
+    A method whose run needs another first (:meth:`Method.prerequisite <pointtune.method.Method.prerequisite>`:
+    SCL's stage 2 without ``--from``) trains that one in ``<run dir>/<name>`` before it, both preflighted
+    first; rerunning the command resumes either.
     """
     from pointtune.preflight import check_gpus, check_numbers, check_tracking_uri, preflight
     from pointtune.train.launch import train
@@ -110,18 +115,28 @@ def cmd_train(args: argparse.Namespace) -> int:
         check_gpus(args.workers, 1.0, f"--gpu --workers {args.workers}" if args.workers else "--gpu")
     sets = [*args.set, *_data_overrides(args)]
     if args.from_:
+        from pointtune.method import get_method
         from pointtune.search.best import resolve_checkpoint
 
-        if args.method != "finetune":
-            raise ConfigError(f"--from loads a pretrained encoder: use `pointtune train finetune --from {args.from_}`")
+        key = get_method(args.method).from_key
+        if key is None:
+            raise ConfigError(f"--from: {args.method} takes no pretrained run; use `pointtune train finetune --from "
+                              f"{args.from_}` to fine-tune its encoder")
         checkpoint = resolve_checkpoint(args.from_)
-        print(f"[pointtune] fine-tuning the encoder of {checkpoint}")
-        sets.append(f"method.pretrained={checkpoint}")
+        print(f"[pointtune] {key} = {checkpoint}")
+        sets.append(f"{key}={checkpoint}")
     exp = config_from_file(args.method, args.config, sets)
-    preflight(exp, workers=args.workers)
+    pre = plan_prerequisite(exp)
+    for checked in ([pre.config, pre.stand_in] if pre else [exp]):
+        preflight(checked, workers=args.workers)
     run_dir = _run_dir(args, "train", args.method)
-    summary = train(exp, run_dir, workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri,
-                    progress=not args.no_progress)
+    options = dict(workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri, progress=not args.no_progress)
+    if pre:
+        print(f"[pointtune] {args.method} trains its {pre.name} run first: {run_dir / pre.name} "
+              f"({pre.config.train.epochs} epochs; `--from` an earlier one skips it)", flush=True)
+        train(pre.config, run_dir / pre.name, **options)
+        exp = pre.then(run_dir / pre.name)
+    summary = train(exp, run_dir, **options)
     test = summary["test"]
     headline = next((k for k in ("OA", "svm_acc") if k in test), next(iter(test), None))
     tested = f", test {headline} {test[headline]:.4f} (epoch {int(test['epoch'])})" if headline else ""
@@ -230,6 +245,21 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    """``pointtune robustness RUN_DIR``: the run's protocol under Gaussian jitter and random subsampling (SCL
+    Figs. 3-4, 8; :mod:`pointtune.protocols.robustness`): ``robustness.csv`` and ``robustness.png`` in the run
+    directory (or ``--output``), also logged to the run's MLflow run when it has one."""
+    from pointtune.preflight import check_gpus
+    from pointtune.protocols.robustness import parse_levels, run_robustness
+
+    sigmas, counts = parse_levels(args.jitter, "jitter"), parse_levels(args.points, "points")
+    if args.gpu:
+        check_gpus(0, 1.0, "--gpu")
+    run_robustness(args.run_dir, sigmas, counts, args.seed, output=args.output, split=args.split,
+                   device="cuda:0" if args.gpu else "cpu", tracking_uri=args.mlflow_uri, mlflow=not args.no_mlflow)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``pointtune`` argument parser."""
     from pointtune.method import method_names
@@ -257,7 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (local mode: the first GPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--from", dest="from_", metavar="SWEEP_DIR|RUN_DIR|CHECKPOINT",
-                       help="finetune: the pretrained encoder (a sweep's best trial, a run's best checkpoint)")
+                       help="finetune: the pretrained encoder (a sweep's best trial, a run's best checkpoint); "
+                       "scl: the stage-1 run, so that only stage 2 trains")
     train.set_defaults(func=cmd_train)
 
     sweep = sub.add_parser("sweep", help="hyperparameter search with Ray Tune + Optuna + ASHA")
@@ -292,6 +323,22 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a key before listing (e.g. method.backbone.name=vit3d)")
     config.add_argument("--yaml", action="store_true", help="print the whole config as YAML instead")
     config.set_defaults(func=cmd_config)
+
+    robust = sub.add_parser("robustness", help="judge a run's frozen features under jitter and point density "
+                            "(SCL Figs. 3-4): robustness.csv, robustness.png, MLflow")
+    robust.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, sweep trial directory, sweep "
+                        "directory (its best trial) or checkpoint")
+    robust.add_argument("--jitter", default="0.01,0.02,0.03,0.04,0.05", metavar="SIGMAS",
+                        help="Gaussian jitter sigmas, unclipped, unit-sphere units (default 0.01,...,0.05; '' none)")
+    robust.add_argument("--points", default="1024,896,768,640,512", metavar="COUNTS",
+                        help="points kept per cloud by random subsampling (default 1024,896,768,640,512; '' none)")
+    robust.add_argument("--seed", type=int, default=0, help="seed of the perturbations (default 0)")
+    robust.add_argument("--split", choices=("test", "val"), default="test", help="the scored split (default test)")
+    robust.add_argument("--output", help="directory for robustness.csv / .png (default RUN_DIR)")
+    robust.add_argument("--gpu", action="store_true", help="evaluate on the first GPU")
+    robust.add_argument("--mlflow-uri", help="the run's MLflow store when not the default one")
+    robust.add_argument("--no-mlflow", action="store_true", help="write the files only")
+    robust.set_defaults(func=cmd_robustness)
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep")
     resume.add_argument("sweep_dir")

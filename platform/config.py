@@ -11,6 +11,7 @@ Keys are dotted paths into the nested config, e.g. ``optim.lr``, ``method.lambda
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import difflib
 from collections.abc import Callable
 from pathlib import Path
@@ -443,6 +444,41 @@ def build_config(
         return ExperimentConfig.model_validate({**merged, "method": method_cfg})
     except ValidationError as err:
         raise _first_error(err, source, (), config_keys(method), source_of) from None
+
+
+@dataclass(frozen=True)
+class PlannedPrerequisite:
+    """A :class:`~pointtune.method.Prerequisite` of an experiment, as configs: ``config`` trains it, ``stand_in``
+    is the experiment as it builds before the prerequisite exists (for the preflight check), and
+    :meth:`then` the experiment once it does."""
+
+    name: str
+    key: str
+    own_keys: tuple[str, ...]
+    config: ExperimentConfig
+    stand_in: ExperimentConfig
+    experiment: ExperimentConfig
+
+    def then(self, run_dir: str | Path) -> ExperimentConfig:
+        """The experiment with :attr:`key` set to the prerequisite run's directory ``run_dir`` (absolute)."""
+        return build_config(self.experiment.method.name, self.experiment.to_dict(),
+                            {self.key: str(Path(run_dir).resolve())}, source=f"{self.name} run")
+
+
+def plan_prerequisite(exp: ExperimentConfig) -> PlannedPrerequisite | None:
+    """The run ``exp`` needs first (:meth:`Method.prerequisite <pointtune.method.Method.prerequisite>`), or None.
+
+    Raises:
+        ConfigError: the prerequisite's overrides do not make a valid config (names the key).
+    """
+    pre = exp.method_cls.prerequisite(exp.method)
+    if pre is None:
+        return None
+    tree = exp.to_dict()
+    name = exp.method.name
+    return PlannedPrerequisite(
+        pre.name, pre.key, pre.own_keys, build_config(name, tree, pre.overrides, source=f"{name} {pre.name}"),
+        build_config(name, tree, pre.stand_in, source=f"{name} {pre.name}"), exp)
 
 
 def config_from_file(

@@ -70,9 +70,13 @@ def _bounds(info: FieldInfo) -> str:
 
 def _value(value: Any) -> str:
     if isinstance(value, Schedule):  # the parts its shape uses
-        names = ["start", *(["end"] if value.shape in ("linear", "cosine") else []), "shape",
-                 *(["warmup_epochs", "warmup_start"] if value.warmup_epochs else []),
-                 *(["step_epochs", "gamma"] if value.shape == "step" else [])]
+        stairs = value.shape == "stairs"
+        names = ["start", *(["end"] if value.shape in ("linear", "cosine", "stairs") else []), "shape",
+                 *(["warmup_epochs"] if value.warmup_epochs else []),
+                 *(["warmup_start"] if value.warmup_epochs and not stairs else []),
+                 *(["step_epochs", "gamma"] if value.shape == "step" else []),
+                 *(["step_epochs", "delta"] if stairs else []),
+                 *(["unit"] if value.unit != "epochs" else [])]
         return "{" + ", ".join(f"{name}: {_value(getattr(value, name))}" for name in names) + "}"
     if value is None:
         return "null"

@@ -21,6 +21,7 @@ The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -96,6 +97,30 @@ class MethodConfig(WithSchedules):
     backbone: BackboneConfig = BackboneConfig()
 
 
+@dataclass(frozen=True)
+class Prerequisite:
+    """A run that a method's run needs first, trained from the same config (SCL's stage 2 needs its stage-1
+    similarity network): :meth:`Method.prerequisite` declares it; ``pointtune train`` trains it in
+    ``<run dir>/<name>`` and a sweep once in ``<sweep dir>/<name>`` (:func:`pointtune.config.plan_prerequisite`).
+
+    Attributes:
+        name: the prerequisite's directory under the run's, e.g. ``stage1``.
+        overrides: dotted keys that turn the run's config into the prerequisite's (``method.stage: 1``, its
+            epochs and learning rate).
+        key: the dotted key of the run's config that takes the prerequisite run's directory.
+        stand_in: dotted keys under which the run's config builds without the prerequisite, so that its data,
+            model and one forward pass are checked before the prerequisite exists.
+        own_keys: keys (or sections) only the prerequisite reads: a sweep, which trains one prerequisite run
+            for all its trials, refuses to search them.
+    """
+
+    name: str
+    overrides: dict[str, Any]
+    key: str
+    stand_in: dict[str, Any] = field(default_factory=dict)
+    own_keys: tuple[str, ...] = ()
+
+
 class Method(nn.Module):
     """A trainable method: model, loss and evaluation hooks behind one interface.
 
@@ -116,6 +141,13 @@ class Method(nn.Module):
 
     task: ClassVar[Task]
     Config: ClassVar[type[MethodConfig]]
+    #: The config key that ``pointtune train METHOD --from RUN`` sets to RUN's checkpoint (None: no --from).
+    from_key: ClassVar[str | None] = None
+
+    @classmethod
+    def prerequisite(cls, cfg: MethodConfig) -> Prerequisite | None:
+        """The run this method's run with ``cfg`` needs first, or None (the default: none, or already given)."""
+        return None
 
     def __init__(self, cfg: MethodConfig, num_classes: int, total_epochs: int):
         super().__init__()

@@ -2,10 +2,13 @@
 
 A :class:`Schedule` is a value of the run's progress: an optional linear warm-up from ``warmup_start`` to
 ``start`` over ``warmup_epochs``, then ``start`` held (``constant``), moved to ``end`` over the rest of the run
-(``linear``, ``cosine``: half a cosine, DINO's ``cosine_scheduler``), or multiplied by ``gamma`` every
-``step_epochs`` epochs (``step``). Every part is a config key, so a sweep searches a schedule's shape as
-well as its values: ``optim.lr.start``, ``optim.lr.warmup_epochs``, ``method.teacher_momentum.start``,
-``method.lambda_con.shape``.
+(``linear``, ``cosine``: half a cosine, DINO's ``cosine_scheduler``), multiplied by ``gamma`` every
+``step_epochs`` epochs (``step``), or, after holding ``start`` for the warm-up, moved by ``delta`` every
+``step_epochs`` epochs until it reaches ``end`` (``stairs``: SCL's annealed hard-negative bounds). With
+``unit: fraction`` the warm-up and the step period are fractions of the run, so a schedule written for a
+512-epoch paper run keeps its proportions in a 10-epoch proxy run. Every part is a config key, so a sweep
+searches a schedule's shape as well as its values: ``optim.lr.start``, ``optim.lr.warmup_epochs``,
+``method.teacher_momentum.start``, ``method.lambda_con.shape``, ``method.b_l.step_epochs``.
 
 A schedule in a config may be given whole (a mapping), in part (the rest comes from the field's default)
 or as a number, which sets ``start`` alone: ``--set optim.lr=0.05`` keeps the cosine decay of the default.
@@ -25,44 +28,104 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 __all__ = ["Schedule", "bounded", "WithSchedules", "schedule_fields", "schedule_values"]
 
 
+_EPS = 1e-9  # tolerance of the step arithmetic: a step lands on its epoch despite float rounding
+
+
 class Schedule(BaseModel):
     """A value over the run (see the module docstring).
 
     Fields:
         start: value after warm-up (the peak of a learning rate).
-        end: value at the last step for ``linear`` and ``cosine``; ``None``: ``start`` (no change).
-            Ignored by ``constant`` and ``step``.
-        shape: ``constant``, ``linear``, ``cosine`` or ``step``.
-        warmup_epochs: epochs (may be fractional) of linear warm-up from ``warmup_start`` to ``start``.
-        warmup_start: value at step 0 when ``warmup_epochs > 0``.
-        step_epochs, gamma: ``step``: multiply by ``gamma`` every ``step_epochs`` epochs (counted from 0).
+        end: value at the last step for ``linear`` and ``cosine``; the value ``stairs`` stops at; ``None``:
+            ``start`` for ``linear`` / ``cosine`` (no change), no limit for ``stairs``. Ignored by
+            ``constant`` and ``step``.
+        shape: ``constant``, ``linear``, ``cosine``, ``step`` or ``stairs``.
+        warmup_epochs: warm-up length (may be fractional): a linear ramp from ``warmup_start`` to ``start``;
+            ``stairs`` holds ``start`` instead (no ramp, ``warmup_start`` unused).
+        warmup_start: value at step 0 when ``warmup_epochs > 0`` (not ``stairs``).
+        step_epochs: ``step``: multiply by ``gamma`` every ``step_epochs`` epochs (counted from 0);
+            ``stairs``: add ``delta`` every ``step_epochs`` epochs after the warm-up (the first step at
+            ``warmup_epochs + step_epochs``).
+        gamma: the factor of ``step``.
+        delta: the increment of ``stairs`` (negative: down).
+        unit: ``epochs``, or ``fraction``: ``warmup_epochs`` and ``step_epochs`` are fractions of the run.
+
+    Raises (at validation, as pydantic ``ValidationError``): ``unit: fraction`` with a warm-up or period
+    above 1; ``stairs`` whose ``delta`` moves away from its ``end``.
     """
 
     model_config = ConfigDict(extra="forbid")
     start: float = Field(description="value after warm-up (a learning rate's peak)")
-    end: float | None = Field(None, description="value at the end of the run for linear/cosine; null: start")
-    shape: Literal["constant", "linear", "cosine", "step"] = Field(
-        "constant", description="constant | linear | cosine (start -> end after warm-up) | step (x gamma)")
-    warmup_epochs: float = Field(0.0, ge=0, description="epochs of linear warm-up from warmup_start to start")
-    warmup_start: float = Field(0.0, description="value at step 0 when warmup_epochs > 0")
-    step_epochs: int = Field(20, ge=1, description="step shape: epochs between multiplications by gamma")
+    end: float | None = Field(
+        None, description="linear/cosine: value at the end of the run (null: start); stairs: the value it stops at")
+    shape: Literal["constant", "linear", "cosine", "step", "stairs"] = Field(
+        "constant", description="constant | linear | cosine (start -> end after warm-up) | step (x gamma) | "
+                                "stairs (+ delta every step_epochs after holding start for the warm-up)")
+    warmup_epochs: float = Field(
+        0.0, ge=0, description="warm-up: linear ramp from warmup_start to start (stairs: start held), in unit")
+    warmup_start: float = Field(0.0, description="value at step 0 when warmup_epochs > 0 (not stairs)")
+    step_epochs: float = Field(
+        20, gt=0, description="step: epochs between multiplications by gamma; stairs: between steps of delta (in unit)")
     gamma: float = Field(0.7, gt=0, description="step shape: factor applied every step_epochs epochs")
+    delta: float = Field(0.0, description="stairs shape: added every step_epochs after the warm-up (negative: down)")
+    unit: Literal["epochs", "fraction"] = Field(
+        "epochs", description="unit of warmup_epochs and step_epochs: epochs | fraction of the run")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Schedule":
+        if self.unit == "fraction":
+            for part in ("warmup_epochs", "step_epochs"):
+                if getattr(self, part) > 1:
+                    raise ValueError(f"{part} ({getattr(self, part)}) must be <= 1 with unit=fraction (a fraction "
+                                     f"of the run; unit=epochs counts epochs)")
+        if self.shape == "stairs" and self.end is not None and self.delta * (self.end - self.start) < 0:
+            raise ValueError(f"stairs: delta {self.delta} moves away from end {self.end} (start {self.start})")
+        return self
+
+    def _epochs(self, epochs: int) -> tuple[float, float]:
+        """``(warm-up, step period)`` in epochs for a run of ``epochs``."""
+        if self.unit == "fraction":
+            return self.warmup_epochs * epochs, self.step_epochs * epochs
+        return self.warmup_epochs, self.step_epochs
 
     def at(self, epoch: float, epochs: int) -> float:
         """The value after ``epoch`` epochs of training (fractional: step / steps per epoch) of a run of
         ``epochs`` epochs; ``epoch`` past the end holds the last value."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_start + (self.start - self.warmup_start) * epoch / self.warmup_epochs
+        warmup, period = self._epochs(epochs)
+        if self.shape == "stairs":
+            if epoch < warmup or period <= 0:
+                return self.start
+            value = self.start + self.delta * math.floor((epoch - warmup) / period + _EPS)
+            if self.end is not None:
+                value = min(value, self.end) if self.delta > 0 else max(value, self.end)
+            return value
+        if epoch < warmup:
+            return self.warmup_start + (self.start - self.warmup_start) * epoch / warmup
         if self.shape == "constant":
             return self.start
         if self.shape == "step":
-            return self.start * self.gamma ** (int(epoch + 1e-9) // self.step_epochs)
+            return self.start * self.gamma ** (math.floor((epoch + _EPS) / period) if period > 0 else 0)
         end = self.start if self.end is None else self.end
-        span = epochs - self.warmup_epochs
-        ratio = 1.0 if span <= 0 else min(1.0, (epoch - self.warmup_epochs) / span)
+        span = epochs - warmup
+        ratio = 1.0 if span <= 0 else min(1.0, (epoch - warmup) / span)
         if self.shape == "linear":
             return self.start + (end - self.start) * ratio
         return end + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (self.start - end)
+
+    def value_range(self) -> tuple[float, float]:
+        """``(lowest, highest)`` value the schedule can take in a run of any length (the warm-up included;
+        ``-inf`` / ``inf`` where it is unbounded, as ``stairs`` without ``end``; ``step`` with ``gamma < 1``
+        tends to 0, which is returned as the bound)."""
+        values = [self.start]
+        if self.warmup_epochs > 0 and self.shape != "stairs":
+            values.append(self.warmup_start)
+        if self.shape in ("linear", "cosine") and self.end is not None:
+            values.append(self.end)
+        elif self.shape == "stairs" and self.delta != 0:
+            values.append(self.end if self.end is not None else math.copysign(math.inf, self.delta))
+        elif self.shape == "step" and self.gamma != 1 and self.start != 0:
+            values.append(0.0 if self.gamma < 1 else math.copysign(math.inf, self.start))
+        return min(values), max(values)
 
 
 def bounded(ge: float | None = None, gt: float | None = None, le: float | None = None,

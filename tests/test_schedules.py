@@ -29,6 +29,53 @@ def test_shapes_against_their_formulas():
     assert Schedule(start=0.3, shape="cosine").at(5, 10) == 0.3     # no end: start throughout
 
 
+def test_stairs_hold_then_step_by_delta_until_end():
+    """stairs: start for the warm-up, then start + delta floor((t - W) / T), stopping at end."""
+    up = Schedule(start=0.0, end=0.5, shape="stairs", delta=0.05, warmup_epochs=300, step_epochs=20)
+    down = Schedule(start=1.0, end=0.75, shape="stairs", delta=-0.025, warmup_epochs=300, step_epochs=20)
+    for t in [x / 4 for x in range(0, 4 * 600)]:
+        n = 0 if t < 300 else math.floor((t - 300) / 20)
+        assert up.at(t, 512) == pytest.approx(min(0.5, 0.05 * n), abs=1e-12)
+        assert down.at(t, 512) == pytest.approx(max(0.75, 1.0 - 0.025 * n), abs=1e-12)
+    # the step lands on its epoch despite rounding; warmup_start plays no part (a hold, not a ramp)
+    assert up.at(320 - 1e-12, 512) == pytest.approx(0.05)
+    assert Schedule(start=2.0, shape="stairs", delta=1.0, warmup_epochs=3, warmup_start=7.0).at(1.5, 10) == 2.0
+    # no end: no limit
+    assert Schedule(start=0.0, shape="stairs", delta=1.0, step_epochs=1).at(100, 10) == 100
+
+
+def test_fraction_unit_scales_warmup_and_period_with_the_run():
+    frac = Schedule(start=0.0, end=0.5, shape="stairs", delta=0.05, warmup_epochs=300 / 512, step_epochs=20 / 512,
+                    unit="fraction")
+    epochs = Schedule(**{**frac.model_dump(), "unit": "epochs", "warmup_epochs": 300, "step_epochs": 20})
+    for t in (0, 299.9, 300, 319.99, 320, 340, 480, 500, 511):
+        assert frac.at(t, 512) == pytest.approx(epochs.at(t, 512), abs=1e-12)
+    # a 10-epoch proxy run: warm-up 5.86 epochs, one step every 0.39 epochs
+    assert frac.at(5.8, 10) == 0.0 and frac.at(300 / 51.2 + 20 / 51.2, 10) == pytest.approx(0.05)
+    lr = Schedule(start=1.0, shape="step", step_epochs=0.25, gamma=0.5, unit="fraction", warmup_epochs=0.1,
+                  warmup_start=0.0)
+    assert lr.at(0.5, 10) == pytest.approx(0.5)                    # warm-up of 1 epoch: half-way
+    assert [lr.at(e, 8) for e in (1, 2, 3.9, 4, 6, 8)] == pytest.approx([1.0, 0.5, 0.5, 0.25, 0.125, 0.0625])
+    assert lr.at(3, 0) == 1.0                                      # a run of 0 epochs: no step, no warm-up
+
+
+def test_value_range_bounds_every_value_of_a_run():
+    cases = [Schedule(start=0.0, end=0.5, shape="stairs", delta=0.05, warmup_epochs=3, step_epochs=2),
+             Schedule(start=1.0, end=0.75, shape="stairs", delta=-0.025, warmup_epochs=0.5, unit="fraction",
+                      step_epochs=0.02),
+             Schedule(start=0.5, end=0.01, shape="cosine", warmup_epochs=2, warmup_start=0.1),
+             Schedule(start=0.1, shape="step", step_epochs=2, gamma=0.5),
+             Schedule(start=0.3, end=0.9)]
+    for sched in cases:
+        lo, hi = sched.value_range()
+        values = [sched.at(t / 10, 40) for t in range(0, 500)]
+        assert lo <= min(values) + 1e-12 and max(values) <= hi + 1e-12
+        assert min(values) == pytest.approx(lo) or sched.shape == "step"      # step only tends to its bound
+    assert Schedule(start=0.0, shape="stairs", delta=-1.0).value_range() == (-math.inf, 0.0)
+    with pytest.raises(ValueError, match="stairs: delta 0.1 moves away from end 0.2"):
+        Schedule(start=0.5, end=0.2, shape="stairs", delta=0.1)
+
+
 def test_momentum_schedule_is_dinos_cosine():
     """DCGLR / DINO teacher momentum: 1 - (1 - 0.996) * (cos(pi k / K) + 1) / 2 (spec 2.6)."""
     momentum = Schedule(start=0.996, end=1.0, shape="cosine")
@@ -53,7 +100,10 @@ def test_a_schedule_given_in_part_or_as_a_number():
 @pytest.mark.parametrize("override, message", [
     ({"optim.lr.end": -1}, "optim.lr: Value error, end must be >= 0"),
     ({"method.lambda_con": -0.5}, "method.lambda_con: Value error, start must be >= 0"),
-    ({"optim.lr.shape": "exp"}, "optim.lr.shape: Input should be 'constant', 'linear', 'cosine' or 'step'"),
+    ({"optim.lr.shape": "exp"},
+     "optim.lr.shape: Input should be 'constant', 'linear', 'cosine', 'step' or 'stairs'"),
+    ({"optim.lr.unit": "fraction", "optim.lr.warmup_epochs": 2},
+     "optim.lr: Value error, warmup_epochs (2.0) must be <= 1 with unit=fraction"),
     ({"optim.lr.warmup": 3},
      "optim.lr.warmup: unknown key; closest valid keys: optim.lr.warmup_start, optim.lr.warmup_epochs"),
 ])

@@ -17,8 +17,6 @@ from pointtune.methods.scl import (
     SCL,
     SCLConfig,
     SCLEncoder,
-    annealed_bounds,
-    annealing_steps,
     dissimilar_indices,
     hard_negative_mask,
     info_nce,
@@ -35,7 +33,7 @@ from pointtune.train.checkpoint import CheckpointNotFoundError, save_state
 
 DT = torch.float64
 # Small enough for a forward in a few tens of milliseconds on one CPU core.
-TINY = {"num_patches": 8, "patch_k": 6, "edgeconv_k": 8, "e1_widths": [16, 16], "sim_dim": 8,
+TINY = {"stage": 1, "num_patches": 8, "patch_k": 6, "edgeconv_k": 8, "e1_widths": [16, 16], "sim_dim": 8,
         "e2_widths": [16, 16, 16], "point_dim": 24}
 
 
@@ -81,9 +79,10 @@ def _stage2(stage1_from: str, total_epochs: int = 10, **kw) -> SCL:
 def test_registered_as_a_pretraining_method():
     assert "scl" in method_names() and get_method("scl") is SCL and SCL.task is Task.PRETRAIN
     exp = build_config("scl")
-    assert exp.method.stage == 1 and exp.optim.name == "adamw" and exp.optim.weight_decay.start == 0
-    assert (exp.optim.lr.start, exp.optim.lr.shape, exp.optim.lr.step_epochs, exp.optim.lr.gamma) == \
-        (2e-3, "step", 50, 0.5)
+    assert exp.method.stage == 2 and exp.optim.name == "adamw" and exp.optim.weight_decay.start == 0
+    lr = exp.optim.lr
+    assert (lr.start, lr.shape, lr.step_epochs * 512, lr.gamma, lr.unit) == (2e-3, "step", 50, 0.5, "fraction")
+    assert [lr.at(e, 512) for e in (49, 50, 100)] == pytest.approx([2e-3, 1e-3, 5e-4])
     assert exp.data.num_points == 2048 and exp.data.augment.translate == 0
 
 
@@ -328,29 +327,34 @@ PAPER = [(0, (0.0, 1.0)), (299.99, (0.0, 1.0)), (300, (0.0, 1.0)), (319.999, (0.
 
 @pytest.mark.parametrize("epoch,bounds", PAPER)
 def test_annealing_at_the_papers_epochs(epoch, bounds):
-    epochs = annealed_bounds(epoch, 512, 0.0, 1.0, 0.05, 0.025, 300, 20, "epochs")
     fraction = SCLConfig().bounds_at(epoch, 512)                             # defaults: 300/512, 20/512
-    assert epochs == pytest.approx(bounds, abs=1e-12) and fraction == pytest.approx(bounds, abs=1e-12)
+    cfg = build_config("scl", overrides={f"method.{b}.{part}": value for b in ("b_l", "b_u") for part, value in
+                                         {"unit": "epochs", "warmup_epochs": 300, "step_epochs": 20}.items()})
+    assert fraction == pytest.approx(bounds, abs=1e-12)
+    assert cfg.method.bounds_at(epoch, 512) == pytest.approx(bounds, abs=1e-12)
 
 
 def test_annealing_in_a_short_run_and_at_step_boundaries():
     # 10 epochs, warm-up 0.5 (5 epochs), period 0.1 (1 epoch): steps at epochs 6, 7, 8, 9
-    steps = [annealing_steps(t, 10, 0.5, 0.1) for t in (0, 4.9, 5, 5.99, 6, 6.5, 7, 9, 9.99)]
+    tied = {"warmup_epochs": 0.5, "step_epochs": 0.1}
+    cfg = SCLConfig.model_validate({"b_l": tied, "b_u": tied})
+    steps = [round(cfg.bounds_at(t, 10)[0] / 0.05) for t in (0, 4.9, 5, 5.99, 6, 6.5, 7, 9, 9.99)]
     assert steps == [0, 0, 0, 0, 1, 1, 2, 4, 4]
-    # the loop's progress puts the first step of an epoch a hair below the integer
-    assert annealing_steps(6 - 1e-13, 10, 0.5, 0.1) == 1
-    assert annealing_steps(3.0, 10, 0.3, 0.1) == 0 and annealing_steps(4.0, 10, 0.3, 0.1) == 1   # 0.3 x 10 != 3
-    assert annealing_steps(5, 0, 0.5, 0.1) == 0                                 # a run of 0 epochs
+    assert cfg.bounds_at(6 - 1e-13, 10)[0] == pytest.approx(0.05)          # the loop's progress a hair below 6
+    three = SCLConfig.model_validate({"b_l": {"warmup_epochs": 0.3, "step_epochs": 0.1}})
+    assert three.bounds_at(3.0, 10)[0] == 0 and three.bounds_at(4.0, 10)[0] == pytest.approx(0.05)
+    assert cfg.bounds_at(5, 0) == (0.0, 1.0)                                # a run of 0 epochs
 
 
-def test_annealing_stops_at_the_minimum_width():
-    # the bounds meet after 12 steps of +0.05 / -0.025 (width 1 - 0.075 n >= 0.05): they stay at [0.6, 0.7]
-    last = annealed_bounds(12, 100, 0.0, 1.0, 0.05, 0.025, 0, 1, "epochs", 0.05)
-    assert last == pytest.approx((0.6, 0.7))
-    for t in (13, 20, 99):
-        assert annealed_bounds(t, 100, 0.0, 1.0, 0.05, 0.025, 0, 1, "epochs", 0.05) == last
-    b_l, b_u = annealed_bounds(10**6, 10**6 + 1, 0.2, 0.9, 0.1, 0.0, 0, 1, "epochs", 0.05)
-    assert b_u == 0.9 and b_u - b_l >= 0.05 and b_l == pytest.approx(0.8)
+def test_annealing_stops_at_the_ends_and_the_interval_keeps_its_width():
+    cfg = SCLConfig.model_validate({"b_l": {"warmup_epochs": 0, "step_epochs": 0.01},
+                                    "b_u": {"warmup_epochs": 0, "step_epochs": 0.01}})
+    assert cfg.bounds_at(10, 100) == pytest.approx((0.5, 0.75))            # 10 steps: both at their ends
+    assert all(cfg.bounds_at(t, 100) == pytest.approx((0.5, 0.75)) for t in (13, 50, 99))
+    with pytest.raises(ConfigError) as err:
+        build_config("scl", overrides={"method.b_l.end": 0.72})
+    _one_line(err.value, "b_l, b_u: the interval can narrow to b_u - b_l = 0.75 - 0.72 < min_width 0.05")
+    build_config("scl", overrides={"method.b_l.end": 0.72, "method.min_width": 0.0})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,7 +364,7 @@ def test_annealing_stops_at_the_minimum_width():
 
 def test_stage2_trains_e2_and_leaves_the_stage1_network_alone(tmp_path):
     stage1, path = _stage1_checkpoint(tmp_path / "s1")
-    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_u_start=0.9)    # scores needed from step 0
+    model = _stage2(path, total_epochs=1, b_u=0.9)                  # scores needed from step 0
     for name in ("e1", "g1"):
         saved = getattr(stage1, name).state_dict()
         assert all(torch.equal(v, saved[k]) for k, v in getattr(model, name).state_dict().items())
@@ -392,7 +396,8 @@ def test_stage2_counts_anchors_without_negatives(tmp_path, monkeypatch):
     import pointtune.methods.scl as scl
 
     _, path = _stage1_checkpoint(tmp_path / "s1")
-    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_l_start=0.2, b_u_start=0.5)
+    model = _stage2(path, total_epochs=1, b_l={"start": 0.2, "shape": "constant", "warmup_epochs": 0},
+                    b_u={"start": 0.5, "shape": "constant", "warmup_epochs": 0})
     m = TINY["num_patches"]
     s = torch.full((4, m, m), 0.9)
     s[:, :m // 2, m - 1] = 0.3                       # the first half of the anchors have one negative in [0.2, 0.5]
@@ -418,7 +423,8 @@ def test_stage2_loss_is_the_mean_over_anchors_with_negatives(tmp_path, monkeypat
     import pointtune.methods.scl as scl
 
     _, path = _stage1_checkpoint(tmp_path / "s1")
-    model = _stage2(path, total_epochs=1, anneal_warmup=0.0, b_l_start=0.2, b_u_start=0.5, fallback_k=0)
+    model = _stage2(path, total_epochs=1, b_l={"start": 0.2, "shape": "constant", "warmup_epochs": 0},
+                    b_u={"start": 0.5, "shape": "constant", "warmup_epochs": 0}, fallback_k=0)
     m = TINY["num_patches"]
     s = torch.rand(2, m, m, generator=_gen(17))
     monkeypatch.setattr(scl, "self_similarity", lambda z: s.clone())
@@ -463,11 +469,13 @@ def test_stage2_without_hard_negatives_needs_no_stage1_run():
 
 
 @pytest.mark.parametrize("overrides,fragment", [
-    ({"method.b_l_start": 0.97}, "b_l_start (0.97) must be <= b_u_start - min_width"),
-    ({"method.anneal_warmup": 1.5}, "anneal_warmup (1.5) must be <= 1 with anneal_unit=fraction"),
+    ({"method.b_l": 0.97}, "method.b_l: Value error, stairs: delta 0.05 moves away from end 0.5"),
+    ({"method.b_l.warmup_epochs": 1.5}, "warmup_epochs (1.5) must be <= 1 with unit=fraction"),
+    ({"method.b_u": 1.2}, "method.b_u: Value error, start must be <= 1"),
+    ({"method.stage1.lr_step": 2}, "method.stage1.lr_step"),
     ({"method.backbone.emb_dims": 512}, "only backbone.inputs may be set, got 'emb_dims'"),
     ({"method.backbone.name": "pointnet"}, "SCL builds its own DGCNN encoders"),
-    ({"method.stage1_from": "runs/x"}, "stage1_from is read by stage 2 only"),
+    ({"method.stage": 1, "method.stage1_from": "runs/x"}, "stage1_from is read by stage 2 only"),
     ({"method.dilation": 1}, "method.dilation"),
     ({"method.num_patches": 1}, "method.num_patches"),
     ({"method.stage": 3}, "method.stage"),
@@ -479,10 +487,7 @@ def test_config_errors_are_one_line(overrides, fragment):
     _one_line(err.value, fragment)
 
 
-def test_epoch_units_allow_long_warm_ups_and_paths_become_absolute():
-    cfg = build_config("scl", overrides={"method.anneal_unit": "epochs", "method.anneal_warmup": 300,
-                                         "method.anneal_period": 20}).method
-    assert cfg.bounds_at(320, 512) == pytest.approx((0.05, 0.975))
+def test_stage1_from_paths_become_absolute():
     cfg = build_config("scl", overrides={"method.stage": 2, "method.stage1_from": "runs/stage1"}).method
     assert cfg.stage1_from.startswith("/") and cfg.stage1_from.endswith("runs/stage1")
     cfg = build_config("scl", overrides={"method.stage": 2, "method.stage1_from": "s3://b/run"}).method
@@ -557,8 +562,9 @@ def test_search_spaces_validate_for_stage2(space):
     params = {p.key: p for p in loaded.params}
     assert loaded.method == "scl" and loaded.metric == "val/svm_acc" and loaded.mode == "max"
     assert params["method.stage"].value == 2 and "method.stage1_from" not in params
-    assert {"method.temperature", "method.anneal_warmup", "method.anneal_period", "method.delta_b_l",
-            "method.delta_b_u", "method.threshold_mode"} <= set(loaded.searched())
+    assert {"method.temperature", "method.b_l.warmup_epochs", "method.b_l.step_epochs", "method.b_l.delta",
+            "method.b_u.delta", "method.threshold_mode"} <= set(loaded.searched())
+    assert params["method.b_u.step_epochs"].same_as == "method.b_l.step_epochs"
 
 
 TINY_RUN = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8, "method.e1_widths": "[16,16]",
@@ -567,24 +573,56 @@ TINY_RUN = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8
             "protocol.svm_c": 1.0}
 
 
+def test_stage2_without_stage1_from_plans_its_stage1_run():
+    from pointtune.config import plan_prerequisite
+
+    exp = build_config("scl", overrides={"method.stage1.epochs": 4, "method.num_patches": 16, "train.epochs": 9})
+    pre = plan_prerequisite(exp)
+    s1 = pre.config
+    assert pre.name == "stage1" and pre.key == "method.stage1_from"
+    assert s1.method.stage == 1 and s1.train.epochs == 4 and s1.method.num_patches == 16
+    assert (s1.optim.lr.start, s1.optim.lr.shape, s1.optim.lr.gamma) == (2e-3, "step", 0.8)
+    assert s1.optim.lr.step_epochs == pytest.approx(20 / 128) and s1.optim.lr.unit == "fraction"
+    assert not pre.stand_in.method.hard_negatives and pre.stand_in.train.epochs == 9
+    then = pre.then("runs/s1")
+    assert then.method.stage1_from.endswith("/runs/s1") and then.method.stage1_from.startswith("/")
+    assert plan_prerequisite(then) is None
+    for given in ({"method.stage": 1}, {"method.hard_negatives": False}, {"method.stage1_from": "/x"}):
+        assert plan_prerequisite(build_config("scl", overrides=given)) is None
+
+
 @pytest.mark.slow
 def test_stage1_then_stage2_through_the_cli(tmp_path):
     from helpers import pointtune
 
     flags = [x for k, v in TINY_RUN.items() for x in ("--set", f"{k}={v}")]
-    first = tmp_path / "stage1"
-    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(first), "--set",
-                     "method.stage=1", *flags)
+    both = tmp_path / "both"
+    # one command: stage 1 (its own 1 epoch) in both/stage1, then stage 2 from it
+    proc = pointtune("train", "scl", "--epochs", "2", "--no-progress", "--output", str(both),
+                     "--set", "method.stage1.epochs=1", "--set", "method.b_u.start=0.95", *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((first / "metrics.jsonl").read_text().splitlines()[-1])
-    assert 0 <= record["val/svm_acc"] <= 1 and {"train/sim_acc", "train/s_mean"} <= set(record)
-    second = tmp_path / "stage2"
-    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(second), "--set",
-                     "method.stage=2", "--set", f"method.stage1_from={first}", "--set", "method.anneal_warmup=0",
-                     "--set", "method.b_u_start=0.95", *flags)
+    assert "trains its stage1 run first" in proc.stdout
+    first = both / "stage1"
+    s1 = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in s1] == [1] and {"train/sim_acc", "train/s_mean"} <= set(s1[-1])
+    assert 0 <= s1[-1]["val/svm_acc"] <= 1
+    import yaml
+    s2_cfg = yaml.safe_load((both / "config.yaml").read_text())
+    assert s2_cfg["method"]["stage"] == 2 and s2_cfg["method"]["stage1_from"] == str(first.resolve())
+    s2 = [json.loads(line) for line in (both / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in s2] == [1, 2] and s2[-1]["train/b_u"] == pytest.approx(0.95)
+    assert {"train/no_negative_frac", "train/neg_per_anchor", "train/dropped_frac"} <= set(s2[-1])
+    # the same command again: both runs are complete, nothing trains twice
+    again = pointtune("train", "scl", "--epochs", "2", "--no-progress", "--output", str(both),
+                      "--set", "method.stage1.epochs=1", "--set", "method.b_u.start=0.95", *flags)
+    assert again.returncode == 0 and again.stdout.count("the run is complete") == 2, again.stdout[-3000:]
+    assert len((first / "metrics.jsonl").read_text().splitlines()) == 1
+    # stage 2 alone from the stage-1 run (--from), and --from a run that is not a stage-1 run
+    alone = tmp_path / "alone"
+    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(alone), "--from", str(first),
+                     *flags)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((second / "metrics.jsonl").read_text().splitlines()[-1])
-    assert 0 <= record["val/svm_acc"] <= 1 and record["train/b_u"] == pytest.approx(0.95)
-    assert {"train/no_negative_frac", "train/neg_per_anchor", "train/dropped_frac"} <= set(record)
-    bad = pointtune("train", "scl", "--epochs", "1", "--set", "method.stage=2", *flags)
-    assert bad.returncode == 2 and "method.stage1_from" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    assert not (alone / "stage1").exists() and (alone / "metrics.jsonl").is_file()
+    bad = pointtune("train", "scl", "--epochs", "1", "--from", str(both), *flags)
+    assert bad.returncode == 2 and "not an SCL stage-1 run" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -47,6 +47,30 @@ def test_fixed_values_are_returned_not_sampled():
     assert "method.backbone.name" not in trial.params
 
 
+def test_tied_keys_take_their_sources_value():
+    """SCL's bounds share their warm-up and period: `type: same` copies what the earlier key sampled."""
+    from pointtune.search.pbt import population_space
+    from pointtune.search.sweep import SweepSpec, trial_config
+
+    space = load_search_space(REPO / "search_spaces" / "scl.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        trial = study.ask()
+        fixed = space.define_by_run(trial)
+        for part in ("warmup_epochs", "step_epochs"):
+            assert f"method.b_u.{part}" not in trial.params                      # not searched on its own
+            assert fixed[f"method.b_u.{part}"] == trial.params[f"method.b_l.{part}"]
+        study.tell(trial, 0.0)
+    assert "method.b_u.step_epochs" not in space.searched()
+    assert "method.b_u.step_epochs" not in population_space(space)               # PBT draws the source only
+    spec = SweepSpec(method="scl", space_file=str(REPO / "search_spaces" / "scl.yaml"), sweep_dir="unused",
+                     scheduler="pbt")
+    exp = trial_config(spec, {"method.b_l.step_epochs": 0.05, "method.b_l.warmup_epochs": 0.3,
+                              "method.stage1_from": "/nowhere"}, space)
+    assert exp.method.b_u.step_epochs == 0.05 and exp.method.b_u.warmup_epochs == 0.3
+    assert space.first_corner()["method.b_u.step_epochs"] == space.first_corner()["method.b_l.step_epochs"]
+
+
 def _write(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text("method: cedr\nparams:\n" + body)
@@ -64,6 +88,10 @@ def _write(tmp_path: Path, body: str) -> Path:
     ("  optim.lr: {type: float, low: 0.0, high: 0.2, log: true}\n", "log scale needs low > 0"),
     ("  method.temperature: {type: categorical, choices: [0.1, -1.0]}\n", "method.temperature"),
     ("  optim.lr: {type: float, low: 0.01, high: 0.2, scale: log}\n", "unknown field 'scale'"),
+    ("  optim.lr.start: {type: same, as: optim.weight_decay.start}\n",
+     "same: 'as' must name a parameter defined before it, got 'optim.weight_decay.start'"),
+    ("  optim.lr.start: {type: float, low: 0.1, high: 0.2}\n  method.use_eaa: {type: same, as: optim.lr.start}\n",
+     "method.use_eaa"),
 ])
 def test_bad_spaces_fail_with_file_and_key(tmp_path, body, match):
     path = _write(tmp_path, body)

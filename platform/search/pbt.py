@@ -28,7 +28,7 @@ __all__ = ["pbt_scheduler", "population_space"]
 def population_space(space: SearchSpace) -> dict[str, Any]:
     """Tune ``param_space`` of the initial population: every parameter as a Tune domain (fixed ones as
     values)."""
-    return {p.key: p.domain() for p in space.params}
+    return {p.key: p.domain() for p in space.params if p.type != "same"}
 
 
 def pbt_scheduler(space: SearchSpace, perturbation_interval: int, max_epochs: int, seed: int = 0):

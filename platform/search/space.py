@@ -15,13 +15,17 @@ File format (``search_spaces/cedr.yaml``)::
       method.label_smoothing: {type: fixed, value: 0.2}
       method.teacher_momentum.start: {type: float, low: 0.99, high: 0.9995, perturb: {factor: [0.999, 1.001]}}
       method.student_temperature:    {type: categorical, choices: [0.05, 0.1, 0.2], perturb: resample}
+      method.b_l.step_epochs: {type: float, low: 0.02, high: 0.1}
+      method.b_u.step_epochs: {type: same, as: method.b_l.step_epochs}
 
 Keys are dotted config keys (see :mod:`pointtune.config`). ``when`` makes a parameter conditional: it is
 sampled only if every named parameter (defined earlier in the file) took one of the given values.
 ``perturb`` marks what population-based training (``pointtune sweep --scheduler pbt``,
 :mod:`pointtune.search.pbt`) may change when a trial exploits another: multiply by one of two factors
 (numbers; clipped to ``[low, high]``), or ``resample`` from the parameter's distribution. ASHA sweeps
-ignore it.
+ignore it. ``same`` ties a key to an earlier parameter: it takes the value that parameter took (two
+schedules that must share their warm-up and period, such as SCL's bounds ``b_l`` and ``b_u``); it is not
+searched on its own, and PBT changes it with its source.
 """
 
 from __future__ import annotations
@@ -34,19 +38,21 @@ from typing import Any
 from pointtune.config import ConfigError, build_config, load_yaml
 from pointtune.method import Task
 
-TYPES = ("float", "int", "categorical", "fixed")
+TYPES = ("float", "int", "categorical", "fixed", "same")
 _ALLOWED = {
     "float": {"type", "low", "high", "log", "step", "when", "perturb"},
     "int": {"type", "low", "high", "log", "step", "when", "perturb"},
     "categorical": {"type", "choices", "when", "perturb"},
     "fixed": {"type", "value", "when"},
+    "same": {"type", "as", "when"},
 }
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched (or fixed) hyperparameter. ``when`` maps earlier keys to their allowed values;
-    ``perturb`` is how PBT may change it: ``None``, ``"resample"`` or the pair of factors ``(low, high)``."""
+    """One searched (or fixed, or tied) hyperparameter. ``when`` maps earlier keys to their allowed values;
+    ``perturb`` is how PBT may change it: ``None``, ``"resample"`` or the pair of factors ``(low, high)``;
+    ``same_as`` (type ``same``) the earlier key whose value it takes."""
 
     key: str
     type: str
@@ -58,6 +64,7 @@ class Param:
     value: Any = None
     when: dict[str, tuple] = field(default_factory=dict)
     perturb: str | tuple[float, float] | None = None
+    same_as: str | None = None
 
     def active(self, sampled: dict[str, Any]) -> bool:
         """Whether every condition holds for the values sampled so far."""
@@ -103,6 +110,8 @@ class Param:
             return [self.low, self.high]
         if self.type == "categorical":
             return list(self.choices)
+        if self.type == "same":
+            return []  # its source's values: SearchSpace.resolve
         return [self.value]
 
 
@@ -125,13 +134,35 @@ class SearchSpace:
                 continue
             if param.type == "fixed":
                 fixed[param.key] = param.value
+            elif param.type == "same":
+                fixed[param.key] = {**sampled, **fixed}.get(param.same_as)
             else:
                 sampled[param.key] = param.suggest(trial)
         return fixed
 
     def searched(self) -> list[str]:
-        """Keys that are sampled (not fixed)."""
-        return [p.key for p in self.params if p.type != "fixed"]
+        """Keys that are sampled (not fixed, not tied to another)."""
+        return [p.key for p in self.params if p.type not in ("fixed", "same")]
+
+    def resolve(self, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with every ``same`` parameter set to its source's value (where the source is in
+        ``values``; a tied key whose source is absent is dropped)."""
+        out = dict(values)
+        for param in self.params:
+            if param.type == "same":
+                out.pop(param.key, None)
+                if param.same_as in out:
+                    out[param.key] = out[param.same_as]
+        return out
+
+    def fixed_values(self) -> dict[str, Any]:
+        """The values every trial gets: the ``fixed`` parameters without conditions (and keys tied to them)."""
+        return self.resolve({p.key: p.value for p in self.params if p.type == "fixed" and not p.when})
+
+    def first_corner(self) -> dict[str, Any]:
+        """One value of every parameter (its first corner: low bound, first choice, fixed value), tied keys
+        resolved: a configuration every trial shape can be checked with."""
+        return self.resolve({p.key: p.corners()[0] for p in self.params if p.type != "same"})
 
     def active_values(self, values: dict[str, Any]) -> dict[str, Any]:
         """``values`` without the parameters whose ``when`` conditions fail (a sampler that draws every
@@ -175,6 +206,13 @@ def _parse_param(source: str, key: str, spec: Any, earlier: dict[str, Param]) ->
         if cond_key not in earlier:
             raise _err(source, key, f"condition on {cond_key!r}, which is not a parameter defined before it")
         when[cond_key] = tuple(allowed) if isinstance(allowed, list) else (allowed,)
+    if kind == "same":
+        target = spec.get("as")
+        if target not in earlier:
+            raise _err(source, key, f"same: 'as' must name a parameter defined before it, got {target!r}")
+        if earlier[target].type == "same":
+            target = earlier[target].same_as
+        return Param(key, kind, same_as=target, when=when)
     perturb = _perturbation(source, key, spec.get("perturb"), kind)
     if kind in ("float", "int"):
         low, high = _number(source, key, spec, "low", kind), _number(source, key, spec, "high", kind)
@@ -406,10 +444,10 @@ def check_objective(
 
 
 def _check_against_schema(space: SearchSpace) -> None:
-    base = {p.key: p.corners()[0] for p in space.params}
+    base = space.first_corner()
     for param in space.params:
         for value in param.corners():
             try:
-                build_config(space.method, overrides={**base, param.key: value}, source=space.source)
+                build_config(space.method, overrides=space.resolve({**base, param.key: value}), source=space.source)
             except ConfigError as err:
                 raise ConfigError(f"{err} [checking {param.key}={value!r}]") from None

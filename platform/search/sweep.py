@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
-from pointtune.config import ConfigError, build_config
+from pointtune.config import ConfigError, PlannedPrerequisite, build_config, plan_prerequisite
 from pointtune.search.resources import TrialResources
 from pointtune.search.space import SearchSpace, load_search_space, load_space_tree
 
@@ -135,8 +135,10 @@ def trial_config(spec: SweepSpec, sampled: dict[str, Any], space: SearchSpace | 
     A PBT population draws every parameter: those whose ``when`` conditions fail are left out here (``space``:
     the sweep's, default the one saved in the sweep directory)."""
     sampled = sampled_params(sampled)
+    space = space or spec.space()
     if spec.scheduler == "pbt":
-        sampled = (space or spec.space()).active_values(sampled)
+        sampled = space.active_values(sampled)
+    sampled = space.resolve(sampled)
     return build_config(spec.method, spec.base, {**sampled, **spec.fixed_overrides()}, source=f"trial {sampled}")
 
 
@@ -223,9 +225,14 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def prepare_sweep(spec: SweepSpec) -> SearchSpace:
+def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | None]:
     """Validate everything that can be validated before Ray starts: the space, the numbers, one trial config,
     the data, and one forward pass of the model it builds (:func:`pointtune.preflight.preflight`).
+
+    Returns:
+        The space, and the run every trial needs first (SCL's stage 1 when no ``method.stage1_from`` is given:
+        :func:`pointtune.config.plan_prerequisite`), which is then preflighted too, with the trial config's
+        stand-in; None when there is none.
 
     Raises:
         ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
@@ -237,14 +244,45 @@ def prepare_sweep(spec: SweepSpec) -> SearchSpace:
         raise ConfigError(f"--scheduler must be asha or pbt, got {spec.scheduler!r}")
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
-    probe = trial_config(spec, {p.key: p.corners()[0] for p in space.params}, space)
+    probe = trial_config(spec, space.first_corner(), space)
     if probe.train.epochs < 1:
         raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
                           "untrained baseline)")
     if spec.scheduler == "pbt":
         _check_pbt(spec, space, probe)
-    preflight(probe, workers=spec.workers, objective=space.metric)  # fails here, not in every trial
-    return space
+    pre = plan_prerequisite(trial_config(spec, space.fixed_values(), space))  # from what every trial shares
+    if pre is not None:
+        _check_prerequisite(space, pre)
+        preflight(pre.config, workers=0)
+    probe_pre = plan_prerequisite(probe)
+    preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers, objective=space.metric)
+    return space, pre
+
+
+def _check_prerequisite(space: SearchSpace, pre: PlannedPrerequisite) -> None:
+    """The one prerequisite run serves every trial, trained from what they share (the sweep's config and the
+    space's fixed values), so the space may not search the keys only it reads (``own_keys``).
+
+    Raises:
+        ConfigError: such a key is searched (names the key and the space file).
+    """
+    for param in space.params:
+        if param.type != "fixed" and any(param.key == k or param.key.startswith(k + ".") for k in pre.own_keys):
+            raise ConfigError(f"{space.source}: {param.key}: the sweep trains one {pre.name} run for every trial, "
+                              f"from the values they share; fix this key, or train the {pre.name} run first and "
+                              f"pass --set {pre.key}=<its directory>")
+
+
+def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> None:
+    """Train the run every trial needs first, once, in ``<sweep dir>/<name>``, in this process (rerunning the
+    sweep command resumes it), and hand its directory to every trial (``spec.overrides[pre.key]``)."""
+    from pointtune.train.launch import train
+
+    run_dir = spec.root / pre.name
+    print(f"[pointtune] every trial needs the {pre.name} run: training it once in {run_dir} "
+          f"({pre.config.train.epochs} epochs, in this process)", flush=True)
+    train(pre.config, run_dir, workers=0, use_gpu=spec.gpus_per_worker > 0, mlflow_uri=spec.mlflow_uri)
+    spec.overrides[pre.key] = str(run_dir.resolve())
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
@@ -423,7 +461,9 @@ def run_sweep(spec: SweepSpec):
     from pointtune.cluster import init_ray, node_resources
     from pointtune.protocols import protocol_name
 
-    space = prepare_sweep(spec)
+    space, pre = prepare_sweep(spec)
+    if pre is not None:
+        _train_prerequisite(spec, pre)
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
@@ -441,7 +481,8 @@ def run_sweep(spec: SweepSpec):
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": probe.train.epochs, "workers": spec.workers,
-         "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict()},
+         "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
+         **({f"prerequisite/{pre.name}": spec.overrides[pre.key]} if pre else {})},
     )
     tracking.log_artifact(spec.tracking_uri, spec.parent_run_id, spec.root / "space.yaml")
     spec.save()
