@@ -173,6 +173,7 @@ class SCLConfig(MethodConfig):
     """Hyperparameters of SCL, named after the paper's symbols (spec section 3); see the module docstring for
     the readings behind each."""
 
+    builds_backbone = False  # E1 and E2 are SCL's own DGCNNs (edgeconv_k, e1_widths, e2_widths)
     name: Literal["scl"] = Field("scl", description="method name")
     backbone: BackboneConfig = Field(
         BackboneConfig(name="dgcnn"),

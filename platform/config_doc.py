@@ -101,7 +101,7 @@ def _model_rows(model: BaseModel, prefix: str) -> list[ConfigRow]:
         if isinstance(value, BaseModel) and not isinstance(value, Schedule):
             sections.append(ConfigRow(key, "section", "", info.description or ""))
             sections += _model_rows(value, key + ".")
-            if name == "backbone" and hasattr(value, "kwargs"):
+            if name == "backbone" and hasattr(value, "kwargs") and getattr(model, "builds_backbone", True):
                 sections += _backbone_rows(value, key + ".")
             continue
         rows.append(ConfigRow(key, type_name(info.annotation) + _bounds(info), _value(value), info.description or ""))

@@ -93,6 +93,9 @@ class MethodConfig(WithSchedules):
     """
 
     model_config = ConfigDict(extra="forbid")
+    #: Whether the method builds the registered backbone ``backbone.name`` (False: it builds its own encoders
+    #: and reads only ``backbone.inputs``, as SCL; ``pointtune config`` then lists no backbone arguments).
+    builds_backbone: ClassVar[bool] = True
     name: str
     backbone: BackboneConfig = BackboneConfig()
 

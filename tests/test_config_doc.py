@@ -46,6 +46,15 @@ def test_values_are_what_a_run_gets():
     assert rows["data.augment.scale_low"].default == "1"
 
 
+def test_methods_with_their_own_encoders_list_no_backbone_arguments():
+    scl = {r.key for r in config_rows(build_config("scl"))}
+    assert "method.backbone.inputs" in scl and "method.backbone.emb_dims" not in scl   # SCL rejects them
+    assert "method.backbone.emb_dims" in {r.key for r in config_rows(build_config("conclu"))}
+    rows = {r.key: r for r in config_rows(build_config("scl", overrides={"method.b_l.delta": 0.1}))}
+    assert rows["method.b_l"].default == ("{start: 0, end: 0.5, shape: stairs, warmup_epochs: 0.585938, "
+                                          "step_epochs: 0.0390625, delta: 0.1, unit: fraction}")
+
+
 def test_type_names():
     from typing import Literal
     assert type_name(Literal["a", "b"]) == "a|b" and type_name(float | None) == "float | null"
