@@ -14,19 +14,26 @@ few_shot       any method with ``embed`` ``fewshot/<N>way<K>shot`` and ``..._std
 part_seg       any method with          ``ins_miou``, ``cls_miou``, ``iou/<category>``,
                ``embed_points``         ``seg_fit_shapes``, ``seg_head_loss``
                (ShapeNetPart)
+scene_seg      segmentation methods     ``mIoU``, ``OA``, ``mAcc``, ``iou/<class>``      segmentation
+               (indoor scenes)
 ============== ======================== ================================================ ==========================
 
 ``part_seg`` trains a 1fc / 5fc head on frozen per-point features (:mod:`pointtune.protocols.part_seg`) and
 scores PointNet's mIoU; it needs data with per-point part labels (``seg``: ShapeNetPart), the run's own or
 ``protocol.data``.
 
-Part- and scene-segmentation protocols plug in the same way: a :class:`Protocol` subclass registered with
-:func:`register_protocol` (``default_for=[Task.SEGMENTATION]``); the training loop only calls
-:func:`evaluate` on the splits of :func:`build_eval_splits`.
+``scene_seg`` (:mod:`pointtune.protocols.scene_seg`) scores a segmentation method's ``predict`` on indoor scenes
+(:class:`~pointtune.data.scene_dataset.SceneDataset`): a confusion matrix over labelled points summed over the
+workers; the test split on every original point (votes over covering crops, ``protocol.scene_whole``), the
+validation split more cheaply (``protocol.scene_val``); and the points behind the best checkpoint's renders
+(:func:`~pointtune.protocols.scene_seg.render_scene`).
+
+Other protocols plug in the same way: a :class:`Protocol` subclass registered with :func:`register_protocol`;
+the training loop only calls :func:`evaluate` on the splits of :func:`build_eval_splits`.
 
 Public API::
 
-    evaluate(method, splits, device, class_names, cfg, batch_size=, num_workers=, return_arrays=)
+    evaluate(method, splits, device, class_names, cfg, batch_size=, num_workers=, return_arrays=, split=)
     build_eval_splits(exp, data=None) -> EvalSplits(fit, val, test, class_names, source)
     protocol_name(exp), default_objective(exp), selected_protocol(exp)             per experiment
     protocol_metrics(task, cfg), resolve_protocol(task, name), get_protocol(name), protocol_names()
@@ -36,6 +43,10 @@ Public API::
     fit_linear_svm, SvmFit, cv_splits; plan_settings, draw_episodes, Episode, setting_name
     PartSegHead, draw_label_fraction, extract_point_features, train_seg_head          part segmentation
     feature_spectrum, effective_rank, log_spectrum, plot_spectrum                   feature collapse (DCGLR 5b)
+    SceneSegmentation, render_scene, render_checkpoint_scenes, class_colors         scene segmentation
+
+:mod:`pointtune.protocols.robustness` (imported on demand, ``pointtune robustness``) runs a run's protocol on
+clean, jittered and subsampled clouds (SCL Figs. 3-4, 8): ``robustness_table``, ``write_csv``, ``plot_robustness``.
 
 ``feature_rank`` (feature protocols) is the effective rank of the raw training-split features; their normalised
 eigenvalue spectrum is the ``spectrum`` array (``evaluate(..., return_arrays=True)``), which the training loop
@@ -86,6 +97,7 @@ from pointtune.protocols.part_seg import (
     extract_point_features,
     train_seg_head,
 )
+from pointtune.protocols.scene_seg import SceneSegmentation, class_colors, render_checkpoint_scenes, render_scene
 from pointtune.protocols.spectrum import effective_rank, feature_spectrum, log_spectrum, plot_spectrum
 
 if TYPE_CHECKING:
@@ -103,6 +115,7 @@ __all__ = [
     "PartSegHead", "draw_label_fraction", "extract_point_features", "train_seg_head",
     "fit_linear_svm", "SvmFit", "cv_splits", "plan_settings", "draw_episodes", "Episode", "setting_name",
     "feature_spectrum", "effective_rank", "log_spectrum", "plot_spectrum",
+    "SceneSegmentation", "render_scene", "render_checkpoint_scenes", "class_colors",
 ]
 
 
@@ -155,6 +168,7 @@ def build_eval_splits(exp: ExperimentConfig, data: DatasetBundle | None = None) 
 def evaluate(
     method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
     cfg: ProtocolConfig | None = None, *, batch_size: int = 64, num_workers: int = 0, return_arrays: bool = False,
+    split: str | None = None,
 ) -> tuple[dict[str, float], np.ndarray | None] | tuple[dict[str, float], np.ndarray | None, dict[str, np.ndarray]]:
     """Score ``method`` with the protocol ``cfg.name`` (None: the default of ``method.task``).
 
@@ -171,6 +185,8 @@ def evaluate(
         cfg: the ``protocol`` section (default settings when None).
         batch_size, num_workers: of the evaluation loaders.
         return_arrays: also return the protocol's other arrays (a third element).
+        split: which split ``splits["eval"]`` is: ``"val"``, ``"test"`` or None (unnamed), for protocols that
+            score them differently (:meth:`Protocol.run_split`; ``scene_seg`` scores validation more cheaply).
 
     Returns:
         ``(metrics, confusion)``: the protocol's metrics without split prefix, plus ``acc/<class name>`` for
@@ -193,7 +209,8 @@ def evaluate(
         raise ValueError(f"the {protocol.name} protocol was given an empty eval split")
     was_training = method.training
     try:
-        scores, cm, arrays = protocol.run(method, datasets, device, list(class_names), cfg, batch_size, num_workers)
+        scores, cm, arrays = protocol.run_split(method, datasets, device, list(class_names), cfg, batch_size,
+                                                num_workers, split)
     finally:
         method.train(was_training)
     if cm is not None and protocol.per_class:
