@@ -6,3 +6,4 @@ from pointtune.methods import finetune  # noqa: F401
 from pointtune.methods import conclu  # noqa: F401
 from pointtune.methods import dcglr  # noqa: F401
 from pointtune.methods import scl  # noqa: F401
+from pointtune.methods import amcontrast3d  # noqa: F401

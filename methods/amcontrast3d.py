@@ -1,11 +1,11 @@
-"""AMContrast3D: adaptive-margin contrastive learning for ambiguity-aware 3D semantic segmentation (the losses).
+"""AMContrast3D: adaptive-margin contrastive learning for ambiguity-aware 3D semantic segmentation.
 
 Paper: Y. Chen, Y. Duan, R. Zhang, Y.-P. Tan, *"Adaptive Margin Contrastive Learning for Ambiguity-aware 3D
 Semantic Segmentation"* (ICME 2024). Spec: ``shared/specs/amcontrast3d.md``.
 
-This module holds the method's training losses as pure PyTorch functions on batched, channels-last tensors
-``(B, N_s, ...)``; the :class:`~pointtune.method.Method` that feeds them a PointNeXt's per-stage decoder
-features lives elsewhere. Per decoder stage ``s`` (positions ``P^s``, features ``F^s``, labels ``Y^s``):
+The training losses are pure PyTorch functions on batched, channels-last tensors ``(B, N_s, ...)``;
+:class:`AMContrast3D` (the registered method) feeds them a PointNeXt's per-stage decoder features
+(:meth:`pointtune.backbones.pointnext.PointNeXt.forward_seg`). Per decoder stage ``s`` (positions ``P^s``, features ``F^s``, labels ``Y^s``):
 
 1. **Labels** at a subsampled stage (spec 2.1, CBL's label mining; :func:`mine_labels`, :func:`stage_labels`):
    the one-hot labels of the ``k_r`` nearest full-resolution points are averaged into a soft label and its
@@ -92,10 +92,11 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from pointtune.method import BackboneConfig, MethodConfig
+from pointtune.method import BackboneConfig, Method, MethodConfig, Task, point_inputs, register_method
 from pointtune.ops import gather_points, knn
 
 __all__ = [
+    "AMContrast3D",
     "AMContrast3DConfig",
     "Neighbourhood",
     "mining_k",
@@ -735,3 +736,79 @@ def total_loss(ce: Tensor, stage_losses: Sequence[Tensor], lambda_ce: float = 0.
     if len(stage_losses) == 0:
         raise ValueError("total_loss: contrast is on but no stage loss was given (method.stages is empty?)")
     return lambda_ce * ce + (1.0 - lambda_ce) * torch.stack([loss.to(ce.dtype) for loss in stage_losses]).sum()
+
+
+# --------------------------------------------------------------------------------------------------
+# The method
+# --------------------------------------------------------------------------------------------------
+
+
+@register_method("amcontrast3d")
+class AMContrast3D(Method):
+    """AMContrast3D on a segmentation backbone with per-stage outputs (PointNeXt, ``method.backbone``).
+
+    ``forward`` runs ``backbone.forward_seg`` on ``batch["points"]`` ``(B, N, 3)`` (metres) and the per-point
+    inputs of ``method.backbone.inputs`` (``color``, ``height``), and returns ``loss`` (Eq. 11, or the plain CE
+    with ``contrast: false``), ``ce``, ``acc`` (accuracy over labelled points) and, with the contrast, each
+    stage's ``am_s<s>`` and its diagnostics (:func:`stage_stats`: ``boundary_frac_s<s>``, ``ambiguity_s<s>``,
+    ``margin_s<s>``, ...). Labels are ``batch["seg"]`` ``(B, N)``, ``ignore_index`` (-1: unannotated or
+    padding) contributing nothing. ``predict`` returns the logits ``(B, N, K)`` (inference is the plain
+    backbone: the losses act at training time only).
+
+    Data parallelism: every parameter gets a gradient every step and BatchNorm buffers are DDP's to
+    broadcast (``ddp_options``: the defaults); ambiguities use each worker's own batch (``cross_sample_knn``
+    searches within it).
+    """
+
+    task = Task.SEGMENTATION
+    Config = AMContrast3DConfig
+    # Spec A9 (S3DIS, paper values where given): AdamW, lr 0.01 cosine to 1e-5, weight decay 1e-4, gradient-norm
+    # clip 10 (official code); 100 epochs (the paper) with each scene repeated data.loop times per epoch.
+    recipe = {
+        "optim": {"name": "adamw", "lr": {"start": 0.01, "end": 1e-5, "shape": "cosine"}, "weight_decay": 1e-4},
+        "train": {"grad_clip": 10.0},
+    }
+
+    def __init__(self, cfg: AMContrast3DConfig, num_classes: int, total_epochs: int = 1):
+        super().__init__(cfg, num_classes, total_epochs)
+        from pointtune.backbones import backbone_factory, build_backbone
+
+        if num_classes < 2:
+            raise ValueError(f"AMContrast3D segments points into classes: the dataset has {num_classes}")
+        if not hasattr(backbone_factory(cfg.backbone.name), "forward_seg"):
+            raise ValueError(f"method.backbone.name: {cfg.backbone.name!r} has no forward_seg (per-stage points "
+                             f"and decoder features); use pointnext")
+        self.backbone = build_backbone(cfg.backbone.name, **{**cfg.backbone.kwargs(), "num_classes": num_classes})
+        stages = getattr(self.backbone, "num_stages", None)
+        if cfg.contrast and stages is not None and max(cfg.stages) >= stages:
+            raise ValueError(f"method.stages: {cfg.stages} asks for stage {max(cfg.stages)}, the backbone has "
+                             f"{stages} decoder stages (0..{stages - 1})")
+
+    def forward(self, batch: dict[str, torch.Tensor], epoch: int, progress: float) -> dict[str, torch.Tensor]:
+        """The loss dict of one mini-batch (see the class docstring).
+
+        Raises:
+            KeyError: ``seg`` or a per-point input of ``method.backbone.inputs`` is missing from the batch.
+        """
+        cfg: AMContrast3DConfig = self.cfg
+        points, labels = batch["points"], batch["seg"]
+        out = self.backbone.forward_seg(points, point_inputs(batch, cfg.backbone))
+        ce = segmentation_ce(out.logits.float(), labels, cfg.ignore_index)
+        with torch.no_grad():
+            valid = labels != cfg.ignore_index
+            hits = (out.logits.argmax(dim=-1) == labels) & valid
+            logs = {"ce": ce.detach(), "acc": hits.sum() / valid.sum().clamp(min=1)}
+        if not cfg.contrast:
+            return {"loss": ce, **logs}
+        stages = [(p.float(), f.float()) for p, f in out.stages]
+        losses, stats = contrast_terms(points.float(), labels, stages, self.num_classes, cfg)
+        return {"loss": total_loss(ce, losses, cfg.lambda_ce, cfg.contrast), **logs, **stats}
+
+    @torch.no_grad()
+    def predict(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-point logits ``(B, N, K)`` of ``batch["points"]`` ``(B, N, 3)``; the caller sets eval mode."""
+        return self.backbone.forward_seg(batch["points"], point_inputs(batch, self.cfg.backbone)).logits
+
+    def encoder(self) -> torch.nn.Module:
+        """The PointNeXt encoder-decoder (its ``forward_features``: decoder features at every input point)."""
+        return self.backbone

@@ -80,7 +80,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -174,15 +174,6 @@ class DCGLRConfig(MethodConfig):
         "paper", description="paper: Eqs. 10-12 (separate means) | dino: one mean over all pairs (A20)")
     features: Literal["teacher", "student"] = Field(
         "teacher", description="backbone used by embed / encoder downstream (A16: the teacher)")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _backbone_name_defaults_to_vit3d(cls, data: Any) -> Any:
-        # `--set method.backbone.dim=256` gives a backbone mapping without a name, which would otherwise get
-        # BackboneConfig's own default (dgcnn) instead of this method's (vit3d).
-        if isinstance(data, dict) and isinstance(data.get("backbone"), dict) and "name" not in data["backbone"]:
-            data = {**data, "backbone": {"name": "vit3d", **data["backbone"]}}
-        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "DCGLRConfig":

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 from pointtune.registry import Registry
@@ -98,6 +98,20 @@ class MethodConfig(WithSchedules):
     builds_backbone: ClassVar[bool] = True
     name: str
     backbone: BackboneConfig = BackboneConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backbone_defaults(cls, data: Any) -> Any:
+        # `--set method.backbone.dim=256` gives a backbone mapping without a name, which would otherwise get
+        # BackboneConfig's own default (dgcnn) instead of this method's; a mapping for the method's default
+        # backbone keeps its default inputs too.
+        if not (isinstance(data, dict) and isinstance(data.get("backbone"), dict)):
+            return data
+        default = cls.model_fields["backbone"].get_default(call_default_factory=True)
+        given = data["backbone"]
+        if given.get("name", default.name) != default.name:
+            return data
+        return {**data, "backbone": {"name": default.name, "inputs": list(default.inputs), **given}}
 
 
 @dataclass(frozen=True)

@@ -641,3 +641,71 @@ def test_contrast_terms_over_stages():
     torch.testing.assert_close(only[0], losses[2])
     with pytest.raises(ValueError, match="method.stages"):
         contrast_terms(xyz, y, stages, 3, AMContrast3DConfig(stages=4))
+
+
+# --------------------------------------------------------------------------------------------------
+# The registered method on a tiny PointNeXt
+# --------------------------------------------------------------------------------------------------
+
+TINY_NEXT = {"method.backbone.variant": "S", "method.backbone.width": 16, "method.backbone.nsample": 8,
+             "method.backbone.radius": 0.2, "method.k": 8}
+
+
+def _scene_batch(b: int = 2, n: int = 512, classes: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = _gen(seed)
+    points = torch.rand(b, n, 3, generator=g) * 2.0                       # metres
+    seg = (points[..., 0] * classes / 2.0).long().clamp(max=classes - 1)  # slabs along x: real boundaries
+    seg[:, :32] = IGN                                                     # unannotated / padding points
+    return {"points": points, "color": torch.rand(b, n, 3, generator=g), "height": points[..., 2:],
+            "seg": seg}
+
+
+def _method(classes: int = 4, **overrides):
+    from pointtune.config import build_config
+
+    exp = build_config("amcontrast3d", overrides={**TINY_NEXT, **overrides})
+    torch.manual_seed(0)
+    return exp.method_cls(exp.method, classes, 2)
+
+
+def test_method_returns_eq11_and_trains_every_parameter():
+    model = _method(**{"method.stages": 2})
+    batch = _scene_batch()
+    out = model(batch, 0, 0.0)
+    assert {"loss", "ce", "acc", "am_s0", "am_s1", "ambiguity_s1", "margin_s0"} <= set(out)
+    expected = 0.1 * out["ce"] + 0.9 * (out["am_s0"] + out["am_s1"])
+    assert torch.allclose(out["loss"], expected, atol=1e-5)
+    out["loss"].backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    model.eval()
+    assert model.predict(batch).shape == (2, 512, 4)
+
+
+def test_method_without_contrast_is_the_ce_baseline_and_ignores_unlabelled_points():
+    model = _method(**{"method.contrast": False}).eval()   # eval: no dropout, fixed BN, same logits twice
+    batch = _scene_batch()
+    out = model(batch, 0, 0.0)
+    assert set(out) == {"loss", "ce", "acc"} and torch.equal(out["loss"], out["ce"])
+    logits = model.predict(batch)
+    assert torch.allclose(out["ce"], segmentation_ce(logits, batch["seg"]), atol=1e-6)
+    relabelled = {**batch, "seg": batch["seg"].clone()}
+    relabelled["seg"][:, :32] = IGN                                        # already ignored: unchanged
+    assert torch.equal(model(relabelled, 0, 0.0)["loss"], out["loss"])
+    contrast = _method(**{"method.stages": 1}).eval()
+    first = contrast(batch, 0, 0.0)["loss"]
+    moved = {**batch, "seg": batch["seg"].clone()}
+    moved["seg"][:, 32:40] = IGN                                           # more ignored points: a different loss
+    assert not torch.allclose(contrast(moved, 0, 0.0)["loss"], first)
+
+
+def test_method_config_errors_name_the_key():
+    from pointtune.config import ConfigError, build_config
+
+    with pytest.raises(ValueError, match="method.stages: \\[0, 1, 2, 3, 4\\] asks for stage 4"):
+        _method(**{"method.stages": 5})
+    with pytest.raises(ValueError, match="method.backbone.name: 'dgcnn' has no forward_seg"):
+        _method(**{"method.backbone": {"name": "dgcnn"}})
+    with pytest.raises(ConfigError, match="method.lambda_ce"):
+        build_config("amcontrast3d", overrides={"method.lambda_ce": 1.5})
+    exp = build_config("amcontrast3d", overrides={"method.backbone.width": 16})
+    assert exp.method.backbone.name == "pointnext" and exp.method.backbone.inputs == ["color", "height"]
