@@ -84,9 +84,10 @@ class ProtocolConfig(BaseModel):
     (:mod:`pointtune.protocols`).
 
     Fields:
-        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``, ``part_seg``;
-            :func:`pointtune.protocols.protocol_names`); ``None`` is the default of the method's task kind
-            (classification -> ``classification``, pretrain -> ``linear_svm``).
+        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``, ``part_seg``,
+            ``scene_seg``; :func:`pointtune.protocols.protocol_names`); ``None`` is the default of the method's
+            task kind (classification -> ``classification``, pretrain -> ``linear_svm``, segmentation ->
+            ``scene_seg``).
         data: a dataset of the protocol's own (a :class:`~pointtune.data.DataConfig`), e.g. pretrain on
             ShapeNetPart, judge on ModelNet40. When set, the protocol fits on its training split, scores its
             validation split every evaluated epoch and its test split at the end; ``None`` uses ``data``.
@@ -113,6 +114,16 @@ class ProtocolConfig(BaseModel):
             point-wise); ``None``: all of them.
         seg_finetune: fine-tuning the encoder with the head (SCL Table 3 "w/ fine-tune") is not implemented;
             only ``false`` is accepted.
+        scene_whole: scene segmentation (``scene_seg``): score the test split on every original point of every
+            scene (the crops of all grid passes, softmax votes per point: PointNeXt's whole-scene testing);
+            ``false``: score it as the validation split (``scene_val``).
+        scene_val: how the validation split is scored at evaluated epochs: ``pass`` (one grid pass per scene,
+            covered by crops, scored on its one point per voxel: PointNeXt's validation), ``crops`` (the
+            split's own fixed crops, cheapest) or ``whole`` (as the test split).
+        scene_render, scene_render_points, scene_render_oblique: the first ``scene_render`` scenes of the scored
+            split keep a seeded subset of ``scene_render_points`` scored points (coordinates, truth,
+            prediction) as checkpoint arrays, rendered for the best checkpoint's MLflow artifacts (top-down,
+            and oblique when set).
     """
 
     # Imported here so that this class is the only part of the module the protocols touch.
@@ -120,8 +131,8 @@ class ProtocolConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = Field(
-        None, description="evaluation protocol: classification, linear_svm, few_shot, part_seg (null: the task's "
-        "default)")
+        None, description="evaluation protocol: classification, linear_svm, few_shot, part_seg, scene_seg (null: "
+        "the task's default)")
     data: DataConfig | None = Field(
         None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet; keys "
         "as data.* (null: data)")
@@ -160,6 +171,18 @@ class ProtocolConfig(BaseModel):
         "null: all); bounds the memory of the stored features")
     seg_finetune: bool = Field(
         False, description="part_seg: fine-tune the encoder with the head; not implemented (only false)")
+    scene_whole: bool = Field(
+        True, description="scene_seg: score the test split on every original point (votes over the crops of all "
+        "grid passes); false: as scene_val")
+    scene_val: Literal["pass", "crops", "whole"] = Field(
+        "pass", description="scene_seg: validation scoring: pass (one grid pass per scene, covered by crops), crops "
+        "(the split's fixed crops) or whole (every original point)")
+    scene_render: int = Field(
+        4, ge=0, description="scene_seg: scenes of the scored split kept for the best checkpoint's renders (0: none)")
+    scene_render_points: int = Field(
+        20000, ge=1, description="scene_seg: scored points per rendered scene (a seeded subset)")
+    scene_render_oblique: bool = Field(
+        True, description="scene_seg: renders add an oblique view below the top-down one")
 
     @field_validator("name")
     @classmethod

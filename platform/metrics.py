@@ -1,5 +1,7 @@
-"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy, macro F1; and the part
-segmentation mIoU of PointNet (:func:`shape_part_ious`, :func:`part_seg_metrics`).
+"""Classification metrics from a confusion matrix: OA, mAcc, per-class accuracy, macro F1; the part
+segmentation mIoU of PointNet (:func:`shape_part_ious`, :func:`part_seg_metrics`); and the semantic (scene)
+segmentation mIoU of PointNeXt / Pointcept from a point confusion matrix (:func:`class_iou`,
+:func:`semantic_seg_metrics`).
 
 The classification functions take a confusion matrix ``C`` of shape ``(K, K)`` with ``C[t, p]`` = number of
 samples of true class ``t`` predicted as ``p``. Classes absent from the evaluated set (row sum 0) are left out
@@ -145,3 +147,56 @@ def part_seg_metrics(shape_ious: np.ndarray, categories: np.ndarray, names: Sequ
     per_cat = {names[c]: float(ious[cats == c].mean()) for c in np.unique(cats)}
     return {"ins_miou": float(ious.mean()), "cls_miou": float(np.mean(list(per_cat.values()))),
             **{f"iou/{name}": value for name, value in per_cat.items()}}
+
+
+def class_iou(cm: np.ndarray) -> np.ndarray:
+    """Intersection over union of every class of a confusion matrix ``C`` ``(K, K)`` (``C[t, p]`` = points of
+    true class ``t`` predicted as ``p``): ``IoU_k = TP_k / (TP_k + FP_k + FN_k)`` with ``TP_k = C[k, k]``,
+    ``FP_k`` the rest of column ``k`` and ``FN_k`` the rest of row ``k`` (the definition of the ScanNet benchmark,
+    PointNeXt and Pointcept).
+
+    Returns:
+        ``(K,)`` float64 in ``[0, 1]``; NaN for classes absent from the ground truth (row sum 0), whose IoU
+        no mean counts (a class only predicted still lowers the IoU of the classes its points came from).
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(cm.sum(1) > 0, tp / np.maximum(union, 1.0), np.nan)
+
+
+def semantic_seg_metrics(cm: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    """Semantic segmentation figures of a point confusion matrix (labelled points only; the ignore label is
+    left out before counting), as PointNeXt and Pointcept report them, restricted as the AMContrast3D issue
+    asks to the classes present in the ground truth of the scored split.
+
+    ``mIoU``: the mean of :func:`class_iou` over the classes present; ``OA``: correct points / labelled
+    points; ``mAcc``: the mean recall (:func:`per_class_accuracy`) over the classes present;
+    ``iou/<name>``: each present class's IoU.
+
+    Args:
+        cm: ``(K, K)`` counts, ``C[t, p]`` as :func:`confusion_matrix`.
+        class_names: ``K`` names in label order.
+
+    Returns:
+        ``{"mIoU", "OA", "mAcc", "iou/<name>" per present class}``, floats in ``[0, 1]`` (NaN for the first
+        three when ``cm`` counts no point).
+
+    Raises:
+        ValueError: ``cm`` is not square or does not have ``len(class_names)`` rows.
+    """
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] != len(class_names):
+        raise ValueError(f"confusion matrix of shape {cm.shape} for {len(class_names)} classes; expected "
+                         f"({len(class_names)}, {len(class_names)})")
+    present = cm.sum(1) > 0
+    iou = class_iou(cm)
+    total = cm.sum()
+    nan = float("nan")
+    return {
+        "mIoU": float(iou[present].mean()) if present.any() else nan,
+        "OA": float(np.trace(cm) / total) if total else nan,
+        "mAcc": float(per_class_accuracy(cm)[present].mean()) if present.any() else nan,
+        **{f"iou/{class_names[k]}": float(iou[k]) for k in np.flatnonzero(present)},
+    }

@@ -85,8 +85,7 @@ def test_registry_defaults_and_task_checks():
         resolve_protocol(Task.PRETRAIN, "classification")
     with pytest.raises(ConfigError, match=r"protocol.data: the classification protocol"):
         resolve_protocol(Task.CLASSIFICATION, None, own_data=True)
-    with pytest.raises(ConfigError, match=r"protocol.name: no evaluation protocol for task 'segmentation'"):
-        resolve_protocol(Task.SEGMENTATION)
+    assert default_protocol_name(Task.SEGMENTATION) == "scene_seg"   # tests/test_scene_seg.py
     assert protocol_metrics(Task.PRETRAIN) == ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged",
                                                "feature_rank")
 

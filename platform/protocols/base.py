@@ -120,6 +120,13 @@ class Protocol:
         """
         raise NotImplementedError
 
+    def run_split(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
+                  cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0, split: str | None = None) -> Result:
+        """:meth:`run` on a named split: ``split`` is ``"val"`` (scored at evaluated epochs), ``"test"`` (after
+        the last one) or None (unnamed). By default the name changes nothing; a protocol that scores validation
+        more cheaply than test (``scene_seg``: whole-scene testing) overrides this. Same returns as :meth:`run`."""
+        return self.run(method, splits, device, class_names, cfg, batch_size, num_workers)
+
 
 _PROTOCOLS: Registry[Protocol] = Registry("protocol", KeyError, key="protocol.name")
 _DEFAULT: dict[Task, str] = {}

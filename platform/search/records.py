@@ -174,7 +174,9 @@ class MlflowRecorder(Callback):
 
 def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str) -> None:
     """Log ``config.yaml``, ``confusion_matrix.png`` (if the checkpoint has one), ``feature_spectrum.png`` (the
-    feature-collapse plot of DCGLR Fig. 5b, if it has a ``spectrum.npy``) and the checkpoint itself
+    feature-collapse plot of DCGLR Fig. 5b, if it has a ``spectrum.npy``), ``scenes/<i>_<scene>.png`` (ground
+    truth beside prediction of the validation scenes whose points the ``scene_seg`` protocol kept,
+    :func:`pointtune.protocols.scene_seg.render_checkpoint_scenes`) and the checkpoint itself
     (``best_checkpoint/``) to a run; ``checkpoint`` may be a local path or a storage URI."""
     import yaml
 
@@ -205,6 +207,13 @@ def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str)
                 plot_spectrum(log_spectrum(spectrum), str(tmp / "feature_spectrum.png"),
                               title=f"{title}, epoch {state['epoch'] + 1} (training-split features)")
                 tracking.log_artifact(uri, run_id, tmp / "feature_spectrum.png")
+        if (local / "scene_coord.npy").exists():  # scene_seg: ground truth beside prediction of validation scenes
+            from pointtune.protocols.scene_seg import render_checkpoint_scenes
+
+            oblique = bool((state["experiment"].get("protocol") or {}).get("scene_render_oblique", True))
+            if render_checkpoint_scenes(local, state["class_names"], tmp / "scenes", oblique=oblique,
+                                        title=f"{title}, epoch {state['epoch'] + 1} (validation)"):
+                tracking.log_artifact(uri, run_id, tmp / "scenes", "scenes")
         tracking.log_artifact(uri, run_id, local, "best_checkpoint")
 
 

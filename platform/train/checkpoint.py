@@ -3,8 +3,10 @@
 One checkpoint is a directory holding ``state.pt`` (this module), ``metrics.json`` (the epoch's metrics, so
 that the best checkpoint of a run can be chosen without loading models) and optional evaluation artefacts
 (``confusion.npy``; ``spectrum.npy``, the normalised feature spectrum of the feature protocols,
-:mod:`pointtune.protocols.spectrum`). Ray Train moves these directories to the run's storage; in local mode
-(``num_workers=0``) Ray keeps no copy, so :class:`LocalCheckpoints` keeps the latest and the best.
+:mod:`pointtune.protocols.spectrum`; ``scene_*.npy``, the validation points behind the scene renders of the
+``scene_seg`` protocol, :mod:`pointtune.protocols.scene_seg`). Ray Train moves these directories to the run's
+storage; in local mode (``num_workers=0``) Ray keeps no copy, so :class:`LocalCheckpoints` keeps the latest and
+the best.
 
 This module is also the one reader of the format: :func:`load_method` rebuilds a method from any checkpoint
 the project writes (a local run's ``checkpoints/best``, a multi-worker run's ``train/checkpoint_*``, a sweep

@@ -265,7 +265,7 @@ def run_loop(loop: LoopConfig, session) -> None:
         """The protocol's metrics on ``splits`` (every rank its shard), named ``<prefix>/<metric>``, its
         confusion matrix and its other arrays (e.g. ``spectrum``), saved into checkpoints as ``<name>.npy``."""
         scores, confusion, arrays = evaluate(method, splits, device, judged.class_names, exp.protocol,
-                                             batch_size=exp.train.eval_batch_size, return_arrays=True)
+                                             batch_size=exp.train.eval_batch_size, return_arrays=True, split=prefix)
         return {f"{prefix}/{k}": v for k, v in scores.items()}, confusion, arrays
 
     show_progress = loop.progress and rank == 0
