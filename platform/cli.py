@@ -273,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="YAML config (e.g. a best_config.yaml written by `pointtune best`)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config key, e.g. --set optim.lr=0.01 (repeatable)")
-        p.add_argument("--dataset", help="dataset name (synthetic, modelnet40, modelnet40_resampled, scanobjectnn)")
+        p.add_argument("--dataset", help="dataset name (synthetic, modelnet40, modelnet40_resampled, modelnet10, "
+                       "scanobjectnn, shapenetpart, shapenetpart_h5; scenes: s3dis, scannet)")
         p.add_argument("--data-root", help="dataset directory")
         p.add_argument("--epochs", type=int, help="epochs per run / per trial")
         p.add_argument("--output", help="run directory (default runs/<kind>/<method>-<dataset>-<time>)")

@@ -229,6 +229,7 @@ def _one_line(err: BaseException) -> str:
 
 def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> None:
     task = exp.method_cls.task.value
+    scenes = data.kind == "scenes"
     # Classes and the validation split matter for evaluation (and a classifier's training); with a
     # protocol.data of its own, those are checked on it (_check_judged).
     if data.num_classes < 2 and (exp.protocol.data is None or task != "pretrain"):
@@ -236,21 +237,53 @@ def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> N
             f"data.classes: dataset {exp.data.name!r} is left with {data.num_classes} class "
             f"({', '.join(data.class_names)}); a {task} method and its evaluation need at least 2"
         )
+    if scenes and task == "classification":
+        raise ConfigError(
+            f"data.name: {exp.data.name!r} is a scene dataset (per-point labels 'seg', no label per item); the "
+            f"classification method {exp.method.name} needs a label per cloud (train a segmentation method on it)")
+    if scenes:  # the classes a segmentation method learns are those its per-point labels hold
+        present = [name for name, count in zip(data.class_names, _class_counts(data.train)) if count > 0]
+        if len(present) < 2:
+            raise DatasetError(
+                f"data: the training scenes of dataset {exp.data.name!r} hold labelled points of {len(present)} "
+                f"class(es) ({', '.join(present) or 'none'}); a {task} method needs at least 2 (more scenes, "
+                "or another data.val_area / data.val_fraction)")
     if exp.protocol.data is None and len(data.val) == 0:
         raise DatasetError("data.val_fraction: the validation split is empty; evaluation and model selection need "
                            "one (test data is never used for selection)")
     n, world, batch = len(data.train), max(int(workers), 1), exp.train.batch_size
     per_worker = math.ceil(n / world)
+    unit = "item" if scenes else "cloud"
+    of = f" ({len(data.train.scenes)} scene(s) x data.loop {data.train.loop})" if scenes else ""
     if exp.train.drop_last and per_worker < batch:
         raise ConfigError(
-            f"train.batch_size: {batch} clouds per worker, but each of the {world} worker(s) gets {per_worker} of "
-            f"the {n} training clouds; with train.drop_last every epoch would be empty"
+            f"train.batch_size: {batch} {unit}s per worker, but each of the {world} worker(s) gets {per_worker} of "
+            f"the {n} training {unit}s{of}; with train.drop_last every epoch would be empty"
+            + ("; lower train.batch_size or raise data.loop" if scenes else "")
         )
     if not exp.train.drop_last and per_worker % batch == 1:
         raise ConfigError(
-            f"train.drop_last: false leaves a last batch of 1 cloud ({per_worker} clouds per worker, "
+            f"train.drop_last: false leaves a last batch of 1 {unit} ({per_worker} {unit}s per worker, "
             f"train.batch_size {batch}), which BatchNorm cannot train on; set it true or change the batch size"
         )
+
+
+def _class_counts(dataset) -> list[int]:
+    """Per class: clouds of a point-cloud split, labelled points of a scene split (:func:`describe_split`)."""
+    from pointtune.data import describe_split
+
+    return [int(c) for c in describe_split(dataset).class_counts]
+
+
+def _split_labels(dataset):
+    """What :meth:`Protocol.reported` gets as a split's labels: ``(M,)`` per-cloud labels, or for a scene split
+    (no per-item label) every class with labelled points, once each."""
+    import numpy as np
+
+    labels = getattr(dataset, "labels", None)
+    if labels is not None:
+        return np.asarray(labels)
+    return np.flatnonzero(np.asarray(_class_counts(dataset))).astype(np.int64)
 
 
 def _check_judged(exp: ExperimentConfig, judged, protocol) -> None:
@@ -270,10 +303,8 @@ def _check_judged(exp: ExperimentConfig, judged, protocol) -> None:
 def _check_reported(exp: ExperimentConfig, protocol, judged, objective: str | None) -> None:
     """The protocol reports something on the validation split, and ``objective`` (a ``val/`` metric) is not a
     part of it that this data cannot fill (e.g. a few-shot setting with more ways than classes)."""
-    import numpy as np
-
-    fit_labels = np.asarray(judged.fit.labels) if "fit" in protocol.splits else None
-    names, skipped = protocol.reported(exp.protocol, fit_labels, np.asarray(judged.val.labels), judged.num_classes)
+    fit_labels = _split_labels(judged.fit) if "fit" in protocol.splits else None
+    names, skipped = protocol.reported(exp.protocol, fit_labels, _split_labels(judged.val), judged.num_classes)
     where = "protocol.data" if judged.source == "protocol.data" else "data"
     if not names:
         raise ConfigError(f"protocol: the {protocol.name} protocol reports nothing on the validation split of "
@@ -311,6 +342,12 @@ def preflight(
     it is a metric the run reports (:func:`pointtune.search.space.check_objective` against the selected
     protocol's metrics, with the class names and the method's loss terms) and one this data does not skip.
 
+    Scene datasets (``data.kind == "scenes"``): the items are fixed-size crops without a per-item label, so the
+    class checks read the per-point ``seg`` labels (at least 2 classes with labelled training points), the
+    batch check counts items (``data.loop`` crops per training scene), the tiny batch is training items 0 and
+    1 (two crops), and :meth:`Protocol.reported` gets the classes present in a split's labelled points (once
+    each) as that split's labels.
+
     Args:
         exp: the validated experiment (as ``pointtune train`` runs it, or a sweep's probe trial config).
         workers: data-parallel workers (0 or 1: one process); each gets ``1 / workers`` of the training set.
@@ -346,8 +383,8 @@ def preflight(
     judged = build_eval_splits(exp, data)
     _check_judged(exp, judged, protocol)
     cls, name, k = exp.method_cls, exp.method.name, data.num_classes
-    labels = data.train.labels
-    second = next((i for i in range(1, len(labels)) if labels[i] != labels[0]), 1)
+    labels = getattr(data.train, "labels", None)  # scene items have none: items 0 and 1 (the next crop)
+    second = next((i for i in range(1, len(labels)) if labels[i] != labels[0]), 1) if labels is not None else 1
     context = f"{name} on {exp.data.name}, data.num_points={exp.data.num_points}, {k} classes"
     with torch.random.fork_rng(devices=[]):
         try:

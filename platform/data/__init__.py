@@ -15,9 +15,16 @@ Public API::
     filter_classes(ds, classes), train_val_split(ds, val_fraction, seed)
     transforms: Compose, NormalizeUnitSphere, RandomScale, RandomTranslate, Jitter, RotateUp, Shuffle,
                 Subsample, fps_subsample_set
-    DataConfig, AugmentConfig                     the data.* config section
+    DataConfig, AugmentConfig, SceneAugmentConfig the data.* config section
     register_dataset(name), dataset_names()       the dataset registry
+    register_scene_dataset(name, defaults), scene_dataset_names(), is_scene_dataset(name), scene_defaults(name)
     PointCloudDataset(pcs, transform, train, seed), DatasetBundle, build_datasets(cfg), build_transform
+    build_scene_transform(cfg, train), describe_split(dataset)
+
+Scenes (``s3dis``, ``scannet``): readers and splits in :mod:`pointtune.data.scenes` (``SceneSet``,
+``IGNORE_INDEX`` = -1), dict-sample transforms in :mod:`pointtune.data.scene_transforms`, fixed-size items in
+:mod:`pointtune.data.scene_dataset` (``SceneDataset``, ``collate_scenes``); ``build_datasets`` returns them
+as a ``DatasetBundle`` with ``kind="scenes"``.
 """
 
 from pointtune.data.errors import DatasetError
@@ -43,12 +50,29 @@ from pointtune.data.transforms import (
     Subsample,
     fps_subsample_set,
 )
-from pointtune.data.config import AugmentConfig, DataConfig
-from pointtune.data.registry import dataset_names, get_dataset_loader, register_dataset
+from pointtune.data.config import AugmentConfig, DataConfig, SceneAugmentConfig
+from pointtune.data.registry import (
+    dataset_names,
+    get_dataset_loader,
+    is_scene_dataset,
+    register_dataset,
+    register_scene_dataset,
+    scene_dataset_names,
+    scene_defaults,
+)
 from pointtune.data.dataset import PointCloudDataset
+from pointtune.data.scenes import IGNORE_INDEX, SceneSet
+from pointtune.data.scene_dataset import SceneDataset, collate_scenes
 from pointtune.data import sources as _sources  # noqa: F401  (registers the built-in datasets)
 from pointtune.data.sources import MODELNET10_CLASSES
-from pointtune.data.build import DatasetBundle, build_datasets, build_transform
+from pointtune.data.build import (
+    DatasetBundle,
+    SplitSummary,
+    build_datasets,
+    build_scene_transform,
+    build_transform,
+    describe_split,
+)
 
 __all__ = [
     "DatasetError",
@@ -77,11 +101,23 @@ __all__ = [
     "fps_subsample_set",
     "AugmentConfig",
     "DataConfig",
+    "SceneAugmentConfig",
     "register_dataset",
+    "register_scene_dataset",
     "dataset_names",
+    "scene_dataset_names",
+    "is_scene_dataset",
+    "scene_defaults",
     "get_dataset_loader",
     "PointCloudDataset",
+    "IGNORE_INDEX",
+    "SceneSet",
+    "SceneDataset",
+    "collate_scenes",
     "DatasetBundle",
+    "SplitSummary",
     "build_datasets",
+    "build_scene_transform",
     "build_transform",
+    "describe_split",
 ]

@@ -10,6 +10,11 @@ act per item), a format version, and, for datasets on disk, the root path with t
 time of every entry at its top level and one level below (new, removed or rewritten files change the key).
 Location: ``<pointtune cache>/datasets``, the cache being ``$POINTTUNE_CACHE_DIR`` or ``~/.cache/pointtune``. ``data.cache=false`` builds
 afresh. Files are written to a temporary name and renamed, so concurrent trials never read half a file.
+
+Point-cloud datasets only: scene datasets (``s3dis``, ``scannet``) are never cached (``data.cache`` is ignored
+for them): their splits are lists of rooms that the loaders read quickly from ``.npy`` files (or lazily,
+``data.lazy``), and grid sampling and cropping happen per item. The scene knobs, which a point-cloud config
+always holds at their defaults, are left out of the key.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pointtune.data.config import DataConfig
+from pointtune.data.config import SCENE_ONLY, DataConfig
 from pointtune.data.pointcloud import PointCloudSet
 
 FORMAT = 1
 SPLITS = ("train", "val", "test")
-_PER_ITEM = {"augment", "normalize", "cache"}  # fields that do not change the stored clouds
+# Fields that do not change the stored clouds: per-item ones, and the scene knobs (at their defaults here).
+_PER_ITEM = {"augment", "normalize", "cache", *SCENE_ONLY}
 
 
 def pointtune_cache() -> Path:

@@ -1,6 +1,8 @@
-"""The built-in datasets of the registry: ``synthetic``, ``modelnet40``, ``modelnet40_resampled``,
-``modelnet10``, ``scanobjectnn``, ``shapenetpart``, ``shapenetpart_h5``. Each loader returns the official
-``(train, test)`` splits."""
+"""The built-in datasets of the registry: the point-cloud datasets ``synthetic``, ``modelnet40``,
+``modelnet40_resampled``, ``modelnet10``, ``scanobjectnn``, ``shapenetpart``, ``shapenetpart_h5`` (each loader
+returns the official ``(train, test)`` splits) and the scene datasets ``s3dis`` and ``scannet`` (each loader
+returns ``(train, val, test)`` scene sets and prints one ``[pointtune] data <name>`` line saying how they were
+split)."""
 
 from __future__ import annotations
 
@@ -10,8 +12,19 @@ from pointtune.data.config import DataConfig
 from pointtune.data.errors import DatasetError
 from pointtune.data.modelnet import H5_LAYOUT, RESAMPLED_LAYOUT, read_modelnet40_h5, read_modelnet40_resampled
 from pointtune.data.pointcloud import PointCloudSet
-from pointtune.data.registry import register_dataset
+from pointtune.data.registry import register_dataset, register_scene_dataset
 from pointtune.data.scanobjectnn import read_scanobjectnn
+from pointtune.data.scenes import (
+    S3DIS_NPY_LAYOUT,
+    S3DIS_TXT_LAYOUT,
+    SCANNET_LAYOUT,
+    SCANNET_SPLIT_FILES,
+    SceneSet,
+    s3dis_areas,
+    s3dis_splits,
+    scannet_scene_names,
+    scannet_splits,
+)
 from pointtune.data.shapenetpart import (
     H5_LAYOUT as SHAPENETPART_H5_LAYOUT,
     SHAPENETPART_NUM_POINTS,
@@ -23,7 +36,8 @@ from pointtune.data.splits import filter_classes, train_val_split
 from pointtune.data.synthetic import make_synthetic
 
 __all__ = ["SYNTHETIC_SEED", "DEFAULT_SCANOBJECTNN_VARIANT", "MODELNET10_CLASSES", "SHAPENETPART_VARIANTS",
-           "SPLIT_TEST_FRACTION", "seeded_test_split"]
+           "SPLIT_TEST_FRACTION", "seeded_test_split", "S3DIS_DEFAULTS", "SCANNET_DEFAULTS", "S3DIS_TEST_AREA",
+           "SCANNET_TEST_FRACTION", "SCANNET_MIN_SCENES_FOR_TEST"]
 
 # The synthetic dataset is one fixed dataset: data.split_seed changes its validation split, not its shapes.
 SYNTHETIC_SEED = 0
@@ -209,3 +223,131 @@ def load_scanobjectnn(cfg: DataConfig) -> Splits:
     root = require_root(cfg, "the ScanObjectNN h5_files directory holding main_split/ and main_split_nobg/")
     variant = cfg.variant or DEFAULT_SCANOBJECTNN_VARIANT
     return read_scanobjectnn(root, variant, "train"), read_scanobjectnn(root, variant, "test")
+
+
+# --------------------------------------------------------------------------------------------------- scenes
+
+#: The standard S3DIS test area (``data.test_area: auto`` when it is present).
+S3DIS_TEST_AREA = 5
+#: The null scene knobs of S3DIS: CPU scale (crops of 4096 points) with the AMContrast3D / PointNeXt recipe
+#: otherwise (voxel 0.04 m, loop 30, scale 0.9..1.1 anisotropic, jitter 0.005 m, S3DIS colour statistics).
+S3DIS_DEFAULTS = {"num_points": 4096, "voxel_size": 0.04, "loop": 30, "scale_low": 0.9, "scale_high": 1.1,
+                  "mirror": (0.0, 0.0, 0.0), "jitter_sigma": 0.005, "color_norm": "s3dis",
+                  "reads": ("test_area", "val_area", "layout")}
+#: The null scene knobs of ScanNet: crops of 4096 points, voxel 0.02 m, loop 6, scale 0.8..1.2 with x mirrored
+#: one time in five, no jitter, ScanNet colour statistics (AMContrast3D's ScanNet config).
+SCANNET_DEFAULTS = {"num_points": 4096, "voxel_size": 0.02, "loop": 6, "scale_low": 0.8, "scale_high": 1.2,
+                    "mirror": (0.2, 0.0, 0.0), "jitter_sigma": 0.0, "color_norm": "scannet", "reads": ()}
+#: A ScanNet copy without the official lists: share of its scenes held out for testing ...
+SCANNET_TEST_FRACTION = 0.2
+#: ... when it has at least this many scenes (fewer: train and validation only, so that both have a scene).
+SCANNET_MIN_SCENES_FOR_TEST = 3
+
+
+def _few_names(scenes: SceneSet, limit: int = 3) -> str:
+    """`` (name, name)`` for a split of at most ``limit`` scenes, else ``""``."""
+    return f" ({', '.join(scenes.names)})" if 0 < len(scenes) <= limit else ""
+
+
+def _no_validation(cfg: DataConfig, kept: int, what: str, hint: str) -> DatasetError:
+    return DatasetError(f"data.val_fraction: {cfg.val_fraction:g} of the {kept} training {what} of dataset "
+                        f"{cfg.name!r} gives no validation {what[:-1]} (at least one stays for training); {hint}")
+
+
+@register_scene_dataset("s3dis", S3DIS_DEFAULTS)
+def load_s3dis(cfg: DataConfig) -> tuple[SceneSet, SceneSet, SceneSet]:
+    """S3DIS v1.2 aligned under ``data.root`` (``Area_<a>_<room>.npy`` or ``Area_<a>/<room>/Annotations``,
+    ``data.layout``), split by area with :func:`~pointtune.data.scenes.s3dis_splits`.
+
+    ``data.test_area``: ``auto`` takes :data:`S3DIS_TEST_AREA` (5) when it is present and otherwise leaves the
+    test split empty (the printed line says so: the pointtune sample holds only Area 1); a number must be
+    present; null: no test split. ``data.val_area``: a validation area, or null for ``data.val_fraction`` of the
+    training rooms (seeded by ``data.split_seed``; never the test area).
+
+    Returns:
+        ``(train, val, test)`` scene sets of the 13 S3DIS classes (``test`` possibly empty).
+
+    Raises:
+        DatasetError: no ``data.root``, no areas under it, a test or validation area that is not there (naming
+            ``data.test_area`` / ``data.val_area``), the validation area equal to the test area, no area left
+            for training, a validation share that holds out no room, or any reader error (naming the file).
+    """
+    root = require_root(cfg, f"{S3DIS_NPY_LAYOUT}, or {S3DIS_TXT_LAYOUT}")
+    present = s3dis_areas(root)
+    if not present:
+        raise DatasetError(f"{root}: holds no S3DIS areas (expected {S3DIS_NPY_LAYOUT}, or {S3DIS_TXT_LAYOUT})")
+    listed = ", ".join(map(str, present))
+    test_area, why_no_test = cfg.test_area, "data.test_area=null"
+    if test_area == "auto":
+        test_area = S3DIS_TEST_AREA if S3DIS_TEST_AREA in present else None
+        why_no_test = (f"the standard test area {S3DIS_TEST_AREA} is not there; data.test_area=auto, null says so, "
+                       "a number picks another area")
+    if test_area is not None and test_area not in present:
+        raise DatasetError(f"data.test_area: S3DIS area {test_area} is not under {root} (areas present: {listed}); "
+                           "set data.test_area=null for no test split, or one of the areas present")
+    if cfg.val_area is not None and cfg.val_area not in present:
+        raise DatasetError(f"data.val_area: S3DIS area {cfg.val_area} is not under {root} (areas present: {listed}); "
+                           "choose one of them, or null to hold out data.val_fraction of the training rooms")
+    if cfg.val_area is not None and cfg.val_area == test_area:
+        raise DatasetError(f"data.val_area: area {test_area} is the test area (data.test_area={cfg.test_area}); "
+                           "choose another validation area, or null for a seeded room split")
+    train_areas = [a for a in present if a not in (test_area, cfg.val_area)]
+    if not train_areas:
+        raise DatasetError(f"data.test_area / data.val_area: no S3DIS area left for training under {root} (areas "
+                           f"present: {listed}; test area {test_area}, validation area {cfg.val_area})")
+    train, val, test = s3dis_splits(root, test_area, cfg.val_area, cfg.val_fraction, cfg.split_seed, cfg.layout,
+                                    cfg.lazy)
+    if cfg.val_area is None and cfg.val_fraction > 0 and len(val) == 0:
+        raise _no_validation(cfg, len(train), "rooms", "set data.val_area to another area, or give more rooms")
+    if cfg.val_area is not None:
+        held = f"of area {cfg.val_area}"
+    else:
+        held = (f"held out of the training areas (data.val_fraction={cfg.val_fraction:g}, seeded by "
+                f"data.split_seed={cfg.split_seed})")
+    tested = (f"test {len(test)} room(s) of area {test_area}{_few_names(test)}" if test_area is not None
+              else f"no test split ({why_no_test})")
+    print(f"[pointtune] data s3dis under {root}: train {len(train)} room(s){_few_names(train)} of area(s) "
+          f"{', '.join(map(str, train_areas))}, validation {len(val)} room(s){_few_names(val)} {held}, {tested}",
+          flush=True)
+    return train, val, test
+
+
+@register_scene_dataset("scannet", SCANNET_DEFAULTS)
+def load_scannet(cfg: DataConfig) -> tuple[SceneSet, SceneSet, SceneSet]:
+    """ScanNet v2 per-scene arrays under ``data.root`` (:data:`~pointtune.data.scenes.SCANNET_LAYOUT`), split by
+    :func:`~pointtune.data.scenes.scannet_splits`.
+
+    With ``scannetv2_train.txt`` and ``scannetv2_val.txt``: test = the official val scenes, validation =
+    ``data.val_fraction`` of the official train scenes (seeded by ``data.split_seed``), train = the rest. Without
+    them (e.g. the pointtune sample): :data:`SCANNET_TEST_FRACTION` of the scenes to test, then
+    ``data.val_fraction`` of the rest to validation, seeded; a copy of fewer than
+    :data:`SCANNET_MIN_SCENES_FOR_TEST` scenes gets no test split, so that train and validation both have one
+    (the sample's 2 scenes: 1 train, 1 validation). A printed line says which split was made.
+
+    Returns:
+        ``(train, val, test)`` scene sets of the 20 ScanNet classes (``test`` possibly empty).
+
+    Raises:
+        DatasetError: no ``data.root``, only one of the two lists, no scenes, a validation share that holds out
+            no scene, or any reader error (naming the file).
+    """
+    root = require_root(cfg, SCANNET_LAYOUT)
+    official = any((root / name).is_file() for name in SCANNET_SPLIT_FILES.values())
+    names = [] if official else scannet_scene_names(root)
+    test_fraction = SCANNET_TEST_FRACTION if official or len(names) >= SCANNET_MIN_SCENES_FOR_TEST else 0.0
+    train, val, test = scannet_splits(root, cfg.val_fraction, test_fraction, cfg.split_seed, cfg.lazy,
+                                      verbose=False)
+    if cfg.val_fraction > 0 and len(val) == 0:
+        raise _no_validation(cfg, len(train), "scenes", "give more scenes")
+    seeded = f"seeded by data.split_seed={cfg.split_seed}"
+    if official:
+        print(f"[pointtune] data scannet under {root}: the official lists: {len(train)} train and {len(val)} "
+              f"validation scenes (data.val_fraction={cfg.val_fraction:g} of {SCANNET_SPLIT_FILES['train']}, "
+              f"{seeded}), {len(test)} test scenes ({SCANNET_SPLIT_FILES['val']})", flush=True)
+    else:
+        tested = (f"{len(test)} test{_few_names(test)}" if test_fraction > 0 else
+                  f"no test split (fewer than {SCANNET_MIN_SCENES_FOR_TEST} scenes)")
+        print(f"[pointtune] data scannet under {root}: no {' / '.join(SCANNET_SPLIT_FILES.values())}, so its "
+              f"{len(names)} scenes are split by pointtune ({seeded}): {len(train)} train{_few_names(train)}, "
+              f"{len(val)} validation{_few_names(val)}, {tested}", flush=True)
+    return train, val, test

@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pointtune.config import ExperimentConfig, OptimConfig, build_config
-from pointtune.data import build_datasets
+from pointtune.data import build_datasets, describe_split
 from pointtune.method import Method
 from pointtune.protocols import build_eval_splits, evaluate, to_device
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
@@ -140,17 +140,17 @@ def _train_one_epoch(
 
 
 def _describe_splits(label: str, splits: dict[str, Any], names: list[str], warn: bool) -> None:
-    """One line per split (clouds, classes present) and, with ``warn``, a warning naming the classes without
-    a validation cloud (their accuracy is never measured before the test)."""
-    for split, dataset in splits.items():
-        if dataset is None:
-            continue
-        present = int((dataset.pcs.class_counts() > 0).sum())
-        print(f"[pointtune] {label} {split}: {len(dataset)} clouds, {present} of {len(names)} classes", flush=True)
-    val = splits.get("val")
-    missing = [n for n, c in zip(names, val.pcs.class_counts()) if c == 0] if val is not None else []
-    if warn and missing and len(val):
-        print(f"[pointtune] warning: no validation cloud for {len(missing)} class(es): {', '.join(missing)}",
+    """One line per split (clouds, or scene items, and classes present) and, with ``warn``, a warning naming
+    the classes without a validation cloud (scenes: labelled point), whose accuracy is never measured before
+    the test (:func:`pointtune.data.describe_split`)."""
+    summaries = {split: describe_split(dataset) for split, dataset in splits.items() if dataset is not None}
+    for split, summary in summaries.items():
+        present = int((summary.class_counts > 0).sum())
+        print(f"[pointtune] {label} {split}: {summary.text}, {present} of {len(names)} classes", flush=True)
+    val = summaries.get("val")
+    missing = [n for n, c in zip(names, val.class_counts) if c == 0] if val is not None else []
+    if warn and missing and len(splits["val"]):
+        print(f"[pointtune] warning: no validation {val.unit} for {len(missing)} class(es): {', '.join(missing)}",
               flush=True)
 
 
