@@ -245,6 +245,7 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | N
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
     probe = trial_config(spec, space.first_corner(), space)
+    _resolve_paths(spec, probe)
     if probe.train.epochs < 1:
         raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
                           "untrained baseline)")
@@ -257,6 +258,19 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | N
     probe_pre = plan_prerequisite(probe)
     preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers, objective=space.metric)
     return space, pre
+
+
+def _resolve_paths(spec: SweepSpec, probe) -> None:
+    """Replace every text ``--set`` value by what the config made of it (a relative ``method.stage1_from`` or
+    ``method.pretrained`` made absolute here), since trials build their configs in Ray's processes, whose
+    working directory is not the command's."""
+    resolved = probe.to_dict()
+    for key, value in spec.overrides.items():
+        node = resolved
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(value, str) and isinstance(node, str) and node != value:
+            spec.overrides[key] = node
 
 
 def _check_prerequisite(space: SearchSpace, pre: PlannedPrerequisite) -> None:
