@@ -189,3 +189,35 @@ def test_trial_artifacts_include_the_spectrum_plot(tmp_path, monkeypatch):
     logged.clear()
     log_checkpoint_artifacts("sqlite:///unused", "run", str(ckpt), "trial t")
     assert "feature_spectrum.png" not in logged and "confusion_matrix.png" in logged
+
+
+def test_a_best_checkpoint_removed_while_copied_does_not_fail_the_trial(tmp_path, monkeypatch):
+    """Ray Train may delete a stopped data-parallel trial's superseded checkpoint while the recorder copies it:
+    the recorder looks again (and at worst tags the run), never turning a trained trial into a failed one."""
+    from types import SimpleNamespace
+
+    from pointtune import tracking
+    from pointtune.search import records
+    from pointtune.train.checkpoint import save_state
+
+    ckpt = save_state(tmp_path / "ckpt", {"experiment": {"method": {"name": "conclu"}}, "epoch": 0,
+                                          "class_names": ["a", "b"], "metrics": {}})
+    gone = tmp_path / "gone"
+    listings = iter([gone, ckpt])                                   # first the removed one, then the kept one
+    monkeypatch.setattr("pointtune.search.checkpoints.trial_checkpoint_dirs", lambda *a: [])
+    monkeypatch.setattr("pointtune.search.checkpoints.best_checkpoint",
+                        lambda *a: SimpleNamespace(path=str(next(listings)), metrics={"epoch": 1}))
+    logged, tags = [], {}
+    monkeypatch.setattr(tracking, "log_artifact", lambda uri, run_id, path, artifact_path=None: logged.append(
+        artifact_path or path.name))
+    monkeypatch.setattr(tracking, "log_metrics", lambda target, metrics, step: logged.append(f"metric {step}"))
+    monkeypatch.setattr(tracking, "set_tags", lambda uri, run_id, values: tags.update(values))
+    recorder = records.MlflowRecorder({"tracking_uri": "sqlite:///unused", "method": "conclu", "space_file": "x",
+                                       "sweep_dir": str(tmp_path)}, "val/svm_acc", "max", 2)
+    trial = SimpleNamespace(trial_id="t1", path=str(tmp_path))
+    recorder._log_best(trial, "run")
+    assert "best_checkpoint" in logged and "metric 1" in logged and not tags
+    listings = iter([gone] * 3)
+    logged.clear()
+    recorder._log_best(trial, "run")
+    assert logged == [] and "removed by Ray Train" in tags["pointtune.artifacts"]

@@ -17,6 +17,7 @@ values and reopen clients lazily.
 from __future__ import annotations
 
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -165,11 +166,21 @@ class MlflowRecorder(Callback):
         from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
 
         storage = SweepSpec(**self.sweep).storage_path
-        best = best_checkpoint(trial_checkpoint_dirs(storage, trial.trial_id, trial.path), self.metric, self.mode)
-        if best is not None:  # best/<metric> is already in every epoch's record
-            tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},
+        for _ in range(3):
+            best = best_checkpoint(trial_checkpoint_dirs(storage, trial.trial_id, trial.path), self.metric, self.mode)
+            if best is None:
+                return
+            try:
+                log_checkpoint_artifacts(self._uri, run_id, best.path, f"trial {trial.trial_id}")
+            except (FileNotFoundError, shutil.Error):
+                # Ray Train removed it while it was copied (a stopped data-parallel trial's last checkpoint
+                # superseded it): look again rather than fail a trial that trained.
+                continue
+            tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},  # best/<metric>: every epoch's record
                                  {"best/epoch": best.metrics.get("epoch", 0)}, step=int(best.metrics.get("epoch", 0)))
-            log_checkpoint_artifacts(self._uri, run_id, best.path, f"trial {trial.trial_id}")
+            return
+        tracking.set_tags(self._uri, run_id, {"pointtune.artifacts": "not logged: the best checkpoint was removed "
+                                                                     "by Ray Train while it was being copied"})
 
 
 def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str) -> None:
@@ -187,6 +198,8 @@ def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         local = fetch(checkpoint, tmp / "best_checkpoint")
+        if local != tmp / "best_checkpoint":  # a local checkpoint: copy it before anything can remove it
+            local = Path(shutil.copytree(local, tmp / "best_checkpoint"))
         state = load_state(local)
         (tmp / "config.yaml").write_text(yaml.safe_dump(state["experiment"], sort_keys=False))
         tracking.log_artifact(uri, run_id, tmp / "config.yaml")
