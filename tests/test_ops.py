@@ -4,7 +4,18 @@ import numpy as np
 import pytest
 import torch
 
-from pointtune.ops import ball_query, fps, gather_points, group, knn, square_distance
+from pointtune import ops
+from pointtune.ops import (
+    ball_query,
+    fps,
+    fps_reference,
+    gather_points,
+    group,
+    knn,
+    square_distance,
+    three_interpolate,
+    three_nn,
+)
 
 B, N = 2, 64
 
@@ -162,3 +173,272 @@ def test_errors(clouds):
         gather_points(clouds, torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError):
         gather_points(clouds, torch.zeros(B, dtype=torch.long))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scaling: FPS against the reference loop, blocked neighbour searches against the dense version
+
+
+def grid_cloud(side: int, dtype=torch.float64) -> torch.Tensor:
+    """(1, side**3, 3) integer grid: every distance is an exact small integer, full of ties."""
+    axis = torch.arange(side, dtype=dtype)
+    return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(1, -1, 3)
+
+
+def tie_clouds(dtype):
+    g = torch.Generator().manual_seed(10)
+    rand = torch.rand(3, 700, 3, generator=g, dtype=dtype) * 2 - 1
+    dup = rand.clone()
+    dup[:, 400:] = dup[:, :300]  # exact duplicates: zero distances and re-picks once the cloud is covered
+    far = torch.rand(1, 3000, 3, generator=g, dtype=dtype) * 30 + 40  # metre-scale, far from the origin
+    return [rand, dup, grid_cloud(9, dtype), far]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fps_identical_to_reference(dtype):
+    for cloud in tie_clouds(dtype):
+        n = cloud.shape[1]
+        for m in (1, 2, 37, n // 3, n):
+            expected = fps_reference(cloud, m)
+            assert torch.equal(fps(cloud, m), expected), (tuple(cloud.shape), m)
+            assert torch.equal(ops._fps_torch(cloud, m), expected), (tuple(cloud.shape), m)  # the non-NumPy loop
+
+
+def test_fps_other_dtypes_and_inputs():
+    g = torch.Generator().manual_seed(11)
+    cloud = torch.rand(2, 300, 3, generator=g)
+    half = cloud.to(torch.float16)  # not NumPy's: the torch loop
+    assert torch.equal(fps(half, 50), fps_reference(half, 50))
+    grad = cloud.clone().requires_grad_(True)
+    strided = torch.rand(2, 3, 300, generator=g).transpose(1, 2)  # non-contiguous
+    assert torch.equal(fps(grad, 40), fps_reference(cloud, 40))
+    assert torch.equal(fps(strided, 40), fps_reference(strided.contiguous(), 40))
+    idx = fps(cloud, 8)
+    assert idx.dtype == torch.long and idx.device == cloud.device and idx.shape == (2, 8)
+    assert fps(cloud[:, :1], 1).tolist() == [[0], [0]]
+
+
+def test_fps_reference_matches_greedy_loop(clouds):
+    for b in range(B):
+        assert fps_reference(clouds, 12)[b].tolist() == ref_fps(clouds[b].numpy(), 12)
+
+
+def dense_budgets(b: int, m: int, n: int) -> list:
+    """Budgets giving one row per block, blocks that do not divide ``m``, one block short of all, and none."""
+    return [1, b * n * 7 + 3, b * n * (m - 1), None]
+
+
+def record_blocks(monkeypatch) -> list:
+    seen = []
+    original = ops._Distances.block
+
+    def block(self, start, stop):
+        out = original(self, start, stop)
+        seen.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(ops._Distances, "block", block)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_knn_blocked_identical_to_dense(dtype):
+    g = torch.Generator().manual_seed(12)
+    for ref in tie_clouds(dtype):
+        b, n = ref.shape[:2]
+        query = torch.cat([ref[:, :20], torch.rand(b, 23, 3, generator=g, dtype=dtype) * 2 - 1], 1)  # M = 43
+        dense_d2, dense_idx = ops._knn(query, ref, 24, None, "knn")
+        for budget in dense_budgets(b, 43, n):
+            assert torch.equal(knn(query, ref, 24, budget=budget), dense_idx), budget
+            d2, idx = ops._knn(query, ref, 24, budget, "knn")
+            assert torch.equal(d2, dense_d2) and torch.equal(idx, dense_idx), budget
+
+
+def test_knn_blocked_features_match_dense():
+    """C > 3 (DGCNN features) keeps the matmul: equal indices wherever no two distances tie within rounding."""
+    g = torch.Generator().manual_seed(13)
+    feats = torch.randn(2, 90, 16, generator=g, dtype=torch.float64)
+    dense = knn(feats, feats, 10, budget=None)
+    for budget in dense_budgets(2, 90, 90):
+        assert torch.equal(knn(feats, feats, 10, budget=budget), dense)
+    assert (dense[..., 0] == torch.arange(90)).all()
+
+
+def test_knn_exact_on_grid_ties():
+    grid = grid_cloud(6)
+    idx = knn(grid, grid, 7, budget=1)  # each point: itself, then its 6 face neighbours at distance exactly 1
+    d2 = ((gather_points(grid, idx) - grid[:, :, None]) ** 2).sum(-1)
+    expected = torch.tensor([0.0, 1, 1, 1, 1, 1, 1], dtype=torch.float64)
+    interior = (grid[0] > 0).all(-1) & (grid[0] < 5).all(-1)
+    assert torch.equal(d2[0, interior], expected.expand(int(interior.sum()), 7))
+    assert (idx[..., 0] == torch.arange(grid.shape[1])).all()
+
+
+def test_knn_metre_scale_is_exact():
+    """Clouds far from the origin: the matmul expansion cancels, the blocked search does not."""
+    g = torch.Generator().manual_seed(14)
+    local = torch.rand(1, 2000, 3, generator=g) * 0.5
+    query, ref = local[:, :200] + 50.0, local + 50.0
+    d2 = ops._knn(query, ref, 8, None, "knn")[0]
+    exact = ((query.double()[:, :, None] - ref.double()[:, None]) ** 2).sum(-1).sort(-1).values[..., :8]
+    torch.testing.assert_close(d2.double(), exact, rtol=1e-5, atol=1e-9)
+    assert (d2[..., 0] == 0).all()  # every query is one of the reference points
+    mm = square_distance(query, ref).topk(8, largest=False).values
+    assert (mm.double() - exact).abs().max() > 1e-5  # what the previous single-matmul path got
+
+
+@pytest.mark.parametrize("radius,k", [(0.2, 8), (0.5, 16), (0.05, 4), (10.0, 800)])
+def test_ball_query_blocked_identical_to_dense_and_loop(radius, k):
+    g = torch.Generator().manual_seed(15)
+    xyz = torch.rand(2, 600, 3, generator=g, dtype=torch.float64) * 2 - 1
+    xyz[:, 500:] = xyz[:, :100]
+    centres = torch.cat([xyz[:, ::17], torch.rand(2, 6, 3, generator=g, dtype=torch.float64) * 4 - 2], 1)
+    m = centres.shape[1]
+    dense = ball_query(xyz, centres, radius, k, budget=None)
+    for b in range(2):
+        assert dense[b].tolist() == ref_ball_query(xyz[b].numpy(), centres[b].numpy(), radius, k)
+    for budget in dense_budgets(2, m, 600):
+        assert torch.equal(ball_query(xyz, centres, radius, k, budget=budget), dense), budget
+
+
+def test_ball_query_strict_radius_on_grid():
+    grid = grid_cloud(5)
+    centre = grid[:, 62:63]  # (2, 2, 2): 6 face neighbours at distance exactly 1
+    inside = ball_query(grid, centre, 1.0, 10, budget=1)[0, 0].tolist()
+    assert inside == [62] * 10  # strictly below radius**2: only the centre itself
+    ring = ball_query(grid, centre, 1.0 + 1e-9, 10, budget=1)[0, 0].tolist()
+    assert ring == [37, 57, 61, 62, 63, 67, 87, 37, 37, 37]  # index order, padded with the first
+
+
+def test_ball_query_k_above_n_and_empty_balls_blocked():
+    g = torch.Generator().manual_seed(16)
+    xyz = torch.rand(2, 9, 3, generator=g, dtype=torch.float64)
+    centres = torch.cat([xyz[:, :3], torch.full((2, 2, 3), 7.0, dtype=torch.float64)], 1)
+    for budget in (1, 10, None):
+        idx = ball_query(xyz, centres, 0.4, 20, budget=budget)
+        assert idx.shape == (2, 5, 20)
+        for b in range(2):
+            assert idx[b].tolist() == ref_ball_query(xyz[b].numpy(), centres[b].numpy(), 0.4, 20)
+
+
+def test_blocks_stay_within_budget(monkeypatch):
+    seen = record_blocks(monkeypatch)
+    g = torch.Generator().manual_seed(17)
+    xyz = torch.rand(2, 1000, 3, generator=g)
+    centres = xyz[:, :250]
+    budget = 2 * 1000 * 30 + 999  # 30 rows per block
+    ball_query(xyz, centres, 0.1, 16, budget=budget)
+    knn(centres, xyz, 16, budget=budget)
+    three_nn(xyz, centres, budget=2 * 250 * 64)
+    assert seen and all(b * rows * n <= max(budget, 2 * n) for b, rows, n in seen)
+    assert {rows for _, rows, _ in seen} == {30, 10, 64, 40}  # 250 = 8 x 30 + 10; 1000 = 15 x 64 + 40
+    seen.clear()
+    knn(centres, xyz, 16)  # 500k distances: one block, as before
+    assert seen == [(2, 250, 1000)]
+
+
+def test_three_nn_matches_loop_and_exact_matches():
+    g = torch.Generator().manual_seed(18)
+    known = torch.rand(2, 40, 3, generator=g) * 10 + 30  # metre-scale
+    query = torch.cat([known[:, 5:15], torch.rand(2, 17, 3, generator=g) * 10 + 30], 1)
+    dense_d2, dense_idx = three_nn(query, known, budget=None)
+    assert dense_d2.shape == dense_idx.shape == (2, 27, 3) and dense_idx.dtype == torch.long
+    assert torch.equal(dense_d2[:, :10, 0], torch.zeros(2, 10))  # d = 0 exactly on coincident points
+    assert torch.equal(dense_idx[:, :10, 0], torch.arange(5, 15).expand(2, 10))
+    for b in range(2):
+        for i in range(27):
+            d2 = ((known[b].double() - query[b, i].double()) ** 2).sum(-1)
+            np.testing.assert_allclose(dense_d2[b, i].double().numpy(), np.sort(d2.numpy())[:3], rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(dense_d2[b, i], ((known[b, dense_idx[b, i]] - query[b, i]) ** 2).sum(-1))
+    for budget in dense_budgets(2, 27, 40):
+        d2, idx = three_nn(query, known, budget=budget)
+        assert torch.equal(d2, dense_d2) and torch.equal(idx, dense_idx)
+
+
+def test_three_nn_fewer_than_three_refs():
+    g = torch.Generator().manual_seed(19)
+    query = torch.rand(1, 5, 3, generator=g)
+    d2, idx = three_nn(query, query[:, :2])
+    assert d2.shape == idx.shape == (1, 5, 2)
+    assert idx[0, 0].tolist() == [0, 1] and d2[0, 0, 0] == 0
+    with pytest.raises(ValueError, match="no points"):
+        three_nn(query, query[:, :0])
+
+
+def brute_interpolate(features, idx, dist2, eps):
+    b_, m_, k_ = idx.shape
+    out = torch.zeros(b_, m_, features.shape[-1], dtype=features.dtype)
+    for b in range(b_):
+        for i in range(m_):
+            w = [1.0 / (float(dist2[b, i, j]) ** 0.5 + eps) for j in range(k_)]
+            for j in range(k_):
+                out[b, i] += w[j] / sum(w) * features[b, idx[b, i, j]]
+    return out
+
+
+def test_three_interpolate_matches_loop():
+    g = torch.Generator().manual_seed(20)
+    known = torch.rand(2, 12, 3, generator=g, dtype=torch.float64)
+    feats = torch.randn(2, 12, 5, generator=g, dtype=torch.float64)
+    query = torch.cat([known[:, :3], torch.rand(2, 6, 3, generator=g, dtype=torch.float64)], 1)
+    d2, idx = three_nn(query, known)
+    out = three_interpolate(feats, idx, d2)
+    assert out.shape == (2, 9, 5) and out.dtype == torch.float64
+    torch.testing.assert_close(out, brute_interpolate(feats, idx, d2, 1e-8))
+    # on a known point: its own feature, up to eps / (distance to the others)
+    torch.testing.assert_close(out[:, :3], feats[:, :3], rtol=0, atol=1e-5)
+    one = three_interpolate(feats, idx[..., :1], d2[..., :1], eps=0.5)  # k = 1: the nearest feature
+    torch.testing.assert_close(one, gather_points(feats, idx[..., 0]))
+    torch.testing.assert_close(three_interpolate(feats, idx, d2, eps=0.3), brute_interpolate(feats, idx, d2, 0.3))
+    constant = three_interpolate(torch.ones(2, 12, 1, dtype=torch.float64), idx, d2)
+    torch.testing.assert_close(constant, torch.ones(2, 9, 1, dtype=torch.float64))  # weights sum to 1
+    half = three_interpolate(feats.float(), idx, d2)
+    assert half.dtype == torch.float32
+
+
+def test_three_interpolate_gradient():
+    g = torch.Generator().manual_seed(21)
+    known = torch.rand(1, 6, 3, generator=g, dtype=torch.float64)
+    query = torch.rand(1, 4, 3, generator=g, dtype=torch.float64)
+    d2, idx = three_nn(query, known)
+    feats = torch.randn(1, 6, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda f: three_interpolate(f, idx, d2, eps=1e-3), (feats,))
+    d2g = d2.clone().requires_grad_(True)
+    three_interpolate(feats, idx, d2g).sum().backward()
+    assert d2g.grad is None and feats.grad is not None  # constant weights, as in PointNet++
+
+
+def test_scaling_errors(clouds):
+    with pytest.raises(ValueError, match="budget"):
+        knn(clouds, clouds, 3, budget=0)
+    with pytest.raises(TypeError, match="budget"):
+        ball_query(clouds, clouds, 0.1, 3, budget=2.5)
+    with pytest.raises(TypeError, match="budget"):
+        three_nn(clouds, clouds, budget=True)
+    with pytest.raises(ValueError, match="batch"):
+        ball_query(clouds[:1], clouds, 0.1, 3)
+    with pytest.raises(ValueError, match="channel"):
+        three_nn(clouds[..., :2], clouds)
+    d2, idx = three_nn(clouds[:, :4], clouds)
+    feats = torch.randn(B, N, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="idx"):
+        three_interpolate(feats, idx.double(), d2)
+    with pytest.raises(TypeError, match="dist2"):
+        three_interpolate(feats, idx, idx)
+    with pytest.raises(ValueError, match="does not match"):
+        three_interpolate(feats, idx, d2[..., :2])
+    with pytest.raises(ValueError, match="batch"):
+        three_interpolate(feats[:1], idx, d2)
+    with pytest.raises(ValueError, match="eps"):
+        three_interpolate(feats, idx, d2, eps=0.0)
+    with pytest.raises(ValueError, match="k >= 1"):
+        three_interpolate(feats, idx[..., :0], d2[..., :0])
+
+
+def test_matmul_switch(monkeypatch, clouds):
+    """EXACT_MAX_CHANNELS = 0 sends coordinates through the matmul expansion too (same neighbours here)."""
+    exact = knn(clouds, clouds, 6)
+    monkeypatch.setattr(ops, "EXACT_MAX_CHANNELS", 0)
+    assert not ops._Distances(clouds, clouds).exact
+    assert torch.equal(knn(clouds, clouds, 6), exact)
+    assert torch.equal(ball_query(clouds, clouds[:, :5], 0.5, 8), ball_query(clouds, clouds[:, :5], 0.5, 8, budget=1))

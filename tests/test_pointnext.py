@@ -14,7 +14,6 @@ from pointtune.backbones.pointnext import (
     InvResMLP,
     LocalAggregation,
     PointNeXtSA,
-    three_nn_interpolate,
 )
 from pointtune.ops import ball_query, gather_points
 
@@ -298,24 +297,6 @@ def test_set_abstraction_centres_are_fps_points():
     new_xyz, new_f, idx = sa(xyz, feats)
     assert new_xyz.shape == (2, 16, 3) and new_f.shape == (2, 16, 8) and idx.shape == (2, 16)
     assert torch.equal(gather_points(xyz, idx), new_xyz) and (idx[:, 0] == 0).all()  # FPS starts at point 0
-
-
-def test_three_nn_interpolate_against_brute_force():
-    g = torch.Generator().manual_seed(0)
-    xyz, ref = torch.rand(2, 20, 3, generator=g), torch.rand(2, 7, 3, generator=g)
-    f = torch.randn(2, 7, 5, generator=g)
-    out = three_nn_interpolate(xyz, ref, f)
-    expected = torch.empty(2, 20, 5)
-    for b in range(2):
-        for i in range(20):
-            d = (ref[b] - xyz[b, i]).norm(dim=-1)
-            near = d.argsort()[:3]
-            w = 1.0 / (d[near] + 1e-8)
-            expected[b, i] = (w[:, None] * f[b, near]).sum(0) / w.sum()
-    torch.testing.assert_close(out, expected)
-    # a query on a reference point takes its feature; fewer than 3 references use all of them
-    torch.testing.assert_close(three_nn_interpolate(ref, ref, f), f, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(three_nn_interpolate(xyz, ref[:, :1], f[:, :1]), f[:, :1].expand(2, 20, 5))
 
 
 # --- parameter counts ---------------------------------------------------------------------------------------------

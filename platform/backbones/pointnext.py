@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..ops import ball_query, fps, gather_points, group, knn
+from ..ops import ball_query, fps, gather_points, group, three_interpolate, three_nn
 from ._util import check_features, check_non_negative_int, check_positive_int, check_xyz
 from .base import Backbone, BackboneOutput
 from .registry import register_backbone
@@ -55,7 +55,6 @@ __all__ = [
     "PointNeXt",
     "PointNeXtOutput",
     "PointNeXtSA",
-    "three_nn_interpolate",
 ]
 
 #: The PointNeXt variants of the paper (Sec. AM "model scaling"; parameters in its S3DIS table): stem width
@@ -70,7 +69,7 @@ POINTNEXT_VARIANTS: dict[str, dict] = {
 
 POOLINGS = ("max", "mean", "maxavg")
 
-#: Added to the distance in the inverse-distance weights of :func:`three_nn_interpolate` (input units).
+#: Added to the distance in the inverse-distance weights of :func:`pointtune.ops.three_interpolate` (input units).
 INTERP_EPS = 1e-8
 
 
@@ -237,39 +236,9 @@ class InvResMLP(nn.Module):
         return torch.relu(h + features)
 
 
-def three_nn_interpolate(xyz: Tensor, ref_xyz: Tensor, ref_features: Tensor, eps: float = INTERP_EPS) -> Tensor:
-    """Three-nearest-neighbour inverse-distance interpolation (PointNet++ Sec. 3.4, Eq. 2 with ``p = 1``):
-    ``f(x) = sum_i w_i f_i / sum_i w_i``, ``w_i = 1 / (||x - x_i|| + eps)`` over the 3 nearest reference points
-    (all of them when there are fewer than 3).
-
-    The weights are constants (no gradient to the coordinates, as in the PointNet++ kernels); the gradient
-    flows to ``ref_features``. A query that coincides with a reference point takes (almost exactly) its feature.
-
-    Args:
-        xyz: ``(B, N, 3)`` query points.
-        ref_xyz: ``(B, M, 3)`` reference points, ``M >= 1``.
-        ref_features: ``(B, M, C)`` features of the reference points.
-        eps: added to the Euclidean distance (input units), ``> 0``.
-
-    Returns:
-        ``(B, N, C)`` interpolated features.
-
-    Raises:
-        ValueError / TypeError: malformed inputs (from :func:`pointtune.ops.knn`).
-    """
-    # NOTE(lead): switch to pointtune.ops.three_nn / three_interpolate (chunked) once they land in ops.py.
-    k = min(3, ref_xyz.shape[1])
-    idx = knn(xyz, ref_xyz, k)  # (B, N, k)
-    with torch.no_grad():
-        dist = (gather_points(ref_xyz, idx) - xyz.unsqueeze(2)).norm(dim=-1)  # (B, N, k)
-        w = 1.0 / (dist + eps)
-        w = w / w.sum(dim=-1, keepdim=True)
-    return (gather_points(ref_features, idx) * w.unsqueeze(-1)).sum(dim=2)
-
-
 class FeaturePropagation(nn.Module):
     """Feature-propagation (decoder) block (PointNet++ Sec. 3.4, as used by PointNeXt): interpolate the
-    coarser level's features to the finer points (:func:`three_nn_interpolate`), concatenate the finer level's
+    coarser level's features to the finer points (:func:`pointtune.ops.three_nn`, :func:`pointtune.ops.three_interpolate`), concatenate the finer level's
     encoder (skip) features, apply two shared MLP layers (``Linear`` + BN + ReLU) to ``c_out`` channels.
 
     ``forward(xyz (B, N, 3), skip (B, N, c_skip), coarse_xyz (B, M, 3), coarse (B, M, c_coarse)) ->
@@ -287,7 +256,8 @@ class FeaturePropagation(nn.Module):
 
     def forward(self, xyz: Tensor, skip: Tensor, coarse_xyz: Tensor, coarse: Tensor) -> Tensor:
         """Decoder features ``(B, N, c_out)`` at the finer points; shapes in the class docstring."""
-        up = three_nn_interpolate(xyz, coarse_xyz, coarse)
+        dist2, idx = three_nn(xyz, coarse_xyz)
+        up = three_interpolate(coarse, idx, dist2, INTERP_EPS)
         return self.mlp(torch.cat([skip, up], dim=-1))
 
 

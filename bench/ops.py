@@ -1,0 +1,239 @@
+"""Time and peak memory of the point-cloud ops at scene scale, blocked (the default) against the dense version.
+
+For every cloud size (``--sizes``, default 4096, 24576 and 65536 points; batch 1, plus batch 2 at the first
+size) a synthetic room is sampled (floor, ceiling and four walls of an 8 x 6 x 3 m room, 1 cm jitter, in
+metres, not centred, like a raw S3DIS room) and the first stage of a PointNeXt-style encoder-decoder is run
+op by op, with ``M = N / 4`` centres from FPS:
+
+* ``fps``: ``fps(xyz, N/4)``, against the previous torch loop (:func:`pointtune.ops.fps_reference`);
+* ``knn``: ``knn(centres, xyz, k)`` (``--k``, default 16);
+* ``ball_query``: ``ball_query(xyz, centres, radius, 32)`` (``--radius``, default 0.2 m);
+* ``three_nn``: ``three_nn(xyz, centres)`` (feature propagation from the centres back to every point);
+
+each of the last three blocked (``budget`` = :data:`pointtune.ops.DISTANCE_BUDGET`, or ``--budget``) and dense
+(``budget=None``: one ``(B, M, N)`` block). A dense run whose estimated peak exceeds ``--dense-limit-gib``
+(default 4 GiB; 64k points need ~8-16 GiB) is skipped and noted instead of run. ``knn`` also gets a third
+column, ``matmul``: the code it replaced (``square_distance`` + ``topk``, one block), to compare the exact
+difference kernel with the matmul expansion. The reference FPS loop runs ``--fps-reference-steps`` samples
+(default 1024) and its time is scaled to ``N/4`` samples (every step costs the same ``O(N)``; marked ``*``).
+
+Every measurement runs in a fresh subprocess: it builds the inputs, warms the op up on a tiny cloud, then
+calls it once for memory and again (up to ``--repeats`` calls, within ~5 s) for time. Peak memory is the
+process's peak resident set size (``getrusage`` ``ru_maxrss``) minus its RSS just before the call
+(tracemalloc does not see torch's allocations; the fresh process makes the high-water mark the call's own).
+Time is the median wall-clock of the calls. Threads: torch's default (all cores) unless ``--threads``.
+
+    python bench/ops.py [--sizes 4096 24576 65536] [--repeats 3] [--output runs/bench/ops.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+OPS = ("fps", "knn", "ball_query", "three_nn")
+# Conservative bytes per held distance entry of the dense version (float32), to decide what to skip.
+DENSE_BYTES_PER_ENTRY = {"knn": 12, "three_nn": 12, "ball_query": 16}
+
+
+def room(n: int, batch: int, seed: int = 0):
+    """``(batch, n, 3)`` float32 points on the floor, ceiling and walls of an 8 x 6 x 3 m room (metres)."""
+    import numpy as np
+    import torch
+
+    rng = np.random.default_rng(seed)
+    lx, ly, lz = 8.0, 6.0, 3.0
+    faces = [(lx * ly, 2, 0.0), (lx * ly, 2, lz), (lx * lz, 1, 0.0), (lx * lz, 1, ly), (ly * lz, 0, 0.0),
+             (ly * lz, 0, lx)]  # (area, fixed axis, its value)
+    areas = np.array([f[0] for f in faces])
+    clouds = []
+    for _ in range(batch):
+        face = rng.choice(len(faces), size=n, p=areas / areas.sum())
+        pts = rng.random((n, 3)) * np.array([lx, ly, lz])
+        for i, (_, axis, value) in enumerate(faces):
+            pts[face == i, axis] = value
+        clouds.append(pts + rng.normal(0.0, 0.01, pts.shape))
+    return torch.from_numpy(np.stack(clouds).astype(np.float32))
+
+
+def rss_kib() -> int:
+    """Current resident set size of this process, KiB (``/proc/self/statm``)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def child(spec: dict) -> dict:
+    """One measurement (run in its own process): ``{"seconds": [...], "peak_mib": ..., ...}``."""
+    import torch
+
+    from pointtune import ops
+
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    b, n, op, variant = spec["batch"], spec["n"], spec["op"], spec["variant"]
+    budget = spec["budget"] if variant == "blocked" else None
+    xyz = room(n, b)
+    m = n // 4
+    centres = ops.gather_points(xyz, ops.fps(xyz, m))
+    steps = min(m, spec["fps_steps"]) if op == "fps" and variant == "dense" else m  # reference FPS: a prefix
+    calls = {
+        "fps": lambda x, c: (ops.fps_reference if variant == "dense" else ops.fps)(x, min(steps, c.shape[1])),
+        "knn": lambda x, c: (ops.square_distance(c, x).topk(spec["k"], dim=-1, largest=False).indices
+                             if variant == "matmul" else ops.knn(c, x, spec["k"], budget=budget)),
+        "ball_query": lambda x, c: ops.ball_query(x, c, spec["radius"], 32, budget=budget),
+        "three_nn": lambda x, c: ops.three_nn(x, c, budget=budget),
+    }
+    call = calls[op]
+    call(xyz[:, :256], centres[:, :64])  # warm-up: libraries, thread pools
+    before_rss, before_peak = rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    began = time.perf_counter()
+    call(xyz, centres)
+    seconds = [time.perf_counter() - began]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    while len(seconds) < spec["repeats"] and sum(seconds) < 5.0:
+        began = time.perf_counter()
+        call(xyz, centres)
+        seconds.append(time.perf_counter() - began)
+    blocks = len(ops._query_blocks(b, m if op != "three_nn" else n, n if op != "three_nn" else m, budget))
+    out = {"seconds": [s * m / steps for s in seconds], "peak_mib": max(0, peak - before_rss) / 1024,
+           "slack_mib": (before_peak - before_rss) / 1024, "blocks": 1 if op == "fps" else blocks}
+    if op == "fps" and steps < m:
+        out.update(extrapolated_from_steps=steps, measured_seconds=seconds)
+    return out
+
+
+def measure(spec: dict) -> dict:
+    """Run :func:`child` in a fresh interpreter and return its result.
+
+    Raises:
+        RuntimeError: the subprocess failed (the tail of its output is in the message).
+    """
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], cwd=REPO, env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec}: exit {proc.returncode}\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def machine() -> dict:
+    """CPU count, load average, and the Python, torch and NumPy versions."""
+    import numpy
+    import torch
+
+    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+            "python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "system": platform.platform()}
+
+
+def main() -> None:
+    """Parse the arguments, run every measurement, print the table and write the JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 24576, 65536], help="points per cloud")
+    parser.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS))
+    parser.add_argument("--k", type=int, default=16, help="kNN neighbours")
+    parser.add_argument("--radius", type=float, default=0.2, help="ball-query radius, metres (32 slots)")
+    parser.add_argument("--budget", type=int, default=None, help="blocked budget (default ops.DISTANCE_BUDGET)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per measurement (within ~5 s)")
+    parser.add_argument("--dense-limit-gib", type=float, default=4.0, help="skip dense runs estimated above")
+    parser.add_argument("--fps-reference-steps", type=int, default=1024,
+                        help="samples of the reference FPS loop actually run (time scaled to N/4)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--output", default="runs/bench/ops.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    from pointtune.ops import DISTANCE_BUDGET
+
+    budget = args.budget or DISTANCE_BUDGET
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # as in every measurement's process, so machine() reports it
+    configs = [(1, n) for n in args.sizes] + [(2, args.sizes[0])]
+    before = machine()
+    rows = []
+    for b, n in configs:
+        m = n // 4
+        for op in args.ops:
+            entries = b * m * n
+            row = {"op": op, "batch": b, "n": n, "m": m, "entries": entries}
+            for variant in ("blocked", "dense") + (("matmul",) if op == "knn" else ()):
+                est_gib = entries * DENSE_BYTES_PER_ENTRY.get(op, 0) / 2**30
+                label = f"{op} B={b} N={n} {variant}"
+                if variant != "blocked" and est_gib > args.dense_limit_gib:
+                    row[variant] = {"skipped": f"estimated peak {est_gib:.1f} GiB > --dense-limit-gib "
+                                               f"{args.dense_limit_gib:g}"}
+                    print(f"[bench] {label}: skipped ({row[variant]['skipped']})", flush=True)
+                    continue
+                spec = {"op": op, "batch": b, "n": n, "variant": variant, "budget": budget, "k": args.k,
+                        "radius": args.radius, "repeats": args.repeats, "threads": args.threads,
+                        "fps_steps": args.fps_reference_steps}
+                print(f"[bench] {label} ...", flush=True)
+                out = measure(spec)
+                out["median_s"] = statistics.median(out["seconds"])
+                row[variant] = out
+                scaled = (f" (scaled from {out['extrapolated_from_steps']} steps)"
+                          if "extrapolated_from_steps" in out else "")
+                print(f"[bench] {label}: {out['median_s']:.3f} s{scaled}, +{out['peak_mib']:.0f} MiB, {out['blocks']} "
+                      f"block(s)  (load {os.getloadavg()[0]:.1f})", flush=True)
+            rows.append(row)
+
+    after = machine()
+    print(f"\nsynthetic room, M = N/4 FPS centres, knn k={args.k}, ball query r={args.radius:g} m x 32, "
+          f"budget {budget / 2**20:g} Mi distances; {after['cpus']} CPUs, {after['torch_threads']} torch threads, "
+          f"torch {after['torch']}; load avg {before['load_avg'][0]:.1f} before, {after['load_avg'][0]:.1f} after")
+    print("dense: fps = the previous torch loop (ops.fps_reference, * = scaled from its first "
+          f"{args.fps_reference_steps} steps); others = budget=None, one (B, M, N) block; matmul (knn only) = "
+          "the previous knn, square_distance + topk")
+
+    def cell(res, width):
+        if res is None:
+            return f"{'':>{width + 7}}"
+        if "skipped" in res:
+            return f"{'skipped':>{width}}{'-':>7}"
+        star = "*" if "extrapolated_from_steps" in res else ""
+        seconds = f"{res['median_s']:.3f}{star}"
+        return f"{seconds:>{width}}{res['peak_mib']:>7.0f}"
+
+    print(f"{'op':<11}{'B':>2}{'N':>7}{'M':>7}{'blocks':>7}{'blocked s':>11}{'MiB':>7}{'dense s':>10}{'MiB':>7}"
+          f"{'matmul s':>10}{'MiB':>7}{'dense/blk':>10}")
+    for row in rows:
+        blk, den = row["blocked"], row["dense"]
+        ratio = "-" if "skipped" in den else f"{den['median_s'] / blk['median_s']:.1f}"
+        print(f"{row['op']:<11}{row['batch']:>2}{row['n']:>7}{row['m']:>7}{blk['blocks']:>7}{cell(blk, 11)}"
+              f"{cell(den, 10)}{cell(row.get('matmul'), 10)}{ratio:>10}")
+    print("MiB: peak RSS above the RSS just before the call (getrusage ru_maxrss, fresh process per "
+          "measurement); s: median wall-clock; dense/blk: time ratio")
+    for r in rows:
+        for variant in ("dense", "matmul"):
+            if "skipped" in r.get(variant, {}):
+                print(f"{variant} {r['op']} at B={r['batch']} N={r['n']} skipped: {r[variant]['skipped']}")
+
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "settings": {"sizes": args.sizes, "configs": configs, "ops": args.ops, "k": args.k, "radius_m": args.radius,
+                     "ball_slots": 32, "centres": "N/4 by fps", "budget": budget, "repeats": args.repeats,
+                     "dense_limit_gib": args.dense_limit_gib, "threads": args.threads,
+                     "fps_reference_steps": args.fps_reference_steps,
+                     "memory": "peak RSS (getrusage ru_maxrss) minus RSS before the call, fresh subprocess"},
+        "machine": {**after, "load_avg_before": before["load_avg"]}, "results": rows,
+    }
+    out.write_text(json.dumps(record, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
