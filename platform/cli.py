@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"--from: {args.method} takes no pretrained run; use `pointtune train finetune --from "
                               f"{args.from_}` to fine-tune its encoder")
         checkpoint = resolve_checkpoint(args.from_)
-        print(f"[pointtune] {key} = {checkpoint}")
+        print(f"[pointtune] --from: {key} = {checkpoint}")
         sets.append(f"{key}={checkpoint}")
     exp = config_from_file(args.method, args.config, sets)
     pre = plan_prerequisite(exp)

@@ -239,8 +239,9 @@ class Method(nn.Module):
         ``(B, N, 3)``, for the part-segmentation protocol (``part_seg``); the caller puts the module in eval
         mode.
 
-        Default: ``self.encoder().forward_features(points, inputs)`` (a registered backbone; ``inputs``: the
-        per-point features of ``method.backbone.inputs``), whose ``point_features`` ``(B, M, C)`` at
+        Default: :func:`encoder_point_features` of ``self.encoder()`` (the same computation with gradients):
+        ``forward_features(points, inputs)`` (a registered backbone; ``inputs``: the per-point features of
+        ``method.backbone.inputs``), whose ``point_features`` ``(B, M, C)`` at
         ``point_xyz`` ``(B, M, 3)`` are returned as they are when they lie at the input points (PointNet,
         DGCNN: ``M = N``) and otherwise (3D-ViT patch centres, PointNet++'s last level) interpolated to the
         input points by :func:`interpolate_point_features` (inverse squared distance weights of the 3 nearest,
@@ -255,15 +256,43 @@ class Method(nn.Module):
         if forward_features is None:
             raise NotImplementedError(f"{type(self).__name__}.encoder() is a {type(encoder).__name__} without "
                                       "forward_features: no per-point features (override embed_points)")
-        points = batch["points"]
         backbone_cfg = getattr(self.cfg, "backbone", None)
         inputs = point_inputs(batch, backbone_cfg) if isinstance(backbone_cfg, BackboneConfig) else None
-        out = forward_features(points, inputs)
-        return interpolate_point_features(points, out.point_xyz, out.point_features)
+        return encoder_point_features(encoder, batch["points"], inputs)
 
     def encoder(self) -> nn.Module:
         """The backbone whose weights transfer to downstream fine-tuning."""
         raise NotImplementedError(f"{type(self).__name__} has no transferable encoder")
+
+
+def encoder_point_features(encoder: nn.Module, points: torch.Tensor,
+                           inputs: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-point features of ``encoder`` at every point of ``points``, differentiable: what
+    :meth:`Method.embed_points` returns (under ``no_grad``), for methods that train through them (``seg``).
+
+    ``encoder.forward_features(points, inputs)`` gives ``point_features`` ``(B, M, C)`` at ``point_xyz``
+    ``(B, M, 3)``; they are returned as they are when they lie at the input points (PointNet, DGCNN, PointNeXt's
+    decoder: ``M = N``) and otherwise (3D-ViT patch centres, PointNet++'s last level) interpolated to them by
+    :func:`interpolate_point_features`.
+
+    Args:
+        encoder: a registered backbone (anything with ``forward_features`` returning a
+            :class:`~pointtune.backbones.BackboneOutput`).
+        points: ``(B, N, 3)`` coordinates, in the units the encoder expects.
+        inputs: ``(B, N, in_features)`` per-point input channels beside the coordinates, or ``None``.
+
+    Returns:
+        ``(B, N, C)``, ``C`` the encoder's ``point_dim``.
+
+    Raises:
+        NotImplementedError: the encoder has no ``forward_features``.
+        ValueError: from the encoder (inputs that do not fit it) or the interpolation.
+    """
+    forward_features = getattr(encoder, "forward_features", None)
+    if forward_features is None:
+        raise NotImplementedError(f"a {type(encoder).__name__} has no forward_features: no per-point features")
+    out = forward_features(points, inputs)
+    return interpolate_point_features(points, out.point_xyz, out.point_features)
 
 
 def interpolate_point_features(xyz: torch.Tensor, ref_xyz: torch.Tensor, ref_features: torch.Tensor,

@@ -101,7 +101,7 @@ def test_finetune_from_two_worker_run(two_worker_run, tmp_path):
     proc = pointtune("train", "finetune", "--from", str(two_worker_run), "--epochs", "1", "--no-progress",
                      "--output", str(out), *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"fine-tuning the encoder of {two_worker_run / 'train'}/checkpoint_" in proc.stdout
+    assert f"--from: method.pretrained = {two_worker_run / 'train'}/checkpoint_" in proc.stdout
     tuned = load_method(out)  # a fine-tuned method rebuilds too (its encoder's source still exists)
     assert tuned.experiment.method.name == "finetune" and tuned.path == out / "checkpoints" / "best"
     assert tuned.method.source_method == "cedr"

@@ -37,7 +37,7 @@ def test_pretrain_on_modelnet40_sample_then_finetune(shared_data, tmp_path):
                      "--data-root", str(shared_data / "modelnet40_subset"), "--set", "data.classes=[airplane,bathtub,bench]",
                      "--set", "data.num_points=256", "--set", "train.batch_size=32")
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "fine-tuning the encoder of" in proc.stdout
+    assert "--from: method.pretrained = " in proc.stdout
     _, runs = mlflow_runs(tuned)
     assert runs[0].data.params["method.pretrained"].endswith("checkpoints/best")
     assert 0 <= runs[0].data.metrics["val/OA"] <= 1
