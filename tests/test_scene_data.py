@@ -40,9 +40,9 @@ from pointtune.data import (
 from pointtune.data.cache import cache_key
 from pointtune.data.scene_transforms import S3DIS_COLOR_MEAN, S3DIS_COLOR_STD
 from pointtune.data.scenes import S3DIS_CLASSES, SCANNET20_CLASSES
-from pointtune.method import Method, MethodConfig, Task, method_names, register_method
+from pointtune.method import Method, MethodConfig, Task
 from pointtune.preflight import preflight
-from pointtune.protocols import Protocol, protocol_names, register_protocol, shard_loader, to_device
+from pointtune.protocols import Protocol, protocol_names, shard_loader, to_device
 from pointtune.train.loop import LoopConfig, run_loop
 
 S3DIS = SHARED_DATA / "s3dis_subset"
@@ -114,10 +114,19 @@ class PointAccuracy(Protocol):
         return {"point_acc": hits / max(total, 1)}, None, {}
 
 
-if TEST_METHOD not in method_names():
-    register_method(TEST_METHOD)(SceneMLP)
-if TEST_PROTOCOL not in protocol_names():
-    register_protocol(TEST_PROTOCOL)(PointAccuracy)
+@pytest.fixture(autouse=True, scope="module")
+def _test_method_and_protocol():
+    """Register the test-only method and protocol for this module's tests only (the registries are global:
+    left registered they would show up in every later test's lists of known names)."""
+    from pointtune.method import _METHODS
+    from pointtune.protocols.base import _PROTOCOLS
+
+    patch = pytest.MonkeyPatch()
+    PointAccuracy.name = TEST_PROTOCOL
+    patch.setitem(_METHODS._items, TEST_METHOD, SceneMLP)
+    patch.setitem(_PROTOCOLS._items, TEST_PROTOCOL, PointAccuracy())
+    yield
+    patch.undo()
 
 
 class Recorder:
