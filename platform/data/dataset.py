@@ -9,10 +9,47 @@ from torch.utils.data import Dataset
 from pointtune.data.pointcloud import PointCloudSet
 from pointtune.data.transforms import Compose, Transform
 
-__all__ = ["PointCloudDataset"]
+__all__ = ["ItemStreams", "PointCloudDataset"]
 
 
-class PointCloudDataset(Dataset):
+class ItemStreams:
+    """The per-item random streams of a dataset whose items are made with fresh randomness (point clouds,
+    scene crops): evaluation ``default_rng([seed, i])``; training ``default_rng([seed, epoch, i, visit,
+    torch.initial_seed()])``, ``visit`` counting this process's fetches of item ``i`` since :meth:`set_epoch`
+    (see :class:`PointCloudDataset` for why each part is there).
+
+    Subclasses call :meth:`_init_streams` with their number of items, ``train`` and ``seed``.
+    """
+
+    train: bool
+    seed: int
+    epoch: int
+
+    def _init_streams(self, count: int, train: bool, seed: int) -> None:
+        self.train, self.seed, self.epoch = bool(train), int(seed), 0
+        self._visits = np.zeros(count, dtype=np.int64)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` (>= 0) of the training streams; resets the per-item visit counts.
+
+        Raises:
+            ValueError: ``epoch < 0``.
+        """
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = int(epoch)
+        self._visits[:] = 0
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The generator item ``index`` is made with now (training: advances its visit count)."""
+        if not self.train:
+            return np.random.default_rng([self.seed, index])
+        visit = int(self._visits[index])
+        self._visits[index] += 1
+        return np.random.default_rng([self.seed, self.epoch, index, visit, torch.initial_seed()])
+
+
+class PointCloudDataset(Dataset, ItemStreams):
     """Items of a :class:`PointCloudSet` passed through a transform, as dicts of tensors.
 
     Item ``i`` is ``{"points": (P, 3) float32, "label": () int64, "index": () int64}`` plus
@@ -49,10 +86,7 @@ class PointCloudDataset(Dataset):
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.pcs = pcs
         self.transform = transform
-        self.train = bool(train)
-        self.seed = int(seed)
-        self.epoch = 0
-        self._visits = np.zeros(len(pcs), dtype=np.int64)
+        self._init_streams(len(pcs), train, seed)
 
     @property
     def class_names(self) -> list[str]:
@@ -67,21 +101,6 @@ class PointCloudDataset(Dataset):
     def __len__(self) -> int:
         """Number of clouds ``M``."""
         return len(self.pcs)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (>= 0) of the training streams; resets the per-item visit counts."""
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-        self._visits[:] = 0
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The generator item ``index`` is transformed with now (training: advances its visit count)."""
-        if not self.train:
-            return np.random.default_rng([self.seed, index])
-        visit = int(self._visits[index])
-        self._visits[index] += 1
-        return np.random.default_rng([self.seed, self.epoch, index, visit, torch.initial_seed()])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` (``0 <= index < M``; negative indices count from the end) as a dict of tensors.

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from pointtune.data.dataset import ItemStreams
 from pointtune.data.scene_transforms import GridSample, PadPoints, SceneTransform, SphereCrop, select_points
 from pointtune.data.scenes import SceneSet
 
@@ -32,7 +33,7 @@ _DTYPES = {"points": np.float32, "color": np.float32, "height": np.float32, "nor
            "seg": np.int64, "instance": np.int64, "mask": np.bool_, "point_index": np.int64}
 
 
-class SceneDataset(Dataset):
+class SceneDataset(Dataset, ItemStreams):
     """Fixed-size items of the scenes of a :class:`SceneSet`, each scene ``loop`` times per epoch.
 
     Item ``i`` (scene ``i % len(scenes)``) is a dict of tensors with ``N = max_points`` rows::
@@ -78,16 +79,13 @@ class SceneDataset(Dataset):
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.scenes = scenes
         self.transform = transform
-        self.train = bool(train)
         self.loop = int(loop)
-        self.seed = int(seed)
+        self._init_streams(self.loop * len(scenes), train, seed)
         self.voxel_size = None if voxel_size is None else float(voxel_size)
         self.max_points = None if max_points is None else int(max_points)
         self._grid = None if voxel_size is None else GridSample(voxel_size, "train" if train else "test")
         self._crop = None if max_points is None else SphereCrop(max_points, "random" if train else "middle")
         self._pad = None if max_points is None else PadPoints(max_points)
-        self.epoch = 0
-        self._visits = np.zeros(len(self), dtype=np.int64)
 
     @property
     def class_names(self) -> list[str]:
@@ -102,25 +100,6 @@ class SceneDataset(Dataset):
     def __len__(self) -> int:
         """``loop * len(scenes)``."""
         return self.loop * len(self.scenes)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` (>= 0) of the training streams; resets the visit counts.
-
-        Raises:
-            ValueError: ``epoch < 0``.
-        """
-        if epoch < 0:
-            raise ValueError(f"epoch must be >= 0, got {epoch}")
-        self.epoch = int(epoch)
-        self._visits[:] = 0
-
-    def rng(self, index: int) -> np.random.Generator:
-        """The generator item ``index`` is made with now (training: advances its visit count)."""
-        if not self.train:
-            return np.random.default_rng([self.seed, index])
-        visit = int(self._visits[index])
-        self._visits[index] += 1
-        return np.random.default_rng([self.seed, self.epoch, index, visit, torch.initial_seed()])
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` (negative counts from the end); see the class docstring.
