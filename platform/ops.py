@@ -39,38 +39,30 @@ to 0 gives the matmul for every input.
 Farthest point sampling: what was chosen and why
 ------------------------------------------------
 FPS is sequential by definition (each pick depends on all previous ones), so every exact implementation does
-``m`` dependent steps of ``O(N)`` work. Options examined (torch 2.13, Python 3.11, 2-core CPU, no GPU here):
+``m`` dependent steps. Options examined (torch 2.13, Python 3.11, 2-core CPU, no GPU here):
 
-* A maintained library from a wheel. ``torch-cluster`` and ``pytorch3d`` publish no wheels on PyPI (only a
-  ``torch-cluster`` source tarball that needs torch and, for GPU, nvcc to build; their prebuilt wheels live
-  on indexes CI cannot reach). ``fpsample`` (Rust, CPU only, NumPy in/out) has a cp311 manylinux wheel only
-  for its old 0.3.x line (1.0.x is a source tarball needing a Rust toolchain); its exact ``fps_sampling``
-  took 0.79 s for 24k -> 6k and 5.2 s for 64k -> 16k, slower than the NumPy loop below, and its fast
-  ``bucket_fps_kdline_sampling`` (0.03 s / 0.09 s) ignored ``start_idx`` and returned a different sample set.
-  No GPU path in any of them that installs here: rejected.
-* A compiled kernel of our own (C++/CUDA extension): needs a compiler and nvcc at install or first use, on
-  every CI run, Ray worker image and user machine; rejected for a pure-Python package.
-* ``torch.compile`` of the loop body (one fused kernel per step): 26 s of cold compilation on this CPU, and
-  164 us per step at 64k points, no faster than the eager loop below; rejected.
-* Chosen: the greedy loop with one Python iteration per *sampled* point, each iteration vectorised over the
-  batch and all ``N`` points. On CPU the loop runs in NumPy (float32/float64), whose per-call overhead is
-  ~1 us against ~10 us for a torch op here, and whose ``argmax`` over 64k floats takes 16 us against
-  110-170 us for torch's on this CPU; other devices and dtypes (CUDA, half precision) run the same loop in
-  torch (unmeasured on a GPU: no GPU was available). Per step, at low load: 26 / 57 / 142 us at 4k / 24k /
-  64k points, against 125 / 356 / 1541 us for the previous torch loop. ``bench/ops.py --threads 1`` (B = 1,
-  load ~2): 4k -> 1k in 0.027 s, 24k -> 6k in 0.34 s, 64k -> 16k in 1.8 s, against 0.18 s, 3.7 s and 27 s
-  for the previous loop (whose 2-thread torch ops degrade far more on a loaded machine). The output is
-  *identical* to the previous algorithm (:func:`fps_reference`: start at index 0, farthest next, ties to the lowest
-  index, the same float arithmetic), which the tests check. Not tried: an exact bucketed variant (skip the
-  cells whose bounding box is farther than their current maximum, as QuickFPS does) would need ~20 small
-  ops per step, more than the whole dense NumPy step costs at 24k in torch's ~10 us per op; in NumPy it may
-  pay off at 64k and beyond, the next thing to try if FPS shows up in a profile. An approximate variant
-  (independent FPS per spatial cell) would change the samples.
+* A maintained FPS library from a wheel. ``torch-cluster`` and ``pytorch3d`` publish no wheels on PyPI (only
+  a ``torch-cluster`` source tarball that needs torch and, for GPU, nvcc to build). ``fpsample`` (Rust, CPU)
+  has a cp311 wheel only for its old 0.3.x line; its exact ``fps_sampling`` was slower than a NumPy loop and
+  its fast ``bucket_fps_kdline_sampling`` ignored ``start_idx`` and returned a different sample set.
+* A C++/CUDA extension of our own: a compiler and nvcc at install or first use on every CI run, Ray worker
+  image and user machine. ``torch.compile`` of the loop body: 26 s of cold compilation here and no faster
+  per step than eager.
+* Previously: one Python iteration per sampled point, vectorised over the batch and all ``N`` points in
+  NumPy (:func:`fps_reference` is the same loop in torch). 64k -> 16k points took 1.8 s, 24k -> 6k 0.34 s.
+* Chosen: an exact *bucketed* FPS (QuickFPS-style box pruning over k-d tree leaves) compiled with Numba, a
+  maintained JIT compiler that installs from a wheel (:mod:`pointtune.sampling`): no Python loop over points
+  or samples, the *identical* picks of the dense loop (the tests compare it with :func:`fps_reference`),
+  and most steps touch only the buckets near the new centre. On ScanNet scene0000_00 (this CPU, B = 1):
+  24k -> 6k in 0.023 s, 64k -> 16k in 0.08 s (``bench/ops.py`` for the current table). It runs on the host:
+  coordinates on another device are copied to the CPU for it (``B * N * 12`` bytes, 0.3 MiB for a 24k
+  scene) and the indices copied back; half-precision coordinates are sampled in float32. Unmeasured on a
+  GPU (none was available); on a GPU the alternative is the torch loop of :func:`fps_reference`, one
+  kernel launch sequence per sample.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -223,13 +215,12 @@ def fps(xyz: Tensor, m: int) -> Tensor:
 
     Greedy: the first sample is point index ``0`` of every cloud (deterministic, as in the PointNet++ CUDA
     kernel, instead of a random start); each further sample is the point whose squared distance to the
-    samples chosen so far is largest. Ties go to the lowest index (``argmax`` convention). One iteration per
-    sample, vectorised over the batch and all ``N`` points: in NumPy for float32/float64 CPU tensors, in torch
-    otherwise (see the module docstring for the choice and its cost). Identical output to
-    :func:`fps_reference`.
+    samples chosen so far is largest. Ties go to the lowest index (``argmax`` convention). Computed by the
+    exact bucketed kernel of :mod:`pointtune.sampling` on the host (module docstring): identical output to
+    :func:`fps_reference` for float32 and float64 input; float16/bfloat16 coordinates are sampled in float32.
 
     Args:
-        xyz: ``(B, N, 3)`` coordinates (floating point, any units).
+        xyz: ``(B, N, 3)`` coordinates (floating point, any units, finite).
         m: number of samples, ``1 <= m <= N``.
 
     Returns:
@@ -241,53 +232,20 @@ def fps(xyz: Tensor, m: int) -> Tensor:
         TypeError: ``xyz`` not a floating tensor, or ``m`` not an int.
         ValueError: ``xyz`` not ``(B, N, 3)``, ``m < 1`` or ``m > N``.
     """
+    from .sampling import fps_indices  # Numba compiles (or loads from its cache) on first use
+
     _check_fps(xyz, m)
-    if xyz.device.type == "cpu" and xyz.dtype in (torch.float32, torch.float64):
-        return _fps_numpy(xyz, m)
-    return _fps_torch(xyz, m)
-
-
-def _fps_numpy(xyz: Tensor, m: int) -> Tensor:
-    b, n, _ = xyz.shape
-    p = np.ascontiguousarray(xyz.detach().numpy().transpose(0, 2, 1))  # (B, 3, N) planes
-    diff = np.empty_like(p)
-    d2 = np.empty((b, n), dtype=p.dtype)
-    min_d2 = np.full((b, n), np.inf, dtype=p.dtype)
-    idx = np.zeros((b, m), dtype=np.int64)
-    rows = np.arange(b)
-    farthest = np.zeros(b, dtype=np.int64)
-    for i in range(1, m):
-        centre = p[rows, :, farthest]  # (B, 3): the sample picked last
-        np.subtract(p, centre[:, :, None], out=diff)
-        np.multiply(diff, diff, out=diff)
-        # ((dx^2 + dy^2) + dz^2): the summation order of torch's sum over the last 3 channels.
-        np.add(diff[:, 0], diff[:, 1], out=d2)
-        np.add(d2, diff[:, 2], out=d2)
-        np.minimum(min_d2, d2, out=min_d2)
-        farthest = min_d2.argmax(axis=1)
-        idx[:, i] = farthest
-    return torch.from_numpy(idx)
-
-
-def _fps_torch(xyz: Tensor, m: int) -> Tensor:
-    b, n, _ = xyz.shape
-    idx = torch.zeros(b, m, dtype=torch.long, device=xyz.device)
-    min_d2 = torch.full((b, n), float("inf"), dtype=xyz.dtype, device=xyz.device)
-    farthest = torch.zeros(b, 1, 1, dtype=torch.long, device=xyz.device)
-    for i in range(1, m):
-        centre = torch.gather(xyz, 1, farthest.expand(b, 1, 3))  # (B, 1, 3)
-        torch.minimum(min_d2, (xyz - centre).pow(2).sum(-1), out=min_d2)
-        farthest = min_d2.argmax(-1).view(b, 1, 1)
-        idx[:, i] = farthest.view(b)
-    return idx
+    host = xyz.detach().to("cpu", torch.float64 if xyz.dtype == torch.float64 else torch.float32)
+    return torch.from_numpy(fps_indices(host.numpy(), m)).to(xyz.device)
 
 
 @torch.no_grad()
 def fps_reference(xyz: Tensor, m: int) -> Tensor:
-    """The previous implementation of :func:`fps`, kept as the reference for tests and ``bench/ops.py``.
+    """The dense greedy loop of :func:`fps` in torch, the reference for tests and ``bench/ops.py``.
 
-    Same contract, arguments, result and errors as :func:`fps`; slow (about 10 torch ops per sample with
-    fresh allocations: ~25 s for 64k -> 16k points on a 2-core CPU).
+    Same contract, arguments, result and errors as :func:`fps`; one Python iteration per sample, each over
+    all ``N`` points (about 10 torch ops with fresh allocations: ~25 s for 64k -> 16k points on a 2-core
+    CPU).
 
     Args:
         xyz: ``(B, N, 3)`` coordinates.

@@ -16,6 +16,7 @@ from pointtune.ops import (
     three_interpolate,
     three_nn,
 )
+from pointtune.sampling import fps_indices
 
 B, N = 2, 64
 
@@ -201,14 +202,23 @@ def test_fps_identical_to_reference(dtype):
         for m in (1, 2, 37, n // 3, n):
             expected = fps_reference(cloud, m)
             assert torch.equal(fps(cloud, m), expected), (tuple(cloud.shape), m)
-            assert torch.equal(ops._fps_torch(cloud, m), expected), (tuple(cloud.shape), m)  # the non-NumPy loop
+            for bucket_size in (1, 5, 64, n + 1):  # one point per bucket ... one bucket for the whole cloud
+                picked = fps_indices(cloud.numpy(), m, bucket_size)
+                assert np.array_equal(picked, expected.numpy()), (tuple(cloud.shape), m, bucket_size)
+
+
+def test_fps_identical_to_reference_on_a_real_scene(shared_data):
+    """ScanNet scene0000_00 (metre-scale, walls and floors full of near-ties), 6k points -> 1.5k."""
+    vert = np.load(shared_data / "scannet_subset" / "scene0000_00_vert_all.npy")
+    xyz = torch.from_numpy(np.ascontiguousarray(vert[::13, :3], dtype=np.float32))[None, :6000]
+    assert torch.equal(fps(xyz, 1500), fps_reference(xyz, 1500))
 
 
 def test_fps_other_dtypes_and_inputs():
     g = torch.Generator().manual_seed(11)
     cloud = torch.rand(2, 300, 3, generator=g)
-    half = cloud.to(torch.float16)  # not NumPy's: the torch loop
-    assert torch.equal(fps(half, 50), fps_reference(half, 50))
+    half = cloud.to(torch.float16)  # sampled in float32
+    assert torch.equal(fps(half, 50), fps_reference(half.float(), 50))
     grad = cloud.clone().requires_grad_(True)
     strided = torch.rand(2, 3, 300, generator=g).transpose(1, 2)  # non-contiguous
     assert torch.equal(fps(grad, 40), fps_reference(cloud, 40))
