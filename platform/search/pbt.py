@@ -65,13 +65,29 @@ def pbt_scheduler(space: SearchSpace, perturbation_interval: int, max_epochs: in
             config[param.key] = param.clip(config[param.key])
         return config
 
-    class LastEpochKept(PopulationBasedTraining):
+    class SynchronousPBT(PopulationBasedTraining):
+        """Tune's synchronous PBT, kept off the last epoch and safe to resume.
+
+        After perturbing the population Tune sets the next synchronisation point to
+        ``max(previous point + interval, latest epoch)``. A resumed sweep gets the scheduler as it was
+        created (point = one interval) while its trials come back at a later epoch ``e``: the next point
+        is then ``e`` itself, no paused trial is ever earlier than it, ``choose_trial_to_run`` picks none
+        and the sweep spins for ever. Here the next point is always at least one interval past the latest
+        epoch, which changes nothing in an uninterrupted sweep.
+        """
+
         def on_trial_result(self, tune_controller, trial, result):
             if result.get("epoch", 0) >= max_epochs:
                 return self.CONTINUE
-            return super().on_trial_result(tune_controller, trial, result)
+            point = self._next_perturbation_sync
+            decision = super().on_trial_result(tune_controller, trial, result)
+            if self._next_perturbation_sync != point:  # the population was just perturbed
+                latest = max(self._trial_state[t].last_train_time for t in tune_controller.get_trials())
+                self._next_perturbation_sync = max(self._next_perturbation_sync,
+                                                   latest + self._perturbation_interval)
+            return decision
 
-    return LastEpochKept(
+    return SynchronousPBT(
         time_attr="epoch",
         perturbation_interval=perturbation_interval,
         hyperparam_mutations={p.key: p.domain() for p in factored},
