@@ -5,7 +5,7 @@ size) a synthetic room is sampled (floor, ceiling and four walls of an 8 x 6 x 3
 metres, not centred, like a raw S3DIS room) and the first stage of a PointNeXt-style encoder-decoder is run
 op by op, with ``M = N / 4`` centres from FPS:
 
-* ``fps``: ``fps(xyz, N/4)``, against the previous torch loop (:func:`pointtune.ops.fps_reference`);
+* ``fps``: ``fps(xyz, N/4)``, the bucketed Numba kernel, against the dense greedy torch loop (:func:`pointtune.ops.fps_reference`);
 * ``knn``: ``knn(centres, xyz, k)`` (``--k``, default 16);
 * ``ball_query``: ``ball_query(xyz, centres, radius, 32)`` (``--radius``, default 0.2 m);
 * ``three_nn``: ``three_nn(xyz, centres)`` (feature propagation from the centres back to every point);
@@ -194,7 +194,7 @@ def main() -> None:
     print(f"\nsynthetic room, M = N/4 FPS centres, knn k={args.k}, ball query r={args.radius:g} m x 32, "
           f"budget {budget / 2**20:g} Mi distances; {after['cpus']} CPUs, {after['torch_threads']} torch threads, "
           f"torch {after['torch']}; load avg {before['load_avg'][0]:.1f} before, {after['load_avg'][0]:.1f} after")
-    print("dense: fps = the previous torch loop (ops.fps_reference, * = scaled from its first "
+    print("dense: fps = the dense greedy torch loop (ops.fps_reference, * = scaled from its first "
           f"{args.fps_reference_steps} steps); others = budget=None, one (B, M, N) block; matmul (knn only) = "
           "the previous knn, square_distance + topk")
 
