@@ -13,7 +13,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from conftest import TINY
-from helpers import one_line_error, pointtune, tiny_sets
+from helpers import mlflow_runs, one_line_error, pointtune, tiny_sets
 from pointtune.config import ConfigError, build_config
 from pointtune.train.checkpoint import (
     CheckpointNotFoundError,
@@ -88,6 +88,14 @@ def test_load_method_from_local_run(local_run):
 
 
 @pytest.mark.slow
+def test_two_cpu_workers_gloo(two_worker_run):
+    client, runs = mlflow_runs(two_worker_run)
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    oa = client.get_metric_history(runs[0].info.run_id, "val/OA")
+    assert len(oa) == 1 and 0.0 <= oa[0].value <= 1.0
+    assert list((two_worker_run / "train").glob("checkpoint_*/state.pt")), "Ray Train kept no checkpoint"
+
+
 def test_load_method_from_two_worker_run(two_worker_run):
     (checkpoint,) = [p for p in (two_worker_run / "train").glob("checkpoint_*") if p.is_dir()]  # not the
     # checkpoint_manager_snapshot.json beside it
