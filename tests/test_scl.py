@@ -1,11 +1,10 @@
 """Tests of SCL (methods/scl.py): Eqs. 4, 5 and 7 against brute-force loops over the paper's formulas, the
 patches and their dilated positives on hand-made clouds, the hard-negative interval at its edges (absolute and
 quantile), the empty-set fallback, the annealing staircase at chosen epochs, the frozen stage-1 network in
-stage 2, the config's one-line errors, the search spaces, and stage 1 then stage 2 through the CLI."""
+stage 2, the config's one-line errors, the search spaces and the stage-1 plan (through the CLI: test_scl_runs)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -567,12 +566,6 @@ def test_search_spaces_validate_for_stage2(space):
     assert params["method.b_u.step_epochs"].same_as == "method.b_l.step_epochs"
 
 
-TINY_RUN = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8, "method.e1_widths": "[16,16]",
-            "method.sim_dim": 8, "method.e2_widths": "[16,16]", "method.point_dim": 16, "data.num_points": 96,
-            "data.synthetic_per_class": 6, "data.synthetic_num_classes": 3, "train.batch_size": 8,
-            "protocol.svm_c": 1.0}
-
-
 def test_stage2_without_stage1_from_plans_its_stage1_run():
     from pointtune.config import plan_prerequisite
 
@@ -589,43 +582,6 @@ def test_stage2_without_stage1_from_plans_its_stage1_run():
     assert plan_prerequisite(then) is None
     for given in ({"method.stage": 1}, {"method.hard_negatives": False}, {"method.stage1_from": "/x"}):
         assert plan_prerequisite(build_config("scl", overrides=given)) is None
-
-
-@pytest.mark.slow
-def test_stage1_then_stage2_through_the_cli(tmp_path):
-    from helpers import pointtune
-
-    flags = [x for k, v in TINY_RUN.items() for x in ("--set", f"{k}={v}")]
-    both = tmp_path / "both"
-    # one command: stage 1 (its own 1 epoch) in both/stage1, then stage 2 from it
-    proc = pointtune("train", "scl", "--epochs", "2", "--no-progress", "--output", str(both),
-                     "--set", "method.stage1.epochs=1", "--set", "method.b_u.start=0.95", *flags)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "trains its stage1 run first" in proc.stdout
-    first = both / "stage1"
-    s1 = [json.loads(line) for line in (first / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in s1] == [1] and {"train/sim_acc", "train/s_mean"} <= set(s1[-1])
-    assert 0 <= s1[-1]["val/svm_acc"] <= 1
-    import yaml
-    s2_cfg = yaml.safe_load((both / "config.yaml").read_text())
-    assert s2_cfg["method"]["stage"] == 2 and s2_cfg["method"]["stage1_from"] == str(first.resolve())
-    s2 = [json.loads(line) for line in (both / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in s2] == [1, 2] and s2[-1]["train/b_u"] == pytest.approx(0.95)
-    assert {"train/no_negative_frac", "train/neg_per_anchor", "train/dropped_frac"} <= set(s2[-1])
-    # the same command again: both runs are complete, nothing trains twice
-    again = pointtune("train", "scl", "--epochs", "2", "--no-progress", "--output", str(both),
-                      "--set", "method.stage1.epochs=1", "--set", "method.b_u.start=0.95", *flags)
-    assert again.returncode == 0 and again.stdout.count("the run is complete") == 2, again.stdout[-3000:]
-    assert len((first / "metrics.jsonl").read_text().splitlines()) == 1
-    # stage 2 alone from the stage-1 run (--from), and --from a run that is not a stage-1 run
-    alone = tmp_path / "alone"
-    proc = pointtune("train", "scl", "--epochs", "1", "--no-progress", "--output", str(alone), "--from", str(first),
-                     *flags)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert not (alone / "stage1").exists() and (alone / "metrics.jsonl").is_file()
-    bad = pointtune("train", "scl", "--epochs", "1", "--from", str(both), *flags)
-    assert bad.returncode == 2 and "not an SCL stage-1 run" in bad.stderr, bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1
 
 
 def test_a_sweep_hands_its_trials_absolute_stage1_paths(tmp_path, monkeypatch):

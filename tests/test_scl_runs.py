@@ -1,5 +1,6 @@
 """SCL end to end through the CLI on the real samples, as the README documents it: both stages in one command
-on the ShapeNetPart sample judged by part-segmentation mIoU (cap, skateboard, table); stage 2 alone from a
+on the ShapeNetPart sample judged by part-segmentation mIoU (cap, skateboard, table), and the same command
+again trains nothing; stage 2 alone from a
 stage-1 run (`--from`) judged by linear SVM on the complete ModelNet40 classes; and a 2-trial stage-2 sweep
 with 2 Ray Train CPU workers per trial that trains its one stage-1 run first, checked against Tune."""
 
@@ -53,6 +54,16 @@ def test_both_stages_on_shapenetpart_judged_by_part_segmentation(shared_data, tm
     assert config["method"]["stage"] == 2 and config["method"]["stage1_from"] == str((out / "stage1").resolve())
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test"]["ins_miou"] <= 1 and {"iou/Cap", "iou/Table"} <= set(summary["test"]), summary
+    # the same command again: both runs are complete, nothing trains twice
+    again = pointtune("train", "scl", "--epochs", "2", *_shapenetpart(shared_data, "split"), *_sets(TINY_SCL),
+                      *_sets(seg), "--output", str(out), "--no-progress")
+    assert again.returncode == 0 and again.stdout.count("the run is complete") == 2, again.stdout[-3000:]
+    assert len(_epochs(out / "stage1")) == 1 and len(_epochs(out)) == 2
+    # --from a run that is not a stage-1 run: one line, nothing trained
+    bad = pointtune("train", "scl", "--epochs", "1", "--from", str(out), *_sets(TINY_SCL),
+                    "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "not an SCL stage-1 run" in bad.stderr, bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
 def test_stage2_from_a_stage1_run_judged_by_svm_on_modelnet40(shared_data, tmp_path):
