@@ -148,5 +148,10 @@ def fps_indices(xyz: np.ndarray, m: int, bucket_size: int = BUCKET_SIZE) -> np.n
     Returns:
         ``(B, m)`` int64 indices into ``N`` in pick order, starting with 0; identical to the dense greedy
         loop (:func:`pointtune.ops.fps_reference`).
+
+    Raises:
+        ValueError: ``bucket_size < 1``.
     """
+    if bucket_size < 1:
+        raise ValueError(f"fps_indices: bucket_size must be >= 1, got {bucket_size}")
     return _fps_batch(np.ascontiguousarray(xyz), m, bucket_size)

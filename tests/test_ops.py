@@ -226,6 +226,8 @@ def test_fps_other_dtypes_and_inputs():
     idx = fps(cloud, 8)
     assert idx.dtype == torch.long and idx.device == cloud.device and idx.shape == (2, 8)
     assert fps(cloud[:, :1], 1).tolist() == [[0], [0]]
+    with pytest.raises(ValueError, match="bucket_size must be >= 1"):
+        fps_indices(cloud.numpy(), 4, 0)
 
 
 def test_fps_reference_matches_greedy_loop(clouds):
