@@ -155,10 +155,11 @@ def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300) -> sub
     trial has reported an epoch and Tune has saved its experiment state after that: an interruption then
     comes after a state that references a checkpoint that exists. (Killed between Tune deleting a superseded
     checkpoint and saving the state that forgets it, the restored trial cannot find its checkpoint: Tune's
-    window, narrowed here on purpose.)"""
+    window, narrowed here on purpose.) Tune saves its state at every step here (``TUNE_GLOBAL_CHECKPOINT_S=0``;
+    by default at most every ~10 s, so a short sweep could end before any save followed a report)."""
     import time
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + timeout

@@ -424,6 +424,23 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
     )
 
 
+def _checkpoint_config(spec: SweepSpec, space: SearchSpace):
+    """Which checkpoints of a single-process trial Tune keeps.
+
+    ASHA: the best by the objective. PBT: the latest ``interval + 1``. A trial that exploits restores its
+    donor's checkpoint of the synchronisation epoch when it next runs; meanwhile the donor may train on for
+    up to one interval (the population then waits again), so that checkpoint must outlive as many newer ones.
+    Keeping only one let the donor's next checkpoint delete it first ("Could not recover from checkpoint as
+    it does not exist on storage anymore"). The best epoch of every trial is in MLflow anyway (records).
+    """
+    from ray import tune
+
+    if spec.scheduler == "pbt":
+        return tune.CheckpointConfig(num_to_keep=spec.pbt_interval + 1)
+    return tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=space.metric,
+                                 checkpoint_score_order=space.mode)
+
+
 def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
@@ -451,9 +468,7 @@ def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
                 name=TUNE_NAME, storage_path=spec.storage_path, verbose=2 if spec.verbose else 1,
                 callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
                 progress_reporter=_reporter(spec, space),
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=1, checkpoint_score_attribute=space.metric, checkpoint_score_order=space.mode
-                ),
+                checkpoint_config=_checkpoint_config(spec, space),
             ),
         )
     try:
