@@ -51,7 +51,7 @@ def _build_buckets(p, leaf):
     order = np.arange(n)
     starts = np.empty(n + 1, dtype=np.int64)  # at most n buckets
     count = 0
-    stack = np.empty((2 * (n // max(leaf, 1)) + 64, 2), dtype=np.int64)
+    stack = np.empty((2 * (n // leaf) + 64, 2), dtype=np.int64)
     stack[0, 0], stack[0, 1] = 0, n
     top = 1
     while top > 0:
@@ -89,9 +89,7 @@ def _fps_one(p, m, leaf, out):
     n = p.shape[0]
     order, starts = _build_buckets(p, leaf)
     k = starts.shape[0] - 1
-    q = np.empty((n, 3), dtype=p.dtype)  # coordinates in bucket order
-    for j in range(n):
-        q[j, 0], q[j, 1], q[j, 2] = p[order[j], 0], p[order[j], 1], p[order[j], 2]
+    q = p[order]  # coordinates in bucket order
     box_lo = np.empty((k, 3), dtype=p.dtype)
     box_hi = np.empty((k, 3), dtype=p.dtype)
     for b in range(k):

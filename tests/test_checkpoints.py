@@ -96,6 +96,7 @@ def test_two_cpu_workers_gloo(two_worker_run):
     assert list((two_worker_run / "train").glob("checkpoint_*/state.pt")), "Ray Train kept no checkpoint"
 
 
+@pytest.mark.slow
 def test_load_method_from_two_worker_run(two_worker_run):
     (checkpoint,) = [p for p in (two_worker_run / "train").glob("checkpoint_*") if p.is_dir()]  # not the
     # checkpoint_manager_snapshot.json beside it

@@ -1,8 +1,8 @@
 """SCL end to end through the CLI on the real samples, as the README documents it: both stages in one command
 on the ShapeNetPart sample judged by part-segmentation mIoU (cap, skateboard, table), and the same command
-again trains nothing; stage 2 alone from a
-stage-1 run (`--from`) judged by linear SVM on the complete ModelNet40 classes; and a 2-trial stage-2 sweep
-with 2 Ray Train CPU workers per trial that trains its one stage-1 run first, checked against Tune."""
+again trains nothing; stage 2 alone from a stage-1 run (`--from`) judged by linear SVM on the complete
+ModelNet40 classes; and a 2-trial stage-2 sweep with 2 Ray Train CPU workers per trial that trains its one
+stage-1 run first, checked against Tune."""
 
 import json
 
