@@ -69,7 +69,7 @@ def run_bare(epochs: int, batch: int) -> dict[str, float]:
         began = time.perf_counter()
         TorchTrainer(
             train_loop_per_worker,
-            train_loop_config=LoopConfig(exp.to_dict(), "val/OA", "max", local_dir=tmp).to_dict(),
+            train_loop_config=LoopConfig(exp, "val/OA", "max", local_dir=tmp).to_dict(),
             scaling_config=ray.train.ScalingConfig(num_workers=0),
             run_config=ray.train.RunConfig(name="bare", storage_path=tmp),
         ).fit()
@@ -84,7 +84,8 @@ def run_trial(epochs: int, batch: int, workers: int, root: Path) -> dict:
     """
     from ray.tune import ExperimentAnalysis
 
-    from pointtune.search.sweep import SweepSpec, run_sweep
+    from pointtune.search.spec import SweepSpec
+    from pointtune.search.sweep import run_sweep
 
     space = write_space(root / f"space_{workers}w.yaml", batch, workers)
     sweep_dir = root / f"sweep_{workers}w_{epochs}e_{time.time_ns()}"

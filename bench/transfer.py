@@ -87,7 +87,7 @@ def main() -> None:
 
     from pointtune.config import config_from_file, plan_prerequisite
     from pointtune.data import build_datasets
-    from pointtune.train.checkpoint import load_method
+    from pointtune.train.load import load_method
 
     out = Path(args.output or f"runs/bench/transfer/{args.protocol}-{args.setup}").resolve()
     sets = [*settings, *protocol_sets, f"data.name={dataset}", f"data.root={Path(args.data_root).resolve()}",

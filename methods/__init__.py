@@ -1,10 +1,4 @@
-"""The methods of pointtune (and `finetune` and `seg`, the supervised transfer of any pretrained encoder to
-classification and to scene segmentation); importing this package registers them."""
-
-from pointtune.methods import cedr  # noqa: F401
-from pointtune.methods import finetune  # noqa: F401
-from pointtune.methods import conclu  # noqa: F401
-from pointtune.methods import dcglr  # noqa: F401
-from pointtune.methods import scl  # noqa: F401
-from pointtune.methods import amcontrast3d  # noqa: F401
-from pointtune.methods import seg  # noqa: F401
+"""The methods of pointtune (and ``finetune`` and ``seg``, the supervised transfer of any pretrained encoder to
+classification and to scene segmentation), one module each. Nothing is imported here: each module is declared
+as an entry point of the group ``pointtune.methods`` in pyproject.toml and imported when its name is first
+looked up (:func:`pointtune.method.get_method`)."""

@@ -2,7 +2,7 @@
 
 The encoder comes from a pointtune checkpoint of any method (``method.pretrained``, or
 ``pointtune train finetune --from``: a checkpoint directory, a run directory, local or multi-worker, or a
-sweep directory; :func:`pointtune.train.checkpoint.load_method` resolves and reads it): the pretraining
+sweep directory; :func:`pointtune.train.load.load_method` resolves and reads it): the pretraining
 method is rebuilt from the experiment config saved in the checkpoint, its weights are loaded, and its
 ``encoder()`` is kept. A classification head (DGCNN-style MLP) on the encoder's global feature is
 trained with cross-entropy (Eq. 1 of CEDR, optionally label-smoothed). Without ``pretrained`` the same
@@ -40,7 +40,7 @@ def load_pretrained_encoder(checkpoint_dir: str) -> tuple[torch.nn.Module, str]:
     """Rebuild the method saved in the checkpoint ``checkpoint_dir`` designates and return ``(its encoder, its
     method name)``.
 
-    ``checkpoint_dir`` is anything :func:`pointtune.train.checkpoint.load_method` accepts (a checkpoint
+    ``checkpoint_dir`` is anything :func:`pointtune.train.load.load_method` accepts (a checkpoint
     directory or its ``state.pt``, a run directory, local or multi-worker, a sweep directory, a storage URI).
 
     Raises:
@@ -51,7 +51,7 @@ def load_pretrained_encoder(checkpoint_dir: str) -> tuple[torch.nn.Module, str]:
         NotImplementedError: the saved method has no transferable encoder.
     """
     from pointtune.config import ConfigError
-    from pointtune.train.checkpoint import load_method
+    from pointtune.train.load import load_method
 
     try:
         loaded = load_method(checkpoint_dir)

@@ -611,7 +611,7 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, neg_mask: torch.Tenso
 
 def load_similarity_network(path: str | None, inputs: Sequence[str] = ()) -> tuple[SCLEncoder, PatchAggregator]:
     """``E1`` and ``G1`` of the SCL stage-1 run that ``path`` designates (anything
-    :func:`pointtune.train.checkpoint.load_method` accepts), frozen: no gradient, eval mode.
+    :func:`pointtune.train.load.load_method` accepts), frozen: no gradient, eval mode.
 
     Args:
         path: ``method.stage1_from``.
@@ -623,7 +623,7 @@ def load_similarity_network(path: str | None, inputs: Sequence[str] = ()) -> tup
             :class:`~pointtune.train.checkpoint.CheckpointNotFoundError` (also a ``FileNotFoundError``).
     """
     from pointtune.config import ConfigError
-    from pointtune.train.checkpoint import load_method
+    from pointtune.train.load import load_method
 
     if not path:
         raise ConfigError("method.stage1_from: stage 2 needs the stage-1 run whose similarity network scores the "

@@ -152,7 +152,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import yaml
 
     from pointtune.config import load_yaml, parse_override
-    from pointtune.search.sweep import SweepSpec, run_sweep
+    from pointtune.search.spec import SweepSpec
+    from pointtune.search.sweep import run_sweep
 
     space = Path(args.space).resolve() if args.space else default_space_file(args.method)
     overrides = dict(parse_override(o) for o in [*args.set, *_data_overrides(args)])
@@ -250,7 +251,8 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     Figs. 3-4, 8; :mod:`pointtune.protocols.robustness`): ``robustness.csv`` and ``robustness.png`` in the run
     directory (or ``--output``), also logged to the run's MLflow run when it has one."""
     from pointtune.preflight import check_gpus
-    from pointtune.protocols.robustness import parse_levels, run_robustness
+    from pointtune.protocols.robustness import parse_levels
+    from pointtune.robustness_run import run_robustness
 
     sigmas, counts = parse_levels(args.jitter, "jitter"), parse_levels(args.points, "points")
     if args.gpu:

@@ -337,26 +337,30 @@ def interpolate_point_features(xyz: torch.Tensor, ref_xyz: torch.Tensor, ref_fea
     return (weights.unsqueeze(-1).to(ref_features.dtype) * ref_features[batch, idx]).sum(2)
 
 
-_METHODS: Registry[type[Method]] = Registry("method")
+#: Methods register themselves (:func:`register_method`); the modules declared as entry points of the group
+#: ``pointtune.methods`` (pointtune's own in its pyproject.toml, and any installed package's) are imported the
+#: first time a name is looked up or listed.
+_METHODS: Registry[type[Method]] = Registry("method", plugins="pointtune.methods")
 
 
 def register_method(name: str):
-    """Class decorator that makes a ``Method`` subclass buildable by ``name`` (e.g. ``"cedr"``)."""
+    """Class decorator that makes a ``Method`` subclass buildable by ``name`` (e.g. ``"cedr"``).
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
     return _METHODS.register(name)
 
 
 def method_names() -> list[str]:
-    """Names of every registered method, sorted."""
-    import pointtune.methods  # noqa: F401  (registers the methods)
-
+    """Names of every method: registered, or declared as an entry point of ``pointtune.methods``; sorted."""
     return _METHODS.names()
 
 
 def get_method(name: str) -> type[Method]:
-    """The ``Method`` class registered as ``name``.
+    """The ``Method`` class registered as ``name`` (its entry point imported if needed).
 
     Raises:
         KeyError: unknown name; the message lists the known ones.
     """
-    method_names()
     return _METHODS.get(name)

@@ -132,6 +132,21 @@ def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: s
     return runs[0].info.run_id if runs else None
 
 
+def find_train_run(uri: str, run_name: str, experiment: str | None = None) -> str | None:
+    """The id of the latest ``pointtune train`` run (tag ``pointtune.kind=train``) named ``run_name`` in experiment
+    ``experiment`` (``None``: any), preferring a FINISHED one (a resumed run has one per invocation); ``None``
+    when there is none."""
+    client = _client(uri)
+    found = _retry(client.get_experiment_by_name, experiment) if experiment else None
+    ids = [found.experiment_id] if found else [e.experiment_id for e in _retry(client.search_experiments)]
+    runs = _retry(client.search_runs, ids, filter_string=(
+        f"tags.`{KIND_TAG}` = 'train' and attributes.run_name = '{run_name}'"),
+        order_by=["attributes.start_time DESC"], max_results=100)
+    if not runs:
+        return None
+    return next((r for r in runs if r.info.status == "FINISHED"), runs[0]).info.run_id
+
+
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """Every child run of ``parent_run_id`` (MLflow ``Run`` objects)."""
     return _retry(_client(uri).search_runs, [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",

@@ -15,12 +15,8 @@ from torch.utils.data import DataLoader
 from conftest import TINY
 from helpers import mlflow_runs, one_line_error, pointtune, tiny_sets
 from pointtune.config import ConfigError, build_config
-from pointtune.train.checkpoint import (
-    CheckpointNotFoundError,
-    find_checkpoint,
-    load_method,
-    load_state,
-)
+from pointtune.train.checkpoint import CheckpointNotFoundError, load_state
+from pointtune.train.load import find_checkpoint, load_method
 
 
 @pytest.fixture(scope="module")
@@ -123,23 +119,24 @@ def _fake_checkpoint(source: Path, target: Path, metrics: dict) -> Path:
     return target
 
 
-def test_multi_worker_run_picks_its_best_checkpoint_by_the_objective(local_run, tmp_path):
+def test_multi_worker_run_picks_the_checkpoint_of_the_selected_epoch(local_run, tmp_path):
     best = local_run / "checkpoints" / "best"
     run = tmp_path / "run"
     run.mkdir()
     shutil.copy(local_run / "config.yaml", run / "config.yaml")
     train = run / "train"
-    kept = _fake_checkpoint(best, train / "checkpoint_a", {"epoch": 3, "val/OA": 0.9, "best/val/OA": 0.9})
-    _fake_checkpoint(best, train / "checkpoint_b", {"epoch": 5, "val/OA": 0.4, "best/val/OA": 0.9})
+    kept = _fake_checkpoint(best, train / "checkpoint_a", {"epoch": 3, "val/OA": 0.9, "best/val/OA": 0.9,
+                                                            "best/epoch": 3})
+    _fake_checkpoint(best, train / "checkpoint_b", {"epoch": 5, "val/OA": 0.4, "best/val/OA": 0.9, "best/epoch": 3})
     (train / "checkpoint_c").mkdir()  # being written: no metrics.json
     assert find_checkpoint(run) == kept
     assert load_method(run).path == kept
-    _fake_checkpoint(best, train / "checkpoint_d", {"epoch": 6, "val/OA": 0.9, "best/val/OA": 0.9})
-    assert find_checkpoint(run) == train / "checkpoint_d"  # ties go to the later epoch
+    _fake_checkpoint(best, train / "checkpoint_d", {"epoch": 6, "val/OA": 0.9, "best/val/OA": 0.9, "best/epoch": 6})
+    assert find_checkpoint(run) == train / "checkpoint_d"  # the loop selected the later of two equal epochs
 
 
-def test_sweep_trial_directories_resolve_by_the_sweep_objective(local_run, tmp_path):
-    from pointtune.search.sweep import SweepSpec
+def test_sweep_trial_directories_resolve_to_the_selected_epoch(local_run, tmp_path):
+    from pointtune.search.spec import SweepSpec
 
     best = local_run / "checkpoints" / "best"
     sweep = tmp_path / "sweep"
@@ -151,14 +148,16 @@ def test_sweep_trial_directories_resolve_by_the_sweep_objective(local_run, tmp_p
     SweepSpec(method="cedr", space_file=str(sweep / "space.yaml"), sweep_dir=str(sweep)).save()
     # a single-process trial: checkpoints in its Tune trial directory; the objective is minimised
     trial = sweep / "tune" / "trial_aaa"
-    _fake_checkpoint(best, trial / "checkpoint_000000", {"epoch": 1, "train/loss": 2.0, "best/train/loss": 2.0})
+    _fake_checkpoint(best, trial / "checkpoint_000000", {"epoch": 1, "train/loss": 2.0, "best/train/loss": 2.0,
+                                                                   "best/epoch": 1})
     lowest = _fake_checkpoint(best, trial / "checkpoint_000001", {"epoch": 2, "train/loss": 1.0,
-                                                                     "best/train/loss": 1.0})
+                                                                     "best/train/loss": 1.0, "best/epoch": 2})
     assert find_checkpoint(trial) == lowest
     # a data-parallel trial: its Tune trial directory holds no checkpoint, its Ray Train run does
     (sweep / "tune" / "trial_bbb").mkdir()
     dp = _fake_checkpoint(best, sweep / "train" / "trial_bbb" / "checkpoint_x", {"epoch": 1, "train/loss": 3.0,
-                                                                                  "best/train/loss": 3.0})
+                                                                                  "best/train/loss": 3.0,
+                                                                                  "best/epoch": 1})
     assert find_checkpoint(sweep / "tune" / "trial_bbb") == dp
     assert find_checkpoint(sweep / "train" / "trial_bbb") == dp
     assert load_method(sweep / "tune" / "trial_bbb").path == dp

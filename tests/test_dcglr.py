@@ -696,7 +696,7 @@ def test_one_epoch_in_the_training_loop():
     exp = build_config("dcglr", overrides={**TINY_RUN, "train.epochs": 1})
     preflight(exp)
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/svm_acc", "max"), session)
+    run_loop(LoopConfig(exp, "val/svm_acc", "max"), session)
     (metrics, _), = session.reports
     assert 0 <= metrics["val/svm_acc"] <= 1 and metrics["train/loss"] > 0
     assert {"train/loss_g", "train/loss_l", "train/teacher_entropy", "train/kl", "train/center_norm",

@@ -86,7 +86,7 @@ def test_loop_calls_the_step_hook_and_reports_no_stale_values(monkeypatch):
     monkeypatch.setattr(CEDR, "after_step", lambda self, step, total: steps.append((step, total)), raising=False)
     exp = build_config("cedr", overrides={**TINY, "train.epochs": 3, "train.eval_every": 2})
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), session)
+    run_loop(LoopConfig(exp, "val/OA", "max"), session)
     per_epoch = len(steps) // 3
     assert steps == [(s, 3 * per_epoch) for s in range(1, 3 * per_epoch + 1)]
     (m1, c1), (m2, c2), (m3, c3) = session.reports
@@ -116,11 +116,11 @@ def test_per_point_inputs_reach_the_backbone():
 def test_test_split_is_scored_on_the_selected_epoch():
     from pointtune.data import build_datasets
     from pointtune.protocols import evaluate
-    from pointtune.train.checkpoint import load_method
+    from pointtune.train.load import load_method
 
     exp = build_config("cedr", overrides={**TINY, "train.epochs": 4, "optim.lr": 0.05})
     session = Recorder(keep=True)
-    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), session)
+    run_loop(LoopConfig(exp, "val/OA", "max"), session)
     history = [m for m, _ in session.reports]
     values = [m["val/OA"] for m in history]
     selected = values.index(max(values)) + 1  # the first epoch reaching the best (later ties do not improve)
@@ -142,7 +142,7 @@ def test_resumed_at_its_last_epoch_the_run_reports_what_that_checkpoint_recorded
     nothing; it is never left with an empty result."""
     exp = build_config("cedr", overrides={**TINY, "train.epochs": 2})
     first = Recorder(keep=True)
-    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), first)
+    run_loop(LoopConfig(exp, "val/OA", "max"), first)
     last = first.checkpoints[2]
 
     class Restored(Recorder):
@@ -150,6 +150,6 @@ def test_resumed_at_its_last_epoch_the_run_reports_what_that_checkpoint_recorded
             return str(last)
 
     again = Restored()
-    run_loop(LoopConfig(exp.to_dict(), "val/OA", "max"), again)
+    run_loop(LoopConfig(exp, "val/OA", "max"), again)
     assert again.reports == [(first.reports[-1][0], True)]
     assert "test/OA" in again.reports[0][0] and again.reports[0][0]["epoch"] == 2

@@ -259,7 +259,7 @@ def test_protocol_data_judges_on_its_own_dataset():
     assert len(judged.val) == 30 and len(judged.fit) == 30 and len(judged.test) == 60
     preflight(exp, objective="val/acc/cube")
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/svm_acc", "max"), session)
+    run_loop(LoopConfig(exp, "val/svm_acc", "max"), session)
     (metrics, _), = session.reports
     assert sorted(k for k in metrics if k.startswith("val/acc/")) == [f"val/acc/{c}" for c in
                                                                       sorted(judged.class_names)]

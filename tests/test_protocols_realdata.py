@@ -62,7 +62,7 @@ def test_conclu_few_shot_during_training_then_linear_svm(shared_data, tmp_path):
         "protocol.queries": 20, "protocol.seed": 0,
     })
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/fewshot/3way10shot", "max", local_dir=str(tmp_path / "ckpt")), session)
+    run_loop(LoopConfig(exp, "val/fewshot/3way10shot", "max", local_dir=str(tmp_path / "ckpt")), session)
     last = session.reports[-1][0]
     for split in ("val", "test"):
         for shot in (10, 20):
@@ -101,7 +101,7 @@ def test_pretrain_on_shapenetpart_judged_on_modelnet40(shared_data, tmp_path):
         "protocol.data": _modelnet40(shared_data), "protocol.name": "linear_svm",
     })
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/svm_acc", "max"), session)
+    run_loop(LoopConfig(exp, "val/svm_acc", "max"), session)
     assert len(session.reports) == 3 and all("val/svm_acc" in m for m, _ in session.reports)
     last = session.reports[-1][0]
     assert set(k for k in last if k.startswith("val/acc/")) == {f"val/acc/{c}" for c in CLASSES}

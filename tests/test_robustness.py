@@ -35,7 +35,7 @@ def conclu_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(conclu_run):
-    from pointtune.train.checkpoint import load_method
+    from pointtune.train.load import load_method
 
     return load_method(conclu_run)
 
@@ -182,7 +182,7 @@ def test_supervised_method_is_judged_by_its_classifier():
     from pointtune.config import config_from_file
     from pointtune.protocols import build_eval_splits
     from pointtune.protocols.robustness import robustness_table
-    from pointtune.train.checkpoint import LoadedCheckpoint
+    from pointtune.train.load import LoadedCheckpoint
 
     exp = config_from_file("cedr", None, [f"{k}={v}" for k, v in TINY.items()])
     splits = build_eval_splits(exp)

@@ -421,7 +421,7 @@ def test_preflight_needs_two_classes_in_the_training_points(tmp_path):
 def test_one_epoch_of_the_shared_loop_on_scenes(name, root, capsys):
     exp = scene_exp(name, real(root), **{"data.num_points": 2048})
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/point_acc", "max"), session)
+    run_loop(LoopConfig(exp, "val/point_acc", "max"), session)
     out = capsys.readouterr().out
     loop = 30 if name == "s3dis" else 6
     assert f"[pointtune] data {name} train: {loop} items (1 scene x loop {loop}" in out
@@ -436,6 +436,6 @@ def test_one_epoch_with_the_default_segmentation_protocol(capsys):
         pytest.skip("no scene_seg protocol registered yet")
     exp = scene_exp("scannet", real(SCANNET), **{"data.num_points": 2048, "protocol.name": None})
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/mIoU", "max"), session)
+    run_loop(LoopConfig(exp, "val/mIoU", "max"), session)
     (metrics,) = session.reports
     assert 0 <= metrics["val/mIoU"] <= 1 and np.isfinite(metrics["train/loss"])

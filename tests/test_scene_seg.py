@@ -329,7 +329,7 @@ def test_render_writes_a_png(tmp_path):
 
 def test_best_checkpoint_renders_reach_mlflow(tmp_path, monkeypatch):
     from pointtune import tracking
-    from pointtune.search.records import log_checkpoint_artifacts
+    from pointtune.train.artifacts import log_checkpoint_artifacts
     from pointtune.train.checkpoint import save_state
 
     _, cm, arrays = evaluate(_Seg(5), {"eval": _dataset(3)}, CPU, NAMES, ProtocolConfig(scene_render=2),

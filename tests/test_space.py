@@ -50,7 +50,7 @@ def test_fixed_values_are_returned_not_sampled():
 def test_tied_keys_take_their_sources_value():
     """SCL's bounds share their warm-up and period: `type: same` copies what the earlier key sampled."""
     from pointtune.search.pbt import population_space
-    from pointtune.search.sweep import SweepSpec, trial_config
+    from pointtune.search.spec import SweepSpec, trial_config
 
     space = load_search_space(REPO / "search_spaces" / "scl.yaml")
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))

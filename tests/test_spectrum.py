@@ -159,7 +159,7 @@ def test_loop_saves_the_spectrum_beside_the_confusion_matrix(tmp_path):
     exp = build_config("conclu", overrides={**TINY_CONCLU, "train.epochs": 1, "data.synthetic_num_classes": 3,
                                             "protocol.svm_c": 1.0})
     session = Recorder()
-    run_loop(LoopConfig(exp.to_dict(), "val/svm_acc", "max", local_dir=str(tmp_path / "ckpt")), session)
+    run_loop(LoopConfig(exp, "val/svm_acc", "max", local_dir=str(tmp_path / "ckpt")), session)
     (metrics, saved), = session.reports
     best = tmp_path / "ckpt" / "best"
     assert saved and (best / "confusion.npy").is_file() and (best / "spectrum.npy").is_file()
@@ -171,7 +171,7 @@ def test_loop_saves_the_spectrum_beside_the_confusion_matrix(tmp_path):
 
 def test_trial_artifacts_include_the_spectrum_plot(tmp_path, monkeypatch):
     from pointtune import tracking
-    from pointtune.search.records import log_checkpoint_artifacts
+    from pointtune.train.artifacts import log_checkpoint_artifacts
     from pointtune.train.checkpoint import save_state
 
     logged = {}

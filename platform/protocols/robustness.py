@@ -2,7 +2,7 @@
 of SCL (Du et al.), §4.1.3 "Ablation Studies", Fig. 3 (linear-SVM accuracy against Gaussian jitter), Fig. 4
 (against the number of points) and Fig. 8 (part segmentation against jitter); specs/scl.md §4.6 and A15.
 
-A run (any checkpoint :func:`pointtune.train.checkpoint.load_method` reads) is judged by *its own* protocol
+A run (any checkpoint :func:`pointtune.train.load.load_method` reads) is judged by *its own* protocol
 (``protocol.*`` of its config: the linear SVM for self-supervised methods, the method's classifier for supervised
 ones, part segmentation when the run was judged so) on the splits it was judged on
 (:func:`pointtune.protocols.build_eval_splits`), once on clean clouds and once per perturbation level:
@@ -28,8 +28,10 @@ Public API::
     robustness_table(loaded, sigmas, counts, seed, split=, splits=, device=, batch_size=, log=) -> [RobustnessRow]
     perturbations(sigmas, counts) -> [Perturbation]; perturb_dataset(dataset, perturbation, seed, stream)
     metric_columns(rows), write_csv(rows, path), plot_robustness(rows, path, metrics=, title=)
-    robust_metrics(rows) -> {"robust/<row>/<metric>": value}; find_mlflow_run(path, tracking_uri=)
-    log_robustness(rows, target, files, step=); run_robustness(path, ...) (what ``pointtune robustness`` runs)
+    robust_metrics(rows) -> {"robust/<row>/<metric>": value}
+
+``pointtune robustness RUN`` (loading the run, writing the files, logging to the run's MLflow run) is
+:func:`pointtune.robustness_run.run_robustness`.
 """
 
 from __future__ import annotations
@@ -51,13 +53,12 @@ from pointtune.data.transforms import Compose, Jitter, Subsample
 
 if TYPE_CHECKING:
     from pointtune.protocols import EvalSplits
-    from pointtune.train.checkpoint import LoadedCheckpoint
+    from pointtune.train.load import LoadedCheckpoint
 
 __all__ = [
     "DEFAULT_SIGMAS", "DEFAULT_COUNTS", "CSV_FILE", "PLOT_FILE", "METRIC_PREFIX",
     "Perturbation", "RobustnessRow", "perturbations", "perturb_dataset", "robustness_table", "metric_columns",
-    "write_csv", "plot_robustness", "robust_metrics", "find_mlflow_run", "log_robustness", "run_robustness",
-    "parse_levels",
+    "write_csv", "plot_robustness", "robust_metrics", "parse_levels", "check_seed", "first_line",
 ]
 
 DEFAULT_SIGMAS = (0.01, 0.02, 0.03, 0.04, 0.05)  # SCL Fig. 3 / Fig. 8, spec §4.6
@@ -214,7 +215,7 @@ def perturb_dataset(dataset: PointCloudDataset, perturbation: Perturbation, seed
         return dataset
     if not isinstance(dataset, PointCloudDataset):
         raise TypeError(f"robustness: can only perturb a PointCloudDataset, got {type(dataset).__name__}")
-    _check_seed(seed)
+    check_seed(seed)
     base = [] if dataset.transform is None else [dataset.transform]
     return PointCloudDataset(dataset.pcs, Compose([*base, perturbation.step()]), train=False,
                              seed=_stream_seed(seed, stream, perturbation.kind))
@@ -234,13 +235,13 @@ def _scored_split(splits: EvalSplits, split: str, log: Callable[[str], None]):
     return dataset, split
 
 
-def _check_seed(seed: Any) -> None:
+def check_seed(seed: Any) -> None:
     """Raises ConfigError unless ``seed`` is an integer >= 0."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"--seed: must be an integer >= 0, got {seed!r}")
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = " ".join(str(err).split())
     return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
@@ -258,7 +259,7 @@ def robustness_table(
     ``fit`` and ``eval``). The clean row is exactly the protocol's evaluation of the checkpoint on those splits.
 
     Args:
-        loaded: a checkpoint rebuilt by :func:`pointtune.train.checkpoint.load_method` (its method, config and
+        loaded: a checkpoint rebuilt by :func:`pointtune.train.load.load_method` (its method, config and
             classes).
         sigmas: jitter standard deviations, >= 0, in units of the unit-sphere-normalised cloud.
         counts: points per cloud for the density rows, >= 1; a count above the clouds' points (the run's
@@ -287,7 +288,7 @@ def robustness_table(
 
     log = log or (lambda line: None)
     rows = perturbations(sigmas, counts)
-    _check_seed(seed)
+    check_seed(seed)
     exp, method = loaded.experiment, loaded.method
     cfg = exp.protocol
     protocol = resolve_protocol(method.task, cfg.name, own_data=cfg.data is not None)
@@ -316,7 +317,7 @@ def robustness_table(
         except (ValueError, RuntimeError) as err:
             if p.kind == "clean":
                 raise
-            note = f"failed: {_first_line(err)}"
+            note = f"failed: {first_line(err)}"
             log(f"[pointtune] robustness {p.name}: {note}")
             out.append(RobustnessRow(p, None, note=note, seconds=time.time() - began))
             continue
@@ -423,153 +424,3 @@ def robust_metrics(rows: Sequence[RobustnessRow]) -> dict[str, float]:
     ``robust/jitter_0.01/svm_acc``, ``robust/points_512/svm_acc``) for every finite value."""
     return {f"{METRIC_PREFIX}/{r.perturbation.name}/{k}": v for r in rows for k, v in r.metrics.items()
             if math.isfinite(v)}
-
-
-def _local_store(uri: str) -> bool:
-    """Whether ``uri`` names a SQLite store that exists (never create one just to look into it)."""
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
-
-
-def _owner(checkpoint: Path) -> tuple[str, Path, str | None] | None:
-    """What a local checkpoint directory belongs to: ``("trial", sweep_dir, trial_id)`` for a sweep trial's,
-    ``("run", run_dir, None)`` for a ``pointtune train`` run's, None for neither."""
-    from pointtune.search.sweep import TUNE_NAME
-    from pointtune.train.checkpoint import RAY_TRAIN_DIR, RUN_CHECKPOINTS, SWEEP_FILE
-
-    for parent in [checkpoint, *checkpoint.parents]:
-        up = parent.parent
-        if (parent.name.startswith("trial_") and up.name in (TUNE_NAME, RAY_TRAIN_DIR)
-                and (up.parent / SWEEP_FILE).is_file()):
-            return "trial", up.parent, parent.name.removeprefix("trial_")
-        if parent.name in (RUN_CHECKPOINTS, RAY_TRAIN_DIR) and (up / "config.yaml").is_file():
-            return "run", up, None
-    return None
-
-
-def find_mlflow_run(checkpoint: str | Path, tracking_uri: str | None = None,
-                    method: str | None = None) -> tuple[dict[str, str] | None, str]:
-    """The MLflow run that recorded the training of ``checkpoint`` (a directory :func:`find_checkpoint` returned).
-
-    A sweep trial's checkpoint: the trial's child run in the sweep's store (``sweep.yaml``). A ``pointtune train``
-    run's: the latest run named after the run directory with tag ``pointtune.kind=train`` (a resumed run has one
-    per invocation; the finished one is preferred) in ``tracking_uri`` (default
-    :func:`pointtune.tracking.resolve_tracking_uri` of the run directory), experiment ``pointtune-<method>``.
-
-    Returns:
-        ``({"tracking_uri", "run_id"}, description)``, or ``(None, why not)``; never creates a store or a run.
-    """
-    from pointtune import tracking
-
-    if "://" in str(checkpoint):
-        return None, "the checkpoint lies in remote storage"
-    owner = _owner(Path(checkpoint))
-    if owner is None:
-        return None, "the checkpoint belongs to no run or sweep directory"
-    kind, where, trial_id = owner
-    try:
-        if kind == "trial":
-            from pointtune.search.sweep import SweepSpec
-
-            spec = SweepSpec.load(where)
-            uri = tracking_uri or spec.tracking_uri
-            if not uri or not spec.experiment_id or not spec.parent_run_id or not _local_store(uri):
-                return None, f"sweep {where} has no MLflow store"
-            run_id = tracking.find_child_run(uri, spec.experiment_id, spec.parent_run_id, trial_id)
-            if run_id is None:
-                return None, f"no MLflow run of trial {trial_id} in {uri}"
-            return {"tracking_uri": uri, "run_id": run_id}, f"trial {trial_id} of sweep {where}"
-        uri = tracking.resolve_tracking_uri(where, tracking_uri)
-        if not _local_store(uri):
-            return None, f"no MLflow store at {uri}"
-        client = tracking._client(uri)
-        names = [f"pointtune-{method}"] if method else []
-        experiments = [e for e in (tracking._retry(client.get_experiment_by_name, n) for n in names) if e]
-        ids = [e.experiment_id for e in experiments] or [e.experiment_id for e in tracking._retry(
-            client.search_experiments)]
-        runs = tracking._retry(client.search_runs, ids, filter_string=(
-            f"tags.`{tracking.KIND_TAG}` = 'train' and attributes.run_name = '{where.name}'"),
-            order_by=["attributes.start_time DESC"], max_results=100)
-    except Exception as err:  # noqa: BLE001 - a store that cannot be read leaves the files written, says why
-        return None, f"cannot read the MLflow store ({_first_line(err)})"
-    if not runs:
-        return None, f"no MLflow run named {where.name} in {uri}"
-    run = next((r for r in runs if r.info.status == "FINISHED"), runs[0])
-    return {"tracking_uri": uri, "run_id": run.info.run_id}, f"run {where}"
-
-
-def log_robustness(rows: Sequence[RobustnessRow], target: dict[str, str], files: Sequence[str | Path],
-                   step: int = 0, tags: dict[str, str] | None = None) -> None:
-    """Log :func:`robust_metrics` at ``step`` (the checkpoint's epoch), ``files`` (the CSV and PNG) as artifacts
-    at the root, and ``tags`` to the run ``target = {"tracking_uri", "run_id"}``."""
-    from pointtune import tracking
-
-    tracking.log_metrics(target, robust_metrics(rows), step=step)
-    for path in files:
-        tracking.log_artifact(target["tracking_uri"], target["run_id"], path)
-    if tags:
-        tracking.set_tags(target["tracking_uri"], target["run_id"], tags)
-
-
-def run_robustness(
-    path: str | Path, sigmas: Sequence[float] = DEFAULT_SIGMAS, counts: Sequence[int] = DEFAULT_COUNTS,
-    seed: int = 0, *, output: str | Path | None = None, split: str = "test", device: str = "cpu",
-    tracking_uri: str | None = None, mlflow: bool = True, log: Callable[[str], None] | None = print,
-) -> dict[str, Any]:
-    """``pointtune robustness``: load a run, compute :func:`robustness_table`, write ``robustness.csv`` and
-    ``robustness.png`` into ``output`` and, when the run has an MLflow run, log both and the metrics there.
-
-    Args:
-        path: anything :func:`pointtune.train.checkpoint.load_method` accepts (run, sweep trial, sweep, checkpoint).
-        sigmas, counts, seed, split: see :func:`robustness_table`.
-        output: where the files go (created); default ``path`` itself when it is a local directory (the run,
-            trial or sweep directory), the directory of a ``state.pt``.
-        device: ``cpu`` or a CUDA device.
-        tracking_uri: the run's MLflow store when it is not the default one (``--mlflow-uri``).
-        mlflow: False: write the files only.
-        log: progress lines.
-
-    Returns:
-        ``{"rows", "csv", "png", "checkpoint", "mlflow"}``: the rows, the two files, the checkpoint judged, and
-        the MLflow target (None when none) with ``mlflow_note`` saying where it was logged or why not.
-
-    Raises:
-        ConfigError: bad levels or seed, not a run / checkpoint (one line from :func:`load_method`), a remote path
-            without ``output``, an output path that is a file, or a protocol that cannot judge the method.
-        DatasetError: the run's data cannot be read.
-    """
-    from pointtune.protocols import selected_protocol
-    from pointtune.train.checkpoint import load_method
-
-    log = log or (lambda line: None)
-    perturbations(sigmas, counts)  # bad levels and seeds fail before anything is loaded
-    _check_seed(seed)
-    remote = "://" in str(path)
-    if output is None:
-        if remote:
-            raise ConfigError(f"{path}: a checkpoint in remote storage needs --output DIR")
-        local = Path(path).expanduser().absolute()
-        output = local.parent if local.is_file() else local
-    output = Path(output).expanduser().absolute()
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"--output {output}: is a file, not a directory")
-    loaded = load_method(path, map_location=device)
-    exp = loaded.experiment
-    log(f"[pointtune] robustness of {exp.method.name} ({loaded.path}, epoch {loaded.epoch}), judged by its "
-        f"protocol on {exp.protocol.data.name if exp.protocol.data else exp.data.name}")
-    rows = robustness_table(loaded, sigmas, counts, seed, split=split, device=device, log=log)
-    output.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(rows, output / CSV_FILE)
-    title = (f"{exp.method.name}, {Path(str(path)).name} (epoch {loaded.epoch}), {selected_protocol(exp).name} "
-             f"protocol, perturbation seed {seed}")
-    png_path = plot_robustness(rows, output / PLOT_FILE, title=title)
-    target, note = (None, "not asked") if not mlflow else find_mlflow_run(loaded.path, tracking_uri, exp.method.name)
-    if target is not None:
-        log_robustness(rows, target, [csv_path, png_path], step=loaded.epoch,
-                       tags={"pointtune.robustness": f"seed={seed} jitter={','.join(f'{s:g}' for s in sigmas)} "
-                                                     f"points={','.join(str(c) for c in counts)}"})
-        note = f"logged to MLflow run {target['run_id']} ({note})"
-    else:
-        note = f"not logged to MLflow: {note}"
-    log(f"[pointtune] robustness: {csv_path}, {png_path}; {note}")
-    return {"rows": rows, "csv": csv_path, "png": png_path, "checkpoint": loaded.path, "mlflow": target,
-            "mlflow_note": note}

@@ -31,7 +31,7 @@ Pictures: the first ``protocol.scene_render`` scenes of the scored split keep a 
 ``protocol.scene_render_points`` of their scored points (original coordinates, truth, prediction) as the
 arrays ``scene_coord``, ``scene_gt``, ``scene_pred``, ``scene_index``, ``scene_names`` (saved into each
 checkpoint as ``<name>.npy`` by the training loop, like ``spectrum``). They are rendered only for the best
-checkpoint, when its MLflow artifacts are logged (:func:`pointtune.search.records.log_checkpoint_artifacts`
+checkpoint, when its MLflow artifacts are logged (:func:`pointtune.train.artifacts.log_checkpoint_artifacts`
 calls :func:`render_checkpoint_scenes`): the protocol does not know the checkpoint directory, rendering every
 evaluated epoch would cost matplotlib time that only the best epoch's pictures repay, and the arrays keep any
 checkpoint re-renderable. :func:`render_scene` draws ground truth, prediction and errors side by side, top-down

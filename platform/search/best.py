@@ -3,16 +3,15 @@ saved state without starting Ray, and its full config written as YAML that ``poi
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 from pointtune.config import ConfigError
-from pointtune.search.report import TrialSummary, format_table, summarize, write_best_config
-from pointtune.search.sweep import TUNE_NAME, SweepSpec, trial_config
+from pointtune.search.report import TrialSummary, format_table, summarize, write_best
+from pointtune.search.spec import SweepSpec
 
 
 def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> TrialSummary:
-    """Print the trials (best first) and write the best trial's config.
+    """Print the trials (best first), record the best trial in ``best.json`` and write its config.
 
     Args:
         sweep_dir: a directory made by ``pointtune sweep``.
@@ -25,17 +24,17 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
 
     spec = SweepSpec.load(sweep_dir)
     space = spec.space()
-    path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
+    path = spec.layout.tune
     try:
         grid = ResultGrid(ExperimentAnalysis(path, default_metric=space.metric, default_mode=space.mode))
     except (ValueError, FileNotFoundError) as err:
         raise ConfigError(f"{sweep_dir}: cannot read the Tune experiment at {path} ({err})") from None
-    rows = summarize(grid, space, trial_config(spec, {}).train.epochs, asdict(spec))
+    rows = summarize(grid, space, spec)
     print(format_table(rows, space.metric))
     if not rows or rows[0].best is None:
         raise ConfigError(f"{sweep_dir}: no trial has reported {space.metric} yet")
-    out = Path(output) if output else spec.root / "best_config.yaml"
-    if write_best_config(rows, out) is None:
+    out = Path(output) if output else spec.layout.best_config
+    if write_best(rows, spec.layout, space.metric, out) is None:
         raise ConfigError(f"{sweep_dir}: the best trial {rows[0].trial_id} left no checkpoint")
     best = rows[0]
     print(f"\nbest trial {best.trial_id}: {space.metric} = {best.best:.4f}  {best.params}")
@@ -46,11 +45,11 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
 def resolve_checkpoint(path: str | Path) -> Path | str:
     """The checkpoint directory that ``path`` designates, for ``pointtune train finetune --from PATH``.
 
-    A thin wrapper of :func:`pointtune.train.checkpoint.find_checkpoint` (which see: a checkpoint directory
+    A thin wrapper of :func:`pointtune.train.load.find_checkpoint` (which see: a checkpoint directory
     or its ``state.pt``, a ``pointtune train`` run directory, local or multi-worker, a sweep directory or one
     of its trial directories) whose errors name the flag. Only the resolution and a check that the
     ``state.pt`` is a ``torch.save`` archive happen here; the checkpoint is read in full
-    (:func:`pointtune.train.checkpoint.load_method`) when the encoder is loaded.
+    (:func:`pointtune.train.load.load_method`) when the encoder is loaded.
 
     Returns:
         An absolute local :class:`~pathlib.Path`, or a storage URI string for a sweep in remote storage.
@@ -59,7 +58,7 @@ def resolve_checkpoint(path: str | Path) -> Path | str:
         ConfigError: nothing usable at ``path``; one line starting ``--from`` and naming the path (a
             :class:`~pointtune.train.checkpoint.CheckpointNotFoundError` when nothing exists there).
     """
-    from pointtune.train.checkpoint import find_checkpoint
+    from pointtune.train.load import find_checkpoint
 
     try:
         return find_checkpoint(path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,9 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from pointtune import tracking
-from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, SweepSpec, sampled_params, study_storage, trial_config
+from pointtune.layout import trial_name
+from pointtune.search.spec import (OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage,
+                                   trial_config)
 
 # Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
 METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/", "sched/")
@@ -74,48 +75,54 @@ class TrialResultLog(JsonLoggerCallback):
 
 
 class MlflowRecorder(Callback):
-    """Tune callback: one MLflow child run per trial, written from what Tune received (see module doc).
+    """The one writer of a sweep's trial runs in MLflow: as a Tune callback, one child run per trial written
+    from what Tune received (see module doc); after the trials, the ranks (:meth:`rank`), the runs of trials
+    Tune never knew (:meth:`close_lost`) and later evaluations of a trial (:meth:`log_evaluation`).
 
     Args:
-        sweep: the sweep's :class:`~pointtune.search.sweep.SweepSpec` as a dict (tracking URI, experiment,
-            parent run, storage).
+        spec, runtime: the sweep (storage, epochs, scheduler; MLflow store, experiment and parent run).
         metric, mode: the objective.
-        max_epochs: epochs of a trial that runs to the end.
     """
 
-    def __init__(self, sweep: dict[str, Any], metric: str, mode: str, max_epochs: int):
-        self.sweep, self.metric, self.mode, self.max_epochs = sweep, metric, mode, max_epochs
+    def __init__(self, spec: SweepSpec, runtime: SweepRuntime, metric: str, mode: str):
+        self.spec, self.runtime, self.metric, self.mode = spec, runtime, metric, mode
         self.run_ids: dict[str, str] = {}
         self.configs: dict[str, dict[str, Any]] = {}  # PBT: the config each trial last reported under
 
     @property
     def _uri(self) -> str:
-        return self.sweep["tracking_uri"]
+        return self.runtime.tracking_uri
+
+    def _target(self, run_id: str) -> dict[str, str]:
+        return {"tracking_uri": self._uri, "run_id": run_id}
 
     def _run_id(self, trial) -> str:
         if trial.trial_id not in self.run_ids:
             self.on_trial_start(0, [], trial)
         return self.run_ids[trial.trial_id]
 
+    def find_run(self, trial_id: str) -> str | None:
+        """The MLflow run id of Tune trial ``trial_id``, or ``None``."""
+        return tracking.find_child_run(self._uri, self.runtime.experiment_id, self.runtime.parent_run_id, trial_id)
+
     def on_trial_start(self, iteration, trials, trial, **info):
         """Open (or, after a restart, reopen) the trial's child run; log its full config once."""
-        spec = SweepSpec(**self.sweep)
         params = sampled_params(trial.config)
-        existing = tracking.find_child_run(self._uri, spec.experiment_id, spec.parent_run_id, trial.trial_id)
+        existing = self.find_run(trial.trial_id)
         if existing:  # restarted (resume): a failure it had is superseded by what happens now
             tracking.reopen_run(self._uri, existing, superseded=("pointtune.failure", "pointtune.status"))
             run_id = existing
         else:
             run_id = tracking.start_run(
-                self._uri, spec.experiment_id, f"trial_{trial.trial_id}",
-                {tracking.PARENT_TAG: spec.parent_run_id, tracking.TRIAL_TAG: trial.trial_id,
-                 tracking.KIND_TAG: "trial", "pointtune.sampled": ",".join(sorted(spec.space().searched())),
+                self._uri, self.runtime.experiment_id, trial_name(trial.trial_id),
+                {tracking.PARENT_TAG: self.runtime.parent_run_id, tracking.TRIAL_TAG: trial.trial_id,
+                 tracking.KIND_TAG: "trial", "pointtune.sampled": ",".join(sorted(self.spec.space().searched())),
                  **({"pointtune.optuna_trial": str(trial.config[OPTUNA_KEY])} if OPTUNA_KEY in trial.config else {})},
-                trial_config(spec, params).to_dict(),
+                trial_config(self.spec, params, runtime=self.runtime).to_dict(),
             )
         self.run_ids[trial.trial_id] = run_id
         if OPTUNA_KEY in trial.config:
-            set_study_attr(self.sweep["sweep_dir"], trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
+            set_study_attr(self.spec.sweep_dir, trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
         print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -125,15 +132,14 @@ class MlflowRecorder(Callback):
         metrics = metric_items(result)
         if "epoch" not in metrics:
             return
-        if self.sweep.get("scheduler") == "pbt":
+        if self.spec.scheduler == "pbt":
             params = sampled_params(trial.config)
             metrics.update({f"param/{k}": float(v) for k, v in params.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
             previous = self.configs.get(trial.trial_id)
             metrics["pbt/exploit"] = float(previous is not None and previous != params)
             self.configs[trial.trial_id] = params
-        tracking.log_metrics({"tracking_uri": self._uri, "run_id": self._run_id(trial)}, metrics,
-                             step=int(metrics["epoch"]))
+        tracking.log_metrics(self._target(self._run_id(trial)), metrics, step=int(metrics["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """The trial ended without error: FINISHED, or KILLED if the scheduler stopped it early."""
@@ -141,11 +147,11 @@ class MlflowRecorder(Callback):
         run_id = self._run_id(trial)
         tags = {"pointtune.status": "FINISHED"}
         status = "FINISHED"
-        if stopped_early(result, self.max_epochs):
+        if stopped_early(result, self.spec.epochs):
             status, tags["pointtune.status"] = "KILLED", "STOPPED"
             value = result.get(self.metric)
             tags["pointtune.stopped_by"] = (
-                f"ASHA stopped it after epoch {int(result.get('epoch', 0))} of {self.max_epochs}"
+                f"ASHA stopped it after epoch {int(result.get('epoch', 0))} of {self.spec.epochs}"
                 + (f" ({self.metric} = {value:.4f})" if isinstance(value, (int, float)) else "")
             )
         tracking.set_tags(self._uri, run_id, tags)
@@ -161,13 +167,13 @@ class MlflowRecorder(Callback):
         tracking.end_run(self._uri, run_id, "FAILED")
 
     def _log_best(self, trial, run_id: str) -> None:
-        """Best checkpoint, its config, its validation confusion matrix and feature spectrum as the run's
-        artifacts."""
-        from pointtune.search.checkpoints import best_checkpoint, trial_checkpoint_dirs
+        """The checkpoint of the epoch the trial's loop selected (``best/epoch``), its config, its validation
+        confusion matrix, feature spectrum and scene renders as the run's artifacts."""
+        from pointtune.train.artifacts import log_checkpoint_artifacts
+        from pointtune.train.checkpoint import best_checkpoint, checkpoints_of
 
-        storage = SweepSpec(**self.sweep).storage_path
         for _ in range(3):
-            best = best_checkpoint(trial_checkpoint_dirs(storage, trial.trial_id, trial.path), self.metric, self.mode)
+            best = best_checkpoint(checkpoints_of(self.spec.layout.trial_dirs(trial.trial_id, trial.path)))
             if best is None:
                 return
             try:
@@ -176,58 +182,30 @@ class MlflowRecorder(Callback):
                 # Ray Train removed it while it was copied (a stopped data-parallel trial's last checkpoint
                 # superseded it): look again rather than fail a trial that trained.
                 continue
-            tracking.log_metrics({"tracking_uri": self._uri, "run_id": run_id},  # best/<metric>: every epoch's record
-                                 {"best/epoch": best.metrics.get("epoch", 0)}, step=int(best.metrics.get("epoch", 0)))
             return
         tracking.set_tags(self._uri, run_id, {"pointtune.artifacts": "not logged: the best checkpoint was removed "
                                                                      "by Ray Train while it was being copied"})
 
+    def rank(self, trial_id: str, rank: int | str, optuna_trial: int | None) -> str | None:
+        """Tag the trial's run with its rank in the sweep (``-``: it reported no objective) and its Optuna
+        trial number; returns the run id (``None``: the trial has no run)."""
+        run_id = self.find_run(trial_id)
+        if run_id:
+            tracking.set_tags(self._uri, run_id, {"pointtune.rank": rank, **(
+                {"pointtune.optuna_trial": optuna_trial} if optuna_trial is not None else {})})
+        return run_id
 
-def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str) -> None:
-    """Log ``config.yaml``, ``confusion_matrix.png`` (if the checkpoint has one), ``feature_spectrum.png`` (the
-    feature-collapse plot of DCGLR Fig. 5b, if it has a ``spectrum.npy``), ``scenes/<i>_<scene>.png`` (ground
-    truth beside prediction of the validation scenes whose points the ``scene_seg`` protocol kept,
-    :func:`pointtune.protocols.scene_seg.render_checkpoint_scenes`) and the checkpoint itself
-    (``best_checkpoint/``) to a run; ``checkpoint`` may be a local path or a storage URI."""
-    import yaml
-
-    from pointtune.metrics import plot_confusion_matrix
-    from pointtune.search.checkpoints import fetch
-    from pointtune.train.checkpoint import load_state
-
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        local = fetch(checkpoint, tmp / "best_checkpoint")
-        if local != tmp / "best_checkpoint":  # a local checkpoint: copy it before anything can remove it
-            local = Path(shutil.copytree(local, tmp / "best_checkpoint"))
-        state = load_state(local)
-        (tmp / "config.yaml").write_text(yaml.safe_dump(state["experiment"], sort_keys=False))
-        tracking.log_artifact(uri, run_id, tmp / "config.yaml")
-        if (local / "confusion.npy").exists():
-            import numpy as np
-
-            plot_confusion_matrix(np.load(local / "confusion.npy"), state["class_names"],
-                                  str(tmp / "confusion_matrix.png"),
-                                  title=f"{title}, epoch {state['epoch'] + 1} (validation)")
-            tracking.log_artifact(uri, run_id, tmp / "confusion_matrix.png")
-        if (local / "spectrum.npy").exists():
-            import numpy as np
-
-            from pointtune.protocols.spectrum import log_spectrum, plot_spectrum
-
-            spectrum = np.load(local / "spectrum.npy")
-            if spectrum.size and np.isfinite(spectrum).all():  # NaN: the features were not finite
-                plot_spectrum(log_spectrum(spectrum), str(tmp / "feature_spectrum.png"),
-                              title=f"{title}, epoch {state['epoch'] + 1} (training-split features)")
-                tracking.log_artifact(uri, run_id, tmp / "feature_spectrum.png")
-        if (local / "scene_coord.npy").exists():  # scene_seg: ground truth beside prediction of validation scenes
-            from pointtune.protocols.scene_seg import render_checkpoint_scenes
-
-            oblique = bool((state["experiment"].get("protocol") or {}).get("scene_render_oblique", True))
-            if render_checkpoint_scenes(local, state["class_names"], tmp / "scenes", oblique=oblique,
-                                        title=f"{title}, epoch {state['epoch'] + 1} (validation)"):
-                tracking.log_artifact(uri, run_id, tmp / "scenes", "scenes")
-        tracking.log_artifact(uri, run_id, local, "best_checkpoint")
+    def close_lost(self, known: set[str], reason: str) -> int:
+        """Child runs still RUNNING whose trial is not in ``known`` (Tune's trials: it started after Tune last
+        saved its state, then the sweep was killed) end KILLED with ``pointtune.status=LOST`` and ``reason``.
+        Returns how many."""
+        closed = 0
+        for run in tracking.child_runs(self._uri, self.runtime.experiment_id, self.runtime.parent_run_id):
+            if run.info.status == "RUNNING" and run.data.tags.get(tracking.TRIAL_TAG) not in known:
+                tracking.set_tags(self._uri, run.info.run_id, {"pointtune.status": "LOST", "pointtune.lost": reason})
+                tracking.end_run(self._uri, run.info.run_id, "KILLED")
+                closed += 1
+        return closed
 
 
 def _error_text(trial) -> str | None:

@@ -16,11 +16,11 @@ from typing import Any
 import yaml
 
 from pointtune import tracking
-from pointtune.search.checkpoints import best_checkpoint, fetch, trial_checkpoint_dirs
 from pointtune.schedules import Schedule
-from pointtune.search.records import metric_items, set_study_attr, stopped_early
+from pointtune.search.records import MlflowRecorder, failure_reason, metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
-from pointtune.search.sweep import OPTUNA_KEY, STUDY_NAME, sampled_params, study_storage, trial_config
+from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
+from pointtune.train.checkpoint import best_checkpoint, checkpoints_of, fetch
 
 
 @dataclass
@@ -28,8 +28,9 @@ class TrialSummary:
     """One trial as the sweep saw it.
 
     ``status``: FINISHED (ran every epoch), STOPPED (ASHA stopped it early; its MLflow run is KILLED, its
-    Optuna trial PRUNED) or FAILED. ``best`` is the best value of the objective Tune received;
-    ``best_checkpoint`` the checkpoint of that epoch (local path or storage URI).
+    Optuna trial PRUNED) or FAILED. ``best`` and ``best_epoch`` are the loop's model selection as the trial
+    last reported it (``best/<metric>``, ``best/epoch``: :mod:`pointtune.objective`); ``best_checkpoint`` the
+    checkpoint of that epoch (local path or storage URI).
     """
 
     trial_id: str
@@ -37,6 +38,7 @@ class TrialSummary:
     params: dict[str, Any]
     epochs: int
     best: float | None
+    best_epoch: int | None = None
     last: dict[str, float] = field(default_factory=dict)
     best_checkpoint: str | None = None
     error: str | None = None
@@ -51,40 +53,35 @@ def _trial_id(result) -> str:
     return Path(result.path).name.removeprefix("trial_")  # sweep._trial_name
 
 
-def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any]) -> list[TrialSummary]:
-    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first (failed trials last).
+def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary]:
+    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first (failed trials last), the best
+    value and epoch read from the loop's last report of each trial.
 
     Args:
         results: the ``ResultGrid`` of ``Tuner.fit`` or of the saved experiment.
         space: the sweep's search space (objective, searched keys).
-        max_epochs: epochs of a trial that runs to the end.
-        sweep: the sweep spec as a dict (where the checkpoints are).
+        spec: the sweep (its epochs; where the checkpoints are).
     """
-    from pointtune.search.records import failure_reason
-    from pointtune.search.sweep import SweepSpec
-
-    storage = SweepSpec(**sweep).storage_path
     rows = []
+    searched = set(space.searched())
     for result in results:
         df = result.metrics_dataframe
-        best, history = None, {}
-        if df is not None and space.metric in df and df[space.metric].notna().any():
-            col = df[space.metric]
-            best = float(col.max() if space.mode == "max" else col.min())
-            if "epoch" in df:
-                history = {int(e): float(v) for e, v in zip(df["epoch"], col) if v == v}
+        history = {}
+        if df is not None and space.metric in df and "epoch" in df:
+            history = {int(e): float(v) for e, v in zip(df["epoch"], df[space.metric]) if v == v}
         metrics = result.metrics or {}
         trial_id = _trial_id(result)
         if result.error is not None:
             status = "FAILED"
         else:
-            status = "STOPPED" if stopped_early(metrics, max_epochs) else "FINISHED"
-        kept = best_checkpoint(trial_checkpoint_dirs(storage, trial_id, result.path), space.metric, space.mode)
-        searched = set(space.searched())
+            status = "STOPPED" if stopped_early(metrics, spec.epochs) else "FINISHED"
+        selected = metric_items(metrics)
+        best = selected.get(f"best/{space.metric}")
+        kept = best_checkpoint(checkpoints_of(spec.layout.trial_dirs(trial_id, result.path)))
         rows.append(TrialSummary(
             trial_id, status, {k: v for k, v in sampled_params(result.config).items() if k in searched},
-            int(metrics.get("epoch", 0)), best,
-            {k: v for k, v in metric_items(metrics).items() if k.startswith(("val/", "train/"))},
+            int(metrics.get("epoch", 0)), best, int(selected["best/epoch"]) if best is not None else None,
+            {k: v for k, v in selected.items() if k.startswith(("val/", "train/"))},
             kept.path if kept else None, failure_reason(result.error) if result.error is not None else None,
             (result.config or {}).get(OPTUNA_KEY), history=history,
         ))
@@ -96,10 +93,11 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
 def format_table(rows: list[TrialSummary], metric: str) -> str:
     """A fixed-width text table of the trials (best first)."""
     keys = sorted({k for r in rows for k in r.params})
-    header = ["trial", "optuna", "status", "epochs", metric] + short_names(keys)
+    header = ["trial", "optuna", "status", "epochs", metric, "best epoch"] + short_names(keys)
     lines = [header]
     for r in rows:
-        cells = [r.trial_id, _fmt(r.optuna_trial), r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}"]
+        cells = [r.trial_id, _fmt(r.optuna_trial), r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}",
+                 _fmt(r.best_epoch)]
         cells += [_fmt(r.params.get(k)) for k in keys]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -128,9 +126,12 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_best_config(rows: list[TrialSummary], path: Path) -> dict[str, Any] | None:
-    """Write the best trial's full experiment config (from its best checkpoint) as YAML for
-    ``pointtune train --config``; returns it, or ``None`` when no trial has a checkpoint."""
+def write_best(rows: list[TrialSummary], layout, metric: str, path: Path | None = None) -> dict[str, Any] | None:
+    """Record the best trial: ``best.json`` (its id, value, epoch and checkpoint: what ``--from SWEEP_DIR``
+    reads) and its full experiment config, from that checkpoint, as ``best_config.yaml`` (or ``path``) for
+    ``pointtune train --config``. Returns the config, or ``None`` (and writes nothing) when no trial has a
+    checkpoint."""
+    import json
     import tempfile
 
     from pointtune.train.checkpoint import load_state
@@ -139,8 +140,11 @@ def write_best_config(rows: list[TrialSummary], path: Path) -> dict[str, Any] | 
         if row.best_checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
                 config = load_state(fetch(row.best_checkpoint, Path(tmp)))["experiment"]
-            header = f"# best trial {row.trial_id}: {row.best}\n"
-            path.write_text(header + yaml.safe_dump(config, sort_keys=False))
+            layout.best.write_text(json.dumps({
+                "trial_id": row.trial_id, "objective": metric, "value": row.best, "epoch": row.best_epoch,
+                "checkpoint": row.best_checkpoint}, indent=2))
+            header = f"# best trial {row.trial_id}: {metric} = {row.best} at epoch {row.best_epoch}\n"
+            (path or layout.best_config).write_text(header + yaml.safe_dump(config, sort_keys=False))
             return config
     return None
 
@@ -187,30 +191,17 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     return written
 
 
-def ui_url(spec, run_id: str | None = None, port: int = 5000) -> str:
+def ui_url(runtime: SweepRuntime, run_id: str | None = None, port: int = 5000) -> str:
     """The MLflow UI address of the sweep's experiment (runs table) or of one run, for the default
     ``mlflow ui`` (port 5000) or the sweep's tracking server."""
-    uri = spec.tracking_uri or ""
+    uri = runtime.tracking_uri or ""
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{port}"
-    path = f"#/experiments/{spec.experiment_id}"
+    path = f"#/experiments/{runtime.experiment_id}"
     return f"{base}/{path}/runs/{run_id}" if run_id else f"{base}/{path}?workflowType=machine_learning"
 
 
 LOST = ("started before the sweep was interrupted, after Tune last saved its state: Tune does not know it, so "
         "no resume can continue it (its sampled values are tried again as a new trial if Optuna suggests them)")
-
-
-def close_lost_runs(spec, rows: list[TrialSummary]) -> int:
-    """Child runs still RUNNING whose trial is not among ``rows`` (Tune's trials: it started after Tune last
-    saved its state, then the sweep was killed) end KILLED with ``pointtune.status=LOST`` and the reason.
-    Returns how many."""
-    uri, known, closed = spec.tracking_uri, {r.trial_id for r in rows}, 0
-    for run in tracking.child_runs(uri, spec.experiment_id, spec.parent_run_id):
-        if run.info.status == "RUNNING" and run.data.tags.get(tracking.TRIAL_TAG) not in known:
-            tracking.set_tags(uri, run.info.run_id, {"pointtune.status": "LOST", "pointtune.lost": LOST})
-            tracking.end_run(uri, run.info.run_id, "KILLED")
-            closed += 1
-    return closed
 
 
 def reconcile_study(spec, rows: list[TrialSummary]) -> None:
@@ -264,42 +255,37 @@ def reconcile_study(spec, rows: list[TrialSummary]) -> None:
         set_study_attr(str(spec.root), trial.number, "superseded_by", row.optuna_trial)
 
 
-def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
-    """Close what is still open (:func:`close_lost_runs`, :func:`reconcile_study`), write ``summary.csv``,
-    ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the parent run, print the table,
-    the best trial and how to open the results. Returns the trial summaries."""
-    from dataclasses import asdict
-
-    root = spec.root
-    max_epochs = trial_config(spec, {}).train.epochs
-    rows = summarize(results, space, max_epochs, asdict(spec))
-    uri = spec.tracking_uri
-    lost = close_lost_runs(spec, rows)
+def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results) -> list[TrialSummary]:
+    """Close what is still open (the runs of trials Tune never knew, :func:`reconcile_study`), write
+    ``summary.csv``, ``best.json``, ``best_config.yaml`` and the plots, rank the trials' MLflow runs, close the
+    parent run, print the table, the best trial and how to open the results. Returns the trial summaries."""
+    layout = spec.layout
+    rows = summarize(results, space, spec)
+    uri = runtime.tracking_uri
+    runs = MlflowRecorder(spec, runtime, space.metric, space.mode)
+    lost = runs.close_lost({r.trial_id for r in rows}, LOST)
     if spec.scheduler != "pbt":  # PBT sweeps have no Optuna study
         reconcile_study(spec, rows)
     if lost:
         print(f"[pointtune] {lost} trial(s) started before the interruption were unknown to Tune's saved state: "
               f"their MLflow runs are marked LOST")
     for rank, row in enumerate(rows, start=1):
-        row.mlflow_run_id = tracking.find_child_run(uri, spec.experiment_id, spec.parent_run_id, row.trial_id)
-        if row.mlflow_run_id:
-            tracking.set_tags(uri, row.mlflow_run_id, {"pointtune.rank": rank if row.best is not None else "-",
-                                                        **({"pointtune.optuna_trial": row.optuna_trial}
-                                                           if row.optuna_trial is not None else {})})
+        row.mlflow_run_id = runs.rank(row.trial_id, rank if row.best is not None else "-", row.optuna_trial)
     table = format_table(rows, space.metric)
-    (root / "summary.txt").write_text(table + "\n")
-    _write_csv(rows, root / "summary.csv")
-    best_config = write_best_config(rows, root / "best_config.yaml")
+    layout.summary_txt.write_text(table + "\n")
+    _write_csv(rows, layout.summary_csv)
+    best_config = write_best(rows, layout, space.metric)
     pbt = spec.scheduler == "pbt"
-    plots = [] if pbt else plot_study(root)
-    for path in [root / "summary.csv", *plots] + ([root / "best_config.yaml"] if best_config else []):
-        tracking.log_artifact(uri, spec.parent_run_id, path)
+    plots = [] if pbt else plot_study(spec.root)
+    for path in [layout.summary_csv, *plots] + ([layout.best_config, layout.best] if best_config else []):
+        tracking.log_artifact(uri, runtime.parent_run_id, path)
     done = [r for r in rows if r.best is not None]
     if done:
-        tracking.log_metrics({"tracking_uri": uri, "run_id": spec.parent_run_id}, {f"best/{space.metric}": done[0].best}, 0)
-        tracking.set_tags(uri, spec.parent_run_id, {"pointtune.best_trial": done[0].trial_id,
-                                                    "pointtune.best_run": done[0].mlflow_run_id or "-"})
-    tracking.end_run(uri, spec.parent_run_id, "FINISHED" if done else "FAILED")
+        tracking.log_metrics({"tracking_uri": uri, "run_id": runtime.parent_run_id},
+                             {f"best/{space.metric}": done[0].best}, 0)
+        tracking.set_tags(uri, runtime.parent_run_id, {"pointtune.best_trial": done[0].trial_id,
+                                                       "pointtune.best_run": done[0].mlflow_run_id or "-"})
+    tracking.end_run(uri, runtime.parent_run_id, "FINISHED" if done else "FAILED")
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
     print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {counts['STOPPED']} stopped early by "
@@ -307,19 +293,20 @@ def finalize(spec, space: SearchSpace, results) -> list[TrialSummary]:
     if done:
         best = done[0]
         origin = "its last PBT values" if pbt else f"Optuna #{best.optuna_trial}"
-        print(f"[pointtune] best trial {best.trial_id} ({origin}): {space.metric} = {best.best:.4f}  {best.params}")
-        print(f"[pointtune] best config: {root / 'best_config.yaml'}  (pointtune train {spec.method} --config ...)")
+        print(f"[pointtune] best trial {best.trial_id} ({origin}): {space.metric} = {best.best:.4f} at epoch "
+              f"{best.best_epoch}  {best.params}")
+        print(f"[pointtune] best config: {layout.best_config}  (pointtune train {spec.method} --config ...)")
         if best.mlflow_run_id:
-            print(f"[pointtune] best run: {ui_url(spec, best.mlflow_run_id)}")
+            print(f"[pointtune] best run: {ui_url(runtime, best.mlflow_run_id)}")
     if uri.startswith("sqlite"):
-        print(f"[pointtune] MLflow runs: pointtune ui {root}   (then open {ui_url(spec)})")
+        print(f"[pointtune] MLflow runs: pointtune ui {spec.root}   (then open {ui_url(runtime)})")
     else:
-        print(f"[pointtune] MLflow runs: {ui_url(spec)}")
+        print(f"[pointtune] MLflow runs: {ui_url(runtime)}")
     if pbt:
         exploits = sum(1 for _ in _pbt_exploits(spec))
         print(f"[pointtune] PBT: {exploits} exploit(s); each trial's param/* and sched/* per epoch are in MLflow")
     else:
-        print(f"[pointtune] Optuna study: optuna-dashboard sqlite:///{root.resolve()}/optuna.db")
+        print(f"[pointtune] Optuna study: optuna-dashboard {layout.optuna_url}")
     return rows
 
 
@@ -328,9 +315,7 @@ def _pbt_exploits(spec):
     donor's trial tags, their training iterations, the donor's config and the target's new config)."""
     import json
 
-    from pointtune.search.sweep import TUNE_NAME
-
-    path = Path(spec.storage_path) / TUNE_NAME / "pbt_global.txt"
+    path = Path(spec.layout.pbt_exploits)
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
@@ -345,7 +330,7 @@ def _write_csv(rows: list[TrialSummary], path: Path) -> None:
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["trial_id", "optuna_trial", "mlflow_run_id", "status", "epochs", "best_objective",
-                         *keys, *metrics, "error"])
+                         "best_epoch", *keys, *metrics, "error"])
         for r in rows:
-            writer.writerow([r.trial_id, r.optuna_trial, r.mlflow_run_id or "", r.status, r.epochs, r.best,
+            writer.writerow([r.trial_id, r.optuna_trial, r.mlflow_run_id or "", r.status, r.epochs, r.best, r.best_epoch,
                              *[r.params.get(k) for k in keys], *[r.last.get(k) for k in metrics], r.error or ""])

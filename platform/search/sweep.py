@@ -24,133 +24,26 @@ import logging
 import os
 import subprocess
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
-from pointtune.config import ConfigError, PlannedPrerequisite, build_config, plan_prerequisite
+from pointtune.config import ConfigError, PlannedPrerequisite, plan_prerequisite
+from pointtune.layout import trial_name
 from pointtune.search.resources import TrialResources
 from pointtune.search.space import SearchSpace, load_search_space, load_space_tree
-
-TUNE_NAME = "tune"
-STUDY_NAME = "pointtune"
-OPTUNA_KEY = "optuna_trial"  # Optuna trial number, carried in each Tune trial's config (a cross-link)
-
-
-def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
-    """A Tune trial's config without pointtune's bookkeeping keys: the values the trial was given."""
-    return {k: v for k, v in (config or {}).items() if k != OPTUNA_KEY}
-
+from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, study_storage, trial_config
 
 class SweepInterrupted(Exception):
     """The sweep stopped (Ctrl-C / SIGINT) before every trial ended: Tune saved its state, nothing was
     finalized, and ``pointtune resume`` finishes it. The message says how many trials ended and how to resume."""
 
 
-@dataclass
-class SweepSpec:
-    """Everything a sweep needs; saved to ``sweep.yaml`` so that ``pointtune resume`` can rebuild it."""
-
-    method: str
-    space_file: str
-    sweep_dir: str
-    trials: int = 8
-    epochs: int | None = None
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float | None = None
-    max_concurrent: int | None = None
-    seed: int = 0
-    address: str | None = None
-    storage: str | None = None
-    mlflow_uri: str | None = None
-    grace_period: int = 1
-    scheduler: str = "asha"
-    pbt_interval: int = 1
-    wait_for_resources: float = 0.0
-    worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT_S
-    verbose: bool = False
-    base: dict[str, Any] = field(default_factory=dict)
-    overrides: dict[str, Any] = field(default_factory=dict)
-    parent_run_id: str | None = None
-    experiment_id: str | None = None
-    tracking_uri: str | None = None
-    resources: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def root(self) -> Path:
-        """The sweep directory."""
-        return Path(self.sweep_dir)
-
-    @property
-    def storage_path(self) -> str:
-        """Where Tune and Train keep state and checkpoints: ``<storage>/<sweep dir name>`` with ``--storage``
-        (shared storage on multi-node clusters, one folder per sweep), else the sweep directory."""
-        if self.storage:
-            return f"{self.storage.rstrip('/')}/{self.root.name}"
-        return str(self.root.resolve())
-
-    @property
-    def plan(self) -> TrialResources:
-        """The per-trial resources planned when the sweep started."""
-        return TrialResources(**self.resources)
-
-    def fixed_overrides(self) -> dict[str, Any]:
-        """Overrides every trial gets on top of its sampled values (``--set``, ``--epochs``, dataset flags)."""
-        out = dict(self.overrides)
-        if self.epochs is not None:
-            out["train.epochs"] = self.epochs
-        return out
-
-    def save(self) -> None:
-        """Write ``sweep.yaml``."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "sweep.yaml").write_text(yaml.safe_dump(asdict(self), sort_keys=False))
-
-    @classmethod
-    def load(cls, sweep_dir: str | Path) -> SweepSpec:
-        """Read ``<sweep_dir>/sweep.yaml``.
-
-        Raises:
-            ConfigError: not a sweep directory, or a ``sweep.yaml`` with an unknown or missing key or a bad
-                number (one line naming the file and the key).
-        """
-        from pointtune.preflight import load_sweep_yaml_checked
-
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
-        spec = cls(**load_sweep_yaml_checked(Path(sweep_dir) / "sweep.yaml", [f.name for f in fields(cls)], required))
-        spec.sweep_dir = str(Path(sweep_dir).resolve())
-        return spec
-
-    def space(self) -> SearchSpace:
-        """The resolved search space saved in the sweep directory."""
-        return load_search_space(self.root / "space.yaml", self.method)
-
-
-def trial_config(spec: SweepSpec, sampled: dict[str, Any], space: SearchSpace | None = None):
-    """The :class:`ExperimentConfig` of a trial: base config + sampled values + the sweep's fixed overrides.
-    A PBT population draws every parameter: those whose ``when`` conditions fail are left out here (``space``:
-    the sweep's, default the one saved in the sweep directory)."""
-    sampled = sampled_params(sampled)
-    space = space or spec.space()
-    if spec.scheduler == "pbt":
-        sampled = space.active_values(sampled)
-    sampled = space.resolve(sampled)
-    return build_config(spec.method, spec.base, {**sampled, **spec.fixed_overrides()}, source=f"trial {sampled}")
-
-
-def study_storage(sweep_dir: str | Path):
-    """The Optuna storage of a sweep (``<sweep dir>/optuna.db``)."""
-    import optuna
-
-    return optuna.storages.RDBStorage(f"sqlite:///{Path(sweep_dir).resolve()}/optuna.db")
-
-
-def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
-    """One Tune trial: train in this actor (one worker) or through a ``TorchTrainer`` (several).
+def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) -> None:
+    """One Tune trial: build its experiment (once), then train in this actor (one worker) or through a
+    ``TorchTrainer`` (several).
 
     A data-parallel trial whose Train run fails raises ``RuntimeError`` with the root cause in one line,
     which Tune records as the trial's error.
@@ -159,16 +52,14 @@ def run_trial(config: dict[str, Any], spec_dict: dict[str, Any]) -> None:
 
     from pointtune.train.loop import LoopConfig, tune_trial_loop
 
-    spec = SweepSpec(**spec_dict)
     if not spec.verbose:
         logging.getLogger("ray").setLevel(logging.WARNING)  # e.g. "Checkpoint successfully created" per epoch
     space = spec.space()
-    plan = spec.plan
-    exp = trial_config(spec, config, space)
+    plan = runtime.plan
+    exp = trial_config(spec, config, space, runtime)
     if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
         exp.train.threads = max(1, int(plan.cpus_per_worker))
-    loop = LoopConfig(exp.to_dict(), space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker,
-                      verbose=spec.verbose)
+    loop = LoopConfig(exp, space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose)
     if plan.single_process:
         tune_trial_loop(loop)
         return
@@ -182,8 +73,8 @@ def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: st
     from pointtune.train.launch import make_trainer
 
     trainer = make_trainer(
-        loop, workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, name=f"trial_{trial_id}",
-        storage_path=f"{spec.storage_path.rstrip('/')}/train", resources_per_worker=plan.worker_bundle(),
+        loop, workers=plan.workers, use_gpu=plan.gpus_per_worker > 0, name=trial_name(trial_id),
+        storage_path=spec.layout.train, resources_per_worker=plan.worker_bundle(),
         callbacks=[TuneReportCallback()], verbose=spec.verbose,
     )
     try:
@@ -225,14 +116,15 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | None]:
+def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrerequisite | None]:
     """Validate everything that can be validated before Ray starts: the space, the numbers, one trial config,
     the data, and one forward pass of the model it builds (:func:`pointtune.preflight.preflight`).
 
     Returns:
-        The space, and the run every trial needs first (SCL's stage 1 when no ``method.stage1_from`` is given:
-        :func:`pointtune.config.plan_prerequisite`), which is then preflighted too, with the trial config's
-        stand-in; None when there is none.
+        The spec as the sweep records it (relative path ``--set`` values made absolute, the trials' epoch
+        count filled in), the space, and the run every trial needs first (SCL's stage 1 when no
+        ``method.stage1_from`` is given: :func:`pointtune.config.plan_prerequisite`), which is then preflighted
+        too, with the trial config's stand-in; None when there is none.
 
     Raises:
         ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
@@ -244,9 +136,12 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | N
         raise ConfigError(f"--scheduler must be asha or pbt, got {spec.scheduler!r}")
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
+    if "train.epochs" in space.searched():
+        raise ConfigError(f"{space.source}: train.epochs: the epoch count is the sweep's budget (--epochs), not a "
+                          "searched value")
     probe = trial_config(spec, space.first_corner(), space)
-    _resolve_paths(spec, probe)
-    if probe.train.epochs < 1:
+    spec = replace(spec, overrides=_absolute_paths(spec.overrides, probe), epochs=probe.train.epochs)
+    if spec.epochs < 1:
         raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
                           "untrained baseline)")
     if spec.scheduler == "pbt":
@@ -257,20 +152,21 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | N
         preflight(pre.config, workers=0)
     probe_pre = plan_prerequisite(probe)
     preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers, objective=space.metric)
-    return space, pre
+    return spec, space, pre
 
 
-def _resolve_paths(spec: SweepSpec, probe) -> None:
-    """Replace every text ``--set`` value by what the config made of it (a relative ``method.stage1_from`` or
-    ``method.pretrained`` made absolute here), since trials build their configs in Ray's processes, whose
-    working directory is not the command's."""
-    resolved = probe.to_dict()
-    for key, value in spec.overrides.items():
+def _absolute_paths(overrides: dict[str, Any], probe) -> dict[str, Any]:
+    """``overrides`` with every text value replaced by what the config made of it (a relative
+    ``method.stage1_from`` or ``method.pretrained`` made absolute), since trials build their configs in Ray's
+    processes, whose working directory is not the command's."""
+    resolved, out = probe.to_dict(), dict(overrides)
+    for key, value in overrides.items():
         node = resolved
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(value, str) and isinstance(node, str) and node != value:
-            spec.overrides[key] = node
+            out[key] = node
+    return out
 
 
 def _check_prerequisite(space: SearchSpace, pre: PlannedPrerequisite) -> None:
@@ -287,23 +183,23 @@ def _check_prerequisite(space: SearchSpace, pre: PlannedPrerequisite) -> None:
                               f"pass --set {pre.key}=<its directory>")
 
 
-def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> None:
+def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> dict[str, str]:
     """Train the run every trial needs first, once, in ``<sweep dir>/<name>``, in this process (rerunning the
-    sweep command resumes it), and hand its directory to every trial (``spec.overrides[pre.key]``)."""
+    sweep command resumes it); returns the override that hands its directory to every trial."""
     from pointtune.train.launch import train
 
-    run_dir = spec.root / pre.name
+    run_dir = spec.layout.prerequisite(pre.name)
     print(f"[pointtune] every trial needs the {pre.name} run: training it once in {run_dir} "
           f"({pre.config.train.epochs} epochs, in this process)", flush=True)
     train(pre.config, run_dir, workers=0, use_gpu=spec.gpus_per_worker > 0, mlflow_uri=spec.mlflow_uri)
-    spec.overrides[pre.key] = str(run_dir.resolve())
+    return {pre.key: str(run_dir.resolve())}
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
     """PBT needs single-process trials and a checkpoint at every perturbation (``--pbt-interval``)."""
     from pointtune.search.pbt import pbt_scheduler
 
-    pbt_scheduler(space, spec.pbt_interval, probe.train.epochs)  # the space marks what to perturb, consistently
+    pbt_scheduler(space, spec.pbt_interval, spec.epochs)  # the space marks what to perturb, consistently
     if spec.workers > 1:
         raise ConfigError("--scheduler pbt: trials exploit each other's checkpoints through Tune, which "
                           "data-parallel trials (--workers > 1) do not support yet; use --workers 1")
@@ -314,7 +210,7 @@ def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
                               f"({spec.pbt_interval}) epochs, so it must divide it, got {every}")
 
 
-def _tuner_parts(spec: SweepSpec, space: SearchSpace):
+def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
     """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): Optuna TPE + ASHA,
     or Tune's random initial population + PBT (:mod:`pointtune.search.pbt`)."""
     import optuna
@@ -326,7 +222,7 @@ def _tuner_parts(spec: SweepSpec, space: SearchSpace):
     from pointtune.search.records import MlflowRecorder, StudySearch, TrialResultLog
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
-    epochs = trial_config(spec, {}).train.epochs
+    epochs = spec.epochs
     if spec.scheduler == "pbt":
         searcher = BasicVariantGenerator(random_state=spec.seed)
         scheduler = pbt_scheduler(space, spec.pbt_interval, epochs, spec.seed)
@@ -337,8 +233,9 @@ def _tuner_parts(spec: SweepSpec, space: SearchSpace):
             study_name=STUDY_NAME,
         )
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec_dict=asdict(spec)), spec.plan.trial_bundle())
-    recorder = MlflowRecorder(asdict(spec), space.metric, space.mode, epochs)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, runtime=runtime),
+                                    runtime.plan.trial_bundle())
+    recorder = MlflowRecorder(spec, runtime, space.metric, space.mode)
     return searcher, scheduler, trainable, [recorder, TrialResultLog()]
 
 
@@ -399,8 +296,8 @@ def _check_tracking(spec: SweepSpec, nodes: int) -> None:
 
 
 def _trial_name(trial) -> str:
-    """``trial_<Tune trial id>``: the name of a trial's directory, of its Train run and of its MLflow run."""
-    return f"trial_{trial.trial_id}"
+    """A Tune trial's directory name (:func:`pointtune.layout.trial_name`)."""
+    return trial_name(trial.trial_id)
 
 
 def _reporter(spec: SweepSpec, space: SearchSpace):
@@ -441,7 +338,7 @@ def _checkpoint_config(spec: SweepSpec, space: SearchSpace):
                                  checkpoint_score_order=space.mode)
 
 
-def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
+def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
 
@@ -450,22 +347,21 @@ def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    searcher, scheduler, trainable, callbacks = _tuner_parts(spec, space)
-    path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
+    searcher, scheduler, trainable, callbacks = _tuner_parts(spec, runtime, space)
     if restore:
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(spec.layout.tune, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(
             trainable,
             param_space=population_space(space) if spec.scheduler == "pbt" else None,
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
-                max_concurrent_trials=spec.plan.max_concurrent, metric=space.metric, mode=space.mode,
-                reuse_actors=spec.plan.single_process,
+                max_concurrent_trials=runtime.plan.max_concurrent, metric=space.metric, mode=space.mode,
+                reuse_actors=runtime.plan.single_process,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
             ),
             run_config=tune.RunConfig(
-                name=TUNE_NAME, storage_path=spec.storage_path, verbose=2 if spec.verbose else 1,
+                name=spec.layout.TUNE_NAME, storage_path=spec.storage_path, verbose=2 if spec.verbose else 1,
                 callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
                 progress_reporter=_reporter(spec, space),
                 checkpoint_config=_checkpoint_config(spec, space),
@@ -478,7 +374,8 @@ def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
 
 
 def run_sweep(spec: SweepSpec):
-    """Validate, start Ray, plan resources, open the MLflow parent run, run the Tuner and finalize.
+    """Validate, start Ray, plan resources, open the MLflow parent run, record what was decided
+    (``sweep.yaml``, ``runtime.yaml``), run the Tuner and finalize.
 
     Returns:
         The trial summaries (:class:`~pointtune.search.report.TrialSummary`), best first.
@@ -490,36 +387,37 @@ def run_sweep(spec: SweepSpec):
     from pointtune.cluster import init_ray, node_resources
     from pointtune.protocols import protocol_name
 
-    space, pre = prepare_sweep(spec)
-    if pre is not None:
-        _train_prerequisite(spec, pre)
+    spec, space, pre = prepare_sweep(spec)
+    decided = _train_prerequisite(spec, pre) if pre is not None else {}
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
     _check_tracking(spec, len(node_resources()))
-    spec.resources = plan.as_dict()
+    layout = spec.layout
     spec.root.mkdir(parents=True, exist_ok=True)
-    (spec.root / "space.yaml").write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))
-    spec.tracking_uri = tracking.resolve_tracking_uri(spec.root, spec.mlflow_uri)
-    spec.experiment_id = tracking.ensure_experiment(spec.tracking_uri, f"pointtune-{spec.method}", spec.root)
+    layout.space.write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))
+    uri = tracking.resolve_tracking_uri(spec.root, spec.mlflow_uri)
+    experiment_id = tracking.ensure_experiment(uri, f"pointtune-{spec.method}", spec.root)
     probe = trial_config(spec, {})
-    spec.parent_run_id = tracking.start_run(
-        spec.tracking_uri, spec.experiment_id, spec.root.name,
+    parent_run_id = tracking.start_run(
+        uri, experiment_id, spec.root.name,
         {tracking.KIND_TAG: "sweep", "pointtune.method": spec.method, "pointtune.git_commit": _git_commit()},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
-         "trials": spec.trials, "epochs": probe.train.epochs, "workers": spec.workers,
+         "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
-         **({f"prerequisite/{pre.name}": spec.overrides[pre.key]} if pre else {})},
+         **({f"prerequisite/{pre.name}": decided[pre.key]} if pre else {})},
     )
-    tracking.log_artifact(spec.tracking_uri, spec.parent_run_id, spec.root / "space.yaml")
+    runtime = SweepRuntime(plan.as_dict(), uri, experiment_id, parent_run_id, decided)
+    tracking.log_artifact(uri, parent_run_id, layout.space)
     spec.save()
+    runtime.save(layout)
     shape = "in its own actor" if plan.single_process else f"{plan.workers} Ray Train workers"
     print(f"[pointtune] sweep {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, each {shape} of "
           f"{plan.cpus_per_worker:g} CPU / {plan.gpus_per_worker:g} GPU", flush=True)
-    results = _tune(spec, space, restore=False)
-    return _finish(spec, space, results)
+    results = _tune(spec, runtime, space, restore=False)
+    return _finish(spec, runtime, space, results)
 
 
 def resume_sweep(sweep_dir: str | Path):
@@ -536,18 +434,18 @@ def resume_sweep(sweep_dir: str | Path):
     from pointtune.cluster import init_ray
 
     spec = SweepSpec.load(sweep_dir)
+    runtime = SweepRuntime.load(spec.layout)
     space = spec.space()
-    path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
-    if not tune.Tuner.can_restore(path):
-        raise ConfigError(f"{sweep_dir}: no Tune experiment state at {path} to resume")
+    if not tune.Tuner.can_restore(spec.layout.tune):
+        raise ConfigError(f"{sweep_dir}: no Tune experiment state at {spec.layout.tune} to resume")
     print(f"[pointtune] resuming sweep {spec.root}", flush=True)
-    results = _tune(spec, space, restore=True)
-    return _finish(spec, space, results)
+    results = _tune(spec, runtime, space, restore=True)
+    return _finish(spec, runtime, space, results)
 
 
-def _finish(spec: SweepSpec, space: SearchSpace, results):
+def _finish(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results):
     """Finalize a sweep whose trials all ended; raise :class:`SweepInterrupted` for one that was stopped
     (Tune returns after a SIGINT, its saved state holding trials not yet run or running): then nothing is
     marked finished, stopped or best, the parent run is tagged INTERRUPTED and stays open for ``resume``."""
@@ -557,13 +455,13 @@ def _finish(spec: SweepSpec, space: SearchSpace, results):
     from pointtune.search.report import finalize
 
     # The state Tune saved (before it stopped the trials, which then read TERMINATED in memory).
-    saved = ExperimentAnalysis(f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}").trials
+    saved = ExperimentAnalysis(spec.layout.tune).trials
     ended = sum(t.status in ("TERMINATED", "ERROR") for t in saved)
     if ended < spec.trials:
-        tracking.set_tags(spec.tracking_uri, spec.parent_run_id, {"pointtune.status": "INTERRUPTED"})
+        tracking.set_tags(runtime.tracking_uri, runtime.parent_run_id, {"pointtune.status": "INTERRUPTED"})
         raise SweepInterrupted(f"sweep interrupted with {ended} of {spec.trials} trials ended; Tune saved its "
                                f"state and nothing was summarized; finish it with: pointtune resume {spec.root}")
-    return finalize(spec, space, results)
+    return finalize(spec, runtime, space, results)
 
 
 def _resolved_space(spec: SweepSpec) -> dict[str, Any]:

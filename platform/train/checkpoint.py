@@ -1,17 +1,17 @@
-"""Training state on disk: model, optimizer, scheduler, AMP scaler, epoch, best score and RNG states.
+"""Checkpoints on disk: writing a training state, reading one back, and finding the ones a run kept.
 
-One checkpoint is a directory holding ``state.pt`` (this module), ``metrics.json`` (the epoch's metrics, so
-that the best checkpoint of a run can be chosen without loading models) and optional evaluation artefacts
-(``confusion.npy``; ``spectrum.npy``, the normalised feature spectrum of the feature protocols,
-:mod:`pointtune.protocols.spectrum`; ``scene_*.npy``, the validation points behind the scene renders of the
-``scene_seg`` protocol, :mod:`pointtune.protocols.scene_seg`). Ray Train moves these directories to the run's
-storage; in local mode (``num_workers=0``) Ray keeps no copy, so :class:`LocalCheckpoints` keeps the latest and
-the best.
+A checkpoint is a directory (:mod:`pointtune.layout`) holding ``state.pt`` (model, optimizer, AMP scaler,
+epoch, the model selection with the selected epoch's weights, RNG states, experiment, class names),
+``metrics.json`` (the epoch's metrics, so that the checkpoints a run kept can be told apart without loading
+models) and optional evaluation arrays (``confusion.npy``; ``spectrum.npy``, the normalised feature spectrum
+of the feature protocols, :mod:`pointtune.protocols.spectrum`; ``scene_*.npy``, the validation points behind
+the scene renders of the ``scene_seg`` protocol). Ray Train and Tune move these directories to the run's
+storage and keep the best by the objective and the latest; in local mode (``num_workers=0``) Ray keeps no copy,
+so :class:`LocalCheckpoints` keeps the latest and the best.
 
-This module is also the one reader of the format: :func:`load_method` rebuilds a method from any checkpoint
-the project writes (a local run's ``checkpoints/best``, a multi-worker run's ``train/checkpoint_*``, a sweep
-trial's, a sweep's best), :func:`find_checkpoint` says which checkpoint directory a path designates and
-:func:`read_checkpoint` reads and checks one ``state.pt``.
+:func:`read_checkpoint` reads and checks one ``state.pt``; :func:`kept_checkpoints` lists the checkpoints
+under a directory of any storage, :func:`best_checkpoint` picks the one of the epoch the loop selected.
+Rebuilding a method from a path is :mod:`pointtune.train.load`'s.
 """
 
 from __future__ import annotations
@@ -28,11 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from pointtune.config import ConfigError, ExperimentConfig, build_config
-from pointtune.method import Method, get_method, method_names
-
-STATE_FILE = "state.pt"
-METRICS_FILE = "metrics.json"
+from pointtune.config import ConfigError
+from pointtune.layout import METRICS_FILE, STATE_FILE, is_uri, join
 
 
 def rng_state() -> dict[str, Any]:
@@ -104,222 +101,9 @@ class LocalCheckpoints:
         return self.latest
 
 
-# --------------------------------------------------------------------------------------------------------
-# Reading checkpoints back: the one reader of the format, for every place a checkpoint is loaded from.
-# --------------------------------------------------------------------------------------------------------
-
-RUN_CHECKPOINTS = "checkpoints"  # a local run's LocalCheckpoints root, under the run directory
-RAY_TRAIN_DIR = "train"  # where Ray Train keeps a multi-worker run's checkpoints (launch.py: RunConfig name)
-SWEEP_FILE = "sweep.yaml"
-_EXPECTED = "expected a checkpoint directory (holding state.pt), its state.pt, a run directory or a sweep directory"
-
-
 class CheckpointNotFoundError(ConfigError, FileNotFoundError):
     """Nothing exists where a checkpoint was named: a :class:`~pointtune.config.ConfigError` (one line naming
     the path) that is also a :class:`FileNotFoundError`, for callers that handle missing files."""
-
-
-@dataclass
-class LoadedCheckpoint:
-    """A method rebuilt from a checkpoint (:func:`load_method`).
-
-    Attributes:
-        method: the rebuilt :class:`~pointtune.method.Method`, its saved weights loaded, in eval mode, on the
-            device ``map_location`` named.
-        experiment: the run's validated :class:`~pointtune.config.ExperimentConfig`, as saved.
-        class_names: the labelled dataset's classes (``method.num_classes`` of them), in label order.
-        epoch: epochs the saved model was trained for (1 after the first epoch; ``metrics["epoch"]``).
-        metrics: the metrics reported with the checkpoint (``val/*``, ``best/<objective>``, ...).
-        path: the checkpoint directory read: a local :class:`~pathlib.Path`, or a storage URI (``s3://...``)
-            for a sweep kept in remote storage.
-    """
-
-    method: Method
-    experiment: ExperimentConfig
-    class_names: list[str]
-    epoch: int
-    metrics: dict[str, Any]
-    path: Path | str
-
-
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
-def _check_torch_archive(state: Path) -> Path:
-    """The directory of ``state`` if it is a ``torch.save`` archive (a zip holding ``*/data.pkl``).
-
-    Raises:
-        ConfigError: it is not (a text or random file, a truncated archive); names the file.
-    """
-    try:
-        with zipfile.ZipFile(state) as archive:
-            ok = any(name.endswith("data.pkl") for name in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        ok = False
-    if not ok:
-        raise ConfigError(f"{state}: not a pointtune checkpoint (torch cannot load it: not an archive written by "
-                          "torch.save)")
-    return state.parent
-
-
-def _recorded_objective(kept: list) -> str | None:
-    """The objective the loop recorded in the checkpoints' metrics (as ``best/<metric>``), if any."""
-    for checkpoint in sorted(kept, key=lambda k: -k.metrics.get("epoch", 0)):
-        names = [k.removeprefix("best/") for k in checkpoint.metrics if k.startswith("best/")]
-        if names:
-            return names[0]
-    return None
-
-
-def _run_objective(run_dir: Path) -> list[tuple[str, str]]:
-    """The objective ``(metric, mode)`` of the ``pointtune train`` run in ``run_dir`` (its protocol's default,
-    from the ``config.yaml`` the run wrote), or none when there is no readable config."""
-    from pointtune.config import config_from_file, load_yaml
-    from pointtune.protocols import default_objective
-
-    config = run_dir / "config.yaml"
-    if not config.is_file():
-        return []
-    try:
-        exp = config_from_file(load_yaml(config)["method"]["name"], config)
-    except (ConfigError, KeyError, TypeError):
-        return []
-    return [default_objective(exp)]
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _choose(kept: list, known: list[tuple[str, str]] = ()) -> str:
-    """The best of the checkpoint directories ``kept`` by the run's objective: the metric the loop recorded as
-    ``best/<metric>``, maximised or minimised as the first of ``known`` objectives naming it says (a sweep's
-    objective, a run's protocol), else maximised; ties go to the later epoch. When no checkpoint recorded a
-    finite objective, the latest one."""
-    from pointtune.search.checkpoints import best_checkpoint
-
-    metric = _recorded_objective(kept)
-    if metric is not None:
-        mode = next((m for name, m in known if name == metric), "max")
-        best = best_checkpoint(kept, metric, mode)
-        if best is not None:
-            return best.path
-    return max(kept, key=lambda k: (k.metrics.get("epoch", 0), k.path)).path
-
-
-def _sweep_best(sweep_dir: Path) -> str:
-    """The best checkpoint (local path or storage URI) of the best trial of the sweep in ``sweep_dir``, by the
-    sweep's objective, from Tune's saved state (Ray is not started).
-
-    Raises:
-        ConfigError: a bad ``sweep.yaml``, an unreadable Tune experiment, or no trial left a checkpoint.
-    """
-    from dataclasses import asdict
-
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    from pointtune.search.report import summarize
-    from pointtune.search.sweep import TUNE_NAME, SweepSpec, trial_config
-
-    spec = SweepSpec.load(sweep_dir)
-    space = spec.space()
-    tune_path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
-    try:
-        grid = ResultGrid(ExperimentAnalysis(tune_path, default_metric=space.metric, default_mode=space.mode))
-    except (ValueError, FileNotFoundError, OSError) as err:
-        reason = " ".join(str(err).split())[:200]
-        raise ConfigError(f"{sweep_dir}: cannot read the sweep's Tune experiment at {tune_path} ({reason})") from None
-    rows = summarize(grid, space, trial_config(spec, {}).train.epochs, asdict(spec))
-    found = next((r.best_checkpoint for r in rows if r.best_checkpoint), None)
-    if found is None:
-        raise ConfigError(f"{sweep_dir}: no trial of this sweep left a checkpoint")
-    return found
-
-
-def _sweep_trial(trial_dir: Path) -> str | None:
-    """The best checkpoint of a sweep trial named by its directory (``<sweep>/tune/trial_<id>`` or
-    ``<sweep>/train/trial_<id>``), wherever the trial kept its checkpoints, by the sweep's objective; ``None``
-    when ``trial_dir`` is not such a directory of a sweep directory."""
-    from pointtune.search.checkpoints import kept_checkpoints, trial_checkpoint_dirs
-    from pointtune.search.sweep import TUNE_NAME, SweepSpec
-
-    sweep_dir = trial_dir.parent.parent
-    if not (trial_dir.name.startswith("trial_") and trial_dir.parent.name in (TUNE_NAME, RAY_TRAIN_DIR)
-            and (sweep_dir / SWEEP_FILE).is_file()):
-        return None
-    spec = SweepSpec.load(sweep_dir)
-    space = spec.space()
-    trial_id = trial_dir.name.removeprefix("trial_")
-    tune_trial = sweep_dir / TUNE_NAME / trial_dir.name
-    kept = trial_checkpoint_dirs(spec.storage_path, trial_id, str(tune_trial) if tune_trial.is_dir() else None)
-    kept += [k for k in kept_checkpoints(str(trial_dir)) if k.path not in {c.path for c in kept}]
-    if not kept:
-        raise ConfigError(f"{trial_dir}: this trial left no checkpoint")
-    return _choose(kept, [(space.metric, space.mode)])
-
-
-def find_checkpoint(path: str | Path) -> Path | str:
-    """The checkpoint directory that ``path`` designates, without loading it.
-
-    ``path`` may be:
-
-    * a checkpoint directory (holding ``state.pt``) or that ``state.pt`` (a storage URI is taken as one);
-    * a ``pointtune train`` run directory: local mode's ``checkpoints/best`` (``checkpoints/latest`` when no
-      epoch reported the objective); with ``--workers N``, the best of Ray Train's ``train/checkpoint_*`` by the
-      run's objective (its protocol's, from the run's ``config.yaml``), read from every checkpoint's
-      ``metrics.json``;
-    * a sweep directory (holding ``sweep.yaml``): the best trial's best checkpoint;
-    * a sweep trial's directory (``<sweep>/tune/trial_<id>``, ``<sweep>/train/trial_<id>``) or any directory
-      of ``checkpoint_*`` directories: the best of them by the objective.
-
-    A local ``state.pt`` found so is checked to be a ``torch.save`` archive; :func:`read_checkpoint` checks
-    the rest.
-
-    Returns:
-        The checkpoint directory: an absolute :class:`~pathlib.Path`, or a storage URI string (``s3://...``)
-        when ``path`` is one or the sweep keeps its trials in remote storage.
-
-    Raises:
-        CheckpointNotFoundError: nothing exists at ``path``.
-        ConfigError: nothing usable at ``path`` (another file, a directory of none of these kinds, a sweep or
-            run without checkpoints), or its ``state.pt`` is not a file torch wrote; one line naming the path.
-    """
-    if _is_uri(path):
-        uri = str(path).rstrip("/")
-        return uri.removesuffix(f"/{STATE_FILE}")
-    path = Path(path).expanduser().absolute()
-    if not path.exists():
-        where = path if path.name == STATE_FILE else path / STATE_FILE
-        raise CheckpointNotFoundError(f"{where}: no such file" + ("" if where == path else
-                                                                 f" ({path} does not exist; {_EXPECTED})"))
-    if path.is_file():
-        if path.name != STATE_FILE:
-            raise ConfigError(f"{path}: not a checkpoint ({_EXPECTED})")
-        return _check_torch_archive(path)
-    if (path / STATE_FILE).is_file():
-        return _check_torch_archive(path / STATE_FILE)
-    local = path / RUN_CHECKPOINTS
-    if (local / "best" / STATE_FILE).is_file():
-        return _check_torch_archive(local / "best" / STATE_FILE)
-    if (path / SWEEP_FILE).is_file():
-        found = _sweep_best(path)
-        return found if _is_uri(found) else find_checkpoint(found)
-    trial = _sweep_trial(path)
-    if trial is not None:
-        return trial if _is_uri(trial) else find_checkpoint(trial)
-    from pointtune.search.checkpoints import kept_checkpoints
-
-    for where in (path / RAY_TRAIN_DIR, path):  # a multi-worker run's Ray Train checkpoints, or a directory of them
-        kept = kept_checkpoints(str(where)) if where.is_dir() else []
-        if kept:
-            return find_checkpoint(_choose(kept, _run_objective(path) or _run_objective(path.parent)))
-    if (local / "latest" / STATE_FILE).is_file():
-        return _check_torch_archive(local / "latest" / STATE_FILE)
-    if (path / RUN_CHECKPOINTS).is_dir() or (path / "config.yaml").is_file():
-        raise ConfigError(f"{path}: this run directory holds no checkpoint yet (none in {local} or "
-                          f"{path / RAY_TRAIN_DIR})")
-    raise ConfigError(f"{path}: not a checkpoint ({_EXPECTED})")
 
 
 def read_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -357,60 +141,74 @@ def read_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     return state
 
 
-def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
-    """Rebuild the method saved in the checkpoint that ``path`` designates, with its weights.
+@dataclass(frozen=True)
+class KeptCheckpoint:
+    """A checkpoint directory (local path or storage URI) and the metrics of the epoch it holds."""
 
-    Args:
-        path: anything :func:`find_checkpoint` accepts: a checkpoint directory or its ``state.pt``, a
-            ``pointtune train`` run directory (local or ``--workers N``), a sweep directory or one of its trial
-            directories, or a checkpoint's storage URI.
-        map_location: where the tensors are loaded and the method is placed (``"cpu"``, ``"cuda:0"``).
+    path: str
+    metrics: dict[str, float]
 
-    Returns:
-        A :class:`LoadedCheckpoint`: the method (weights loaded, eval mode), its experiment config, class
-        names, epoch, metrics and the checkpoint directory read.
 
-    Raises:
-        CheckpointNotFoundError: nothing exists at ``path``.
-        ConfigError: one line naming the path: not a checkpoint or a directory holding one, a file torch cannot
-            load or without the entries of a pointtune checkpoint, a saved config that is no longer valid, an
-            unknown method, or weights that do not match the rebuilt model.
-    """
-    checkpoint = find_checkpoint(path)
-    if _is_uri(checkpoint):
-        import tempfile
+def _fs(uri: str):
+    """``(pyarrow filesystem, path within it)`` of a local path or a storage URI."""
+    import pyarrow.fs
 
-        from pointtune.search.checkpoints import fetch
+    if "://" not in uri:
+        return pyarrow.fs.LocalFileSystem(), str(Path(uri).resolve())
+    return pyarrow.fs.FileSystem.from_uri(uri)
 
-        with tempfile.TemporaryDirectory() as tmp:
-            state = read_checkpoint(fetch(str(checkpoint), Path(tmp) / "checkpoint"), map_location)
-        where = f"{checkpoint}/{STATE_FILE}"
-    else:
-        state = read_checkpoint(checkpoint, map_location)
-        where = str(Path(checkpoint) / STATE_FILE)
-    name = state["experiment"]["method"]["name"]
+
+def kept_checkpoints(base: str) -> list[KeptCheckpoint]:
+    """The ``checkpoint_*`` directories directly under ``base`` (a local path or a storage URI) that hold a
+    ``metrics.json``; a checkpoint still being written, or not one of ours, is skipped."""
+    import pyarrow.fs
+
+    fs, path = _fs(base)
     try:
-        get_method(name)
-    except KeyError:
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model (no such method here; known: "
-                          f"{', '.join(method_names())})") from None
-    try:
-        experiment = build_config(name, state["experiment"], source=f"{where}: saved config")
-    except ConfigError as err:
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model ({err})") from None
-    class_names = [str(c) for c in state["class_names"]]
-    try:
-        method = experiment.method_cls(experiment.method, len(class_names), experiment.train.epochs)
-        method.load_state_dict(state["model"])
-    except (ConfigError, FileNotFoundError) as err:  # e.g. a fine-tuned method whose pretrained source is gone
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model ({' '.join(str(err).split())})") from None
-    except (KeyError, RuntimeError, ValueError, TypeError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
-        reason = " ".join(str(msg).split())[:300]
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model ({type(err).__name__}: {reason})") from None
-    if isinstance(map_location, (str, torch.device)):
-        method.to(map_location)
-    method.eval()
-    metrics = dict(state.get("metrics") or {})
-    epoch = int(metrics.get("epoch", int(state.get("epoch", -1)) + 1))
-    return LoadedCheckpoint(method, experiment, class_names, epoch, metrics, checkpoint)
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for info in sorted(infos, key=lambda i: i.path):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        try:
+            with fs.open_input_stream(join(info.path, METRICS_FILE)) as fh:
+                metrics = json.loads(fh.read())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metrics, dict):
+            found.append(KeptCheckpoint(info.path if "://" not in base else base.split("://")[0] + "://" + info.path,
+                                        metrics))
+    return found
+
+
+def best_checkpoint(kept: list[KeptCheckpoint]) -> KeptCheckpoint | None:
+    """The kept checkpoint of the epoch the loop selected: ``best/epoch`` as the newest kept checkpoint
+    reported it (:mod:`pointtune.objective`; Ray keeps that checkpoint, by the same rule). When it is no longer
+    kept (a PBT trial keeps only its latest checkpoints, and one that exploited carries its donor's
+    selection) or nothing selected an epoch yet, the newest kept checkpoint. ``None`` when ``kept`` is empty."""
+    if not kept:
+        return None
+    newest = max(kept, key=lambda k: (k.metrics.get("epoch", 0), k.path))
+    selected = newest.metrics.get("best/epoch")
+    return next((k for k in kept if selected and k.metrics.get("epoch") == selected), newest)
+
+
+def checkpoints_of(bases: list[str]) -> list[KeptCheckpoint]:
+    """Every kept checkpoint directly under any of ``bases`` (e.g. :meth:`pointtune.layout.SweepDir.trial_dirs`)."""
+    return [kept for base in bases for kept in kept_checkpoints(base)]
+
+
+def fetch(uri: str, local: Path) -> Path:
+    """A local directory with the checkpoint at ``uri``: the path itself when it is local, else a copy in
+    ``local``."""
+    import pyarrow.fs
+
+    if "://" not in uri:
+        return Path(uri)
+    fs, path = _fs(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    pyarrow.fs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+    return local
+

@@ -8,6 +8,7 @@ last checkpoint.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -17,12 +18,9 @@ import yaml
 
 from pointtune import tracking
 from pointtune.config import ConfigError, ExperimentConfig
+from pointtune.layout import RunDir
 from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
-
-
-METRICS_FILE = "metrics.jsonl"  # one JSON line per epoch, written by rank 0
-SUMMARY_FILE = "summary.json"
 
 
 def make_trainer(
@@ -97,8 +95,9 @@ def train(
         ray.train.TrainingFailedError: a worker failed (e.g. the loss became NaN).
     """
     run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
+    run.config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     if workers == 0 and not use_gpu:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # local CPU mode stays on the CPU
     metric, mode = default_objective(exp)
@@ -112,10 +111,11 @@ def train(
         from pointtune.cluster import init_ray
 
         init_ray(None)  # the dashboard's State API lets Ray Train free the workers of a failed run
-    loop = LoopConfig(exp.to_dict(), metric, mode, mlflow={"tracking_uri": uri, "run_id": run_id},
-                      local_dir=str(run_dir / "checkpoints") if workers == 0 else None, progress=progress,
-                      cpus_per_worker=1 if workers > 0 else None, metrics_file=str(run_dir / METRICS_FILE))
-    trainer = make_trainer(loop, workers=workers, use_gpu=use_gpu, name="train", storage_path=str(run_dir))
+    loop = LoopConfig(exp, metric, mode, mlflow={"tracking_uri": uri, "run_id": run_id},
+                      local_dir=str(run.checkpoints) if workers == 0 else None, progress=progress,
+                      cpus_per_worker=1 if workers > 0 else None, metrics_file=str(run.metrics))
+    trainer = make_trainer(loop, workers=workers, use_gpu=use_gpu, name=RunDir.RAY_TRAIN_NAME,
+                           storage_path=str(run_dir))
     began = time.time()
     try:
         trainer.fit()
@@ -124,18 +124,18 @@ def train(
         raise
     _log_best_checkpoint(uri, run_id, run_dir, exp.method.name)
     tracking.end_run(uri, run_id, "FINISHED")
-    summary = write_summary(run_dir, metric, mode, time.time() - began)
-    print(f"[pointtune] per-epoch metrics: {run_dir / METRICS_FILE}; summary: {run_dir / SUMMARY_FILE}; "
+    summary = write_summary(run, metric, mode, time.time() - began)
+    print(f"[pointtune] per-epoch metrics: {run.metrics}; summary: {run.summary}; "
           f"MLflow: pointtune ui {run_dir}")
     return summary
 
 
 def _log_best_checkpoint(uri: str, run_id: str, run_dir: Path, method: str) -> None:
     """The run's best checkpoint, its config, validation confusion matrix and feature spectrum as MLflow
-    artifacts, as a sweep trial's (:func:`pointtune.search.records.log_checkpoint_artifacts`); nothing when the
+    artifacts, as a sweep trial's (:func:`pointtune.train.artifacts.log_checkpoint_artifacts`); nothing when the
     run kept no checkpoint (``--epochs 0``)."""
-    from pointtune.search.records import log_checkpoint_artifacts
-    from pointtune.train.checkpoint import find_checkpoint
+    from pointtune.train.artifacts import log_checkpoint_artifacts
+    from pointtune.train.load import find_checkpoint
 
     try:
         best = find_checkpoint(run_dir)
@@ -144,23 +144,22 @@ def _log_best_checkpoint(uri: str, run_id: str, run_dir: Path, method: str) -> N
     log_checkpoint_artifacts(uri, run_id, str(best), f"{method} {run_dir.name}")
 
 
-def write_summary(run_dir: Path, metric: str, mode: str, wall_s: float) -> dict[str, Any]:
-    """``<run_dir>/summary.json`` from the run's per-epoch records: the best epoch by the objective, its value,
-    the test metrics (scored on that epoch's weights) and the wall time; returns it.
+def write_summary(run: RunDir, metric: str, mode: str, wall_s: float) -> dict[str, Any]:
+    """``summary.json`` of the run, from its last per-epoch record: the loop's model selection (``best/<metric>``
+    and ``best/epoch``, :mod:`pointtune.objective`), the test metrics (scored on that epoch's weights;
+    ``test/epoch`` says which) and the wall time; returns it.
 
     Raises:
         FileNotFoundError: the run recorded no epoch.
     """
-    epochs = [json.loads(line) for line in (run_dir / METRICS_FILE).read_text().splitlines() if line.strip()]
-    scored = [e for e in epochs if isinstance(e.get(metric), (int, float))]
-    sign = 1 if mode == "max" else -1
-    best = max(scored, key=lambda e: (sign * e[metric], -e["epoch"])) if scored else None
-    last = epochs[-1]
+    last = [json.loads(line) for line in run.metrics.read_text().splitlines() if line.strip()][-1]
+    best = last.get(f"best/{metric}")
+    found = isinstance(best, (int, float)) and math.isfinite(best)
     summary = {
         "epochs": int(last["epoch"]), "objective": metric, "mode": mode,
-        "best_epoch": int(best["epoch"]) if best else None, "best": best[metric] if best else None,
+        "best_epoch": int(last["best/epoch"]) if found else None, "best": best if found else None,
         "wall_s": round(wall_s, 2),
         "test": {k.removeprefix("test/"): v for k, v in last.items() if k.startswith("test/")},
     }
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    run.summary.write_text(json.dumps(summary, indent=2))
     return summary

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import random
 import tempfile
 import time
@@ -30,9 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pointtune.config import ExperimentConfig, OptimConfig, build_config
+from pointtune.config import ExperimentConfig, OptimConfig
 from pointtune.data import build_datasets, describe_split
 from pointtune.method import Method
+from pointtune.objective import BestEpoch
 from pointtune.protocols import build_eval_splits, evaluate, to_device
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
 from pointtune.schedules import schedule_values
@@ -45,7 +45,8 @@ class LoopConfig:
     """What the loop needs besides the experiment, the same for ``pointtune train`` and every sweep trial.
 
     Attributes:
-        experiment: an :class:`~pointtune.config.ExperimentConfig` as a dict (``to_dict()``).
+        experiment: the validated :class:`~pointtune.config.ExperimentConfig` (built once by the caller; it
+            travels to Ray Train's workers pickled, never rebuilt).
         metric, mode: the objective (model selection and the best checkpoint).
         mlflow: ``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each epoch there before
             reporting it. Sweeps log from the Tune driver instead, exactly what Tune received.
@@ -56,7 +57,7 @@ class LoopConfig:
         metrics_file: ``pointtune train``: rank 0 appends each epoch's metrics there as a JSON line.
     """
 
-    experiment: dict[str, Any]
+    experiment: ExperimentConfig
     metric: str
     mode: str
     mlflow: dict[str, str] | None = None
@@ -89,13 +90,6 @@ def build_optimizer(method: Method, cfg: OptimConfig) -> torch.optim.Optimizer:
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr.start, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr.start)
-
-
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    """Whether ``value`` improves on ``best`` (``None``: nothing yet) for ``mode`` ``max`` or ``min``."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
 
 
 def _train_one_epoch(
@@ -155,12 +149,8 @@ def _describe_splits(label: str, splits: dict[str, Any], names: list[str], warn:
 
 
 @contextlib.contextmanager
-def _weights(method: Method, weights: dict[str, torch.Tensor] | None):
-    """Run the block with ``weights`` (a state dict) loaded into ``method``, then put its own back;
-    ``None``: the method as it is."""
-    if weights is None:
-        yield
-        return
+def _weights(method: Method, weights: dict[str, torch.Tensor]):
+    """Run the block with ``weights`` (a state dict) loaded into ``method``, then put its own back."""
     own = {k: v.detach().clone() for k, v in method.state_dict().items()}
     method.load_state_dict(weights)
     try:
@@ -193,24 +183,102 @@ def tune_trial_loop(loop: LoopConfig) -> None:
     run_loop(loop, TuneSession(loop.cpus_per_worker or 1))
 
 
+@dataclass
+class _Run:
+    """What the steps of one run share on this worker: the experiment, its data, the method and its optimizer,
+    and the model selection (``best``, with the selected epoch's weights while they differ from the current)."""
+
+    loop: LoopConfig
+    session: Any
+    data: Any  # pointtune.data.DatasetBundle
+    judged: Any  # pointtune.protocols.EvalSplits: what the protocol fits and scores on
+    method: Method
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    best: BestEpoch
+    best_weights: dict[str, torch.Tensor] | None = None
+    local: LocalCheckpoints | None = None
+    start_epoch: int = 0
+
+    @property
+    def exp(self) -> ExperimentConfig:
+        return self.loop.experiment
+
+    @property
+    def rank(self) -> int:
+        return self.session.rank
+
+    def score(self, split: str) -> tuple[dict[str, float], np.ndarray | None, dict[str, np.ndarray]]:
+        """The protocol's metrics on ``split`` (``val`` or ``test``; every rank scores its shard, indices
+        rank::world, and the protocol merges the shards exactly), named ``<split>/<metric>``, its confusion
+        matrix and its other arrays (e.g. ``spectrum``), saved into checkpoints as ``<name>.npy``."""
+        splits = {"fit": self.judged.fit, "eval": self.judged.val if split == "val" else self.judged.test}
+        scores, confusion, arrays = evaluate(self.method, splits, self.session.device, self.judged.class_names,
+                                             self.exp.protocol, batch_size=self.exp.train.eval_batch_size,
+                                             return_arrays=True, split=split)
+        return {f"{split}/{k}": v for k, v in scores.items()}, confusion, arrays
+
+    @property
+    def has_test(self) -> bool:
+        return self.judged.test is not None and len(self.judged.test) > 0
+
+
 def run_loop(loop: LoopConfig, session) -> None:
-    """Train one experiment on this worker, reporting through ``session``.
+    """Train one experiment on this worker, reporting through ``session``: set up, resume, then per epoch
+    train, evaluate, select the best epoch, score the test split at the last, checkpoint and report.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf (the run fails with that message).
         ValueError: the validation split is empty.
     """
-    exp = build_config(loop.experiment["method"]["name"], loop.experiment)
-    metric, mode = loop.metric, loop.mode
-    rank, world, device = session.rank, session.world_size, session.device
+    run = _setup(loop, session)
+    exp = run.exp
+    restored = _resume(run)
+    if restored is not None and run.start_epoch >= exp.train.epochs:
+        # The checkpoint is the run's last epoch (e.g. written by a worker after its driver was killed): the run
+        # is complete, and its result is what that checkpoint recorded. It is reported again so that Tune (and
+        # through it every record) has it; nothing is trained.
+        if run.rank == 0:
+            print("[pointtune] that is the last epoch: the run is complete", flush=True)
+        metrics, resume_dir = restored
+        session.report(metrics, resume_dir if run.rank == 0 else None)
+        return
+    if exp.train.epochs == 0:
+        _judge_untrained(run)
+        return
+    model = session.prepare_model(run.method, run.method.ddp_options())
+    if session.world_size > 1:  # same initial weights on every worker (seeded alike), then each its own dropout
+        torch.manual_seed(exp.train.seed + 1_000_003 * run.rank)
+    loader = session.prepare_loader(
+        DataLoader(run.data.train, batch_size=exp.train.batch_size, shuffle=True, drop_last=exp.train.drop_last,
+                   num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0))
+    for epoch in range(run.start_epoch, exp.train.epochs):
+        began = time.time()
+        metrics = _train_epoch(run, model, loader, epoch)
+        final = epoch == exp.train.epochs - 1
+        evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
+        confusion, arrays = None, {}
+        if evaluated:
+            scores, confusion, arrays = run.score("val")
+            metrics.update(scores)
+        improved = _select_best(run, metrics, epoch + 1)
+        if final and run.has_test:
+            _test(run, metrics, improved, epoch + 1)
+        metrics["time/epoch_s"] = time.time() - began
+        _report(run, metrics, epoch, keep=evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0),
+                improved=improved, confusion=confusion, arrays=arrays)
+
+
+def _setup(loop: LoopConfig, session) -> _Run:
+    """Threads, seeds, the datasets and what the protocol judges on (described on rank 0), the method on the
+    session's device, its optimizer and AMP scaler."""
+    exp = loop.experiment
     if exp.train.threads is not None:
         torch.set_num_threads(exp.train.threads)
     seed_everything(exp.train.seed)
-
     data = build_datasets(exp.data)
-    # What the protocol judges on: the training dataset's splits, or protocol.data's own.
-    judged = build_eval_splits(exp, data)
-    if rank == 0:
+    judged = build_eval_splits(exp, data)  # the training dataset's splits, or protocol.data's own
+    if session.rank == 0:
         own = judged.source == "data"
         _describe_splits(f"data {exp.data.name}", {"train": data.train, "val": data.val, "test": data.test},
                          data.class_names, warn=own)
@@ -220,119 +288,123 @@ def run_loop(loop: LoopConfig, session) -> None:
     if len(judged.val) == 0:
         raise ValueError(f"{judged.source}.val_fraction: the validation split is empty; evaluation and model "
                          "selection need one (test data is never used for selection)")
-    method: Method = exp.method_cls(exp.method, data.num_classes, exp.train.epochs).to(device)
-    optimizer = build_optimizer(method, exp.optim)
-    scaler = torch.amp.GradScaler(device.type, enabled=exp.train.amp and device.type == "cuda")
-
+    method: Method = exp.method_cls(exp.method, data.num_classes, exp.train.epochs).to(session.device)
     local = LocalCheckpoints(loop.local_dir) if loop.local_dir else None
     if local is not None:
         local.root.mkdir(parents=True, exist_ok=True)
-    start_epoch, best, best_epoch, best_weights = 0, None, None, None
-    resume_dir = session.checkpoint_dir()
-    if resume_dir is None and local is not None and (local.latest / "state.pt").is_file():
-        resume_dir = local.latest
-    if resume_dir is not None:
-        state = load_state(resume_dir, map_location=device)
-        method.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, best, best_epoch = state["epoch"] + 1, state["best"], state.get("best_epoch")
-        set_rng_state(state["rng"])
-        if rank == 0:
-            print(f"[pointtune] resumed after epoch {start_epoch} ({resume_dir})", flush=True)
-        if start_epoch >= exp.train.epochs:
-            # The checkpoint is the run's last epoch (e.g. written by a worker after its driver was killed): the
-            # run is complete, and its result is what that checkpoint recorded. It is reported again so that Tune
-            # (and through it every record) has it; nothing is trained.
-            if rank == 0:
-                print("[pointtune] that is the last epoch: the run is complete", flush=True)
-            session.report(dict(state.get("metrics") or {"epoch": start_epoch}),
-                           Path(resume_dir) if rank == 0 else None)
-            return
+    return _Run(loop, session, data, judged, method, build_optimizer(method, exp.optim),
+                torch.amp.GradScaler(session.device.type, enabled=exp.train.amp and session.device.type == "cuda"),
+                BestEpoch(loop.metric, loop.mode), local=local)
 
-    model = session.prepare_model(method, method.ddp_options())
-    if world > 1:  # same initial weights on every worker (seeded alike), then each its own dropout stream
-        torch.manual_seed(exp.train.seed + 1_000_003 * rank)
-    train_loader = session.prepare_loader(
-        DataLoader(data.train, batch_size=exp.train.batch_size, shuffle=True, drop_last=exp.train.drop_last,
-                   num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0)
-    )
-    # Each rank evaluates only its shard of every split (indices rank::world, no padding); the protocol
-    # merges the shards exactly (summed confusion matrices, gathered features), identical on all ranks.
-    val_splits = {"fit": judged.fit, "eval": judged.val}
-    test_splits = {"fit": judged.fit, "eval": judged.test} if judged.test is not None and len(judged.test) else None
-    def score(splits: dict, prefix: str) -> tuple[dict[str, float], np.ndarray | None, dict[str, np.ndarray]]:
-        """The protocol's metrics on ``splits`` (every rank its shard), named ``<prefix>/<metric>``, its
-        confusion matrix and its other arrays (e.g. ``spectrum``), saved into checkpoints as ``<name>.npy``."""
-        scores, confusion, arrays = evaluate(method, splits, device, judged.class_names, exp.protocol,
-                                             batch_size=exp.train.eval_batch_size, return_arrays=True, split=prefix)
-        return {f"{prefix}/{k}": v for k, v in scores.items()}, confusion, arrays
 
-    show_progress = loop.progress and rank == 0
-    if exp.train.epochs == 0:  # the initial model judged by the protocol: the random-initialisation baseline
-        metrics = {"epoch": 0, **score(val_splits, "val")[0]}
-        metrics[f"best/{metric}"] = metrics.get(metric, float("nan"))
-        if test_splits is not None:
-            metrics.update(score(test_splits, "test")[0], **{"test/epoch": 0})
-        if rank == 0:
-            _record_epoch(loop, metrics, 0)
-            print(f"[pointtune] epoch 0 (untrained): {metric}={metrics.get(metric, float('nan')):.4f}", flush=True)
+def _resume(run: _Run) -> tuple[dict[str, float], Path] | None:
+    """Restore the session's checkpoint (or, in local mode, ``<local_dir>/latest``): weights, optimizer,
+    scaler, RNG states, the epoch to start from and the model selection with the selected epoch's weights.
+    Returns the restored epoch's metrics and the checkpoint directory, or ``None`` on a fresh start."""
+    resume_dir = run.session.checkpoint_dir()
+    if resume_dir is None and run.local is not None and (run.local.latest / "state.pt").is_file():
+        resume_dir = run.local.latest
+    if resume_dir is None:
+        return None
+    state = load_state(resume_dir, map_location=run.session.device)
+    run.method.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.start_epoch = state["epoch"] + 1
+    run.best.value, run.best.epoch = state["best"], state.get("best_epoch")
+    run.best_weights = state.get("best_model")  # None when the checkpoint's own epoch is the selected one
+    if run.best_weights is None and run.best.epoch == run.start_epoch:
+        run.best_weights = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
+    if run.rank == 0:
+        print(f"[pointtune] resumed after epoch {run.start_epoch} ({resume_dir})", flush=True)
+    return dict(state.get("metrics") or {"epoch": run.start_epoch}), Path(resume_dir)
+
+
+def _judge_untrained(run: _Run) -> None:
+    """``train.epochs: 0``: the initial model judged by the protocol (the random-initialisation baseline),
+    reported as epoch 0 without a checkpoint."""
+    metrics = {"epoch": 0, **run.score("val")[0]}
+    run.best.update(metrics, 0)
+    metrics.update(run.best.as_metrics())
+    if run.has_test:
+        metrics.update(run.score("test")[0], **{"test/epoch": 0})
+    if run.rank == 0:
+        _record_epoch(run.loop, metrics, 0)
+        print(f"[pointtune] epoch 0 (untrained): {run.best.metric}={metrics.get(run.best.metric, float('nan')):.4f}",
+              flush=True)
+    run.session.report(metrics, None)
+
+
+def _train_epoch(run: _Run, model: torch.nn.Module, loader, epoch: int) -> dict[str, float]:
+    """One epoch of training; returns ``epoch`` (1-based), ``lr``, the schedules the epoch followed (at its
+    start: what PBT mutated is visible epoch by epoch) as ``sched/<key>`` and the epoch means of the method's
+    scalars as ``train/<key>``."""
+    exp = run.exp
+    if run.session.world_size > 1:
+        loader.sampler.set_epoch(epoch)
+    run.data.train.set_epoch(epoch)
+    stats = _train_one_epoch(model, run.method, loader, run.optimizer, run.scaler, exp, epoch, run.session.device,
+                             run.loop.progress and run.rank == 0)
+    metrics: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
+    metrics.update({f"sched/{k}": v for k, v in schedule_values(exp, epoch, exp.train.epochs).items()})
+    metrics.update({f"train/{k}": v for k, v in stats.items()})
+    return metrics
+
+
+def _select_best(run: _Run, metrics: dict[str, float], epoch: int) -> bool:
+    """Model selection (:class:`~pointtune.objective.BestEpoch`, the one rule): whether ``epoch`` is the new
+    best; keeps its weights in memory and adds ``best/<metric>`` and ``best/epoch`` to ``metrics``."""
+    improved = run.best.update(metrics, epoch)
+    if improved:
+        run.best_weights = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
+    metrics.update(run.best.as_metrics())
+    return improved
+
+
+def _test(run: _Run, metrics: dict[str, float], improved: bool, epoch: int) -> None:
+    """Score the test split on the model that validation selected; ``test/epoch`` says which epoch: the best
+    one, or this last epoch when it is the best, when no epoch reported a finite objective, or when the best
+    epoch's weights are unknown (a checkpoint written before pointtune kept them)."""
+    if improved or run.best_weights is None:
+        metrics.update(run.score("test")[0])
+        metrics["test/epoch"] = epoch
+        return
+    with _weights(run.method, run.best_weights):
+        metrics.update(run.score("test")[0])
+    metrics["test/epoch"] = run.best.epoch
+
+
+def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, improved: bool,
+            confusion: np.ndarray | None, arrays: dict[str, np.ndarray]) -> None:
+    """Report the epoch through the session: rank 0 records it (``pointtune train``), writes a checkpoint when
+    ``keep`` (with the confusion matrix and the protocol's arrays) and prints one line; other ranks report
+    the metrics alone."""
+    session, exp = run.session, run.exp
+    if run.rank != 0:
         session.report(metrics, None)
         return
-    for epoch in range(start_epoch, exp.train.epochs):
-        began = time.time()
-        if world > 1:
-            train_loader.sampler.set_epoch(epoch)
-        data.train.set_epoch(epoch)
-        stats = _train_one_epoch(model, method, train_loader, optimizer, scaler, exp, epoch, device, show_progress)
-        metrics: dict[str, float] = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
-        # The schedules this epoch followed (at its start): what PBT mutated is visible epoch by epoch.
-        metrics.update({f"sched/{k}": v for k, v in schedule_values(exp, epoch, exp.train.epochs).items()})
-        metrics.update({f"train/{k}": v for k, v in stats.items()})
-        final = epoch == exp.train.epochs - 1
-        confusion, arrays = None, {}
-        evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
-        if evaluated:
-            scores, confusion, arrays = score(val_splits, "val")
-            metrics.update(scores)
-        improved = is_better(metrics.get(metric), best, mode)
-        if improved:
-            best, best_epoch = metrics[metric], epoch + 1
-            best_weights = {k: v.detach().clone() for k, v in method.state_dict().items()}
-        metrics[f"best/{metric}"] = best if best is not None else float("nan")
-        if final and test_splits is not None:
-            # Test is scored on the model that validation selected (the best epoch; the last one only when the
-            # best epoch's weights are not in memory, i.e. it came before a resume); test/epoch says which.
-            scored = best_weights if best_weights is not None and not improved else None
-            with _weights(method, scored):
-                metrics.update(score(test_splits, "test")[0])
-            metrics["test/epoch"] = best_epoch if scored is not None else epoch + 1
-        metrics["time/epoch_s"] = time.time() - began
-
-        if rank != 0:
-            session.report(metrics, None)
-            continue
-        _record_epoch(loop, metrics, epoch + 1)
-        keep = evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0)
-        if not keep:
-            session.report(metrics, None)
+    _record_epoch(run.loop, metrics, epoch + 1)
+    if not keep:
+        session.report(metrics, None)
+    else:
+        state = {
+            "model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "scaler": run.scaler.state_dict(), "epoch": epoch, "best": run.best.value, "best_epoch": run.best.epoch,
+            # the selected epoch's weights, when this checkpoint is not that epoch: a resumed run tests on them
+            "best_model": None if improved else run.best_weights,
+            "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics, "class_names": run.data.class_names,
+        }
+        staged = save_state(Path(tempfile.mkdtemp(prefix="pointtune-ckpt-", dir=run.local.root if run.local else None)),
+                            state)
+        if confusion is not None:
+            np.save(staged / "confusion.npy", confusion)
+        for name, array in arrays.items():  # e.g. spectrum.npy (the feature-collapse diagnostic)
+            np.save(staged / f"{name}.npy", array)
+        if run.local is not None:  # local mode keeps latest and best itself; the session must not delete them
+            session.report(metrics, run.local.commit(staged, improved), owned=False)
         else:
-            state = {
-                "model": method.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(), "epoch": epoch,
-                "best": best, "best_epoch": best_epoch, "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics,
-                "class_names": data.class_names,
-            }
-            staged = save_state(Path(tempfile.mkdtemp(prefix="pointtune-ckpt-", dir=local.root if local else None)),
-                                state)
-            if confusion is not None:
-                np.save(staged / "confusion.npy", confusion)
-            for name, array in arrays.items():  # e.g. spectrum.npy (the feature-collapse diagnostic)
-                np.save(staged / f"{name}.npy", array)
-            if local is not None:  # local mode keeps latest and best itself; the session must not delete them
-                session.report(metrics, local.commit(staged, improved), owned=False)
-            else:
-                session.report(metrics, staged, owned=True)
-        summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
-        print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)",
-              flush=True)
+            session.report(metrics, staged, owned=True)
+    summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
+                        if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
+    print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)", flush=True)
