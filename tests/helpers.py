@@ -80,7 +80,10 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
       ``pointtune.failure``; no failure tag otherwise; it ended within seconds of the trial's last result;
     - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
       intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run;
-    - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``).
+    - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``);
+    - one best epoch (issue 18): summary.csv's ``best_epoch`` and ``best_objective`` are what the trial last
+      reported as ``best/epoch`` and ``best/<metric>`` (and MLflow's last values), the run's ``best_checkpoint``
+      artifact is that epoch's checkpoint, and a trial that scored the test split scored it there.
 
     ``study=False``: a PBT sweep, which has no Optuna study (and no ``optuna.db``).
     """
@@ -140,6 +143,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
             assert not study or (ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1]))
         assert row["status"] == status, (row["status"], status)
+        _check_best_epoch(client, run, result, row, metric, kept_best=study)
         if received:  # the run ended when the trial did, not when the sweep did
             ended_after_last_result = run.info.end_time / 1000 - float(df["timestamp"].iloc[-1])
             assert -2 <= ended_after_last_result <= 20, ended_after_last_result
@@ -148,6 +152,32 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     if ranked:
         assert runs[ranked[0]["trial_id"]].data.tags["pointtune.rank"] == "1"
     return statuses
+
+
+def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bool) -> None:
+    """One best epoch across the stores: what the loop last reported = summary.csv = MLflow (= ``test/epoch``
+    where the test split was scored) = the checkpoint logged as ``best_checkpoint`` (``kept_best``: the trial
+    kept its best checkpoint; a PBT trial keeps its latest ones)."""
+    import json
+    import tempfile
+
+    last = result.metrics or {}
+    if not isinstance(last.get("best/epoch"), (int, float)) or not last["best/epoch"]:
+        assert row["best_epoch"] == "", row
+        return
+    selected = int(last["best/epoch"])
+    assert row["best_epoch"] == str(selected) and float(row["best_objective"]) == last[f"best/{metric}"], row
+    for key, value in (("best/epoch", selected), (f"best/{metric}", last[f"best/{metric}"])):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert history and max(history, key=lambda m: m.step).value == value, (key, history)
+    if "test/epoch" in last:
+        assert int(last["test/epoch"]) == selected, last
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "best_checkpoint")}
+    if kept_best and "best_checkpoint/metrics.json" in artifacts:
+        with tempfile.TemporaryDirectory() as tmp:
+            kept = json.loads(Path(client.download_artifacts(run.info.run_id, "best_checkpoint/metrics.json",
+                                                             tmp)).read_text())
+        assert int(kept["epoch"]) == selected, (kept["epoch"], selected)
 
 
 def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300) -> subprocess.Popen:

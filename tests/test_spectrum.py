@@ -204,19 +204,21 @@ def test_a_best_checkpoint_removed_while_copied_does_not_fail_the_trial(tmp_path
                                           "class_names": ["a", "b"], "metrics": {}})
     gone = tmp_path / "gone"
     listings = iter([gone, ckpt])                                   # first the removed one, then the kept one
-    monkeypatch.setattr("pointtune.search.checkpoints.trial_checkpoint_dirs", lambda *a: [])
-    monkeypatch.setattr("pointtune.search.checkpoints.best_checkpoint",
+    monkeypatch.setattr("pointtune.train.checkpoint.checkpoints_of", lambda *a: [])
+    monkeypatch.setattr("pointtune.train.checkpoint.best_checkpoint",
                         lambda *a: SimpleNamespace(path=str(next(listings)), metrics={"epoch": 1}))
     logged, tags = [], {}
     monkeypatch.setattr(tracking, "log_artifact", lambda uri, run_id, path, artifact_path=None: logged.append(
         artifact_path or path.name))
     monkeypatch.setattr(tracking, "log_metrics", lambda target, metrics, step: logged.append(f"metric {step}"))
     monkeypatch.setattr(tracking, "set_tags", lambda uri, run_id, values: tags.update(values))
-    recorder = records.MlflowRecorder({"tracking_uri": "sqlite:///unused", "method": "conclu", "space_file": "x",
-                                       "sweep_dir": str(tmp_path)}, "val/svm_acc", "max", 2)
+    from pointtune.search.spec import SweepRuntime, SweepSpec
+
+    recorder = records.MlflowRecorder(SweepSpec("conclu", "x", str(tmp_path), epochs=2),
+                                      SweepRuntime({}, "sqlite:///unused", "0", "parent"), "val/svm_acc", "max")
     trial = SimpleNamespace(trial_id="t1", path=str(tmp_path))
     recorder._log_best(trial, "run")
-    assert "best_checkpoint" in logged and "metric 1" in logged and not tags
+    assert "best_checkpoint" in logged and not tags
     listings = iter([gone] * 3)
     logged.clear()
     recorder._log_best(trial, "run")
