@@ -21,12 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
 
 from pointtune.data import DataConfig
+from pointtune.errors import ConfigError
 from pointtune.method import Method, MethodConfig, get_method
 from pointtune.schedules import Schedule, WithSchedules, bounded, schedule_fields
-
-
-class ConfigError(ValueError):
-    """A config file, override or value is invalid; the message is one line naming the key at fault."""
 
 
 class OptimConfig(WithSchedules):
