@@ -35,8 +35,8 @@ PROTOCOLS = {
                    ["train.batch_size=32", "train.eval_batch_size=128", "data.classes=[airplane,bathtub,bench]"]),
     "part_seg": ("shapenetpart", "the ShapeNetPart sample (cap, skateboard, table)", "ins_miou", "cls_miou",
                  ["train.batch_size=8", "data.variant=split", "data.num_points=512", "protocol.name=part_seg",
-                  "protocol.seg_head=1fc", "protocol.seg_epochs=200", "protocol.seg_lr=0.01",
-                  "protocol.seg_lr_step=50", "protocol.seg_batch_size=8"]),
+                  "protocol.head=1fc", "protocol.epochs=200", "protocol.lr=0.01",
+                  "protocol.lr_step=50", "protocol.batch_size=8"]),
 }
 # DCGLR at CPU scale: 512-point clouds, 2 global + 4 local crops + 2 half-resolution views, a small projector,
 # one warm-up epoch (the paper's 10 are for 100+ epochs).

@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, ValidationInfo, field_validator
 
 from pointtune.data import DataConfig
+from pointtune.errors import ConfigError
 from pointtune.method import Method, MethodConfig, get_method
+from pointtune.protocols.base import ProtocolConfig, chosen_protocol, protocol_config_class, protocols_with_key
 from pointtune.schedules import Schedule, WithSchedules, bounded, schedule_fields
-
-
-class ConfigError(ValueError):
-    """A config file, override or value is invalid; the message is one line naming the key at fault."""
 
 
 class OptimConfig(WithSchedules):
@@ -79,161 +77,45 @@ class TrainConfig(BaseModel):
         description="torch threads per CPU worker (null: the worker's CPUs, all cores locally; recorded by sweeps)")
 
 
-class ProtocolConfig(BaseModel):
-    """The ``protocol.*`` section: which evaluation protocol judges the run, on which data, with what settings
-    (:mod:`pointtune.protocols`).
-
-    Fields:
-        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``, ``part_seg``,
-            ``scene_seg``; :func:`pointtune.protocols.protocol_names`); ``None`` is the default of the method's
-            task kind (classification -> ``classification``, pretrain -> ``linear_svm``, segmentation ->
-            ``scene_seg``).
-        data: a dataset of the protocol's own (a :class:`~pointtune.data.DataConfig`), e.g. pretrain on
-            ShapeNetPart, judge on ModelNet40. When set, the protocol fits on its training split, scores its
-            validation split every evaluated epoch and its test split at the end; ``None`` uses ``data``.
-        svm_c: linear SVM: LinearSVC's C, one value, or a list chosen from by stratified ``svm_folds``-fold
-            cross-validation on the (L2-normalised) training features (SCL / DCGLR specs' recommendation).
-        svm_folds: folds of that cross-validation (fewer when the training split has fewer clouds per class).
-        svm_max_iter: LinearSVC's ``max_iter``; whether the final fit converged is reported (``svm_converged``).
-        ways, shots: few-shot: every ``N``-way ``K``-shot setting of these lists is run (Point-MAE: 5/10-way,
-            10/20-shot); a setting the data cannot fill is skipped with a printed line.
-        folds: few-shot episodes (folds) per setting; accuracy is reported as mean and std over them.
-        queries: few-shot query clouds per class and episode, drawn from the scored split (Point-MAE: 20).
-        fewshot_c: few-shot: C of the LinearSVC fitted per episode on the support features.
-        seed: seed of the few-shot episodes, of the SVM cross-validation folds and of the part-segmentation
-            head (its weights, batch order, dropout, label fraction and point subsets).
-        seg_head, seg_category_onehot, seg_dropout: part segmentation (``part_seg``): the head trained on frozen
-            per-point features, ``1fc`` (one Linear to the 50 parts) or ``5fc`` (C -> 512 -> 256 -> 256 -> 128
-            -> 50, BN + LeakyReLU(0.2) + dropout on the hidden layers): the SCL paper's two settings (SCL spec
-            §4.5, A12 [REC]); the category one-hot concatenated to every point's feature (PointNet).
-        seg_epochs, seg_lr, seg_lr_step, seg_lr_gamma, seg_weight_decay, seg_batch_size: the head's Adam and
-            StepLR schedule (SCL spec §4.5 [REC]: 100 epochs, lr 1e-3 halved every 20 epochs, batch 32 shapes).
-        seg_label_fraction: train the head on this seeded, category-stratified fraction of the training shapes
-            (at least one per category): the semi-supervised setting (SCL Table 3: 0.01, 0.05).
-        seg_fit_points: points of every training shape the head is trained on (a fixed seeded subset; the head is
-            point-wise); ``None``: all of them.
-        seg_finetune: fine-tuning the encoder with the head (SCL Table 3 "w/ fine-tune") is not implemented;
-            only ``false`` is accepted.
-        scene_whole: scene segmentation (``scene_seg``): score the test split on every original point of every
-            scene (the crops of all grid passes, softmax votes per point: PointNeXt's whole-scene testing);
-            ``false``: score it as the validation split (``scene_val``).
-        scene_val: how the validation split is scored at evaluated epochs: ``pass`` (one grid pass per scene,
-            covered by crops, scored on its one point per voxel: PointNeXt's validation), ``crops`` (the
-            split's own fixed crops, cheapest) or ``whole`` (as the test split).
-        scene_render, scene_render_points, scene_render_oblique: the first ``scene_render`` scenes of the scored
-            split keep a seeded subset of ``scene_render_points`` scored points (coordinates, truth,
-            prediction) as checkpoint arrays, rendered for the best checkpoint's MLflow artifacts (top-down,
-            and oblique when set).
-    """
-
-    # Imported here so that this class is the only part of the module the protocols touch.
-    from pydantic import field_validator
-
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = Field(
-        None, description="evaluation protocol: classification, linear_svm, few_shot, part_seg, scene_seg (null: "
-        "the task's default)")
-    data: DataConfig | None = Field(
-        None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet; keys "
-        "as data.* (null: data)")
-    svm_c: float | list[float] = Field(
-        default_factory=lambda: [0.01, 0.1, 1.0, 10.0],
-        description="linear SVM: C, or a list chosen from by cross-validation on the training features")
-    svm_folds: int = Field(5, ge=2, description="linear SVM: folds of that cross-validation")
-    svm_max_iter: int = Field(
-        5000, ge=100, description="linear SVM: LinearSVC max_iter (whether it converged is reported as svm_converged)")
-    ways: list[int] = Field(
-        default_factory=lambda: [5, 10], min_length=1, description="few-shot: the N of every N-way setting run")
-    shots: list[int] = Field(
-        default_factory=lambda: [10, 20], min_length=1, description="few-shot: the K of every K-shot setting run")
-    folds: int = Field(10, ge=1, description="few-shot: episodes per setting (accuracy: mean and std over them)")
-    queries: int = Field(20, ge=1, description="few-shot: query clouds per class and episode")
-    fewshot_c: float = Field(1.0, gt=0, description="few-shot: C of the LinearSVC fitted per episode")
-    seed: int = Field(0, ge=0, description="seed of the few-shot episodes, the SVM folds and the part_seg head")
-    seg_head: Literal["1fc", "5fc"] = Field(
-        "1fc", description="part_seg: head on the frozen per-point features: 1fc (Linear to the parts) or 5fc "
-        "(C-512-256-256-128-50, BN, LeakyReLU, dropout), the SCL paper's two settings")
-    seg_category_onehot: bool = Field(
-        True, description="part_seg: concatenate the shape category's one-hot to every point's feature (PointNet)")
-    seg_dropout: float = Field(0.5, ge=0, lt=1, description="part_seg: dropout on the hidden layers of the 5fc head")
-    seg_epochs: int = Field(100, ge=1, description="part_seg: epochs of head training per evaluation")
-    seg_lr: float = Field(1e-3, gt=0, description="part_seg: Adam learning rate of the head")
-    seg_lr_step: int = Field(20, ge=1, description="part_seg: the head's learning rate is multiplied by "
-                             "seg_lr_gamma every this many epochs")
-    seg_lr_gamma: float = Field(0.5, gt=0, le=1, description="part_seg: that factor (StepLR)")
-    seg_weight_decay: float = Field(0.0, ge=0, description="part_seg: Adam weight decay of the head")
-    seg_batch_size: int = Field(32, ge=1, description="part_seg: shapes per head training batch")
-    seg_label_fraction: float = Field(
-        1.0, gt=0, le=1, description="part_seg: train the head on this seeded, category-stratified fraction of the "
-        "training shapes, at least one per category (semi-supervised: 0.01, 0.05)")
-    seg_fit_points: int | None = Field(
-        512, ge=1, description="part_seg: points per training shape the head trains on (fixed seeded subset; "
-        "null: all); bounds the memory of the stored features")
-    seg_finetune: bool = Field(
-        False, description="part_seg: fine-tune the encoder with the head; not implemented (only false)")
-    scene_whole: bool = Field(
-        True, description="scene_seg: score the test split on every original point (votes over the crops of all "
-        "grid passes); false: as scene_val")
-    scene_val: Literal["pass", "crops", "whole"] = Field(
-        "pass", description="scene_seg: validation scoring: pass (one grid pass per scene, covered by crops), crops "
-        "(the split's fixed crops) or whole (every original point)")
-    scene_render: int = Field(
-        4, ge=0, description="scene_seg: scenes of the scored split kept for the best checkpoint's renders (0: none)")
-    scene_render_points: int = Field(
-        20000, ge=1, description="scene_seg: scored points per rendered scene (a seeded subset)")
-    scene_render_oblique: bool = Field(
-        True, description="scene_seg: renders add an oblique view below the top-down one")
-
-    @field_validator("name")
-    @classmethod
-    def _known_protocol(cls, value: str | None) -> str | None:
-        from pointtune.protocols import protocol_names
-
-        if value is not None and value not in protocol_names():
-            raise ValueError(f"unknown protocol {value!r}; known protocols: {', '.join(protocol_names())} "
-                             "(null: the default of the method's task)")
-        return value
-
-    @field_validator("svm_c")
-    @classmethod
-    def _positive_cs(cls, value: float | list[float]) -> float | list[float]:
-        values = value if isinstance(value, list) else [value]
-        if not values:
-            raise ValueError("give one C or a non-empty list of Cs, e.g. [0.01, 0.1, 1, 10]")
-        if any(not c > 0 for c in values):
-            raise ValueError("every C must be > 0")
-        if isinstance(value, list) and len(set(values)) < len(values):
-            raise ValueError("a C is listed more than once")
-        return value
-
-    @field_validator("seg_finetune")
-    @classmethod
-    def _no_finetune(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("fine-tuning the encoder in the part_seg protocol is not implemented: it judges frozen "
-                             "per-point features (the paper's 'w/o fine-tune'); set it false")
-        return value
-
-    @field_validator("ways", "shots")
-    @classmethod
-    def _counts(cls, value: list[int], info) -> list[int]:
-        low = 2 if info.field_name == "ways" else 1
-        if any(v < low for v in value):
-            raise ValueError(f"every entry must be an integer >= {low}")
-        if len(set(value)) < len(value):
-            raise ValueError("an entry is listed more than once")
-        return value
-
-
 class ExperimentConfig(BaseModel):
-    """Everything one training run needs. ``method`` is validated by the method's own ``Config``."""
+    """Everything one training run needs. ``method`` is validated by the method's own ``Config``; ``protocol``
+    by the ``Config`` of the protocol it names (:mod:`pointtune.protocols`): ``name`` (null: the default protocol
+    of the method's task), ``data`` and that protocol's own keys."""
 
     model_config = ConfigDict(extra="forbid")
     method: SerializeAsAny[MethodConfig]  # serialise the method's own fields, not just the base's
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     train: TrainConfig = TrainConfig()
-    protocol: ProtocolConfig = ProtocolConfig()
+    # The protocol's own fields are serialised too; the default ({}) is validated into the task's default protocol.
+    protocol: SerializeAsAny[ProtocolConfig] = Field(
+        default_factory=dict, validate_default=True,
+        description="the evaluation protocol and its settings (its keys change with protocol.name)")
+
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_settings(cls, value: Any, info: ValidationInfo) -> Any:
+        """The ``protocol`` section as the settings of the protocol it names: a union tagged by ``name``, open to
+        protocols registered later (:func:`pointtune.protocols.protocol_config_class`). An instance of the
+        right class is kept; another protocol's instance is re-validated from its fields (so that its keys are
+        refused); anything else is left to the field's own validation."""
+        method = info.data.get("method")
+        if method is None:  # the method failed validation; its error is the one reported
+            return value
+        if isinstance(value, ProtocolConfig):
+            name = value.name
+        elif isinstance(value, dict):
+            name = value.get("name")
+        else:
+            return value
+        try:
+            task = get_method(method.name).task
+        except KeyError:
+            task = None
+        settings = protocol_config_class(task, name)
+        if type(value) is settings:
+            return value
+        return settings.model_validate(value.model_dump() if isinstance(value, ProtocolConfig) else value)
 
     @property
     def method_cls(self) -> type[Method]:
@@ -330,9 +212,12 @@ def _model_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     return keys
 
 
-def config_keys(method: str) -> list[str]:
-    """Every valid dotted key of ``method``'s experiment config, sections included (``optim``,
-    ``optim.lr``, ``method.backbone.name``, ...), in schema order.
+def config_keys(method: str, protocol: str | None = None) -> list[str]:
+    """Every valid dotted key of ``method``'s experiment config judged by the protocol ``protocol`` (its
+    ``protocol.name``; None: the default of the method's task), sections included (``optim``, ``optim.lr``,
+    ``method.backbone.name``, ``protocol.c``, ...), in schema order. The ``protocol.*`` keys are those of that
+    protocol's settings only (:func:`pointtune.protocols.protocol_config_class`; ``name`` and ``data`` when it
+    names no registered protocol).
 
     ``method.backbone`` also accepts the backbone's constructor arguments (``method.backbone.k``), which are
     not listed: they are checked when the backbone is built (see :mod:`pointtune.preflight`).
@@ -344,11 +229,13 @@ def config_keys(method: str) -> list[str]:
         method_cls = get_method(method)
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from None
+    own = {"method": method_cls.Config, "protocol": protocol_config_class(method_cls.task, protocol)}
     keys = []
     for key in _model_keys(ExperimentConfig):
-        if key == "method":
-            keys += ["method", *_model_keys(method_cls.Config, "method.")]
-        elif not key.startswith("method."):
+        section = key.partition(".")[0]
+        if key in own:
+            keys += [key, *_model_keys(own[key], f"{key}.")]
+        elif section not in own:
             keys.append(key)
     return keys
 
@@ -379,18 +266,40 @@ def unknown_key_message(key: str, valid: list[str]) -> str:
     return f"unknown key; valid keys {where}: {', '.join(siblings)}"
 
 
+def other_protocol_message(key: str, protocol: str | None) -> str | None:
+    """``"not a key of protocol linear_svm (few_shot has it; set protocol.name=few_shot)"`` for a ``protocol.*``
+    ``key`` that the settings of ``protocol`` (the protocol the section names) lack and other registered
+    protocols have; None for any other key (or when ``protocol`` is None)."""
+    section, _, leaf = key.partition(".")
+    if section != "protocol" or not leaf or "." in leaf or protocol is None:
+        return None
+    owners = [name for name in protocols_with_key(leaf) if name != protocol]
+    if not owners:
+        return None
+    have = f"{owners[0]} has it" if len(owners) == 1 else f"{', '.join(owners)} have it"
+    return f"not a key of protocol {protocol} ({have}; set protocol.name={' or '.join(owners)})"
+
+
 def _first_error(
     err: ValidationError, source: str, prefix: tuple[str, ...] = (), valid: list[str] | None = None,
-    source_of: Callable[[str], str] | None = None,
+    source_of: Callable[[str], str] | None = None, protocol: str | None = None,
 ) -> ConfigError:
+    """The first error of ``err`` as one line naming its key (``prefix`` + its location) and its source:
+    an unknown key with :func:`other_protocol_message` (``protocol``: the protocol whose settings validated
+    the ``protocol`` section) or the closest of ``valid`` (:func:`unknown_key_message`); any other error with
+    pydantic's message and the value given."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in (*prefix, *first["loc"])) or "<root>"
     if source_of is not None:
         source = source_of(key)
     value = first.get("input")
     more = f" [+{err.error_count() - 1} more]" if err.error_count() > 1 else ""
-    if first["type"] == "extra_forbidden" and valid:
-        return ConfigError(f"{source}: {key}: {unknown_key_message(key, valid)}{more}")
+    if first["type"] == "extra_forbidden":
+        elsewhere = other_protocol_message(key, protocol)
+        if elsewhere:
+            return ConfigError(f"{source}: {key}: {elsewhere}{more}")
+        if valid:
+            return ConfigError(f"{source}: {key}: {unknown_key_message(key, valid)}{more}")
     shown = "" if isinstance(value, dict) else f" (got {value!r})"
     return ConfigError(f"{source}: {key}: {first['msg']}{shown}{more}")
 
@@ -434,9 +343,12 @@ def build_config(
         override_source: what to call ``overrides`` in error messages when they differ from ``tree``'s
             source (e.g. ``--set`` after a config file); default ``source``.
 
+    The ``protocol`` section is validated by the settings of the protocol its ``name`` names (null: the
+    default of the method's task; :func:`pointtune.protocols.protocol_config_class`).
+
     Raises:
-        ConfigError: unknown method, unknown key (with the closest valid keys) or invalid value, in one line
-            naming the key.
+        ConfigError: unknown method, unknown key (with the closest valid keys, or the protocols that have a
+            ``protocol.*`` key the named one lacks) or invalid value, in one line naming the key.
     """
     try:
         method_cls = get_method(method)
@@ -459,14 +371,17 @@ def build_config(
             return override_source
         return source
 
+    section = merged.get("protocol")
+    named = section.get("name") if isinstance(section, dict) else None
     try:
         method_cfg = method_cls.Config.model_validate(merged["method"])
     except ValidationError as err:
-        raise _first_error(err, source, ("method",), config_keys(method), source_of) from None
+        raise _first_error(err, source, ("method",), config_keys(method, named), source_of) from None
     try:
         return ExperimentConfig.model_validate({**merged, "method": method_cfg})
     except ValidationError as err:
-        raise _first_error(err, source, (), config_keys(method), source_of) from None
+        raise _first_error(err, source, (), config_keys(method, named), source_of,
+                           chosen_protocol(method_cls.task, named)) from None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@ The rows come from the pydantic models themselves (:mod:`pointtune.config`, the 
 the listing cannot drift from what :func:`pointtune.config.build_config` accepts: the default shown is the
 value a run gets (platform default < the method's recipe < ``--config`` < ``--set``), the meaning is the
 field's ``description``. A :class:`~pointtune.schedules.Schedule` is one row; its parts are listed once at
-the end. The backbone's constructor arguments are listed with their defaults.
+the end. The backbone's constructor arguments are listed with their defaults. The ``protocol.*`` rows are those
+of the protocol the config names (``--set protocol.name=few_shot``; null: the task's default protocol).
 """
 
 from __future__ import annotations

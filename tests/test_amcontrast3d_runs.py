@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 # crops: an epoch of the samples takes seconds.
 TINY_AM = {"method.backbone.variant": "S", "method.backbone.width": 16, "method.backbone.nsample": 16,
            "method.k": 16, "method.stages": 2, "data.num_points": 1024, "data.loop": 2, "train.batch_size": 2,
-           "train.eval_batch_size": 2, "protocol.scene_val": "crops", "train.threads": 1}
+           "train.eval_batch_size": 2, "protocol.val": "crops", "train.threads": 1}
 
 
 def _sets(values: dict) -> list[str]:

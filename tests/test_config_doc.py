@@ -72,3 +72,22 @@ def test_cli_lists_and_writes_yaml(tmp_path):
     assert build_config("cedr", tree).optim.lr.warmup_epochs == 2
     bad = pointtune("config", "cedr", "--set", "method.use_sc=false")
     assert bad.returncode == 2 and "closest valid keys: method.use_scc" in bad.stderr
+
+
+def _protocol_keys(rows) -> set[str]:
+    return {r.key for r in rows if r.key.startswith("protocol.")}
+
+
+def test_only_the_chosen_protocols_keys_are_listed():
+    assert _protocol_keys(config_rows(build_config("conclu"))) == {
+        "protocol.name", "protocol.data", "protocol.c", "protocol.folds", "protocol.max_iter", "protocol.seed"}
+    assert _protocol_keys(config_rows(build_config("cedr"))) == {"protocol.name", "protocol.data"}
+    for method, name in (("conclu", None), ("conclu", "few_shot"), ("conclu", "part_seg"), ("seg", None)):
+        listed = _protocol_keys(config_rows(build_config(method, overrides={"protocol.name": name})))
+        assert listed == {k for k in config_keys(method, name) if k.startswith("protocol.")
+                          and not k.startswith("protocol.data.")}, (method, name)
+    out = pointtune("config", "conclu", "--set", "protocol.name=few_shot")
+    assert out.returncode == 0, out.stderr
+    listed = {line.split()[0] for line in out.stdout.splitlines() if line.strip().startswith("protocol.")}
+    assert {"protocol.ways", "protocol.shots", "protocol.queries", "protocol.c"} <= listed
+    assert not listed & {"protocol.head", "protocol.render", "protocol.whole"}

@@ -683,7 +683,7 @@ TINY_RUN = {"method.backbone.dim": 32, "method.backbone.depth": 1, "method.backb
             "method.backbone.k": 8, "method.out_dim": 32, "method.proj_hidden": 32, "method.proj_bottleneck": 16,
             "method.n_local_crops": 2, "method.n_multires": 1, "data.num_points": 128,
             "data.synthetic_per_class": 8, "data.synthetic_num_classes": 3, "train.batch_size": 8,
-            "train.eval_batch_size": 64, "optim.lr.warmup_epochs": 0, "protocol.svm_c": 1.0}
+            "train.eval_batch_size": 64, "optim.lr.warmup_epochs": 0, "protocol.c": 1.0}
 
 
 def test_one_epoch_in_the_training_loop():

@@ -15,11 +15,12 @@ import torch
 from conftest import SHARED_DATA
 from helpers import on_gloo_workers, one_line_error, pointtune, real
 from pointtune.backbones import build_backbone
-from pointtune.config import ConfigError, ProtocolConfig, build_config
+from pointtune.config import ConfigError, build_config
 from pointtune.data import SHAPENETPART_CLASSES, SHAPENETPART_SEG_CLASSES, DataConfig, DatasetError, build_datasets
 from pointtune.metrics import part_seg_metrics, shape_part_ious
 from pointtune.method import Method, MethodConfig, Task, interpolate_point_features
 from pointtune.protocols import (
+    PartSegConfig,
     PartSegHead,
     build_eval_splits,
     default_objective,
@@ -222,20 +223,22 @@ def test_heads_are_the_papers_two_settings(kind):
 
 def test_protocol_registration_config_and_objective():
     protocol = get_protocol("part_seg")
-    assert protocol.metrics(ProtocolConfig())[0] == "ins_miou" and protocol.splits == ("fit", "eval")
+    assert protocol.metrics(PartSegConfig())[0] == "ins_miou" and protocol.splits == ("fit", "eval")
+    assert protocol.Config is PartSegConfig
     assert resolve_protocol(Task.PRETRAIN, "part_seg", own_data=True) is protocol
     assert resolve_protocol(Task.CLASSIFICATION, "part_seg") is protocol
     exp = build_config("conclu", overrides={"protocol.name": "part_seg"})
     assert default_objective(exp) == ("val/ins_miou", "max")
     cfg = exp.protocol
-    assert (cfg.seg_head, cfg.seg_category_onehot, cfg.seg_epochs, cfg.seg_lr, cfg.seg_batch_size,
-            cfg.seg_lr_step, cfg.seg_lr_gamma, cfg.seg_label_fraction) == ("1fc", True, 100, 1e-3, 32, 20, 0.5, 1.0)
+    assert isinstance(cfg, PartSegConfig)
+    assert (cfg.head, cfg.category_onehot, cfg.epochs, cfg.lr, cfg.batch_size,
+            cfg.lr_step, cfg.lr_gamma, cfg.label_fraction) == ("1fc", True, 100, 1e-3, 32, 20, 0.5, 1.0)
     with pytest.raises(ConfigError) as info:
-        build_config("conclu", overrides={"protocol.seg_finetune": True})
-    one_line_error(info, "protocol.seg_finetune", "not implemented")
+        build_config("conclu", overrides={"protocol.name": "part_seg", "protocol.finetune": True})
+    one_line_error(info, "protocol.finetune", "not implemented")
     with pytest.raises(ConfigError) as info:
-        build_config("conclu", overrides={"protocol.seg_head": "3fc"})
-    one_line_error(info, "protocol.seg_head")
+        build_config("conclu", overrides={"protocol.name": "part_seg", "protocol.head": "3fc"})
+    one_line_error(info, "protocol.head")
 
 
 # ---- a probe method on hand-made parts, and 2 gloo workers ------------------------------------------------
@@ -276,19 +279,18 @@ def _seg_cases():
     """(name, splits, protocol config): odd split sizes so the shards differ; 'tiny' has one shape per split
     (rank 1's shards are empty)."""
     fit, ev = _parts_items([0, 1] * 6 + [1], 0), _parts_items([1, 0] * 5 + [0], 1)
-    fast = dict(name="part_seg", seg_epochs=4, seg_batch_size=4, seg_lr=1e-2)
+    fast = dict(name="part_seg", epochs=4, batch_size=4, lr=1e-2)
     return [
-        ("1fc", {"fit": fit, "eval": ev}, ProtocolConfig(**fast, seg_fit_points=20)),
-        ("5fc", {"fit": fit, "eval": ev}, ProtocolConfig(**fast, seg_head="5fc", seg_category_onehot=False)),
-        ("fraction", {"fit": fit, "eval": ev}, ProtocolConfig(**fast, seg_label_fraction=0.2, seed=5)),
-        ("tiny", {"fit": fit[:1], "eval": ev[:1]}, ProtocolConfig(**fast)),
+        ("1fc", {"fit": fit, "eval": ev}, PartSegConfig(**fast, fit_points=20)),
+        ("5fc", {"fit": fit, "eval": ev}, PartSegConfig(**fast, head="5fc", category_onehot=False)),
+        ("fraction", {"fit": fit, "eval": ev}, PartSegConfig(**fast, label_fraction=0.2, seed=5)),
+        ("tiny", {"fit": fit[:1], "eval": ev[:1]}, PartSegConfig(**fast)),
     ]
 
 
 def test_head_learns_hand_made_parts():
     fit, ev = _parts_items([0, 1] * 20, 0, n=64), _parts_items([0, 1] * 5, 1, n=64)
-    cfg = ProtocolConfig(name="part_seg", seg_head="5fc", seg_epochs=20, seg_batch_size=8, seg_lr=1e-2,
-                         seg_lr_step=10)
+    cfg = PartSegConfig(name="part_seg", head="5fc", epochs=20, batch_size=8, lr=1e-2, lr_step=10)
     scores, cm, arrays = evaluate(_PointProbe(), {"fit": fit, "eval": ev}, CPU, NAMES, cfg, batch_size=4,
                                   return_arrays=True)
     assert cm is None and arrays["shape_iou"].shape == (10,)
@@ -362,7 +364,7 @@ def test_split_variant_splits_the_sample_by_category(name, capsys):
 @pytest.mark.realdata
 def test_part_seg_on_the_sample_with_a_random_encoder(shared_data):
     root = real(shared_data / "shapenetpart_subset")
-    exp = build_config("conclu", overrides={**TINY_CONCLU, "protocol.name": "part_seg", "protocol.seg_epochs": 3,
+    exp = build_config("conclu", overrides={**TINY_CONCLU, "protocol.name": "part_seg", "protocol.epochs": 3,
                                             "protocol.data": {"name": "shapenetpart", "root": str(root),
                                                               "variant": "split", "num_points": 256}})
     judged = build_eval_splits(exp)
@@ -370,7 +372,7 @@ def test_part_seg_on_the_sample_with_a_random_encoder(shared_data):
     torch.manual_seed(0)
     method = exp.method_cls(exp.method, 8, 1)
     for head in ("1fc", "5fc"):
-        cfg = exp.protocol.model_copy(update={"seg_head": head})
+        cfg = exp.protocol.model_copy(update={"head": head})
         scores, cm, arrays = evaluate(method, {"fit": judged.fit, "eval": judged.test}, CPU, judged.class_names,
                                       cfg, batch_size=8, return_arrays=True)
         assert cm is None and arrays["shape_iou"].shape == (5,)
@@ -378,7 +380,7 @@ def test_part_seg_on_the_sample_with_a_random_encoder(shared_data):
             assert 0 <= scores[key] <= 1, (key, scores)
         assert not [k for k in scores if k.startswith("acc/")]
         assert scores["seg_fit_shapes"] == 14 and math.isfinite(scores["seg_head_loss"])
-    fraction = exp.protocol.model_copy(update={"seg_label_fraction": 0.1})
+    fraction = exp.protocol.model_copy(update={"label_fraction": 0.1})
     scores, _ = evaluate(method, {"fit": judged.fit, "eval": judged.val}, CPU, judged.class_names, fraction)
     assert scores["seg_fit_shapes"] == 3 and set(k for k in scores if k.startswith("iou/")) == {"iou/Cap"}
 
@@ -415,7 +417,7 @@ def test_train_dcglr_judged_by_part_segmentation(shared_data, tmp_path):
     root = real(shared_data / "shapenetpart_subset")
     out = tmp_path / "run"
     sets = {**TINY_DCGLR, "data.synthetic_per_class": 8, "data.synthetic_num_classes": 2, "train.threads": 1,
-            "protocol.name": "part_seg", "protocol.seg_epochs": 2, "protocol.seg_fit_points": 128,
+            "protocol.name": "part_seg", "protocol.epochs": 2, "protocol.fit_points": 128,
             "protocol.data": f"{{name: shapenetpart, root: {root}, variant: split, num_points: 256, cache: false}}"}
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     proc = pointtune("train", "dcglr", "--epochs", "1", *args, "--output", str(out), "--no-progress")

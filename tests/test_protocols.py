@@ -1,20 +1,28 @@
 """Evaluation protocols (pointtune.protocols): the registry by name and each task's default, the linear SVM
 (L2-normalised features, C by cross-validation, convergence reported), few-shot episodes, the objective check
-against the selected protocol, ``protocol.data``, evaluation sharded over 2 gloo workers and merged exactly,
-and fine-tuning that starts from a saved encoder."""
+against the selected protocol, ``protocol.data``, each protocol's own settings (the ``protocol`` section as a
+union tagged by ``protocol.name``, open to protocols registered later), evaluation sharded over 2 gloo workers
+and merged exactly, and fine-tuning that starts from a saved encoder."""
 
 import math
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from pydantic import Field, ValidationError
 
 from conftest import TINY
 from helpers import on_gloo_workers
-from pointtune.config import ConfigError, ProtocolConfig, build_config
+from pointtune.config import ConfigError, ExperimentConfig, build_config, config_from_file, config_keys
 from pointtune.method import Method, MethodConfig, Task
 from pointtune.protocols import (
     EvalSplits,
+    FewShotConfig,
+    LinearSVMConfig,
+    Protocol,
+    ProtocolConfig,
+    SceneSegConfig,
     build_eval_splits,
     cv_splits,
     default_objective,
@@ -100,31 +108,144 @@ def test_protocol_name_and_objective_of_an_experiment():
     assert build_config("cedr", overrides={"protocol.name": "linear_svm"}).protocol.name == "linear_svm"
 
 
-@pytest.mark.parametrize("key,value,fragment", [
-    ("protocol.name", "svm", "protocol.name: Value error, unknown protocol 'svm'; known protocols: classification"),
-    ("protocol.svm_c", [], "protocol.svm_c: Value error, give one C or a non-empty list"),
-    ("protocol.svm_c", [1, -1], "protocol.svm_c: Value error, every C must be > 0"),
-    ("protocol.svm_c", 0, "protocol.svm_c: Value error, every C must be > 0"),
-    ("protocol.ways", [1, 5], "protocol.ways: Value error, every entry must be an integer >= 2"),
-    ("protocol.shots", [], "protocol.shots: List should have at least 1 item"),
-    ("protocol.folds", 0, "protocol.folds: Input should be greater than or equal to 1"),
-    ("protocol.data.nmae", "x", "protocol.data.nmae: unknown key; closest valid keys: protocol.data.name"),
+@pytest.mark.parametrize("name,key,value,fragment", [
+    (None, "protocol.name", "svm", "protocol.name: Value error, unknown protocol 'svm'; known protocols: "
+                                   "classification"),
+    (None, "protocol.c", [], "protocol.c: Value error, give one C or a non-empty list"),
+    (None, "protocol.c", [1, -1], "protocol.c: Value error, every C must be > 0"),
+    (None, "protocol.c", 0, "protocol.c: Value error, every C must be > 0"),
+    (None, "protocol.folds", 1, "protocol.folds: Input should be greater than or equal to 2"),
+    ("few_shot", "protocol.ways", [1, 5], "protocol.ways: Value error, every entry must be an integer >= 2"),
+    ("few_shot", "protocol.shots", [], "protocol.shots: List should have at least 1 item"),
+    ("few_shot", "protocol.folds", 0, "protocol.folds: Input should be greater than or equal to 1"),
+    ("few_shot", "protocol.c", [1.0], "protocol.c: Input should be a valid number"),
+    (None, "protocol.data.nmae", "x", "protocol.data.nmae: unknown key; closest valid keys: protocol.data.name"),
 ])
-def test_protocol_config_errors_are_one_line(key, value, fragment):
+def test_protocol_config_errors_are_one_line(name, key, value, fragment):
     with pytest.raises(ConfigError) as info:
-        build_config("conclu", overrides={key: value})
+        build_config("conclu", overrides={"protocol.name": name, key: value})
     assert "\n" not in str(info.value) and fragment in str(info.value), str(info.value)
 
 
 def test_svm_c_accepts_one_value_or_a_list():
-    assert ProtocolConfig().svm_c == [0.01, 0.1, 1.0, 10.0]
-    assert ProtocolConfig(svm_c=2).svm_c == 2.0
-    assert build_config("conclu", overrides={"protocol.svm_c": [0.5, 5]}).protocol.svm_c == [0.5, 5.0]
+    assert LinearSVMConfig().c == [0.01, 0.1, 1.0, 10.0]
+    assert LinearSVMConfig(c=2).c == 2.0
+    assert build_config("conclu", overrides={"protocol.c": [0.5, 5]}).protocol.c == [0.5, 5.0]
+
+
+# ---- each protocol's settings: the protocol section is a union tagged by protocol.name ------------------------
+
+OWN_KEYS = {name: [k for k in get_protocol(name).Config.model_fields if k not in ProtocolConfig.model_fields]
+            for name in ("classification", "linear_svm", "few_shot", "part_seg", "scene_seg")}
+
+
+def test_null_name_takes_the_settings_of_the_tasks_default_protocol():
+    assert type(build_config("conclu").protocol) is LinearSVMConfig
+    assert type(build_config("cedr").protocol) is ProtocolConfig           # classification has no settings
+    assert type(build_config("seg").protocol) is SceneSegConfig
+    assert build_config("conclu").protocol.name is None                     # null stays null
+    assert OWN_KEYS["classification"] == [] and OWN_KEYS["linear_svm"] == ["c", "folds", "max_iter", "seed"]
+
+
+def test_each_protocols_keys_are_accepted_only_with_its_name():
+    for name, keys in OWN_KEYS.items():
+        settings = get_protocol(name).Config
+        for key in keys:
+            value = settings.model_fields[key].get_default(call_default_factory=True)
+            exp = build_config("conclu", overrides={"protocol.name": name, f"protocol.{key}": value})
+            assert type(exp.protocol) is settings and getattr(exp.protocol, key) == value
+            for other, other_keys in OWN_KEYS.items():
+                if key not in other_keys:
+                    with pytest.raises(ConfigError, match=rf"protocol.{key}: not a key of protocol {other} \(.*{name}"):
+                        build_config("conclu", overrides={"protocol.name": other, f"protocol.{key}": value})
+
+
+def test_another_protocols_key_is_one_line_naming_the_protocols_that_have_it():
+    with pytest.raises(ConfigError) as info:
+        config_from_file("conclu", None, ["protocol.ways=[3]"])
+    assert str(info.value) == ("--set: protocol.ways: not a key of protocol linear_svm (few_shot has it; set "
+                               "protocol.name=few_shot)")
+    with pytest.raises(ConfigError) as info:
+        build_config("conclu", {"protocol": {"name": "part_seg", "folds": 3}}, source="exp.yaml")
+    assert str(info.value) == ("exp.yaml: protocol.folds: not a key of protocol part_seg (few_shot, linear_svm have "
+                               "it; set protocol.name=few_shot or linear_svm)")
+    with pytest.raises(ConfigError, match=r"^--set: protocol.c: not a key of protocol classification \(few_shot, "):
+        build_config("cedr", overrides={"protocol.c": 1.0}, source="--set")
+    # keys no protocol has keep the closest-key suggestions among the named protocol's keys
+    with pytest.raises(ConfigError, match=r"protocol.svm_c: unknown key; closest valid keys: protocol.c$"):
+        build_config("conclu", overrides={"protocol.svm_c": 1.0})
+    with pytest.raises(ConfigError, match=r"protocol.wayz: unknown key; closest valid keys: protocol.ways$"):
+        build_config("conclu", overrides={"protocol.name": "few_shot", "protocol.wayz": [3]})
+
+
+def test_each_protocols_settings_round_trip_through_the_dumped_config():
+    for name in (None, *OWN_KEYS):
+        exp = build_config("conclu", overrides={"protocol.name": name})
+        again = build_config("conclu", yaml.safe_load(yaml.safe_dump(exp.to_dict())))
+        assert again == exp and type(again.protocol) is type(exp.protocol), name
+        assert set(exp.to_dict()["protocol"]) == {"name", "data", *OWN_KEYS[name or "linear_svm"]}
+
+
+def test_settings_instances_are_kept_or_revalidated():
+    conclu = build_config("conclu").method
+    few = FewShotConfig(name="few_shot", ways=[3])
+    assert ExperimentConfig(method=conclu, protocol=few).protocol is few
+    with pytest.raises(ValidationError, match=r"protocol.ways\n  Extra inputs are not permitted"):
+        ExperimentConfig(method=conclu, protocol=FewShotConfig())               # null: linear_svm's settings
+    with pytest.raises(TypeError, match="the linear_svm protocol reads a LinearSVMConfig, got a FewShotConfig"):
+        evaluate(_Probe(), {"fit": _items(np.eye(3), np.arange(3), 0), "eval": _items(np.eye(3), np.arange(3), 1)},
+                 CPU, ["a", "b", "c"], FewShotConfig())
+
+
+class _EchoConfig(ProtocolConfig):
+    """Settings of the test-only protocol :class:`_Echo`."""
+
+    repeats: int = Field(2, ge=1, description="test-only: metrics reported")
+
+
+class _Echo(Protocol):
+    """Test-only protocol registered after the config machinery was imported: reports ``echo<i>`` = i."""
+
+    Config = _EchoConfig
+    tasks = frozenset({Task.PRETRAIN})
+    per_class = False
+
+    def metrics(self, cfg):
+        return tuple(f"echo{i}" for i in range(cfg.repeats))
+
+    def run(self, method, splits, device, class_names, cfg, batch_size=64, num_workers=0):
+        return {f"echo{i}": float(i) for i in range(cfg.repeats)}, None, {}
+
+
+@pytest.fixture
+def echo(monkeypatch):
+    """Register :class:`_Echo` as ``_echo_test`` for one test (the registry is global)."""
+    from pointtune.protocols.base import _PROTOCOLS
+
+    monkeypatch.setattr(_Echo, "name", "_echo_test")
+    monkeypatch.setitem(_PROTOCOLS._items, "_echo_test", _Echo())
+    return "_echo_test"
+
+
+def test_a_protocol_registered_later_brings_its_own_settings(echo):
+    exp = build_config("conclu", overrides={"protocol.name": echo, "protocol.repeats": 3})
+    assert type(exp.protocol) is _EchoConfig and exp.protocol.repeats == 3
+    assert exp.to_dict()["protocol"] == {"name": echo, "data": None, "repeats": 3}
+    assert build_config("conclu", exp.to_dict()) == exp
+    assert default_objective(exp) == ("val/echo0", "max")
+    scores, _ = evaluate(_Probe(), {"eval": _items(np.eye(3), np.arange(3), 1)}, CPU, list("abc"), exp.protocol)
+    assert scores == {"echo0": 0.0, "echo1": 1.0, "echo2": 2.0}
+    assert "protocol.repeats" in config_keys("conclu", echo) and "protocol.repeats" not in config_keys("conclu")
+    with pytest.raises(ConfigError, match=rf"^--set: protocol.repeats: not a key of protocol linear_svm \({echo} has "
+                                          rf"it; set protocol.name={echo}\)$"):
+        build_config("conclu", overrides={"protocol.repeats": 3}, source="--set")
+    with pytest.raises(ConfigError, match=r"protocol.repeat: unknown key; closest valid keys: protocol.repeats"):
+        build_config("conclu", overrides={"protocol.name": echo, "protocol.repeat": 3})
 
 
 def test_objective_checked_against_the_selected_protocol():
     check_objective("val/svm_C", Task.PRETRAIN, "x")
-    few = ProtocolConfig(name="few_shot", ways=[3], shots=[10])
+    few = FewShotConfig(name="few_shot", ways=[3], shots=[10])
     check_objective("val/fewshot/3way10shot_std", Task.PRETRAIN, "x", protocol_cfg=few)
     assert "val/acc/<class>" not in objective_metrics(Task.PRETRAIN, protocol_cfg=few)  # no confusion matrix
     with pytest.raises(ConfigError, match=r"'val/fewshot/5way10shot' is not reported by runs of the few_shot "
@@ -145,7 +266,7 @@ def test_linear_svm_separable_and_random():
     labels = np.repeat(np.arange(3), 20)
     centroids = np.eye(3)
     splits = {"fit": _items(centroids, labels, 0), "eval": _items(centroids, labels, 1)}
-    scores, cm = evaluate(_Probe(), splits, CPU, ["a", "b", "c"], ProtocolConfig(svm_c=1.0))
+    scores, cm = evaluate(_Probe(), splits, CPU, ["a", "b", "c"], LinearSVMConfig(c=1.0))
     assert scores["svm_acc"] == pytest.approx(1.0) and cm.trace() == 60
     assert scores["acc/a"] == scores["acc/b"] == scores["acc/c"] == pytest.approx(1.0)
     assert scores["svm_C"] == 1.0 and scores["svm_converged"] == 1.0  # a single C: no cross-validation
@@ -197,7 +318,7 @@ def test_extract_features_restores_training_mode_and_accepts_loaders():
 # ---- few-shot ----------------------------------------------------------------------------------------------
 
 def test_few_shot_plan_and_episodes():
-    cfg = ProtocolConfig(name="few_shot", ways=[3, 5], shots=[2, 4], folds=3, queries=3, seed=7)
+    cfg = FewShotConfig(name="few_shot", ways=[3, 5], shots=[2, 4], folds=3, queries=3, seed=7)
     fit_labels = np.repeat(np.arange(4), [6, 6, 3, 1])
     eval_labels = np.repeat(np.arange(4), [5, 5, 5, 5])
     runnable, skipped = plan_settings(cfg, fit_labels, eval_labels)
@@ -222,7 +343,7 @@ def test_few_shot_plan_and_episodes():
 def test_few_shot_protocol_reports_mean_and_std_and_skips_with_one_line(capsys):
     _, fit = _blobs(4, 25, 0, 0.4)
     _, ev = _blobs(4, 25, 1, 0.4)
-    cfg = ProtocolConfig(name="few_shot", ways=[3, 5], shots=[5, 10], folds=6, queries=20, seed=1)
+    cfg = FewShotConfig(name="few_shot", ways=[3, 5], shots=[5, 10], folds=6, queries=20, seed=1)
     scores, cm = evaluate(_Probe(), {"fit": fit, "eval": ev}, CPU, list("abcd"), cfg)
     assert cm is None and set(scores) == {"fewshot/3way5shot", "fewshot/3way5shot_std",
                                           "fewshot/3way10shot", "fewshot/3way10shot_std", "feature_rank"}
@@ -253,7 +374,7 @@ def test_protocol_data_judges_on_its_own_dataset():
     own = {"name": "synthetic", "synthetic_num_classes": 3, "synthetic_per_class": 20, "num_points": 128,
            "val_fraction": 0.5}
     exp = build_config("conclu", overrides={**TINY_CONCLU, "train.epochs": 1, "data.synthetic_num_classes": 5,
-                                            "protocol.data": own, "protocol.svm_c": 1.0})
+                                            "protocol.data": own, "protocol.c": 1.0})
     judged = build_eval_splits(exp)
     assert isinstance(judged, EvalSplits) and judged.source == "protocol.data" and judged.num_classes == 3
     assert len(judged.val) == 30 and len(judged.fit) == 30 and len(judged.test) == 60
@@ -299,14 +420,14 @@ def _sharded_cases():
     centres, fit = _blobs(4, 13, 0, 0.6)
     _, ev = _blobs(4, 11, 1, 0.6)
     names = list("abcd")
-    few = ProtocolConfig(name="few_shot", ways=[2, 4], shots=[3, 5], folds=5, queries=4, seed=3)
+    few = FewShotConfig(name="few_shot", ways=[2, 4], shots=[3, 5], folds=5, queries=4, seed=3)
     return [
         ("classification", lambda: _Probe(centres, Task.CLASSIFICATION), {"eval": ev}, names,
          ProtocolConfig()),
-        ("linear_svm", lambda: _Probe(), {"fit": fit, "eval": ev}, names, ProtocolConfig()),
+        ("linear_svm", lambda: _Probe(), {"fit": fit, "eval": ev}, names, LinearSVMConfig()),
         ("few_shot", lambda: _Probe(), {"fit": fit, "eval": ev}, names, few),
         ("tiny", lambda: _Probe(), {"fit": fit, "eval": ev[11:12]}, names,
-         ProtocolConfig(svm_c=0.5)),
+         LinearSVMConfig(c=0.5)),
     ]
 
 

@@ -17,7 +17,7 @@ import torch
 
 from pointtune.config import build_config
 from pointtune.data import dataset_names, read_shapenetpart_txt, register_dataset
-from pointtune.protocols import build_eval_splits, evaluate
+from pointtune.protocols import LinearSVMConfig, build_eval_splits, evaluate
 from pointtune.train.checkpoint import load_state
 from pointtune.train.loop import LoopConfig, run_loop
 
@@ -77,7 +77,7 @@ def test_conclu_few_shot_during_training_then_linear_svm(shared_data, tmp_path):
     method = exp.method_cls(exp.method, judged.num_classes, exp.train.epochs)
     method.load_state_dict(state["model"])
     random_init = exp.method_cls(exp.method, judged.num_classes, exp.train.epochs)
-    svm = exp.protocol.model_copy(update={"name": "linear_svm"})
+    svm = LinearSVMConfig(name="linear_svm", seed=exp.protocol.seed)
     for split, scored in (("val", judged.val), ("test", judged.test)):
         scores, cm = evaluate(method, {"fit": judged.fit, "eval": scored}, torch.device("cpu"), judged.class_names,
                               svm, batch_size=128)

@@ -17,7 +17,7 @@ TINY_CONCLU = {
     "method.backbone.name": "pointnet", "method.backbone.emb_dims": 32, "method.projector_hidden": 32,
     "method.projection_dim": 16, "method.predictor_hidden": 16, "method.num_prototypes": 8,
     "method.view_points": 64, "data.num_points": 128, "data.synthetic_per_class": 8,
-    "train.batch_size": 16, "train.eval_batch_size": 128, "train.epochs": 1, "protocol.svm_c": 1.0,
+    "train.batch_size": 16, "train.eval_batch_size": 128, "train.epochs": 1, "protocol.c": 1.0,
 }
 
 

@@ -13,12 +13,12 @@ import torch
 
 from conftest import SHARED_DATA
 from helpers import on_gloo_workers, real
-from pointtune.config import ConfigError, ProtocolConfig
+from pointtune.config import ConfigError
 from pointtune.data.scene_dataset import SceneDataset
 from pointtune.data.scenes import IGNORE_INDEX, S3DIS_CLASSES, SCANNET20_CLASSES, SceneSet, read_s3dis, read_scannet
 from pointtune.method import Method, MethodConfig, Task
 from pointtune.metrics import confusion_matrix, semantic_seg_metrics
-from pointtune.protocols import default_protocol_name, evaluate, get_protocol, resolve_protocol
+from pointtune.protocols import SceneSegConfig, default_protocol_name, evaluate, get_protocol, resolve_protocol
 from pointtune.protocols.scene_seg import (
     RENDER_ARRAYS,
     S3DIS_COLORS,
@@ -137,7 +137,7 @@ def _items(seed: int, count: int, n: int = 64) -> list[dict]:
 
 def test_protocol_on_crops_equals_brute_force_and_skips_ignore_and_padding():
     items = _items(0, 7)
-    cfg = ProtocolConfig(scene_val="crops", scene_render=0)
+    cfg = SceneSegConfig(val="crops", render=0)
     scores, cm, arrays = evaluate(_Seg(5, "given"), {"eval": items}, CPU, NAMES, cfg, batch_size=3,
                                   return_arrays=True, split="val")
     gt = np.concatenate([np.where(it["mask"].numpy(), it["seg"].numpy(), IGNORE_INDEX) for it in items])
@@ -154,8 +154,8 @@ def test_protocol_on_crops_equals_brute_force_and_skips_ignore_and_padding():
 def test_default_of_segmentation_and_its_objective():
     assert default_protocol_name(Task.SEGMENTATION) == "scene_seg"
     protocol = resolve_protocol(Task.SEGMENTATION)
-    assert protocol.metrics(ProtocolConfig()) == ("mIoU", "OA", "mAcc")
-    assert protocol.objective(ProtocolConfig()) == ("val/mIoU", "max")
+    assert protocol.metrics(SceneSegConfig()) == ("mIoU", "OA", "mAcc")
+    assert protocol.objective(SceneSegConfig()) == ("val/mIoU", "max")
     check_objective("val/mIoU", Task.SEGMENTATION, "space.yaml: objective.metric")
     with pytest.raises(ConfigError, match="val/mIoU"):
         check_objective("val/miou", Task.SEGMENTATION, "space.yaml: objective.metric")
@@ -164,11 +164,11 @@ def test_default_of_segmentation_and_its_objective():
 
 
 def test_scoring_modes_of_validation_and_test():
-    cfg = ProtocolConfig()
+    cfg = SceneSegConfig()
     assert (scoring_mode(cfg, "val"), scoring_mode(cfg, "test"), scoring_mode(cfg, None)) == ("pass", "whole", "whole")
-    cheap = ProtocolConfig(scene_whole=False, scene_val="crops")
+    cheap = SceneSegConfig(whole=False, val="crops")
     assert (scoring_mode(cheap, "val"), scoring_mode(cheap, "test")) == ("crops", "crops")
-    assert scoring_mode(ProtocolConfig(scene_val="whole"), "val") == "whole"
+    assert scoring_mode(SceneSegConfig(val="whole"), "val") == "whole"
     with pytest.raises(ValueError, match="split must be"):
         scoring_mode(cfg, "train")
 
@@ -176,8 +176,8 @@ def test_scoring_modes_of_validation_and_test():
 def test_each_mode_predicts_what_it_says():
     data = _dataset(2)
     counts = {}
-    for mode, cfg, split in (("pass", ProtocolConfig(), "val"), ("whole", ProtocolConfig(), "test"),
-                             ("crops", ProtocolConfig(scene_val="crops"), "val")):
+    for mode, cfg, split in (("pass", SceneSegConfig(), "val"), ("whole", SceneSegConfig(), "test"),
+                             ("crops", SceneSegConfig(val="crops"), "val")):
         method = _Seg(5)
         evaluate(method, {"eval": data}, CPU, NAMES, cfg, batch_size=4, split=split)
         counts[mode] = method.items
@@ -196,7 +196,7 @@ def test_check_output_and_bad_input():
     with pytest.raises(ConfigError, match="per-point labels"):
         protocol.check_output(_Seg(5), {k: v for k, v in batch.items() if k != "seg"}, 5)
     with pytest.raises(ValueError, match="needs a SceneDataset"):
-        evaluate(_Seg(5, "given"), {"eval": _items(0, 2)}, CPU, NAMES, ProtocolConfig(), split="test")
+        evaluate(_Seg(5, "given"), {"eval": _items(0, 2)}, CPU, NAMES, SceneSegConfig(), split="test")
 
 
 # ---- voting ------------------------------------------------------------------------------------------------
@@ -231,8 +231,8 @@ class _Leaky(SceneDataset):
 def test_whole_scene_testing_refuses_an_unpredicted_point():
     leaky = _Leaky(_scenes(1), voxel_size=0.25, max_points=256)
     with pytest.raises(RuntimeError, match="room_0: 1 of 1500 points got no prediction"):
-        evaluate(_Seg(5), {"eval": leaky}, CPU, NAMES, ProtocolConfig(), split="test")
-    evaluate(_Seg(5), {"eval": leaky}, CPU, NAMES, ProtocolConfig(), split="val")  # one pass: scored where predicted
+        evaluate(_Seg(5), {"eval": leaky}, CPU, NAMES, SceneSegConfig(), split="test")
+    evaluate(_Seg(5), {"eval": leaky}, CPU, NAMES, SceneSegConfig(), split="val")  # one pass: scored where predicted
 
 
 def _real_scenes(name: str, step: int) -> SceneSet:
@@ -259,11 +259,11 @@ def test_a_perfect_predictor_scores_one_on_a_real_sample(name):
     data = SceneDataset(scenes, voxel_size=0.05, max_points=2048)
     labelled = int(sum((scenes[i]["segment"] != IGNORE_INDEX).sum() for i in range(len(scenes))))
     present = {scenes.class_names[c] for c in np.flatnonzero(scenes.label_counts())}
-    for split, cfg in (("test", ProtocolConfig()), ("val", ProtocolConfig()),
-                       ("val", ProtocolConfig(scene_val="crops"))):
+    for split, cfg in (("test", SceneSegConfig()), ("val", SceneSegConfig()),
+                       ("val", SceneSegConfig(val="crops"))):
         scores, cm, arrays = evaluate(_Seg(scenes.num_classes, "lookup", table), {"eval": data}, CPU,
                                       scenes.class_names, cfg, batch_size=8, return_arrays=True, split=split)
-        assert scores["mIoU"] == scores["OA"] == scores["mAcc"] == 1.0, (split, cfg.scene_val)
+        assert scores["mIoU"] == scores["OA"] == scores["mAcc"] == 1.0, (split, cfg.val)
         assert {k[4:] for k in scores if k.startswith("iou/")} <= present
         if split == "test":  # every labelled original point scored exactly once
             assert cm.sum() == labelled and {k[4:] for k in scores if k.startswith("iou/")} == present
@@ -272,9 +272,9 @@ def test_a_perfect_predictor_scores_one_on_a_real_sample(name):
 
 # ---- data parallel -----------------------------------------------------------------------------------------
 
-_CASES = (("whole", "test", ProtocolConfig(scene_render_points=300)),
-          ("pass", "val", ProtocolConfig(scene_render=2, scene_render_points=200)),
-          ("crops", "val", ProtocolConfig(scene_val="crops", scene_render_points=100)))
+_CASES = (("whole", "test", SceneSegConfig(render_points=300)),
+          ("pass", "val", SceneSegConfig(render=2, render_points=200)),
+          ("crops", "val", SceneSegConfig(val="crops", render_points=100)))
 
 
 def _merge_worker(rank: int) -> dict:
@@ -300,8 +300,8 @@ def test_two_workers_merge_to_the_single_process_result(tmp_path):
             assert np.array_equal(cm, cm_r), (mode, rank)
             assert arrays.keys() == arrays_r.keys() and all(np.array_equal(arrays[k], arrays_r[k]) for k in arrays)
             assert seen == set(range(rank, 3, WORLD)), (mode, rank)   # its shard of the scenes only
-        assert len(arrays["scene_names"]) == min(3, cfg.scene_render)
-        assert np.bincount(arrays["scene_index"]).max() <= cfg.scene_render_points
+        assert len(arrays["scene_names"]) == min(3, cfg.render)
+        assert np.bincount(arrays["scene_index"]).max() <= cfg.render_points
 
 
 # ---- pictures ----------------------------------------------------------------------------------------------
@@ -332,7 +332,7 @@ def test_best_checkpoint_renders_reach_mlflow(tmp_path, monkeypatch):
     from pointtune.train.artifacts import log_checkpoint_artifacts
     from pointtune.train.checkpoint import save_state
 
-    _, cm, arrays = evaluate(_Seg(5), {"eval": _dataset(3)}, CPU, NAMES, ProtocolConfig(scene_render=2),
+    _, cm, arrays = evaluate(_Seg(5), {"eval": _dataset(3)}, CPU, NAMES, SceneSegConfig(render=2),
                              return_arrays=True, split="val")
     logged = {}
 
@@ -341,7 +341,7 @@ def test_best_checkpoint_renders_reach_mlflow(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tracking, "log_artifact", log_artifact)
     ckpt = save_state(tmp_path / "ckpt", {"experiment": {"method": {"name": "fake"}, "protocol": {
-        "scene_render_oblique": False}}, "epoch": 3, "class_names": NAMES, "metrics": {}})
+        "render_oblique": False}}, "epoch": 3, "class_names": NAMES, "metrics": {}})
     np.save(ckpt / "confusion.npy", cm)
     for name, array in arrays.items():  # what the training loop does with a protocol's arrays
         np.save(ckpt / f"{name}.npy", array)

@@ -39,7 +39,7 @@ def _epochs(run_dir) -> list[dict]:
 
 def test_both_stages_on_shapenetpart_judged_by_part_segmentation(shared_data, tmp_path):
     out = tmp_path / "run"
-    seg = {"protocol.name": "part_seg", "protocol.seg_epochs": 3, "protocol.seg_fit_points": 128}
+    seg = {"protocol.name": "part_seg", "protocol.epochs": 3, "protocol.fit_points": 128}
     proc = pointtune("train", "scl", "--epochs", "2", *_shapenetpart(shared_data, "split"), *_sets(TINY_SCL),
                      *_sets(seg), "--output", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

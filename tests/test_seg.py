@@ -303,7 +303,7 @@ def test_train_seg_from_a_pretrained_run_on_scannet(shared_data, tmp_path):
     _, best = _checkpoint(run / "checkpoints" / "best", "conclu", TINY_CONCLU)
     out = tmp_path / "seg"
     sets = {"data.num_points": 1024, "data.loop": 2, "train.batch_size": 2, "train.eval_batch_size": 2,
-            "protocol.scene_val": "crops", "train.threads": 1, "method.head_hidden": "[32,16]"}
+            "protocol.val": "crops", "train.threads": 1, "method.head_hidden": "[32,16]"}
     proc = pointtune("train", "seg", "--from", str(run), "--epochs", "1", "--dataset", "scannet",
                      "--data-root", str(real(shared_data / "scannet_subset")),
                      *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], "--output", str(out),

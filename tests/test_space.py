@@ -100,6 +100,24 @@ def test_bad_spaces_fail_with_file_and_key(tmp_path, body, match):
     assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
+def test_protocol_keys_are_those_of_the_protocol_the_space_runs(tmp_path):
+    """A space's ``protocol.*`` keys are checked against the protocol it fixes (``protocol.name``), else the
+    task's default one."""
+    path = tmp_path / "space.yaml"
+    path.write_text("method: conclu\nparams:\n  protocol.c: {type: float, low: 0.01, high: 10, log: true}\n")
+    assert load_search_space(path).metric == "val/svm_acc"
+    path.write_text("method: conclu\nparams:\n  protocol.queries: {type: int, low: 5, high: 20}\n")
+    with pytest.raises(ConfigError, match=r"protocol.queries: not a key of protocol linear_svm \(few_shot has it; "
+                                          r"set protocol.name=few_shot\)"):
+        load_search_space(path)
+    path.write_text("method: conclu\nparams:\n  protocol.name: {type: fixed, value: few_shot}\n"
+                    "  protocol.queries: {type: int, low: 5, high: 20}\n")
+    assert load_search_space(path).metric == "val/fewshot/5way10shot"
+    path.write_text("method: conclu\nparams:\n  protocol.svm_c: {type: float, low: 0.01, high: 10}\n")
+    with pytest.raises(ConfigError, match=r"protocol.svm_c: unknown key; closest valid keys: protocol.c"):
+        load_search_space(path)
+
+
 def test_extends_overrides_and_deletes(tmp_path):
     (tmp_path / "base.yaml").write_text(
         "method: cedr\nparams:\n  optim.lr: {type: float, low: 0.01, high: 0.1}\n"

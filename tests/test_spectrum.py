@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pointtune.config import ProtocolConfig, build_config
+from pointtune.config import build_config
 from pointtune.method import Method, MethodConfig, Task
-from pointtune.protocols import evaluate
+from pointtune.protocols import FewShotConfig, LinearSVMConfig, evaluate
 from pointtune.protocols.spectrum import (
     SPECTRUM_FLOOR,
     effective_rank,
@@ -138,7 +138,8 @@ def test_feature_rank_flags_a_collapsed_encoder(name):
     labels = np.repeat(np.arange(3), 12)
     centres = np.random.default_rng(3).standard_normal((3, 3))
     splits = {"fit": _items(centres, labels, 0, noise=0.5), "eval": _items(centres, labels, 1, noise=0.5)}
-    cfg = ProtocolConfig(name=name, svm_c=1.0, ways=[3], shots=[2], folds=2, queries=4)
+    cfg = LinearSVMConfig(name=name, c=1.0) if name == "linear_svm" else \
+        FewShotConfig(name=name, ways=[3], shots=[2], folds=2, queries=4)
     got = {}
     for collapsed in (True, False):
         scores, _, arrays = evaluate(_Encoder(collapsed), splits, CPU, list("abc"), cfg, return_arrays=True)
@@ -157,7 +158,7 @@ def test_loop_saves_the_spectrum_beside_the_confusion_matrix(tmp_path):
     from pointtune.train.loop import LoopConfig, run_loop
 
     exp = build_config("conclu", overrides={**TINY_CONCLU, "train.epochs": 1, "data.synthetic_num_classes": 3,
-                                            "protocol.svm_c": 1.0})
+                                            "protocol.c": 1.0})
     session = Recorder()
     run_loop(LoopConfig(exp, "val/svm_acc", "max", local_dir=str(tmp_path / "ckpt")), session)
     (metrics, saved), = session.reports

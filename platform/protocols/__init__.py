@@ -24,12 +24,19 @@ scores PointNet's mIoU; it needs data with per-point part labels (``seg``: Shape
 
 ``scene_seg`` (:mod:`pointtune.protocols.scene_seg`) scores a segmentation method's ``predict`` on indoor scenes
 (:class:`~pointtune.data.scene_dataset.SceneDataset`): a confusion matrix over labelled points summed over the
-workers; the test split on every original point (votes over covering crops, ``protocol.scene_whole``), the
-validation split more cheaply (``protocol.scene_val``); and the points behind the best checkpoint's renders
+workers; the test split on every original point (votes over covering crops, ``protocol.whole``), the
+validation split more cheaply (``protocol.val``); and the points behind the best checkpoint's renders
 (:func:`~pointtune.protocols.scene_seg.render_scene`).
 
-Other protocols plug in the same way: a :class:`Protocol` subclass registered with :func:`register_protocol`;
-the training loop only calls :func:`evaluate` on the splits of :func:`build_eval_splits`.
+Each protocol declares its settings, a :class:`ProtocolConfig` subclass (``Protocol.Config``:
+:class:`LinearSVMConfig`, :class:`FewShotConfig`, :class:`PartSegConfig`, :class:`SceneSegConfig`; the base for
+``classification``). The experiment's ``protocol`` section is ``name``, ``data`` and the named protocol's own
+keys (``name: null``: the task's default protocol), validated by that class (:func:`protocol_config_class`): a
+union tagged by ``name`` that stays open to protocols registered later.
+
+Other protocols plug in the same way: a :class:`Protocol` subclass, with its ``Config``, registered with
+:func:`register_protocol`; the training loop only calls :func:`evaluate` on the splits of
+:func:`build_eval_splits`.
 
 Public API::
 
@@ -39,6 +46,8 @@ Public API::
     protocol_metrics(task, cfg), resolve_protocol(task, name), get_protocol(name), protocol_names()
     default_protocol_name(task), default_protocols()
     Protocol, register_protocol                                                     the contract
+    ProtocolConfig, seed_field, protocol_config_class(task, name), chosen_protocol, protocols_with_key
+    LinearSVMConfig, FewShotConfig, PartSegConfig, SceneSegConfig                  each protocol's settings
     extract_features, shard_indices, shard_loader, share_from_rank0, to_device, l2_normalize
     fit_linear_svm, SvmFit, cv_splits; plan_settings, draw_episodes, Episode, setting_name
     PartSegHead, draw_label_fraction, extract_point_features, train_seg_head          part segmentation
@@ -63,24 +72,28 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pointtune.config import ProtocolConfig
 from pointtune.method import Method
 from pointtune.metrics import per_class_accuracy
 from pointtune.protocols.base import (
     Protocol,
+    ProtocolConfig,
     Result,
     as_dataset,
+    chosen_protocol,
     default_objective,
     default_protocol_name,
     default_protocols,
     extract_features,
     get_protocol,
     l2_normalize,
+    protocol_config_class,
     protocol_metrics,
     protocol_name,
     protocol_names,
+    protocols_with_key,
     register_protocol,
     resolve_protocol,
+    seed_field,
     selected_protocol,
     shard_indices,
     shard_loader,
@@ -88,16 +101,23 @@ from pointtune.protocols.base import (
     to_device,
 )
 from pointtune.protocols.classification import Classification
-from pointtune.protocols.linear_svm import LinearSVM, SvmFit, cv_splits, fit_linear_svm
-from pointtune.protocols.few_shot import Episode, FewShot, draw_episodes, plan_settings, setting_name
+from pointtune.protocols.linear_svm import LinearSVM, LinearSVMConfig, SvmFit, cv_splits, fit_linear_svm
+from pointtune.protocols.few_shot import Episode, FewShot, FewShotConfig, draw_episodes, plan_settings, setting_name
 from pointtune.protocols.part_seg import (
+    PartSegConfig,
     PartSegHead,
     PartSegmentation,
     draw_label_fraction,
     extract_point_features,
     train_seg_head,
 )
-from pointtune.protocols.scene_seg import SceneSegmentation, class_colors, render_checkpoint_scenes, render_scene
+from pointtune.protocols.scene_seg import (
+    SceneSegConfig,
+    SceneSegmentation,
+    class_colors,
+    render_checkpoint_scenes,
+    render_scene,
+)
 from pointtune.protocols.spectrum import effective_rank, feature_spectrum, log_spectrum, plot_spectrum
 
 if TYPE_CHECKING:
@@ -109,6 +129,8 @@ __all__ = [
     "Protocol", "Result", "register_protocol", "protocol_names", "get_protocol", "resolve_protocol",
     "selected_protocol", "protocol_name", "default_objective", "protocol_metrics", "default_protocol_name",
     "default_protocols",
+    "ProtocolConfig", "seed_field", "protocol_config_class", "chosen_protocol", "protocols_with_key",
+    "LinearSVMConfig", "FewShotConfig", "PartSegConfig", "SceneSegConfig",
     "extract_features", "shard_indices", "shard_loader", "share_from_rank0", "to_device", "l2_normalize",
     "as_dataset",
     "Classification", "LinearSVM", "FewShot", "PartSegmentation",
@@ -182,7 +204,8 @@ def evaluate(
             loaders over them (their datasets are used).
         device: where the method runs.
         class_names: names in label order; ``K = len(class_names)``.
-        cfg: the ``protocol`` section (default settings when None).
+        cfg: the ``protocol`` section, the selected protocol's settings (an instance of its ``Config``); None:
+            the task's default protocol with its default settings.
         batch_size, num_workers: of the evaluation loaders.
         return_arrays: also return the protocol's other arrays (a third element).
         split: which split ``splits["eval"]`` is: ``"val"``, ``"test"`` or None (unnamed), for protocols that
@@ -196,11 +219,13 @@ def evaluate(
 
     Raises:
         ConfigError: the protocol is unknown or cannot judge ``method.task`` (:func:`resolve_protocol`).
+        TypeError: ``cfg`` is another protocol's settings (:meth:`Protocol.settings`).
         KeyError: a split the protocol reads is missing from ``splits``.
         ValueError: the ``eval`` split is empty.
     """
-    cfg = cfg if cfg is not None else ProtocolConfig()
-    protocol = resolve_protocol(method.task, cfg.name, own_data=cfg.data is not None)
+    protocol = resolve_protocol(method.task, cfg.name if cfg is not None else None,
+                                own_data=cfg is not None and cfg.data is not None)
+    cfg = protocol.settings(cfg)
     missing = [s for s in protocol.splits if s not in splits]
     if missing:
         raise KeyError(f"the {protocol.name} protocol reads split(s) {', '.join(missing)}; got {', '.join(splits)}")

@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from pointtune import distributed as dist
-from pointtune.config import ConfigError, ProtocolConfig
+from pointtune.data import DataConfig
+from pointtune.errors import ConfigError
 from pointtune.method import Method, Task
 from pointtune.registry import Registry
 
@@ -26,11 +28,16 @@ if TYPE_CHECKING:
     from pointtune.config import ExperimentConfig
 
 __all__ = [
+    "ProtocolConfig",
+    "seed_field",
     "Protocol",
     "Result",
     "register_protocol",
     "protocol_names",
     "get_protocol",
+    "chosen_protocol",
+    "protocol_config_class",
+    "protocols_with_key",
     "default_protocol_name",
     "default_protocols",
     "resolve_protocol",
@@ -51,13 +58,54 @@ __all__ = [
 Result = tuple[dict[str, float], "np.ndarray | None", dict[str, np.ndarray]]
 
 
+class ProtocolConfig(BaseModel):
+    """The keys of the ``protocol.*`` section that every protocol has: which protocol judges the run and on
+    which data. Each protocol's settings class (:attr:`Protocol.Config`) subclasses it with its own fields; the
+    experiment's ``protocol`` section is validated by the class of the protocol it names
+    (:func:`protocol_config_class`), so it holds ``name``, ``data`` and that protocol's keys only.
+
+    Fields:
+        name: a registered protocol (``classification``, ``linear_svm``, ``few_shot``, ``part_seg``,
+            ``scene_seg``; :func:`protocol_names`); ``None`` is the default of the method's task kind
+            (classification -> ``classification``, pretrain -> ``linear_svm``, segmentation -> ``scene_seg``).
+        data: a dataset of the protocol's own (a :class:`~pointtune.data.DataConfig`), e.g. pretrain on
+            ShapeNetPart, judge on ModelNet40. When set, the protocol fits on its training split, scores its
+            validation split every evaluated epoch and its test split at the end; ``None`` uses ``data``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = Field(
+        None, description="evaluation protocol: classification, linear_svm, few_shot, part_seg, scene_seg (null: "
+        "the task's default); its keys below change with it")
+    data: DataConfig | None = Field(
+        None, description="the protocol's own dataset, e.g. judge on ModelNet40 what pretrained on ShapeNet; keys "
+        "as data.* (null: data)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_protocol(cls, value: str | None) -> str | None:
+        if value is not None and value not in protocol_names():
+            raise ValueError(f"unknown protocol {value!r}; known protocols: {', '.join(protocol_names())} "
+                             "(null: the default of the method's task)")
+        return value
+
+
+def seed_field(draws: str) -> Any:
+    """The ``protocol.seed`` field (an integer >= 0, default 0) of a protocol whose figures depend on random
+    draws; ``draws`` says which, for its description (``"the episodes"``)."""
+    return Field(0, ge=0, description=f"seed of {draws}")
+
+
 class Protocol:
     """An evaluation protocol: how a trained method is scored on labelled splits.
 
     Subclasses are registered by name with :func:`register_protocol` and set the class attributes below.
-    Instances are stateless (the settings come in a :class:`~pointtune.config.ProtocolConfig` per call).
+    Instances are stateless (the settings come in an instance of :attr:`Config` per call).
 
     Attributes:
+        Config: the class of its settings, a :class:`ProtocolConfig` subclass with the protocol's own fields
+            (the base itself for a protocol without settings); the ``protocol`` section of an experiment that
+            this protocol judges is an instance of it.
         name: the registry key (``protocol.name``), set by :func:`register_protocol`.
         tasks: the task kinds it can judge (a feature protocol needs only ``Method.embed``, so it judges
             classification methods' encoders as well as pretrained ones).
@@ -69,12 +117,26 @@ class Protocol:
             classification protocol scores the method's own classifier, so it does not.
     """
 
+    Config: ClassVar[type[ProtocolConfig]] = ProtocolConfig
     name: ClassVar[str] = ""
     tasks: ClassVar[frozenset[Task]] = frozenset()
     splits: ClassVar[tuple[str, ...]] = ("eval",)
     mode: ClassVar[str] = "max"
     per_class: ClassVar[bool] = True
     own_data: ClassVar[bool] = True
+
+    def settings(self, cfg: ProtocolConfig | None = None) -> ProtocolConfig:
+        """``cfg`` checked to be this protocol's settings (an instance of :attr:`Config`), or the default
+        settings ``Config()`` when None.
+
+        Raises:
+            TypeError: ``cfg`` is another protocol's settings (e.g. a ``FewShotConfig`` for ``linear_svm``).
+        """
+        if cfg is None:
+            return self.Config()
+        if not isinstance(cfg, self.Config):
+            raise TypeError(f"the {self.name} protocol reads a {self.Config.__name__}, got a {type(cfg).__name__}")
+        return cfg
 
     def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
         """Every metric name :meth:`run` may return under ``cfg`` (without split prefix, without the
@@ -143,9 +205,12 @@ def register_protocol(name: str, default_for: Sequence[Task] = ()):
 
     Raises:
         ValueError: ``name`` is already registered, or a task kind in ``default_for`` already has a default.
+        TypeError: the class's ``Config`` is not a :class:`ProtocolConfig` subclass.
     """
 
     def wrap(cls: type[Protocol]) -> type[Protocol]:
+        if not (isinstance(cls.Config, type) and issubclass(cls.Config, ProtocolConfig)):
+            raise TypeError(f"protocol {name!r}: Config must be a ProtocolConfig subclass, got {cls.Config!r}")
         cls.name = name
         _PROTOCOLS.register(name)(cls())
         for task in default_for:
@@ -171,6 +236,30 @@ def get_protocol(name: str) -> Protocol:
         KeyError: unknown name; the one-line message names ``protocol.name`` and lists the known ones.
     """
     return _PROTOCOLS.get(name)
+
+
+def chosen_protocol(task: Task | None, name: Any) -> str | None:
+    """The protocol a ``protocol`` section ``{name: name}`` of a ``task`` method names: ``name`` when it is a
+    registered protocol, the task's default when ``name`` is None; None when neither (an unknown name, one
+    that is not a string, a task without a default protocol, ``task`` None)."""
+    if name is None:
+        return _DEFAULT.get(task)
+    return name if isinstance(name, str) and name in protocol_names() else None
+
+
+def protocol_config_class(task: Task | None, name: Any) -> type[ProtocolConfig]:
+    """The class that validates the ``protocol`` section ``{name: name, ...}`` of a ``task`` method: the
+    :attr:`Protocol.Config` of :func:`chosen_protocol`, or the base :class:`ProtocolConfig` when it names none
+    (validation then reports an unknown ``protocol.name`` at that key, and :func:`resolve_protocol` a task
+    without a protocol)."""
+    chosen = chosen_protocol(task, name)
+    return get_protocol(chosen).Config if chosen is not None else ProtocolConfig
+
+
+def protocols_with_key(key: str) -> list[str]:
+    """The registered protocols whose settings (:attr:`Protocol.Config`) have the field ``key``, sorted
+    (``"ways"`` -> ``["few_shot"]``; ``"name"`` -> all)."""
+    return [name for name in protocol_names() if key in get_protocol(name).Config.model_fields]
 
 
 def default_protocol_name(task: Task) -> str:
@@ -246,14 +335,15 @@ def default_objective(exp: ExperimentConfig) -> tuple[str, str]:
 
 
 def protocol_metrics(task: Task, cfg: ProtocolConfig | None = None) -> tuple[str, ...]:
-    """Metric names (without split prefix, besides ``acc/<class>``) the protocol selected by ``cfg`` for a
-    ``task`` method may report.
+    """Metric names (without split prefix, besides ``acc/<class>``) the protocol selected by ``cfg`` (None: the
+    task's default protocol with its default settings) for a ``task`` method may report.
 
     Raises:
         ConfigError: see :func:`resolve_protocol`.
+        TypeError: ``cfg`` is not the selected protocol's settings (:meth:`Protocol.settings`).
     """
-    cfg = cfg or ProtocolConfig()
-    return resolve_protocol(task, cfg.name).metrics(cfg)
+    protocol = resolve_protocol(task, cfg.name if cfg is not None else None)
+    return protocol.metrics(protocol.settings(cfg))
 
 
 # ---- sharded inference -------------------------------------------------------------------------------------

@@ -10,10 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from pointtune import distributed as dist
-from pointtune.config import ProtocolConfig
 from pointtune.method import Method, Task
 from pointtune.metrics import classification_metrics, confusion_matrix
-from pointtune.protocols.base import Protocol, Result, register_protocol, shard_loader, to_device
+from pointtune.protocols.base import Protocol, ProtocolConfig, Result, register_protocol, shard_loader, to_device
 
 
 @register_protocol("classification", default_for=[Task.CLASSIFICATION])
@@ -23,7 +22,8 @@ class Classification(Protocol):
     Each worker predicts its shard (:func:`~pointtune.protocols.base.shard_loader`); the ``(K, K)``
     confusion matrices are summed over workers (``all_reduce_sum``), so the metrics are exactly those of one
     process. Reports ``OA``, ``mAcc``, ``F1`` (macro, over classes present) and, through
-    :func:`pointtune.protocols.evaluate`, ``acc/<class>``.
+    :func:`pointtune.protocols.evaluate`, ``acc/<class>``. It has no settings of its own: its ``Config`` is the
+    base :class:`~pointtune.protocols.base.ProtocolConfig` (whose ``data`` it refuses).
     """
 
     tasks = frozenset({Task.CLASSIFICATION})

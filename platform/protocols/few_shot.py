@@ -5,7 +5,8 @@ N in ``protocol.ways`` and K in ``protocol.shots``, ``protocol.folds`` episodes,
 support clouds per class from the training (``fit``) split and ``protocol.queries`` (20) query clouds per
 class from the scored split; accuracy is reported as mean and standard deviation over the episodes. As in
 the frozen-feature variant of CrossPoint (Afham et al. 2022), every episode fits a linear SVM
-(``LinearSVC(C=protocol.fewshot_c)``) on the L2-normalised support features instead of fine-tuning.
+(``LinearSVC(C=protocol.c)``) on the L2-normalised support features instead of fine-tuning. Settings:
+:class:`FewShotConfig`.
 """
 
 from __future__ import annotations
@@ -17,16 +18,60 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 from torch.utils.data import Dataset
 
 from pointtune import distributed as dist
-from pointtune.config import ProtocolConfig
 from pointtune.method import Method
-from pointtune.protocols.base import Protocol, Result, extract_features, l2_normalize, register_protocol
-from pointtune.protocols.linear_svm import LinearSVM, pool_size
+from pointtune.protocols.base import (
+    Protocol,
+    ProtocolConfig,
+    Result,
+    extract_features,
+    l2_normalize,
+    register_protocol,
+    seed_field,
+)
+from pointtune.protocols.linear_svm import LinearSVM, max_iter_field, pool_size
 from pointtune.protocols.spectrum import shared_feature_spectrum
 
-__all__ = ["FewShot", "Episode", "setting_name", "plan_settings", "draw_episodes", "episode_accuracy"]
+__all__ = ["FewShot", "FewShotConfig", "Episode", "setting_name", "plan_settings", "draw_episodes",
+           "episode_accuracy"]
+
+
+class FewShotConfig(ProtocolConfig):
+    """Settings of the ``few_shot`` protocol (``protocol.*`` with ``protocol.name: few_shot``), besides ``name``
+    and ``data`` (:class:`~pointtune.protocols.base.ProtocolConfig`).
+
+    Fields:
+        ways, shots: every ``N``-way ``K``-shot setting of these lists is run (Point-MAE: 5/10-way, 10/20-shot);
+            a setting the data cannot fill is skipped with a printed line.
+        folds: episodes (folds) per setting; accuracy is reported as mean and std over them.
+        queries: query clouds per class and episode, drawn from the scored split (Point-MAE: 20).
+        c: C of the LinearSVC fitted per episode on the support features.
+        max_iter: that LinearSVC's ``max_iter``.
+        seed: seed of the episodes.
+    """
+
+    ways: list[int] = Field(
+        default_factory=lambda: [5, 10], min_length=1, description="the N of every N-way setting run")
+    shots: list[int] = Field(
+        default_factory=lambda: [10, 20], min_length=1, description="the K of every K-shot setting run")
+    folds: int = Field(10, ge=1, description="episodes per setting (accuracy: mean and std over them)")
+    queries: int = Field(20, ge=1, description="query clouds per class and episode")
+    c: float = Field(1.0, gt=0, description="C of the LinearSVC fitted per episode")
+    max_iter: int = max_iter_field("every episode's fit")
+    seed: int = seed_field("the episodes (their classes, support and query clouds)")
+
+    @field_validator("ways", "shots")
+    @classmethod
+    def _counts(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        low = 2 if info.field_name == "ways" else 1
+        if any(v < low for v in value):
+            raise ValueError(f"every entry must be an integer >= {low}")
+        if len(set(value)) < len(value):
+            raise ValueError("an entry is listed more than once")
+        return value
 
 
 @dataclass(frozen=True)
@@ -55,7 +100,7 @@ def setting_name(way: int, shot: int) -> str:
     return f"fewshot/{way}way{shot}shot"
 
 
-def plan_settings(cfg: ProtocolConfig, fit_labels: np.ndarray, eval_labels: np.ndarray
+def plan_settings(cfg: FewShotConfig, fit_labels: np.ndarray, eval_labels: np.ndarray
                   ) -> tuple[list[tuple[int, int, list[int]]], list[str]]:
     """Which ``(way, shot)`` settings of ``cfg`` the data can fill.
 
@@ -82,7 +127,7 @@ def plan_settings(cfg: ProtocolConfig, fit_labels: np.ndarray, eval_labels: np.n
     return runnable, skipped
 
 
-def draw_episodes(cfg: ProtocolConfig, fit_labels: np.ndarray, eval_labels: np.ndarray) -> list[Episode]:
+def draw_episodes(cfg: FewShotConfig, fit_labels: np.ndarray, eval_labels: np.ndarray) -> list[Episode]:
     """Every episode of the runnable settings (:func:`plan_settings`), ``cfg.folds`` per setting.
 
     Episode ``(way, shot, fold)`` is drawn from its own generator ``default_rng([seed, way, shot, queries,
@@ -133,18 +178,20 @@ class FewShot(Protocol):
     process in one line. ``ConvergenceWarning`` of the episode fits is ignored. When any setting runs, it also
     reports ``feature_rank``, the effective rank of the raw ``fit`` features, with their normalised spectrum as
     the array ``spectrum`` (:func:`~pointtune.protocols.spectrum.shared_feature_spectrum`, DCGLR Fig. 5b).
+    Settings: :class:`FewShotConfig`.
     """
 
+    Config = FewShotConfig
     tasks = LinearSVM.tasks
     splits = ("fit", "eval")
     per_class = False
 
-    def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
+    def metrics(self, cfg: FewShotConfig) -> tuple[str, ...]:
         """Mean and std of every configured setting, in ``ways`` x ``shots`` order, then ``feature_rank``."""
         settings = (n for w in cfg.ways for s in cfg.shots for n in (setting_name(w, s), setting_name(w, s) + "_std"))
         return (*settings, "feature_rank")
 
-    def reported(self, cfg: ProtocolConfig, fit_labels: np.ndarray | None, eval_labels: np.ndarray,
+    def reported(self, cfg: FewShotConfig, fit_labels: np.ndarray | None, eval_labels: np.ndarray,
                  num_classes: int) -> tuple[tuple[str, ...], list[str]]:
         """The runnable settings' names (then ``feature_rank``; nothing when no setting runs) and the skipped
         settings (:func:`plan_settings`)."""
@@ -155,7 +202,7 @@ class FewShot(Protocol):
     check_output = LinearSVM.check_output
 
     def run(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-            cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
+            cfg: FewShotConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
         """Mean and std accuracy per runnable setting; see the class docstring."""
         from sklearn.exceptions import ConvergenceWarning
 
@@ -177,8 +224,7 @@ class FewShot(Protocol):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             with ThreadPoolExecutor(pool_size(len(mine))) as pool:
-                done = pool.map(lambda i: episode_accuracy(x_fit, x_eval, episodes[i], cfg.fewshot_c,
-                                                           cfg.svm_max_iter), mine)
+                done = pool.map(lambda i: episode_accuracy(x_fit, x_eval, episodes[i], cfg.c, cfg.max_iter), mine)
                 for i, acc in zip(mine, done):
                     accs[i] = acc
         if dist.world_size() > 1:

@@ -3,7 +3,7 @@ point-cloud encoders (Sauder & Sievers' Jigsaw3D, OcCo, ConClu §3.3, SCL §4.4,
 
 Following the specs' recommendations (scl.md §4.4, dcglr.md §4.4, conclu.md A16): features are L2-normalised,
 ``sklearn.svm.LinearSVC`` is fitted on the training split only, and its C is chosen by stratified
-cross-validation on the training features when ``protocol.svm_c`` lists several values.
+cross-validation on the training features when ``protocol.c`` lists several values (:class:`LinearSVMConfig`).
 """
 
 from __future__ import annotations
@@ -13,26 +13,67 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 from torch.utils.data import Dataset
 
 from pointtune import distributed as dist
-from pointtune.config import ProtocolConfig
 from pointtune.method import Method, Task
 from pointtune.metrics import classification_metrics, confusion_matrix
 from pointtune.protocols.base import (
     Protocol,
+    ProtocolConfig,
     Result,
     extract_features,
     l2_normalize,
     register_protocol,
+    seed_field,
     share_from_rank0,
 )
 from pointtune.protocols.spectrum import shared_feature_spectrum
 
-__all__ = ["LinearSVM", "SvmFit", "fit_linear_svm", "cv_splits", "pool_size"]
+__all__ = ["LinearSVM", "LinearSVMConfig", "SvmFit", "fit_linear_svm", "cv_splits", "pool_size", "max_iter_field"]
+
+
+def max_iter_field(fits: str) -> Any:
+    """The ``protocol.max_iter`` field (an integer >= 100, default 5000): LinearSVC's ``max_iter`` of ``fits``,
+    for its description (``"every episode's fit"``)."""
+    return Field(5000, ge=100, description=f"LinearSVC max_iter of {fits}")
+
+
+class LinearSVMConfig(ProtocolConfig):
+    """Settings of the ``linear_svm`` protocol (``protocol.*`` with ``protocol.name: linear_svm``, the default of
+    pretrain methods), besides ``name`` and ``data`` (:class:`~pointtune.protocols.base.ProtocolConfig`).
+
+    Fields:
+        c: LinearSVC's C, one value, or a list chosen from by stratified ``folds``-fold cross-validation on the
+            (L2-normalised) training features (SCL / DCGLR specs' recommendation).
+        folds: folds of that cross-validation (fewer when the training split has fewer clouds per class).
+        max_iter: LinearSVC's ``max_iter``; whether the final fit converged is reported (``svm_converged``).
+        seed: seed of the cross-validation folds.
+    """
+
+    c: float | list[float] = Field(
+        default_factory=lambda: [0.01, 0.1, 1.0, 10.0],
+        description="LinearSVC's C, or a list chosen from by cross-validation on the training features")
+    folds: int = Field(5, ge=2, description="folds of the cross-validation that chooses C")
+    max_iter: int = max_iter_field("the SVM fits (whether the final one converged is reported as svm_converged)")
+    seed: int = seed_field("the cross-validation folds that choose C")
+
+    @field_validator("c")
+    @classmethod
+    def _positive_cs(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values:
+            raise ValueError("give one C or a non-empty list of Cs, e.g. [0.01, 0.1, 1, 10]")
+        if any(not c > 0 for c in values):
+            raise ValueError("every C must be > 0")
+        if isinstance(value, list) and len(set(values)) < len(values):
+            raise ValueError("a C is listed more than once")
+        return value
 
 
 @dataclass
@@ -41,7 +82,7 @@ class SvmFit:
 
     Attributes:
         model: the ``LinearSVC`` fitted on all the training features with ``C``.
-        C: the C it was fitted with (the cross-validated choice, or the single ``svm_c``).
+        C: the C it was fitted with (the cross-validated choice, or the single ``protocol.c``).
         converged: False when that final fit raised sklearn's ``ConvergenceWarning`` (``max_iter`` reached).
         cv_scores: mean cross-validation accuracy per candidate C (empty when no cross-validation ran).
     """
@@ -139,13 +180,14 @@ class LinearSVM(Protocol):
     ``svm_C`` (the C used) and ``svm_converged`` (1 or 0), ``feature_rank`` (the effective rank of the raw
     ``fit`` features, :func:`~pointtune.protocols.spectrum.shared_feature_spectrum`: the feature-collapse
     diagnostic of DCGLR Fig. 5b, whose normalised spectrum is returned as the array ``spectrum``), and
-    ``acc/<class>``.
+    ``acc/<class>``. Settings: :class:`LinearSVMConfig`.
     """
 
+    Config = LinearSVMConfig
     tasks = frozenset({Task.PRETRAIN, Task.CLASSIFICATION})
     splits = ("fit", "eval")
 
-    def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
+    def metrics(self, cfg: LinearSVMConfig) -> tuple[str, ...]:
         """``("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged", "feature_rank")``."""
         return ("svm_acc", "svm_mAcc", "svm_F1", "svm_C", "svm_converged", "feature_rank")
 
@@ -160,7 +202,7 @@ class LinearSVM(Protocol):
             raise ValueError(f"embed returned shape {tuple(emb.shape)}, expected (1, D)")
 
     def run(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-            cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
+            cfg: LinearSVMConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
         """Fit on ``splits["fit"]``, score ``splits["eval"]``; see the class docstring.
 
         Raises:
@@ -174,7 +216,7 @@ class LinearSVM(Protocol):
         size = k * k + 2
         values = None
         if dist.rank() == 0:
-            fit = fit_linear_svm(l2_normalize(x_fit), y_fit, cfg.svm_c, cfg.svm_folds, cfg.svm_max_iter, cfg.seed)
+            fit = fit_linear_svm(l2_normalize(x_fit), y_fit, cfg.c, cfg.folds, cfg.max_iter, cfg.seed)
             cm = confusion_matrix(y_eval, fit.model.predict(l2_normalize(x_eval)), k)
             values = np.concatenate([cm.ravel().astype(np.float64), [fit.C, float(fit.converged)]])
         shared = share_from_rank0(values, size, device)

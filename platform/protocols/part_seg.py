@@ -3,14 +3,14 @@
 The setting is the SCL paper's (Wang et al., §4.2, Tables 2-3; SCL spec §4.5, A12-A14), after MAP-VAE and
 GraphTER: the encoder is frozen; its per-point features (:meth:`pointtune.method.Method.embed_points`) feed a
 head trained by the protocol with the negative log-likelihood of the part labels, either one fully connected
-layer (``protocol.seg_head: 1fc``) or five (``5fc``: ``C -> 512 -> 256 -> 256 -> 128 -> 50`` with BN +
+layer (``protocol.head: 1fc``) or five (``5fc``: ``C -> 512 -> 256 -> 256 -> 128 -> 50`` with BN +
 LeakyReLU(0.2) + dropout on the hidden layers, spec A12 [REC]). As in PointNet, the shape category's one-hot
-is concatenated to every point's feature (``protocol.seg_category_onehot``) and a point's prediction is the
+is concatenated to every point's feature (``protocol.category_onehot``) and a point's prediction is the
 argmax over the part ids of its shape's category. Scores are PointNet's mIoU
 (:func:`pointtune.metrics.shape_part_ious`, :func:`pointtune.metrics.part_seg_metrics`).
 
 The head's optimisation is the spec's [REC] (§4.5): Adam, lr 1e-3, 100 epochs, batches of 32 shapes, the lr
-halved every 20 epochs (``protocol.seg_*``). ``protocol.seg_label_fraction`` trains the head on a seeded,
+halved every 20 epochs (:class:`PartSegConfig`). ``protocol.label_fraction`` trains the head on a seeded,
 category-stratified fraction of the training shapes (the semi-supervised Table 3; spec A14 [REC]).
 Fine-tuning the encoder with the head (Table 3 "w/ fine-tune") is not implemented.
 """
@@ -20,23 +20,27 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import nn
 from torch.utils.data import Dataset, Subset, default_collate
 
 from pointtune import distributed as dist
-from pointtune.config import ConfigError, ProtocolConfig
 from pointtune.data.shapenetpart import SHAPENETPART_CLASSES, SHAPENETPART_SEG_CLASSES
+from pointtune.errors import ConfigError
 from pointtune.method import Method, Task
 from pointtune.metrics import part_seg_metrics, shape_part_ious
 from pointtune.protocols.base import (
     Protocol,
+    ProtocolConfig,
     Result,
     as_dataset,
     register_protocol,
+    seed_field,
     shard_indices,
     shard_loader,
     share_from_rank0,
@@ -44,7 +48,7 @@ from pointtune.protocols.base import (
 )
 
 __all__ = [
-    "PartSegmentation", "PartSegHead", "PointFeatures", "NUM_PARTS", "NUM_CATEGORIES",
+    "PartSegmentation", "PartSegConfig", "PartSegHead", "PointFeatures", "NUM_PARTS", "NUM_CATEGORIES",
     "category_ids", "draw_label_fraction", "fit_point_indices", "extract_point_features", "train_seg_head",
 ]
 
@@ -55,6 +59,58 @@ NUM_CATEGORIES = len(SHAPENETPART_CLASSES)
 FIVE_FC_WIDTHS = (512, 256, 256, 128)
 # Salts of the protocol's random streams (each seeded with protocol.seed).
 _FRACTION_STREAM, _POINTS_STREAM, _ORDER_STREAM = 1, 2, 3
+
+
+class PartSegConfig(ProtocolConfig):
+    """Settings of the ``part_seg`` protocol (``protocol.*`` with ``protocol.name: part_seg``), besides ``name``
+    and ``data`` (:class:`~pointtune.protocols.base.ProtocolConfig`).
+
+    Fields:
+        head, category_onehot, dropout: the head trained on frozen per-point features, ``1fc`` (one Linear to the
+            50 parts) or ``5fc`` (C -> 512 -> 256 -> 256 -> 128 -> 50, BN + LeakyReLU(0.2) + dropout on the
+            hidden layers): the SCL paper's two settings (SCL spec §4.5, A12 [REC]); the category one-hot
+            concatenated to every point's feature (PointNet).
+        epochs, lr, lr_step, lr_gamma, weight_decay, batch_size: the head's Adam and StepLR schedule (SCL spec
+            §4.5 [REC]: 100 epochs, lr 1e-3 halved every 20 epochs, batch 32 shapes).
+        label_fraction: train the head on this seeded, category-stratified fraction of the training shapes (at
+            least one per category): the semi-supervised setting (SCL Table 3: 0.01, 0.05).
+        fit_points: points of every training shape the head is trained on (a fixed seeded subset; the head is
+            point-wise); ``None``: all of them.
+        finetune: fine-tuning the encoder with the head (SCL Table 3 "w/ fine-tune") is not implemented; only
+            ``false`` is accepted.
+        seed: seed of the head (its weights, batch order, dropout), the label fraction and the point subsets.
+    """
+
+    head: Literal["1fc", "5fc"] = Field(
+        "1fc", description="head on the frozen per-point features: 1fc (Linear to the parts) or 5fc "
+        "(C-512-256-256-128-50, BN, LeakyReLU, dropout), the SCL paper's two settings")
+    category_onehot: bool = Field(
+        True, description="concatenate the shape category's one-hot to every point's feature (PointNet)")
+    dropout: float = Field(0.5, ge=0, lt=1, description="dropout on the hidden layers of the 5fc head")
+    epochs: int = Field(100, ge=1, description="epochs of head training per evaluation")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the head")
+    lr_step: int = Field(
+        20, ge=1, description="the head's learning rate is multiplied by lr_gamma every this many epochs")
+    lr_gamma: float = Field(0.5, gt=0, le=1, description="that factor (StepLR)")
+    weight_decay: float = Field(0.0, ge=0, description="Adam weight decay of the head")
+    batch_size: int = Field(32, ge=1, description="shapes per head training batch")
+    label_fraction: float = Field(
+        1.0, gt=0, le=1, description="train the head on this seeded, category-stratified fraction of the training "
+        "shapes, at least one per category (semi-supervised: 0.01, 0.05)")
+    fit_points: int | None = Field(
+        512, ge=1, description="points per training shape the head trains on (fixed seeded subset; null: all); "
+        "bounds the memory of the stored features")
+    finetune: bool = Field(
+        False, description="fine-tune the encoder with the head; not implemented (only false)")
+    seed: int = seed_field("the head (weights, batch order, dropout), the label fraction and the point subsets")
+
+    @field_validator("finetune")
+    @classmethod
+    def _no_finetune(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("fine-tuning the encoder in the part_seg protocol is not implemented: it judges frozen "
+                             "per-point features (the paper's 'w/o fine-tune'); set it false")
+        return value
 
 
 class PartSegHead(nn.Module):
@@ -204,7 +260,7 @@ def extract_point_features(method: Method, dataset: Dataset, indices: np.ndarray
         method: the unwrapped method.
         dataset: items with ``points`` ``(N, 3)``, ``seg`` ``(N,)`` and ``label``.
         indices: ``(S,)`` indices into ``dataset``, ``S >= 1``.
-        keep: points per shape (``protocol.seg_fit_points``; None: all).
+        keep: points per shape (``protocol.fit_points``; None: all).
         seed: ``protocol.seed``.
 
     Returns:
@@ -270,11 +326,11 @@ def extract_point_features(method: Method, dataset: Dataset, indices: np.ndarray
     return out
 
 
-def train_seg_head(feats: PointFeatures, categories: np.ndarray, cfg: ProtocolConfig,
+def train_seg_head(feats: PointFeatures, categories: np.ndarray, cfg: PartSegConfig,
                    device: torch.device) -> tuple[PartSegHead, float]:
-    """Train the head :class:`PartSegHead` (``cfg.seg_head``) on ``feats`` with cross-entropy over the 50
-    parts (log-softmax + NLL, SCL §4.2), Adam (``seg_lr``, ``seg_weight_decay``), StepLR (``seg_lr_step``,
-    ``seg_lr_gamma``) for ``seg_epochs`` epochs of batches of ``seg_batch_size`` shapes in a seeded order.
+    """Train the head :class:`PartSegHead` (``cfg.head``) on ``feats`` with cross-entropy over the 50
+    parts (log-softmax + NLL, SCL §4.2), Adam (``cfg.lr``, ``cfg.weight_decay``), StepLR (``cfg.lr_step``,
+    ``cfg.lr_gamma``) for ``cfg.epochs`` epochs of batches of ``cfg.batch_size`` shapes in a seeded order.
     Weights and dropout draw from ``torch.manual_seed(cfg.seed)`` inside a forked RNG (the caller's RNG state
     is kept), the shape order from ``default_rng([seed, 3])``: the same head for the same features.
 
@@ -292,17 +348,17 @@ def train_seg_head(feats: PointFeatures, categories: np.ndarray, cfg: ProtocolCo
         torch.manual_seed(cfg.seed)
         head = _new_head(feats.x.shape[2], cfg).to(device)
         head.train()
-        opt = torch.optim.Adam(head.parameters(), lr=cfg.seg_lr, weight_decay=cfg.seg_weight_decay)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.seg_lr_step, gamma=cfg.seg_lr_gamma)
+        opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
         order_rng = np.random.default_rng([cfg.seed, _ORDER_STREAM])
         cats = torch.as_tensor(np.asarray(categories, dtype=np.int64))
         last = float("nan")
         with torch.enable_grad():
-            for _ in range(cfg.seg_epochs):
+            for _ in range(cfg.epochs):
                 order = order_rng.permutation(len(feats.x))
                 total, points = 0.0, 0
-                for start in range(0, len(order), cfg.seg_batch_size):
-                    idx = order[start:start + cfg.seg_batch_size]
+                for start in range(0, len(order), cfg.batch_size):
+                    idx = order[start:start + cfg.batch_size]
                     x = torch.from_numpy(feats.x[idx]).to(device)
                     y = torch.from_numpy(feats.seg[idx]).to(device)
                     logits = head(x, cats[torch.from_numpy(idx)].to(device))
@@ -317,11 +373,11 @@ def train_seg_head(feats: PointFeatures, categories: np.ndarray, cfg: ProtocolCo
     return head.eval(), last
 
 
-def _new_head(in_dim: int, cfg: ProtocolConfig) -> PartSegHead:
-    return PartSegHead(in_dim, cfg.seg_head, cfg.seg_category_onehot, cfg.seg_dropout)
+def _new_head(in_dim: int, cfg: PartSegConfig) -> PartSegHead:
+    return PartSegHead(in_dim, cfg.head, cfg.category_onehot, cfg.dropout)
 
 
-def _share_head(head: PartSegHead | None, in_dim: int, cfg: ProtocolConfig, loss: float,
+def _share_head(head: PartSegHead | None, in_dim: int, cfg: PartSegConfig, loss: float,
                 device: torch.device) -> tuple[PartSegHead, float]:
     """Rank 0's trained head and loss on every worker (its state as one float64 vector through
     :func:`~pointtune.protocols.base.share_from_rank0`: exact for float32 weights and integer counters)."""
@@ -394,7 +450,7 @@ class PartSegmentation(Protocol):
     """Part segmentation (ShapeNetPart) by a head trained on frozen per-point features (``Method.embed_points``).
 
     Each evaluation: every worker embeds its shard of the training shapes the head learns from (the ``fit``
-    split, or its ``seg_label_fraction``: :func:`draw_label_fraction`), keeping ``seg_fit_points`` points of
+    split, or its ``label_fraction``: :func:`draw_label_fraction`), keeping ``fit_points`` points of
     each (:func:`extract_point_features`); rank 0 trains the head (:func:`train_seg_head`) and hands it to every
     worker; every worker predicts its shard of the ``eval`` split, restricted to each shape's category's parts;
     the per-shape IoUs are summed over the workers, so the figures equal a single process's.
@@ -403,14 +459,15 @@ class PartSegmentation(Protocol):
     the default objective), ``cls_miou`` (mean over the categories present), ``iou/<category>`` for each
     category present in the scored split, ``seg_fit_shapes`` (training shapes the head learnt from) and
     ``seg_head_loss`` (the head's mean training loss in its last epoch). The array ``shape_iou`` ``(M,)`` holds
-    every scored shape's IoU (saved as ``shape_iou.npy`` in checkpoints).
+    every scored shape's IoU (saved as ``shape_iou.npy`` in checkpoints). Settings: :class:`PartSegConfig`.
     """
 
+    Config = PartSegConfig
     tasks = frozenset({Task.PRETRAIN, Task.CLASSIFICATION})
     splits = ("fit", "eval")
     per_class = False
 
-    def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
+    def metrics(self, cfg: PartSegConfig) -> tuple[str, ...]:
         """``("ins_miou", "cls_miou", "seg_fit_shapes", "seg_head_loss")`` (``iou/<category>`` besides)."""
         return ("ins_miou", "cls_miou", "seg_fit_shapes", "seg_head_loss")
 
@@ -432,7 +489,7 @@ class PartSegmentation(Protocol):
                               f"(Method.embed_points): {' '.join(str(err).split())}") from None
 
     def run(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-            cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
+            cfg: PartSegConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
         """Train the head on ``splits["fit"]``, score ``splits["eval"]``; see the class docstring.
 
         Raises:
@@ -441,8 +498,8 @@ class PartSegmentation(Protocol):
         """
         cat_of_label = category_ids(class_names)
         fit = as_dataset(splits["fit"])
-        chosen = draw_label_fraction(_labels(fit), cfg.seg_label_fraction, cfg.seed)
-        feats = extract_point_features(method, fit, chosen, device, cfg.seg_fit_points, cfg.seed, batch_size,
+        chosen = draw_label_fraction(_labels(fit), cfg.label_fraction, cfg.seed)
+        feats = extract_point_features(method, fit, chosen, device, cfg.fit_points, cfg.seed, batch_size,
                                        num_workers)
         head, loss = None, float("nan")
         if dist.rank() == 0:

@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from pointtune.config import ConfigError
 from pointtune.data.dataset import PointCloudDataset
 from pointtune.data.transforms import Compose, Jitter, Subsample
+from pointtune.errors import ConfigError
 
 if TYPE_CHECKING:
     from pointtune.protocols import EvalSplits

@@ -9,17 +9,17 @@ truth: the default objective ``val/mIoU``), ``OA``, ``mAcc`` and ``iou/<class>``
 
 How a split is scored (the modes of :func:`scoring_mode`):
 
-* ``whole`` (the test split, ``protocol.scene_whole: true``): PointNeXt's whole-scene testing. Every grid pass
+* ``whole`` (the test split, ``protocol.whole: true``): PointNeXt's whole-scene testing. Every grid pass
   of every scene (:meth:`~pointtune.data.scene_dataset.SceneDataset.test_items`), split into fixed-size crops
   that cover it, goes through ``method.predict``; the softmax probabilities are summed per original point
   (:func:`vote_scene`), the argmax is the point's prediction, and the metric is on the scene's original
   points, every one of which must have been predicted at least once (checked: a scene with an unpredicted
   point is an error).
-* ``pass`` (the validation default, ``protocol.scene_val: pass``): the same on the first grid pass only, scored
+* ``pass`` (the validation default, ``protocol.val: pass``): the same on the first grid pass only, scored
   on the points of that pass (one per voxel): PointNeXt's validation on the voxelised scene. Every region of
   every scene counts, at ``1 / passes`` of the test cost (a ScanNet scene at 2 cm has tens of points in its
   most crowded voxels, so tens of passes).
-* ``crops`` (``protocol.scene_val: crops``): the split's own fixed items (for a SceneDataset one middle sphere
+* ``crops`` (``protocol.val: crops``): the split's own fixed items (for a SceneDataset one middle sphere
   crop per scene and loop), scored on their real points: the cheapest, and a partial view of each scene.
 
 Validation is scored at every evaluated epoch of every trial and only selects models, so it defaults to
@@ -27,8 +27,8 @@ Validation is scored at every evaluated epoch of every trial and only selects mo
 ``whole``. :func:`pointtune.protocols.evaluate` names the split (``split="val"`` / ``"test"``, through
 :meth:`SceneSegmentation.run_split`); an unnamed split is scored as the test split.
 
-Pictures: the first ``protocol.scene_render`` scenes of the scored split keep a seeded subset of
-``protocol.scene_render_points`` of their scored points (original coordinates, truth, prediction) as the
+Pictures: the first ``protocol.render`` scenes of the scored split keep a seeded subset of
+``protocol.render_points`` of their scored points (original coordinates, truth, prediction) as the
 arrays ``scene_coord``, ``scene_gt``, ``scene_pred``, ``scene_index``, ``scene_names`` (saved into each
 checkpoint as ``<name>.npy`` by the training loop, like ``spectrum``). They are rendered only for the best
 checkpoint, when its MLflow artifacts are logged (:func:`pointtune.train.artifacts.log_checkpoint_artifacts`
@@ -44,29 +44,33 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch.utils.data import Dataset
 
 from pointtune import distributed as dist
-from pointtune.config import ConfigError, ProtocolConfig
 from pointtune.data.scene_dataset import collate_scenes
 from pointtune.data.scenes import IGNORE_INDEX
+from pointtune.errors import ConfigError
 from pointtune.method import Method, Task
 from pointtune.metrics import confusion_matrix, semantic_seg_metrics
 from pointtune.protocols.base import (
     Protocol,
+    ProtocolConfig,
     Result,
     as_dataset,
     register_protocol,
+    seed_field,
     shard_indices,
     shard_loader,
     to_device,
 )
 
 __all__ = [
-    "SceneSegmentation", "SCORING_MODES", "scoring_mode", "vote_scene", "render_points",
+    "SceneSegmentation", "SceneSegConfig", "SCORING_MODES", "scoring_mode", "vote_scene", "render_points",
     "S3DIS_COLORS", "SCANNET20_COLORS", "IGNORE_COLOR", "class_colors", "render_scene", "render_checkpoint_scenes",
     "RENDER_ARRAYS",
 ]
@@ -101,9 +105,39 @@ RENDER_ARRAYS = ("scene_coord", "scene_gt", "scene_pred", "scene_index", "scene_
 _RENDER_STREAM = 4
 
 
-def scoring_mode(cfg: ProtocolConfig, split: str | None) -> str:
-    """How ``split`` is scored (module docstring): ``cfg.scene_val`` for ``"val"``; for ``"test"`` and an unnamed
-    split ``"whole"`` when ``cfg.scene_whole``, else ``cfg.scene_val``.
+class SceneSegConfig(ProtocolConfig):
+    """Settings of the ``scene_seg`` protocol (``protocol.*`` with ``protocol.name: scene_seg``, the default of
+    segmentation methods), besides ``name`` and ``data`` (:class:`~pointtune.protocols.base.ProtocolConfig`).
+
+    Fields:
+        whole: score the test split on every original point of every scene (the crops of all grid passes,
+            softmax votes per point: PointNeXt's whole-scene testing); ``false``: score it as the validation
+            split (``val``).
+        val: how the validation split is scored at evaluated epochs: ``pass`` (one grid pass per scene, covered
+            by crops, scored on its one point per voxel: PointNeXt's validation), ``crops`` (the split's own
+            fixed crops, cheapest) or ``whole`` (as the test split).
+        render, render_points, render_oblique: the first ``render`` scenes of the scored split keep a seeded
+            subset of ``render_points`` scored points (coordinates, truth, prediction) as checkpoint arrays,
+            rendered for the best checkpoint's MLflow artifacts (top-down, and oblique when set).
+        seed: seed of those subsets.
+    """
+
+    whole: bool = Field(
+        True, description="score the test split on every original point (votes over the crops of all grid "
+        "passes); false: as val")
+    val: Literal["pass", "crops", "whole"] = Field(
+        "pass", description="validation scoring: pass (one grid pass per scene, covered by crops), crops (the "
+        "split's fixed crops) or whole (every original point)")
+    render: int = Field(
+        4, ge=0, description="scenes of the scored split kept for the best checkpoint's renders (0: none)")
+    render_points: int = Field(20000, ge=1, description="scored points per rendered scene (a seeded subset)")
+    render_oblique: bool = Field(True, description="renders add an oblique view below the top-down one")
+    seed: int = seed_field("the points kept of each rendered scene")
+
+
+def scoring_mode(cfg: SceneSegConfig, split: str | None) -> str:
+    """How ``split`` is scored (module docstring): ``cfg.val`` for ``"val"``; for ``"test"`` and an unnamed
+    split ``"whole"`` when ``cfg.whole``, else ``cfg.val``.
 
     Returns:
         ``"whole"``, ``"pass"`` or ``"crops"``.
@@ -114,8 +148,8 @@ def scoring_mode(cfg: ProtocolConfig, split: str | None) -> str:
     if split not in ("val", "test", None):
         raise ValueError(f"scene_seg: split must be 'val', 'test' or None, got {split!r}")
     if split == "val":
-        return cfg.scene_val
-    return "whole" if cfg.scene_whole else cfg.scene_val
+        return cfg.val
+    return "whole" if cfg.whole else cfg.val
 
 
 def _logits(method: Method, batch: dict[str, torch.Tensor], num_classes: int) -> torch.Tensor:
@@ -201,10 +235,10 @@ def render_points(count: int, keep: int, seed: int, position: int) -> np.ndarray
 
 
 def _render_rows(coord: np.ndarray, gt: np.ndarray, pred: np.ndarray, position: int,
-                 cfg: ProtocolConfig) -> np.ndarray:
+                 cfg: SceneSegConfig) -> np.ndarray:
     """``(R, 6)`` float64 rows ``x y z gt pred position`` of the kept points (:func:`render_points`); float64
     holds float32 coordinates and labels exactly, so the rows survive the gather unchanged."""
-    keep = render_points(len(coord), cfg.scene_render_points, cfg.seed, position)
+    keep = render_points(len(coord), cfg.render_points, cfg.seed, position)
     out = np.empty((len(keep), 6), dtype=np.float64)
     out[:, :3], out[:, 3], out[:, 4], out[:, 5] = coord[keep], gt[keep], pred[keep], position
     return out
@@ -246,15 +280,16 @@ class SceneSegmentation(Protocol):
 
     The scored split is a :class:`~pointtune.data.scene_dataset.SceneDataset` (the ``whole`` and ``pass`` modes
     read its ``scenes`` and ``test_items``); the ``crops`` mode scores any dataset of fixed-size items with
-    ``points``, ``seg`` (and ``mask``).
+    ``points``, ``seg`` (and ``mask``). Settings: :class:`SceneSegConfig`.
     """
 
+    Config = SceneSegConfig
     tasks = frozenset({Task.SEGMENTATION})
     splits = ("eval",)
     per_class = False  # iou/<class> instead of acc/<class>
     own_data = False   # it scores the method's own classifier, on the classes it was trained on
 
-    def metrics(self, cfg: ProtocolConfig) -> tuple[str, ...]:
+    def metrics(self, cfg: SceneSegConfig) -> tuple[str, ...]:
         """``("mIoU", "OA", "mAcc")`` (``iou/<class>`` for every class present besides)."""
         return ("mIoU", "OA", "mAcc")
 
@@ -271,17 +306,17 @@ class SceneSegmentation(Protocol):
         _logits(method, batch, num_classes)
 
     def run(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-            cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
+            cfg: SceneSegConfig, batch_size: int = 64, num_workers: int = 0) -> Result:
         """Score ``splits["eval"]`` as an unnamed split (:meth:`run_split` with ``split=None``: as the test split)."""
         return self.run_split(method, splits, device, class_names, cfg, batch_size, num_workers, None)
 
     def run_split(self, method: Method, splits: Mapping[str, Dataset], device: torch.device, class_names: list[str],
-                  cfg: ProtocolConfig, batch_size: int = 64, num_workers: int = 0, split: str | None = None) -> Result:
+                  cfg: SceneSegConfig, batch_size: int = 64, num_workers: int = 0, split: str | None = None) -> Result:
         """Score ``splits["eval"]`` in the mode of :func:`scoring_mode` (``cfg``, ``split``).
 
         Returns:
             ``(metrics, confusion (K, K) int64, arrays)``: ``mIoU``, ``OA``, ``mAcc``, ``iou/<class>``; the
-            render arrays :data:`RENDER_ARRAYS` (``{}`` when ``cfg.scene_render`` is 0): ``scene_coord``
+            render arrays :data:`RENDER_ARRAYS` (``{}`` when ``cfg.render`` is 0): ``scene_coord``
             ``(M, 3)`` float32 (metres, the scene's frame; in ``crops`` mode the items' frame), ``scene_gt``
             ``(M,)`` int64 (-1: ignore), ``scene_pred`` ``(M,)`` int64, ``scene_index`` ``(M,)`` int64 into
             ``scene_names`` ``(R,)`` str.
@@ -303,18 +338,18 @@ class SceneSegmentation(Protocol):
                 local, rows, names = self._score_scenes(method, dataset, device, len(class_names), cfg, batch_size,
                                                         whole=mode == "whole")
         cm = _merge(local, device)
-        arrays = _gather_render_rows(rows, names, device) if cfg.scene_render > 0 else {}
+        arrays = _gather_render_rows(rows, names, device) if cfg.render > 0 else {}
         return semantic_seg_metrics(cm, class_names), cm, arrays
 
-    def _score_scenes(self, method: Method, dataset, device: torch.device, k: int, cfg: ProtocolConfig,
+    def _score_scenes(self, method: Method, dataset, device: torch.device, k: int, cfg: SceneSegConfig,
                       batch_size: int, whole: bool) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
         """This worker's confusion matrix and render rows over its shard of the scenes: every grid pass
         (``whole``) or the first, voted per original point (:func:`vote_scene`)."""
         scenes = getattr(dataset, "scenes", None)
         if scenes is None or not hasattr(dataset, "test_items"):
-            raise ValueError(f"protocol.scene_whole / protocol.scene_val: scoring whole scenes or grid passes needs "
+            raise ValueError(f"protocol.whole / protocol.val: scoring whole scenes or grid passes needs "
                              f"a SceneDataset (scenes and test_items), got a {type(dataset).__name__}; score its "
-                             "fixed crops instead (protocol.scene_val=crops, protocol.scene_whole=false)")
+                             "fixed crops instead (protocol.val=crops, protocol.whole=false)")
         if scenes.num_classes != k:
             raise ValueError(f"scene_seg: the scenes have {scenes.num_classes} classes, the run {k}")
         local = np.zeros((k, k), dtype=np.int64)
@@ -332,12 +367,12 @@ class SceneSegmentation(Protocol):
             pred = probs.argmax(1)
             labelled = scored & (gt != IGNORE_INDEX)
             local += confusion_matrix(gt[labelled], pred[labelled], k)
-            if s < cfg.scene_render:
+            if s < cfg.render:
                 idx = np.flatnonzero(scored)
                 rows.append(_render_rows(coord[idx], gt[idx], pred[idx], s, cfg))
         return local, rows, list(scenes.names)
 
-    def _score_crops(self, method: Method, dataset, device: torch.device, k: int, cfg: ProtocolConfig,
+    def _score_crops(self, method: Method, dataset, device: torch.device, k: int, cfg: SceneSegConfig,
                      batch_size: int, num_workers: int) -> tuple[np.ndarray, list[np.ndarray], list[str]]:
         """This worker's confusion matrix and render rows over its shard of the split's own items, scored on
         their real labelled points."""
@@ -345,7 +380,7 @@ class SceneSegmentation(Protocol):
         mine = np.asarray(shard_indices(n, dist.rank(), dist.world_size()), dtype=np.int64)
         scenes = getattr(dataset, "scenes", None)
         names = [scenes.names[i % len(scenes)] if scenes is not None and len(scenes) else f"item {i}"
-                 for i in range(min(n, cfg.scene_render))]
+                 for i in range(min(n, cfg.render))]
         local = np.zeros((k, k), dtype=np.int64)
         rows: list[np.ndarray] = []
         done = 0
@@ -359,7 +394,7 @@ class SceneSegmentation(Protocol):
             local += confusion_matrix(seg[labelled], pred[labelled], k)
             for j in range(len(pred)):
                 position = int(mine[done + j])
-                if position < cfg.scene_render:
+                if position < cfg.render:
                     real = mask[j]
                     rows.append(_render_rows(batch["points"][j].numpy()[real], seg[j][real], pred[j][real],
                                              position, cfg))
@@ -504,7 +539,7 @@ def render_checkpoint_scenes(directory: str | Path, class_names: Sequence[str], 
         class_names: the run's classes (the checkpoint state's ``class_names``).
         out_dir: where the PNGs go (created), ``<i>_<scene name>.png`` in split order.
         title: prefix of every figure's title (the scene's name follows).
-        oblique: add the oblique views (``protocol.scene_render_oblique``).
+        oblique: add the oblique views (``protocol.render_oblique``).
 
     Returns:
         The PNG paths; ``[]`` when the checkpoint holds no scene points.

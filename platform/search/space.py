@@ -301,7 +301,6 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     Raises:
         ConfigError: one line naming the file and the key at fault.
     """
-    from pointtune.config import ProtocolConfig
     from pointtune.method import get_method
     from pointtune.protocols import resolve_protocol
 
@@ -324,7 +323,8 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     fixed_protocol = (tree.get("params") or {}).get("protocol.name")  # a space may fix the protocol
     protocol = fixed_protocol.get("value") if isinstance(fixed_protocol, dict) else None
     try:
-        default_metric, default_mode = resolve_protocol(method_cls.task, protocol).objective(ProtocolConfig())
+        selected = resolve_protocol(method_cls.task, protocol)
+        default_metric, default_mode = selected.objective(selected.settings())
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
     objective = tree.get("objective")
@@ -372,18 +372,17 @@ def objective_metrics(
 
     Args:
         protocol: ``protocol.name``; None: ``protocol_cfg.name``, else the default protocol of ``task``.
-        protocol_cfg: the ``protocol`` section (a :class:`~pointtune.config.ProtocolConfig`; default
-            settings when None), which decides e.g. the few-shot settings.
+        protocol_cfg: the ``protocol`` section, the selected protocol's settings (an instance of its ``Config``;
+            its default settings when None), which decide e.g. the few-shot settings.
 
     Raises:
         ConfigError: no evaluation protocol for ``task``, or ``protocol`` cannot judge it.
+        TypeError: ``protocol_cfg`` is another protocol's settings.
     """
-    from pointtune.config import ProtocolConfig
     from pointtune.protocols import resolve_protocol
 
-    cfg = protocol_cfg if protocol_cfg is not None else ProtocolConfig()
-    selected = resolve_protocol(task, protocol or cfg.name)
-    names = [f"val/{m}" for m in selected.metrics(cfg)]
+    selected = resolve_protocol(task, protocol or getattr(protocol_cfg, "name", None))
+    names = [f"val/{m}" for m in selected.metrics(selected.settings(protocol_cfg))]
     if selected.per_class:
         names += [f"val/acc/{c}" for c in class_names] if class_names is not None else ["val/acc/<class>"]
     names += list(EPOCH_METRICS)
@@ -410,18 +409,18 @@ def check_objective(
         class_names: the dataset's classes, if known.
         loss_terms: keys of the method's ``forward`` output, if known (from :func:`pointtune.preflight.preflight`).
         protocol: ``protocol.name`` (None: ``protocol_cfg.name``, else the task's default protocol).
-        protocol_cfg: the ``protocol`` section (:class:`~pointtune.config.ProtocolConfig`), if known.
+        protocol_cfg: the ``protocol`` section (the selected protocol's settings), if known.
 
     Raises:
         ConfigError: ``metric`` is not reported; the message names the protocol, lists the valid names and the
-            closest one, and says which other protocol of the task reports ``metric`` if one does.
+            closest one, and says which other protocol of the task reports ``metric`` (under its default
+            settings) if one does.
+        TypeError: ``protocol_cfg`` is another protocol's settings.
     """
-    from pointtune.config import ProtocolConfig
     from pointtune.protocols import protocol_names, resolve_protocol
 
-    cfg = protocol_cfg if protocol_cfg is not None else ProtocolConfig()
-    selected = resolve_protocol(task, protocol or cfg.name)
-    valid = objective_metrics(task, class_names, loss_terms, selected.name, cfg)
+    selected = resolve_protocol(task, protocol or getattr(protocol_cfg, "name", None))
+    valid = objective_metrics(task, class_names, loss_terms, selected.name, protocol_cfg)
     if metric in valid:
         return
     if class_names is None and selected.per_class and metric.startswith("val/acc/") and len(metric) > len("val/acc/"):
@@ -434,7 +433,7 @@ def check_objective(
             other = resolve_protocol(task, name)
         except ConfigError:
             continue
-        if name != selected.name and metric.startswith("val/") and metric[4:] in other.metrics(cfg):
+        if name != selected.name and metric.startswith("val/") and metric[4:] in other.metrics(other.settings()):
             others.append(name)
     elsewhere = f"; reported by the {others[0]} protocol (protocol.name: {others[0]})" if others else ""
     close = difflib.get_close_matches(metric, valid, n=1, cutoff=0.5)

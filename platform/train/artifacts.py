@@ -45,7 +45,7 @@ def log_checkpoint_artifacts(uri: str, run_id: str, checkpoint: str, title: str)
         if (local / "scene_coord.npy").exists():  # scene_seg: ground truth beside prediction of validation scenes
             from pointtune.protocols.scene_seg import render_checkpoint_scenes
 
-            oblique = bool((state["experiment"].get("protocol") or {}).get("scene_render_oblique", True))
+            oblique = bool((state["experiment"].get("protocol") or {}).get("render_oblique", True))
             if render_checkpoint_scenes(local, state["class_names"], tmp / "scenes", oblique=oblique,
                                         title=f"{title}, epoch {state['epoch'] + 1} (validation)"):
                 tracking.log_artifact(uri, run_id, tmp / "scenes", "scenes")
