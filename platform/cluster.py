@@ -24,7 +24,7 @@ import socket
 import warnings
 from urllib.parse import urlparse
 
-from pointtune.config import ConfigError
+from pointtune.errors import ConfigError
 
 # Ray Train V2 settings for every process of a pointtune cluster (measured in ../shared/platform-notes.md:
 # the controller's default 2 s polling makes every report wait up to 2 s; the preemption watcher is an extra
