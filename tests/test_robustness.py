@@ -197,7 +197,8 @@ def test_supervised_method_is_judged_by_its_classifier():
 
 def test_checkpoint_owners(tmp_path):
     # Which run a checkpoint belongs to (where its MLflow run is looked up): local run, data-parallel run, trial.
-    from pointtune.protocols.robustness import _owner, find_mlflow_run
+    from pointtune.layout import run_of, trial_of
+    from pointtune.robustness_run import find_mlflow_run
 
     run, ddp, sweep = tmp_path / "run", tmp_path / "ddp", tmp_path / "sweep"
     for d in (run / "checkpoints" / "best", ddp / "train" / "checkpoint_000001",
@@ -205,11 +206,11 @@ def test_checkpoint_owners(tmp_path):
         d.mkdir(parents=True)
     for f in (run / "config.yaml", ddp / "config.yaml", sweep / "sweep.yaml"):
         f.write_text("{}")
-    assert _owner(run / "checkpoints" / "best") == ("run", run, None)
-    assert _owner(ddp / "train" / "checkpoint_000001") == ("run", ddp, None)
-    assert _owner(sweep / "tune" / "trial_ab12" / "checkpoint_000000") == ("trial", sweep, "ab12")
-    assert _owner(sweep / "train" / "trial_cd34" / "checkpoint_1") == ("trial", sweep, "cd34")
-    assert _owner(tmp_path) is None
+    assert run_of(run / "checkpoints" / "best") == run and trial_of(run / "checkpoints" / "best") is None
+    assert run_of(ddp / "train" / "checkpoint_000001") == ddp
+    assert trial_of(sweep / "tune" / "trial_ab12" / "checkpoint_000000") == (sweep, "ab12")
+    assert trial_of(sweep / "train" / "trial_cd34" / "checkpoint_1") == (sweep, "cd34")
+    assert run_of(tmp_path) is None and trial_of(tmp_path) is None
     # No store in the run directory: nothing is created, the reason is given.
     target, why = find_mlflow_run(run / "checkpoints" / "best", method="conclu")
     assert target is None and "no MLflow store" in why and not (run / "mlflow.db").exists()
