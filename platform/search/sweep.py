@@ -7,15 +7,8 @@ Data flow: :class:`SweepSpec` (validated before Ray starts, saved as ``<sweep di
 and :class:`~pointtune.search.records.MlflowRecorder` logs it. After ``fit`` (or ``resume``),
 :func:`pointtune.search.report.finalize` writes the summary, the best config and the plots.
 
-Sweep directory layout::
-
-    sweep.yaml      the spec (what `pointtune resume` reads)     space.yaml   the resolved search space
-    optuna.db       the Optuna study (optuna-dashboard sqlite:///optuna.db)
-    mlflow.db, mlartifacts/   default MLflow store
-    tune/           Tune experiment state (Tuner.restore) and single-process trials' checkpoints
-    train/          data-parallel trials' Train runs and checkpoints
-    (with --storage, tune/ and train/ live in <storage>/<sweep dir name>/ instead)
-    summary.csv, best_config.yaml, optimization_history.png, param_importances.png
+The sweep directory's layout is :class:`pointtune.layout.SweepDir`'s; what a sweep is (the spec as asked, the
+runtime record, a trial's config) is :mod:`pointtune.search.spec`'s.
 """
 
 from __future__ import annotations
