@@ -11,6 +11,8 @@ Sweep directory layout::
 
     sweep.yaml      the spec (what `pointtune resume` reads)     space.yaml   the resolved search space
     optuna.db       the Optuna study (optuna-dashboard sqlite:///optuna.db)
+    sources/        copies of the runs every trial starts from (method.pretrained, method.stage1_from)
+    stage1/         SCL's stage-1 run, when the sweep trains it first
     mlflow.db, mlartifacts/   default MLflow store
     tune/           Tune experiment state (Tuner.restore) and single-process trials' checkpoints
     train/          data-parallel trials' Train runs and checkpoints
@@ -251,6 +253,7 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SearchSpace, PlannedPrerequisite | N
                           "untrained baseline)")
     if spec.scheduler == "pbt":
         _check_pbt(spec, space, probe)
+    _check_sources(spec, space)
     pre = plan_prerequisite(trial_config(spec, space.fixed_values(), space))  # from what every trial shares
     if pre is not None:
         _check_prerequisite(space, pre)
@@ -287,9 +290,10 @@ def _check_prerequisite(space: SearchSpace, pre: PlannedPrerequisite) -> None:
                               f"pass --set {pre.key}=<its directory>")
 
 
-def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> None:
+def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> str:
     """Train the run every trial needs first, once, in ``<sweep dir>/<name>``, in this process (rerunning the
-    sweep command resumes it), and hand its directory to every trial (``spec.overrides[pre.key]``)."""
+    sweep command resumes it), and hand its directory to every trial (``spec.overrides[pre.key]``, then copied by
+    :func:`_copy_sources`); returns that directory (absolute)."""
     from pointtune.train.launch import train
 
     run_dir = spec.root / pre.name
@@ -297,6 +301,33 @@ def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> None:
           f"({pre.config.train.epochs} epochs, in this process)", flush=True)
     train(pre.config, run_dir, workers=0, use_gpu=spec.gpus_per_worker > 0, mlflow_uri=spec.mlflow_uri)
     spec.overrides[pre.key] = str(run_dir.resolve())
+    return spec.overrides[pre.key]
+
+
+def _check_sources(spec: SweepSpec, space: SearchSpace) -> None:
+    """The runs the trials start from (:attr:`Method.sources <pointtune.method.Method.sources>`, e.g.
+    ``method.pretrained``) are copied once for every trial (:func:`_copy_sources`), so the space may not search
+    those keys or the keys of their architecture.
+
+    Raises:
+        ConfigError: such a key is searched (names the key and the space file).
+    """
+    from pointtune.method import get_method
+
+    keys = [key for pair in get_method(spec.method).sources.items() for key in pair if key]
+    for param in space.params:
+        if param.type != "fixed" and any(param.key == k or param.key.startswith(k + ".") for k in keys):
+            raise ConfigError(f"{space.source}: {param.key}: the sweep copies the run its trials start from once, "
+                              f"for all of them; fix this key (one sweep per pretrained run)")
+
+
+def _copy_sources(spec: SweepSpec, space: SearchSpace) -> None:
+    """Copy the runs every trial starts from into ``<sweep dir>/sources`` once and hand the copies, and their
+    architecture, to every trial through ``spec.overrides`` (:func:`pointtune.train.sources.resolve_sources`):
+    the trials' configs, checkpoints and the sweep's ``best_config.yaml`` then do not depend on those runs."""
+    from pointtune.train.sources import resolve_sources
+
+    spec.overrides.update(resolve_sources(trial_config(spec, space.fixed_values(), space), spec.root))
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
@@ -491,8 +522,8 @@ def run_sweep(spec: SweepSpec):
     from pointtune.protocols import protocol_name
 
     space, pre = prepare_sweep(spec)
-    if pre is not None:
-        _train_prerequisite(spec, pre)
+    prerequisite = _train_prerequisite(spec, pre) if pre is not None else None
+    _copy_sources(spec, space)
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
@@ -511,7 +542,7 @@ def run_sweep(spec: SweepSpec):
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": probe.train.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
-         **({f"prerequisite/{pre.name}": spec.overrides[pre.key]} if pre else {})},
+         **({f"prerequisite/{pre.name}": prerequisite} if pre else {})},
     )
     tracking.log_artifact(spec.tracking_uri, spec.parent_run_id, spec.root / "space.yaml")
     spec.save()

@@ -10,8 +10,8 @@ the best.
 
 This module is also the one reader of the format: :func:`load_method` rebuilds a method from any checkpoint
 the project writes (a local run's ``checkpoints/best``, a multi-worker run's ``train/checkpoint_*``, a sweep
-trial's, a sweep's best), :func:`find_checkpoint` says which checkpoint directory a path designates and
-:func:`read_checkpoint` reads and checks one ``state.pt``.
+trial's, a sweep's best), :func:`find_checkpoint` says which checkpoint directory a path designates,
+:func:`read_checkpoint` reads and checks one ``state.pt`` and :func:`load_checkpoint` does both.
 """
 
 from __future__ import annotations
@@ -357,8 +357,33 @@ def read_checkpoint(directory: str | Path, map_location: str | torch.device = "c
     return state
 
 
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path | str, dict[str, Any]]:
+    """The checkpoint that ``path`` designates (:func:`find_checkpoint`) and its training state, checked by
+    :func:`read_checkpoint` (fetched to a temporary directory first when it lies in remote storage).
+
+    Returns:
+        ``(checkpoint directory (a local path or a storage URI), state)``.
+
+    Raises:
+        CheckpointNotFoundError, ConfigError: see :func:`find_checkpoint` and :func:`read_checkpoint`.
+    """
+    checkpoint = find_checkpoint(path)
+    if not _is_uri(checkpoint):
+        return checkpoint, read_checkpoint(checkpoint, map_location)
+    import tempfile
+
+    from pointtune.search.checkpoints import fetch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return checkpoint, read_checkpoint(fetch(str(checkpoint), Path(tmp) / "checkpoint"), map_location)
+
+
 def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the method saved in the checkpoint that ``path`` designates, with its weights.
+
+    Only the checkpoint is read: a method that started from another run's weights (a fine-tuned encoder, SCL's
+    stage 2) builds its architecture from its own saved config (:attr:`Method.sources
+    <pointtune.method.Method.sources>`), and its weights are all in the checkpoint.
 
     Args:
         path: anything :func:`find_checkpoint` accepts: a checkpoint directory or its ``state.pt``, a
@@ -376,18 +401,8 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> L
             load or without the entries of a pointtune checkpoint, a saved config that is no longer valid, an
             unknown method, or weights that do not match the rebuilt model.
     """
-    checkpoint = find_checkpoint(path)
-    if _is_uri(checkpoint):
-        import tempfile
-
-        from pointtune.search.checkpoints import fetch
-
-        with tempfile.TemporaryDirectory() as tmp:
-            state = read_checkpoint(fetch(str(checkpoint), Path(tmp) / "checkpoint"), map_location)
-        where = f"{checkpoint}/{STATE_FILE}"
-    else:
-        state = read_checkpoint(checkpoint, map_location)
-        where = str(Path(checkpoint) / STATE_FILE)
+    checkpoint, state = load_checkpoint(path, map_location)
+    where = f"{checkpoint}/{STATE_FILE}" if _is_uri(checkpoint) else str(Path(checkpoint) / STATE_FILE)
     name = state["experiment"]["method"]["name"]
     try:
         get_method(name)
@@ -402,8 +417,6 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> L
     try:
         method = experiment.method_cls(experiment.method, len(class_names), experiment.train.epochs)
         method.load_state_dict(state["model"])
-    except (ConfigError, FileNotFoundError) as err:  # e.g. a fine-tuned method whose pretrained source is gone
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model ({' '.join(str(err).split())})") from None
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         reason = " ".join(str(msg).split())[:300]

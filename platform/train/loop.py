@@ -11,7 +11,8 @@ shard) every ``train.eval_every`` epochs and at the last (an epoch that does not
 value), and reports the metrics with a checkpoint (model, optimizer, scaler, epoch, best score, RNG states,
 the epoch's metrics) at evaluated epochs: every ``train.checkpoint_every``-th, whenever the objective
 improves, and at the last epoch. It resumes from the session's checkpoint (or, in local mode,
-``<run dir>/checkpoints``).
+``<run dir>/checkpoints``); a fresh start takes the weights of the runs the method starts from first
+(:meth:`Method.warm_start <pointtune.method.Method.warm_start>`).
 """
 
 from __future__ import annotations
@@ -181,6 +182,23 @@ def _record_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> Non
             fh.write(json.dumps(metrics) + "\n")
 
 
+def _warm_start(method: Method, rank: int) -> None:
+    """A fresh start's initial weights from the runs the method starts from (:meth:`Method.weight_sources`,
+    rebuilt by :func:`~pointtune.train.sources.load_sources`, applied by :meth:`Method.warm_start`), one line
+    per source on rank 0. Never on a resume: the checkpoint holds every weight.
+
+    Raises:
+        ConfigError: a source that cannot be read or does not fit (one line starting with its key).
+    """
+    from pointtune.train.sources import load_sources
+
+    sources = load_sources(method)
+    if rank == 0:
+        for key, path in method.weight_sources().items():
+            print(f"[pointtune] warm start: {key} <- {path}", flush=True)
+    method.warm_start(sources)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer``, any number of workers): ``config`` is a
     :class:`LoopConfig` as a dict."""
@@ -249,6 +267,8 @@ def run_loop(loop: LoopConfig, session) -> None:
             session.report(dict(state.get("metrics") or {"epoch": start_epoch}),
                            Path(resume_dir) if rank == 0 else None)
             return
+    else:
+        _warm_start(method, rank)
 
     model = session.prepare_model(method, method.ddp_options())
     if world > 1:  # same initial weights on every worker (seeded alike), then each its own dropout stream
