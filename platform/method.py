@@ -13,6 +13,11 @@ The contract serves three task kinds (:class:`Task`):
 Any method with an encoder also has ``embed_points`` (per-point features ``(B, N, C)``, by default from
 ``encoder().forward_features``), which the ``part_seg`` protocol trains a segmentation head on.
 
+A method that starts from another run's weights (a pretrained encoder, SCL's stage-1 network) builds only its
+architecture in its constructor, from its config; it names those runs in :meth:`Method.weight_sources` and takes
+their weights in :meth:`Method.warm_start`, which the loop calls on a fresh start only. Its checkpoints thus
+rebuild from their own contents.
+
 The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module`` so that one
 ``prepare_model`` (DDP) call, one optimizer and one checkpoint cover all of it. Training goes through
 ``forward`` (so DDP synchronises gradients); evaluation calls ``predict`` / ``embed`` on the unwrapped module.
