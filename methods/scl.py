@@ -101,11 +101,12 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
   frozen eval-mode ``E1``/``G1``; not computed while the interval holds every score (``b_l <= 0``,
   ``b_u >= 1``, e.g. the warm-up), nor with ``hard_negatives: false`` (all other patches are negatives: the
   paper's "w/o HNS" ablation, Table 4; stage 2 then needs no stage-1 run).
-* Stage 2 uses ``E1``/``G1`` exactly as the stage-1 run built them (its ``e1_widths``, ``sim_dim``,
-  ``edgeconv_k``); its ``backbone.inputs`` must match. The frozen network is part of stage 2's state dict, so
-  its checkpoints hold it, but rebuilding a stage-2 checkpoint (``load_method``) reads ``stage1_from`` again,
-  as a fine-tuned method reads ``method.pretrained``. A relative ``stage1_from`` is made absolute when the
-  config is validated.
+* Stage 2 builds ``E1``/``G1`` from its own ``e1_widths``, ``sim_dim`` and ``edgeconv_k``, which must be the
+  stage-1 run's, as its ``backbone.inputs`` (:func:`check_stage1_run`); their weights come from ``stage1_from``
+  on a fresh start only (:meth:`SCL.warm_start`; a run first copies that checkpoint into
+  ``<run dir>/sources/stage1_from``). The frozen network is part of stage 2's state dict, so its checkpoints
+  hold it and rebuild without the stage-1 run. A relative ``stage1_from`` is made absolute when the config is
+  validated.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ __all__ = [
     "hard_negative_mask",
     "select_negatives",
     "info_nce",
-    "load_similarity_network",
+    "check_stage1_run",
 ]
 
 _EPS = 1e-9  # tolerance on threshold arithmetic
@@ -605,46 +606,37 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, neg_mask: torch.Tenso
 
 
 # --------------------------------------------------------------------------------------------------
-# Stage 1 network, loaded for stage 2
+# Stage 1 network, for stage 2
 # --------------------------------------------------------------------------------------------------
 
+# The keys that build E1 / G1: stage 2 builds its frozen copy from its own values, which must be the stage-1 run's.
+_SIMILARITY_KEYS = ("e1_widths", "sim_dim", "edgeconv_k")
 
-def load_similarity_network(path: str | None, inputs: Sequence[str] = ()) -> tuple[SCLEncoder, PatchAggregator]:
-    """``E1`` and ``G1`` of the SCL stage-1 run that ``path`` designates (anything
-    :func:`pointtune.train.load.load_method` accepts), frozen: no gradient, eval mode.
 
-    Args:
-        path: ``method.stage1_from``.
-        inputs: the stage-2 run's ``backbone.inputs``, which must be the stage-1 run's.
+def check_stage1_run(source: Method, cfg: SCLConfig) -> None:
+    """Check that ``source`` (the method rebuilt from ``cfg.stage1_from``'s checkpoint) is an SCL stage-1 run
+    whose ``E1`` / ``G1`` the stage-2 config ``cfg`` builds: the same ``backbone.inputs``, ``e1_widths``,
+    ``sim_dim`` and ``edgeconv_k``.
 
     Raises:
-        ConfigError: one line starting ``method.stage1_from:``: no path, nothing loadable there, a run of
-            another method or of SCL's stage 2, or other per-point inputs. Nothing at ``path``:
-            :class:`~pointtune.train.checkpoint.CheckpointNotFoundError` (also a ``FileNotFoundError``).
+        ConfigError: one line starting ``method.stage1_from:``: a run of another method or of SCL's stage 2,
+            other per-point inputs, or other E1 / G1 keys (named, with both values).
     """
-    from pointtune.config import ConfigError
-    from pointtune.train.load import load_method
+    from pointtune.errors import ConfigError
 
-    if not path:
-        raise ConfigError("method.stage1_from: stage 2 needs the stage-1 run whose similarity network scores the "
-                          "negatives (train it with `pointtune train scl --set method.stage=1`, then pass "
-                          "--set method.stage1_from=<its run directory>)")
-    try:
-        loaded = load_method(path)
-    except ConfigError as err:
-        raise type(err)(f"method.stage1_from: {err}") from None
-    name, cfg = loaded.experiment.method.name, loaded.method.cfg
-    if name != "scl" or getattr(cfg, "stage", None) != 1:
+    name, given = source.cfg.name, source.cfg
+    if name != "scl" or getattr(given, "stage", None) != 1:
         what = f"a {name!r} run" if name != "scl" else "an SCL stage-2 run"
-        raise ConfigError(f"method.stage1_from: {loaded.path} is {what}, not an SCL stage-1 run (method.stage=1)")
-    if list(cfg.backbone.inputs) != list(inputs):
-        raise ConfigError(f"method.stage1_from: the stage-1 run was fed backbone.inputs={list(cfg.backbone.inputs)}, "
-                          f"this run method.backbone.inputs={list(inputs)}; they must match")
-    e1, g1 = loaded.method.e1, loaded.method.g1
-    for module in (e1, g1):
-        module.requires_grad_(False)
-        module.eval()
-    return e1, g1
+        raise ConfigError(f"method.stage1_from: {cfg.stage1_from} is {what}, not an SCL stage-1 run (method.stage=1)")
+    if list(given.backbone.inputs) != list(cfg.backbone.inputs):
+        raise ConfigError(f"method.stage1_from: the stage-1 run was fed backbone.inputs={list(given.backbone.inputs)}, "
+                          f"this run method.backbone.inputs={list(cfg.backbone.inputs)}; they must match")
+    differ = [key for key in _SIMILARITY_KEYS if getattr(given, key) != getattr(cfg, key)]
+    if differ:
+        theirs = ", ".join(f"method.{key}={getattr(given, key)}" for key in differ)
+        ours = ", ".join(f"{getattr(cfg, key)}" for key in differ)
+        raise ConfigError(f"method.stage1_from: the stage-1 run has {theirs}, this run {ours}; stage 2 builds E1/G1 "
+                          f"from these keys, which must match (set them to the stage-1 run's)")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -678,6 +670,7 @@ class SCL(Method):
     task = Task.PRETRAIN
     Config = SCLConfig
     from_key = "method.stage1_from"
+    sources = {"method.stage1_from": None}  # E1 / G1 are built from this config's own keys
     # Section 4.1.1 (A10): Adam (adamw with no weight decay), lr 0.002 halved every 50 of 512 epochs: stage 2's
     # schedule, as a fraction of the run (stage 1's: method.stage1). 2048 points per cloud, no augmentation in
     # the data pipeline (section 4.3 of the spec: the only transformation is the stage-1 rotation, made by the
@@ -709,15 +702,44 @@ class SCL(Method):
         in_features = int(cfg.backbone.kwargs().get("in_features", 0))
         self.e1: SCLEncoder | None = None
         self.g1: PatchAggregator | None = None
-        if cfg.stage == 1:
-            self.e1 = SCLEncoder(cfg.e1_widths, cfg.sim_dim, cfg.edgeconv_k, concat=False, in_features=in_features)
-            self.g1 = PatchAggregator(cfg.sim_dim)
-            self.disc = nn.Linear(2 * cfg.sim_dim, 1)
-        else:
+        if cfg.stage == 2:
             self.e2 = SCLEncoder(cfg.e2_widths, cfg.point_dim, cfg.edgeconv_k, concat=True, in_features=in_features)
             self.g2 = PatchAggregator(cfg.point_dim)
-            if cfg.hard_negatives:
-                self.e1, self.g1 = load_similarity_network(cfg.stage1_from, cfg.backbone.inputs)
+        if cfg.stage == 1 or cfg.hard_negatives:
+            self.e1 = SCLEncoder(cfg.e1_widths, cfg.sim_dim, cfg.edgeconv_k, concat=False, in_features=in_features)
+            self.g1 = PatchAggregator(cfg.sim_dim)
+        if cfg.stage == 1:
+            self.disc = nn.Linear(2 * cfg.sim_dim, 1)
+        elif cfg.hard_negatives:   # frozen: its weights come from stage1_from (warm_start)
+            for module in (self.e1, self.g1):
+                module.requires_grad_(False)
+                module.eval()
+
+    def weight_sources(self) -> dict[str, str]:
+        """Stage 2 with hard negatives: ``{"method.stage1_from": path}``, whose ``E1`` / ``G1`` score the
+        negatives; otherwise none."""
+        return {"method.stage1_from": self.cfg.stage1_from} if self.frozen and self.cfg.stage1_from else {}
+
+    def warm_start(self, sources: dict[str, Method]) -> None:
+        """Stage 2 with hard negatives: load ``E1`` / ``G1`` (weights and BatchNorm statistics) from the stage-1
+        run ``sources["method.stage1_from"]`` after :func:`check_stage1_run`; nothing otherwise.
+
+        Raises:
+            ConfigError: one line starting ``method.stage1_from:``: no stage-1 run given, or one that does not
+                fit (:func:`check_stage1_run`).
+        """
+        if not self.frozen:
+            return
+        source = sources.get("method.stage1_from")
+        if source is None:
+            from pointtune.errors import ConfigError
+
+            raise ConfigError("method.stage1_from: stage 2 needs the stage-1 run whose similarity network scores "
+                              "the negatives (train it with `pointtune train scl --set method.stage=1`, then pass "
+                              "--set method.stage1_from=<its run directory>)")
+        check_stage1_run(source, self.cfg)
+        self.e1.load_state_dict(source.e1.state_dict())
+        self.g1.load_state_dict(source.g1.state_dict())
 
     @property
     def frozen(self) -> bool:

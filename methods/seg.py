@@ -2,10 +2,12 @@
 
 The transfer setting of DCGLR's Table 3 (spec ``shared/specs/dcglr.md`` 4.6: a DGCNN pretrained on ShapeNet,
 fine-tuned for S3DIS segmentation, against the same network from random initialisation), for any pointtune
-run: ``pointtune train seg --from RUN`` sets ``method.pretrained`` and the encoder of RUN's method is rebuilt and
-loaded by :func:`pointtune.methods.finetune.load_pretrained_encoder` (ConClu's backbone, DCGLR's teacher, SCL's
-``E2``, AMContrast3D's PointNeXt, a fine-tuned run's encoder...). Without ``pretrained`` the encoder is the
-registered backbone ``method.backbone`` (DGCNN by default) from random initialisation: the baseline.
+run: ``pointtune train seg --from RUN`` sets ``method.pretrained`` and the encoder of RUN's method (ConClu's
+backbone, DCGLR's teacher, SCL's ``E2``, AMContrast3D's PointNeXt, a fine-tuned run's encoder...) is built from
+``method.encoder_source`` and takes RUN's weights on a fresh start, as in ``finetune``
+(:class:`~pointtune.methods.finetune.PretrainedEncoderMethod`: a ``seg`` checkpoint rebuilds without RUN).
+Without ``pretrained`` the encoder is the registered backbone ``method.backbone`` (DGCNN by default) from random
+initialisation: the baseline.
 
 Model, per crop of ``N`` points (a scene item of the ``scene_seg`` pipeline, coordinates in metres)::
 
@@ -66,37 +68,27 @@ from torch import Tensor, nn
 
 from pointtune.data.scenes import IGNORE_INDEX
 from pointtune.distributed import average_batchnorm_stats, world_size
-from pointtune.method import (
-    POINT_INPUTS,
-    BackboneConfig,
-    Method,
-    MethodConfig,
-    Task,
-    encoder_point_features,
-    point_inputs,
-    register_method,
-)
+from pointtune.method import POINT_INPUTS, BackboneConfig, Task, encoder_point_features, point_inputs, register_method
 from pointtune.methods.amcontrast3d import segmentation_ce
-from pointtune.methods.finetune import load_pretrained_encoder
+from pointtune.methods.finetune import PretrainedConfig, PretrainedEncoderMethod
 
 __all__ = ["SegConfig", "SegFinetune", "SegmentationHead", "normalize_crops"]
 
 PointInput = Literal["normals", "color", "height"]
 
 
-class SegConfig(MethodConfig):
+class SegConfig(PretrainedConfig):
     """Hyperparameters of ``seg`` (see the module docstring for the model and the input-feature choices).
 
-    When ``pretrained`` is set the encoder's architecture is the checkpoint's and ``backbone``'s name and
-    arguments are ignored; ``backbone.inputs`` still names the encoder's per-point inputs."""
+    ``pretrained``, ``encoder_source``: see :class:`~pointtune.methods.finetune.PretrainedConfig` (when
+    ``pretrained`` is set the encoder's architecture is ``encoder_source``'s and ``backbone``'s name and
+    arguments are ignored; ``backbone.inputs`` still names the encoder's per-point inputs)."""
 
     name: Literal["seg"] = Field("seg", description="method name")
     backbone: BackboneConfig = Field(
         BackboneConfig(name="dgcnn"),
         description="encoder built from random initialisation when pretrained is null (DCGLR Table 3: dgcnn); "
                     "its inputs feed the encoder in both cases")
-    pretrained: str | None = Field(
-        None, description="checkpoint, run or sweep directory of the pretrained encoder (null: random initialisation)")
     freeze_encoder: bool = Field(
         False, description="train the head only: the encoder takes no gradient and keeps its BatchNorm statistics")
     normalize_crops: bool = Field(
@@ -204,7 +196,7 @@ class SegmentationHead(nn.Module):
 
 
 @register_method("seg")
-class SegFinetune(Method):
+class SegFinetune(PretrainedEncoderMethod):
     """An encoder (pretrained or random) with a DGCNN-style segmentation head, trained with per-point
     cross-entropy on scene crops (module docstring).
 
@@ -224,16 +216,19 @@ class SegFinetune(Method):
         num_classes: segmentation classes ``K`` (>= 2).
         total_epochs: length of the run (unused: no schedule of its own).
 
+    The encoder is built by :meth:`~pointtune.methods.finetune.PretrainedEncoderMethod.build_encoder`
+    (``method.encoder_source``'s architecture when ``method.pretrained`` is set) and takes the pretrained weights
+    in :meth:`~pointtune.methods.finetune.PretrainedEncoderMethod.warm_start`, on a fresh start only.
+
     Raises:
         ValueError: ``num_classes < 2``, ``method.backbone.inputs`` whose width is not what the (pretrained)
             encoder was built for, or an encoder without per-point features (one line naming the key).
-        ConfigError, FileNotFoundError, NotImplementedError: from
-            :func:`~pointtune.methods.finetune.load_pretrained_encoder` (a bad ``method.pretrained``).
+        ConfigError, NotImplementedError: from ``build_encoder`` (``method.pretrained`` without
+            ``method.encoder_source``, a bad ``encoder_source``, a pretraining method without an encoder).
     """
 
     task = Task.SEGMENTATION
     Config = SegConfig
-    from_key = "method.pretrained"
     recipe = {
         "optim": {"name": "sgd", "lr": {"start": 0.1, "end": 1e-3, "shape": "cosine"}, "momentum": 0.9,
                   "weight_decay": 1e-4},
@@ -243,20 +238,9 @@ class SegFinetune(Method):
 
     def __init__(self, cfg: SegConfig, num_classes: int, total_epochs: int = 1):
         super().__init__(cfg, num_classes, total_epochs)
-        from pointtune.backbones import build_backbone
-
         if num_classes < 2:
             raise ValueError(f"seg segments points into classes: the dataset has {num_classes}")
-        if cfg.pretrained:
-            self.backbone, self.source_method = load_pretrained_encoder(cfg.pretrained)
-        else:
-            self.backbone, self.source_method = build_backbone(cfg.backbone.name, **cfg.backbone.kwargs()), None
-        widths = sum(POINT_INPUTS[name] for name in cfg.backbone.inputs)
-        built = getattr(self.backbone, "in_features", widths)
-        if built != widths:
-            where = f"the pretrained {self.source_method} encoder" if cfg.pretrained else "the encoder"
-            raise ValueError(f"method.backbone.inputs: {where} takes {built} per-point input channels beside xyz, "
-                             f"{cfg.backbone.inputs} give {widths} (set the inputs it was trained with)")
+        self.build_encoder(cfg)
         if not hasattr(self.backbone, "forward_features") or not hasattr(self.backbone, "point_dim"):
             raise ValueError(f"method.pretrained: a {type(self.backbone).__name__} encoder has no forward_features "
                              "and point_dim (no per-point features to segment with)")

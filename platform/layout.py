@@ -24,6 +24,7 @@ A sweep directory (:class:`SweepDir`)::
     tune/           Tune's experiment state and single-process trials' checkpoints (``tune/trial_<id>``)
     train/          data-parallel trials' Ray Train runs and checkpoints (``train/trial_<id>``)
                     (with ``--storage``, tune/ and train/ live in ``<storage>/<sweep dir name>/`` instead)
+    sources/<key>/  copies of the checkpoints every trial starts from     <prerequisite>/  SCL's ``stage1`` run
     summary.csv, summary.txt, best.json, best_config.yaml, optimization_history.png, param_importances.png
 """
 
@@ -84,9 +85,14 @@ class RunDir:
         """Ray Train's run directory with ``--workers N`` (its ``checkpoint_*``)."""
         return self.root / self.RAY_TRAIN_NAME
 
+    @property
+    def sources(self) -> Path:
+        """Copies of the checkpoints the run starts from (a sweep's: of those every trial starts from)."""
+        return self.root / "sources"
+
     def source(self, key: str) -> Path:
         """Where the copy of the checkpoint that config key ``key`` (``method.pretrained``) names is kept."""
-        return self.root / "sources" / key.rsplit(".", 1)[-1]
+        return self.sources / key.rsplit(".", 1)[-1]
 
     def prerequisite(self, name: str) -> Path:
         """The directory of the run this run's method needs first (``stage1``)."""

@@ -13,6 +13,11 @@ The contract serves three task kinds (:class:`Task`):
 Any method with an encoder also has ``embed_points`` (per-point features ``(B, N, C)``, by default from
 ``encoder().forward_features``), which the ``part_seg`` protocol trains a segmentation head on.
 
+A method that starts from another run's weights (a pretrained encoder, SCL's stage-1 network) builds only its
+architecture in its constructor, from its config; it names those runs in :meth:`Method.weight_sources` and takes
+their weights in :meth:`Method.warm_start`, which the loop calls on a fresh start only. Its checkpoints thus
+rebuild from their own contents.
+
 The whole method (encoder, heads, prototypes, memory buffers) is one ``nn.Module`` so that one
 ``prepare_model`` (DDP) call, one optimizer and one checkpoint cover all of it. Training goes through
 ``forward`` (so DDP synchronises gradients); evaluation calls ``predict`` / ``embed`` on the unwrapped module.
@@ -160,6 +165,12 @@ class Method(nn.Module):
     Config: ClassVar[type[MethodConfig]]
     #: The config key that ``pointtune train METHOD --from RUN`` sets to RUN's checkpoint (None: no --from).
     from_key: ClassVar[str | None] = None
+    #: The config keys that may name a run whose weights this method starts from (``method.pretrained``), each
+    #: with the key that takes that run's architecture (None: the method's own config builds it). When a run
+    #: starts, :func:`pointtune.train.sources.resolve_sources` copies each named checkpoint into the run
+    #: directory, points the key at the copy and fills the architecture key, so that the run's config and
+    #: checkpoints never depend on the original run.
+    sources: ClassVar[dict[str, str | None]] = {}
 
     @classmethod
     def prerequisite(cls, cfg: MethodConfig) -> Prerequisite | None:
@@ -171,6 +182,25 @@ class Method(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.total_epochs = total_epochs
+
+    def weight_sources(self) -> dict[str, str]:
+        """The runs whose weights this method starts from: config key (one of :attr:`sources`) -> checkpoint
+        path (anything :func:`pointtune.train.checkpoint.load_method` reads). Default: none.
+
+        The constructor builds the architecture only; on a fresh start (never on a resume, nor when a checkpoint
+        is loaded) the loop rebuilds each source's method from its checkpoint and hands them to
+        :meth:`warm_start`.
+        """
+        return {}
+
+    def warm_start(self, sources: dict[str, Method]) -> None:
+        """Take the initial weights from ``sources`` (:meth:`weight_sources`' keys -> each source run's method,
+        rebuilt with its saved weights, in eval mode, on the CPU) and check that they fit. Default: nothing.
+
+        Raises:
+            ConfigError: a source this method cannot start from (another kind of run, other inputs, an
+                architecture that does not match); one line starting with the source's key.
+        """
 
     def forward(self, batch: dict[str, torch.Tensor], epoch: int, progress: float) -> dict[str, torch.Tensor]:
         """Compute the training losses of one mini-batch.

@@ -8,8 +8,9 @@ one-line message naming the flag, file, key or value at fault; the CLI prints it
   fields of a ``sweep.yaml``.
 * :func:`check_tracking_uri`: ``--mlflow-uri`` (or ``$MLFLOW_TRACKING_URI``) has a scheme MLflow tracks to.
 * :func:`check_gpus`: GPUs asked of the local machine exist (CUDA build of torch, visible devices).
-* :func:`preflight`: the datasets build, the splits can feed the loop, and the method builds on the CPU and
-  runs one training forward pass plus ``predict`` / ``embed`` on a tiny batch.
+* :func:`preflight`: the datasets build, the splits can feed the loop, and the method builds on the CPU,
+  warm-starts from the runs it starts from (``method.pretrained``, ``method.stage1_from``) and runs one training
+  forward pass plus ``predict`` / ``embed`` on a tiny batch.
 * :func:`load_sweep_yaml_checked`: a ``sweep.yaml`` is a mapping of known fields.
 
 Normals (``data.use_normals``): accepted on a dataset that has them (``synthetic``: analytic normals;
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from pointtune.config import ConfigError, ExperimentConfig
+from pointtune.config import ConfigError, ExperimentConfig, build_config
 from pointtune.data import DatasetBundle, DatasetError
 
 __all__ = [
@@ -333,7 +334,10 @@ def preflight(
     :func:`pointtune.protocols.build_eval_splits`); check the splits (at least 2 classes and a non-empty
     validation split where the protocol judges, enough training clouds for one batch of
     ``train.batch_size`` per worker with ``train.drop_last``, no last batch of 1 without it); build the
-    method with the training dataset's number of classes; run one ``forward`` in train mode on 2 training
+    method with the training dataset's number of classes (the architecture of a run it starts from, e.g.
+    ``method.pretrained``'s, read from that run's checkpoint: :func:`pointtune.train.sources.resolve_sources`
+    without copying it) and warm-start it from those runs (:meth:`Method.warm_start
+    <pointtune.method.Method.warm_start>`: the checks of a source run); run one ``forward`` in train mode on 2 training
     clouds (of different classes where possible) and the protocol's hook (:meth:`Protocol.check_output
     <pointtune.protocols.Protocol.check_output>`: ``predict`` ``(1, K)`` logits, or ``embed`` ``(1, D)``) in
     eval mode on 1 validation cloud of the judged splits. The global torch RNG state and the training set's
@@ -365,15 +369,17 @@ def preflight(
             classification protocol), the protocol reports nothing on the validation split, the objective is
             not a metric the run reports or one this data makes the protocol skip, the batch does not fit the
             training split, the model cannot be built (e.g. an unknown ``method.backbone.name``, a backbone
-            argument it does not take, an unusable ``method.pretrained``) or fails on the batch (e.g. a shape
-            mismatch, ``data.num_points`` below DGCNN's ``k``), or a file it needs is missing
-            (``method.pretrained`` without ``state.pt``); the message names the key (``method.backbone`` or
-            ``method`` when the fault is inside the method) and the original error in one line.
+            argument it does not take) or fails on the batch (e.g. a shape mismatch, ``data.num_points`` below
+            DGCNN's ``k``), or a run it starts from is missing or does not fit (``method.pretrained`` without
+            ``state.pt``, ``method.stage1_from`` naming no SCL stage-1 run); the message names the key
+            (``method.backbone`` or ``method`` when the fault is inside the method, the source's key) and the
+            original error in one line.
     """
     import torch
 
     from pointtune.data import build_datasets
     from pointtune.protocols import build_eval_splits, selected_protocol
+    from pointtune.train.sources import load_sources, resolve_sources
 
     began = time.perf_counter()
     protocol = selected_protocol(exp)  # protocol.name fits the method's task; protocol.data fits the protocol
@@ -382,6 +388,9 @@ def preflight(
     _check_splits(exp, data, workers)
     judged = build_eval_splits(exp, data)
     _check_judged(exp, judged, protocol)
+    standalone = resolve_sources(exp)  # the architecture of the runs it starts from (nothing is copied)
+    if standalone:
+        exp = build_config(exp.method.name, exp.to_dict(), standalone, source="preflight: sources")
     cls, name, k = exp.method_cls, exp.method.name, data.num_classes
     labels = getattr(data.train, "labels", None)  # scene items have none: items 0 and 1 (the next crop)
     second = next((i for i in range(1, len(labels)) if labels[i] != labels[0]), 1) if labels is not None else 1
@@ -394,10 +403,9 @@ def preflight(
             data.train.set_epoch(data.train.epoch)  # forget the visits: training streams start afresh
         try:
             method = cls(exp.method, k, exp.train.epochs)
+            method.warm_start(load_sources(method))
         except (ConfigError, DatasetError):
             raise
-        except FileNotFoundError as err:  # e.g. method.pretrained naming a directory without state.pt
-            raise ConfigError(" ".join(str(err).split())) from err
         except KeyError as err:
             msg = str(err.args[0]) if err.args else repr(err)
             key = "method.backbone.name" if "unknown backbone" in msg else _culprit(err)

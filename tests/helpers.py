@@ -62,6 +62,18 @@ def one_line_error(exc_info, *fragments: str) -> str:
     return msg
 
 
+def warm_started(exp, num_classes: int, total_epochs: int = 1):
+    """The method of ``exp`` as a fresh run starts it: the architecture of the runs it starts from filled in from
+    their checkpoints (``resolve_sources`` without copying), built, and warm-started from their weights."""
+    from pointtune.config import build_config
+    from pointtune.train.sources import load_sources, resolve_sources
+
+    exp = build_config(exp.method.name, exp.to_dict(), resolve_sources(exp))
+    method = exp.method_cls(exp.method, num_classes, total_epochs)
+    method.warm_start(load_sources(method))
+    return method
+
+
 def tune_results(sweep_dir: Path, tune_dir: Path | None = None) -> dict:
     """What Tune received, per trial id: ``{trial_id: (ResultGrid Result, metrics DataFrame)}``."""
     from ray.tune import ExperimentAnalysis, ResultGrid

@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from conftest import TINY
-from helpers import pointtune, tiny_sets
+from helpers import pointtune, tiny_sets, warm_started
 from pointtune.config import ConfigError, build_config, config_from_file, parse_override
 from pointtune.data import DatasetError
 from pointtune.method import Task
@@ -381,16 +381,15 @@ def test_sweep_yaml_keys(tmp_path):
 
 
 def test_checkpoint_whose_model_does_not_match_its_config(tmp_path):
-    from pointtune.methods.finetune import load_pretrained_encoder
-
     exp = build_config("cedr", overrides=TINY)
     torch.save({"model": {"bogus.weight": torch.zeros(1)}, "experiment": exp.to_dict(), "class_names": ["a", "b"]},
                tmp_path / "state.pt")
+    tuned = build_config("finetune", overrides={**TINY, "method.pretrained": str(tmp_path)})
     with pytest.raises(ConfigError, match=rf"method.pretrained: {tmp_path}/state.pt: cannot rebuild its 'cedr' model"):
-        load_pretrained_encoder(str(tmp_path))
+        warm_started(tuned, 2)
     (tmp_path / "state.pt").write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(ConfigError, match=r"not a pointtune checkpoint \(torch cannot load it"):
-        load_pretrained_encoder(str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^method.pretrained: .*not a pointtune checkpoint \(torch cannot load it"):
+        warm_started(tuned, 2)
 
 
 def test_preflight_passes_tiny_configs_and_reports_loss_terms():

@@ -1,5 +1,6 @@
 """`load_method`: one reader that rebuilds a method from every checkpoint the project writes (a local run, a
-multi-worker run, a sweep trial), what `pointtune train finetune --from` and the SVM bench use."""
+multi-worker run, a sweep trial), what `pointtune train finetune --from` and the SVM bench use (fine-tuned
+checkpoints without their pretraining run: test_standalone_checkpoints)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from conftest import TINY
-from helpers import mlflow_runs, one_line_error, pointtune, tiny_sets
+from helpers import mlflow_runs, one_line_error, pointtune, tiny_sets, warm_started
 from pointtune.config import ConfigError, build_config
 from pointtune.train.checkpoint import CheckpointNotFoundError, load_state
 from pointtune.train.load import find_checkpoint, load_method
@@ -107,9 +108,10 @@ def test_finetune_from_two_worker_run(two_worker_run, tmp_path):
                      "--output", str(out), *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"--from: method.pretrained = {two_worker_run / 'train'}/checkpoint_" in proc.stdout
-    tuned = load_method(out)  # a fine-tuned method rebuilds too (its encoder's source still exists)
+    tuned = load_method(out)  # a fine-tuned method rebuilds too, from its own checkpoint
     assert tuned.experiment.method.name == "finetune" and tuned.path == out / "checkpoints" / "best"
     assert tuned.method.source_method == "cedr"
+    assert tuned.experiment.method.pretrained == str(out / "sources" / "pretrained")
 
 
 def _fake_checkpoint(source: Path, target: Path, metrics: dict) -> Path:
@@ -163,18 +165,15 @@ def test_sweep_trial_directories_resolve_to_the_selected_epoch(local_run, tmp_pa
     assert load_method(sweep / "tune" / "trial_bbb").path == dp
 
 
-def test_load_pretrained_encoder_reads_any_run_directory(local_run):
-    from pointtune.methods.finetune import load_pretrained_encoder
-
-    encoder, name = load_pretrained_encoder(str(local_run))
+def test_finetune_warm_starts_from_a_run_directory(local_run):
+    tuned = warm_started(build_config("finetune", overrides={**TINY, "method.pretrained": str(local_run)}), 3)
     state = load_state(local_run / "checkpoints" / "best")
     saved = {k.removeprefix("backbone."): v for k, v in state["model"].items() if k.startswith("backbone.")}
-    assert name == "cedr" and saved
-    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in saved.items())
+    assert tuned.source_method == "cedr" and saved
+    assert all(torch.equal(tuned.encoder().state_dict()[k], v) for k, v in saved.items())
 
 
 def test_bad_paths_give_one_line_config_errors(tmp_path):
-    from pointtune.methods.finetune import load_pretrained_encoder
     from pointtune.search.best import resolve_checkpoint
 
     exp = build_config("cedr", overrides=TINY)
@@ -212,11 +211,11 @@ def test_bad_paths_give_one_line_config_errors(tmp_path):
             continue
         assert isinstance(info.value, CheckpointNotFoundError) and isinstance(info.value, FileNotFoundError)
         with pytest.raises(FileNotFoundError) as info:
-            load_pretrained_encoder(str(path))
+            warm_started(build_config("finetune", overrides={**TINY, "method.pretrained": str(path)}), 2)
         assert one_line_error(info, f"{path}/state.pt: no such file").startswith("method.pretrained: ")
     with pytest.raises(ConfigError) as info:
         resolve_checkpoint(tmp_path / "random.bin")
     assert one_line_error(info, "random.bin", "not a checkpoint").startswith("--from ")
     with pytest.raises(ConfigError) as info:
-        load_pretrained_encoder(str(tmp_path / "mismatch"))
+        warm_started(build_config("finetune", overrides={**TINY, "method.pretrained": str(tmp_path / "mismatch")}), 2)
     one_line_error(info, f"method.pretrained: {tmp_path}/mismatch/state.pt: cannot rebuild its 'cedr' model")

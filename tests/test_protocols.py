@@ -13,7 +13,7 @@ import yaml
 from pydantic import Field, ValidationError
 
 from conftest import TINY
-from helpers import on_gloo_workers
+from helpers import on_gloo_workers, warm_started
 from pointtune.config import ConfigError, ExperimentConfig, build_config, config_from_file, config_keys
 from pointtune.method import Method, MethodConfig, Task
 from pointtune.protocols import (
@@ -476,7 +476,7 @@ def test_finetune_starts_from_the_saved_encoder(tmp_path):
     save_state(tmp_path / "ckpt", {"model": model.state_dict(), "experiment": source.to_dict(),
                                    "class_names": ["a", "b", "c", "d"]})
     exp = build_config("finetune", overrides={"method.pretrained": str(tmp_path / "ckpt")})
-    tuned = exp.method_cls(exp.method, 3, 1)
+    tuned = warm_started(exp, 3)
     for name, value in model.encoder().state_dict().items():
         assert torch.equal(tuned.encoder().state_dict()[name], value), name
     assert tuned.predict({"points": torch.randn(2, 64, 3)}).shape == (2, 3)
@@ -496,6 +496,10 @@ def test_finetune_frozen_encoder_gets_no_gradient(tmp_path):
 
 
 def test_finetune_missing_checkpoint_names_it(tmp_path):
+    from pointtune.train.sources import resolve_sources
+
     exp = build_config("finetune", overrides={"method.pretrained": str(tmp_path / "nope")})
-    with pytest.raises(FileNotFoundError, match="nope"):
-        exp.method_cls(exp.method, 3, 1)
+    with pytest.raises(FileNotFoundError, match="^method.pretrained: .*nope"):
+        resolve_sources(exp)
+    with pytest.raises(ConfigError, match="^method.encoder_source: the architecture of method.pretrained is not set"):
+        exp.method_cls(exp.method, 3, 1)   # a config no run has resolved: no architecture, nothing read

@@ -29,6 +29,7 @@ from pointtune.methods.scl import (
 )
 from pointtune.ops import fps
 from pointtune.train.checkpoint import CheckpointNotFoundError, save_state
+from pointtune.train.sources import load_sources
 
 DT = torch.float64
 # Small enough for a forward in a few tens of milliseconds on one CPU core.
@@ -66,8 +67,11 @@ def _stage1_checkpoint(directory, epochs: int = 1, **method) -> tuple[SCL, str]:
 
 
 def _stage2(stage1_from: str, total_epochs: int = 10, **kw) -> SCL:
+    """A stage-2 SCL warm-started from the stage-1 checkpoint ``stage1_from``, as a fresh run starts it."""
     cfg = SCLConfig.model_validate({**TINY, "stage": 2, "stage1_from": stage1_from, **kw})
-    return SCL(cfg, 0, total_epochs)
+    model = SCL(cfg, 0, total_epochs)
+    model.warm_start(load_sources(model))
+    return model
 
 
 # --------------------------------------------------------------------------------------------------
@@ -494,9 +498,11 @@ def test_stage1_from_paths_become_absolute():
 
 
 def test_stage2_without_a_usable_stage1_run_is_a_one_line_error(tmp_path):
-    exp = build_config("scl", overrides={"method.stage": 2})           # valid config: checked when built
+    exp = build_config("scl", overrides={"method.stage": 2})           # valid config: checked when warm-started
+    model = SCL(exp.method, 0, 1)
+    assert model.weight_sources() == {}
     with pytest.raises(ConfigError) as err:
-        SCL(exp.method, 0, 1)
+        model.warm_start({})
     _one_line(err.value, "method.stage1_from:", "method.stage=1")
     with pytest.raises(CheckpointNotFoundError) as err:
         _stage2(str(tmp_path / "nowhere"))
@@ -513,18 +519,26 @@ def test_stage2_without_a_usable_stage1_run_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError) as err:
         _stage2(path, backbone={"name": "dgcnn", "inputs": ["normals"]})
     _one_line(err.value, "method.stage1_from:", "backbone.inputs")
+    with pytest.raises(ConfigError) as err:                             # E1/G1 are built from stage 2's keys
+        _stage2(path, sim_dim=16, edgeconv_k=6)
+    _one_line(err.value, "method.stage1_from: the stage-1 run has method.sim_dim=8, method.edgeconv_k=8, this run "
+                         "16, 6", "must match")
 
 
-def test_a_stage2_checkpoint_rebuilds_with_its_frozen_network(tmp_path):
+def test_a_stage2_checkpoint_rebuilds_with_its_frozen_network_without_the_stage1_run(tmp_path):
+    import shutil
+
     from pointtune.train.load import load_method
 
-    _, path = _stage1_checkpoint(tmp_path / "s1")
+    stage1, path = _stage1_checkpoint(tmp_path / "s1")
     stage2 = _stage2(path, total_epochs=1)
     exp = build_config("scl", overrides={**{f"method.{k}": v for k, v in TINY.items()}, "method.stage": 2,
                                          "method.stage1_from": path, "train.epochs": 1})
     save_state(tmp_path / "s2", {"model": stage2.state_dict(), "experiment": exp.to_dict(), "class_names": ["a", "b"]})
+    shutil.rmtree(path)
     loaded = load_method(tmp_path / "s2")
     assert isinstance(loaded.method, SCL) and loaded.method.cfg.stage == 2
+    assert all(torch.equal(v, stage1.e1.state_dict()[k]) for k, v in loaded.method.e1.state_dict().items())
     batch = _batch(b=2)
     assert torch.allclose(loaded.method.embed(batch), stage2.eval().embed(batch))
 
@@ -589,13 +603,12 @@ def test_a_sweep_hands_its_trials_absolute_stage1_paths(tmp_path, monkeypatch):
 
     from conftest import REPO
     from pointtune.search.space import load_search_space
-    from pointtune.search.spec import SweepSpec, trial_config
-    from pointtune.search.sweep import _absolute_paths
+    from pointtune.search.sweep import SweepSpec, _resolve_paths, trial_config
 
     monkeypatch.chdir(tmp_path)
     spec = SweepSpec(method="scl", space_file=str(REPO / "search_spaces" / "scl_quick.yaml"), sweep_dir="unused",
                      overrides={"method.stage1_from": "runs/s1", "method.temperature": 0.1})
     space = load_search_space(spec.space_file, "scl")
-    overrides = _absolute_paths(spec.overrides, trial_config(spec, space.first_corner(), space))
-    assert overrides == {"method.stage1_from": str(tmp_path / "runs" / "s1"), "method.temperature": 0.1}
-    assert Path(overrides["method.stage1_from"]).is_absolute()
+    _resolve_paths(spec, trial_config(spec, space.first_corner(), space))
+    assert spec.overrides == {"method.stage1_from": str(tmp_path / "runs" / "s1"), "method.temperature": 0.1}
+    assert Path(spec.overrides["method.stage1_from"]).is_absolute()

@@ -51,7 +51,8 @@ def test_both_stages_on_shapenetpart_judged_by_part_segmentation(shared_data, tm
         assert 0 <= epoch["val/ins_miou"] <= 1 and 0 <= epoch["val/cls_miou"] <= 1
         assert {"val/iou/Cap", "train/neg_per_anchor", "sched/method.b_l", "sched/method.b_u"} <= set(epoch)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["method"]["stage"] == 2 and config["method"]["stage1_from"] == str((out / "stage1").resolve())
+    assert config["method"]["stage"] == 2 and config["method"]["stage1_from"] == str(out / "sources" / "stage1_from")
+    assert "copied to" in proc.stdout and (out / "sources" / "stage1_from" / "state.pt").is_file()
     summary = json.loads((out / "summary.json").read_text())
     assert 0 <= summary["test"]["ins_miou"] <= 1 and {"iou/Cap", "iou/Table"} <= set(summary["test"]), summary
     # the same command again: both runs are complete, nothing trains twice
@@ -80,7 +81,7 @@ def test_stage2_from_a_stage1_run_judged_by_svm_on_modelnet40(shared_data, tmp_p
     assert [e["epoch"] for e in epochs] == [1, 2] and all(1 / 3 <= e["val/svm_acc"] <= 1 for e in epochs)
     client, runs = mlflow_runs(out)
     (run,) = runs
-    assert run.data.params["method.stage1_from"].endswith("stage1/checkpoints/best")
+    assert run.data.params["method.stage1_from"] == str(out / "sources" / "stage1_from")  # the run's own copy
     assert {"feature_spectrum.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
@@ -106,6 +107,7 @@ def test_two_trial_stage2_sweep_with_two_workers_trains_one_stage1_run(shared_da
     (parent,) = [r for r in runs if r.data.tags.get("pointtune.kind") == "sweep"]
     assert parent.data.params["prerequisite/stage1"] == stage1
     trials = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
-    assert len(trials) == 2 and {r.data.params["method.stage1_from"] for r in trials} == {stage1}
+    copy = str((out / "sources" / "stage1_from").resolve())   # the sweep's copy of its stage-1 run's checkpoint
+    assert len(trials) == 2 and {r.data.params["method.stage1_from"] for r in trials} == {copy}
     for run in trials:   # the tied keys follow their source
         assert run.data.params["method.b_u.warmup_epochs"] == run.data.params["method.b_l.warmup_epochs"]

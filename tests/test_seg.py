@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import one_line_error, pointtune, real
+from helpers import one_line_error, pointtune, real, warm_started
 from pointtune.config import build_config
 from pointtune.method import Task, encoder_point_features, get_method, method_names
 from pointtune.methods.seg import SegFinetune, SegmentationHead, normalize_crops
@@ -40,11 +40,12 @@ def _batch(b: int = 2, n: int = 96, pad: int = 16, seed: int = 0) -> dict[str, t
 
 
 def _seg(**overrides) -> SegFinetune:
-    """A ``seg`` for K classes: the tiny DGCNN (unless ``overrides`` names another backbone) and head."""
+    """A ``seg`` for K classes: the tiny DGCNN (unless ``overrides`` names another backbone) and head, warm-started
+    from ``method.pretrained`` when it is set, as a fresh run starts it."""
     tiny = TINY_DGCNN if overrides.get("method.backbone.name", "dgcnn") == "dgcnn" else {}
     exp = build_config("seg", overrides={**tiny, **TINY_HEAD, **overrides})
     torch.manual_seed(0)
-    return SegFinetune(exp.method, K, 1)
+    return warm_started(exp, K)
 
 
 def _checkpoint(directory, method: str, overrides: dict):
@@ -271,7 +272,7 @@ def test_pretrained_encoder_inputs_must_match(tmp_path):
 
 
 def test_missing_checkpoint_names_it(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(FileNotFoundError, match="^method.pretrained: .*nope"):
         _seg(**{"method.pretrained": str(tmp_path / "nope")})
 
 

@@ -139,6 +139,7 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
                           "untrained baseline)")
     if spec.scheduler == "pbt":
         _check_pbt(spec, space, probe)
+    _check_sources(spec, space)
     pre = plan_prerequisite(trial_config(spec, space.fixed_values(), space))  # from what every trial shares
     if pre is not None:
         _check_prerequisite(space, pre)
@@ -186,6 +187,34 @@ def _train_prerequisite(spec: SweepSpec, pre: PlannedPrerequisite) -> dict[str, 
           f"({pre.config.train.epochs} epochs, in this process)", flush=True)
     train(pre.config, run_dir, workers=0, use_gpu=spec.gpus_per_worker > 0, mlflow_uri=spec.mlflow_uri)
     return {pre.key: str(run_dir.resolve())}
+
+
+def _check_sources(spec: SweepSpec, space: SearchSpace) -> None:
+    """The runs the trials start from (:attr:`Method.sources <pointtune.method.Method.sources>`, e.g.
+    ``method.pretrained``) are copied once for every trial (:func:`_copy_sources`), so the space may not search
+    those keys or the keys of their architecture.
+
+    Raises:
+        ConfigError: such a key is searched (names the key and the space file).
+    """
+    from pointtune.method import get_method
+
+    keys = [key for pair in get_method(spec.method).sources.items() for key in pair if key]
+    for param in space.params:
+        if param.type != "fixed" and any(param.key == k or param.key.startswith(k + ".") for k in keys):
+            raise ConfigError(f"{space.source}: {param.key}: the sweep copies the run its trials start from once, "
+                              f"for all of them; fix this key (one sweep per pretrained run)")
+
+
+def _copy_sources(spec: SweepSpec, space: SearchSpace, decided: dict[str, Any]) -> dict[str, Any]:
+    """Copy the runs every trial starts from into ``<sweep dir>/sources`` once; returns the overrides that hand
+    the copies, and their architecture, to every trial (:func:`pointtune.train.sources.resolve_sources`): the
+    trials' configs, checkpoints and the sweep's ``best_config.yaml`` then do not depend on those runs.
+    ``decided``: the overrides the sweep decided before (the prerequisite run it trained)."""
+    from pointtune.train.sources import resolve_sources
+
+    shared = trial_config(replace(spec, overrides={**spec.overrides, **decided}), space.fixed_values(), space)
+    return resolve_sources(shared, spec.root)
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
@@ -382,6 +411,8 @@ def run_sweep(spec: SweepSpec):
 
     spec, space, pre = prepare_sweep(spec)
     decided = _train_prerequisite(spec, pre) if pre is not None else {}
+    prerequisite = dict(decided)
+    decided.update(_copy_sources(spec, space, decided))
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
@@ -400,7 +431,7 @@ def run_sweep(spec: SweepSpec):
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
-         **({f"prerequisite/{pre.name}": decided[pre.key]} if pre else {})},
+         **({f"prerequisite/{pre.name}": prerequisite[pre.key]} if pre else {})},
     )
     runtime = SweepRuntime(plan.as_dict(), uri, experiment_id, parent_run_id, decided)
     tracking.log_artifact(uri, parent_run_id, layout.space)

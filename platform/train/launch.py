@@ -17,10 +17,11 @@ from typing import Any
 import yaml
 
 from pointtune import tracking
-from pointtune.config import ConfigError, ExperimentConfig
+from pointtune.config import ConfigError, ExperimentConfig, build_config
 from pointtune.layout import RunDir
 from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
+from pointtune.train.sources import resolve_sources
 
 
 def make_trainer(
@@ -81,6 +82,10 @@ def train(
 ) -> dict[str, float]:
     """Train ``exp``; returns its summary (``summary.json``: best epoch and value, test metrics, wall time).
 
+    The checkpoints of the runs ``exp`` starts from (``method.pretrained``, ``method.stage1_from``) are first
+    copied into ``run_dir/sources`` and the config pointed at them (:func:`~pointtune.train.sources.resolve_sources`),
+    so that ``config.yaml`` and the run's checkpoints do not depend on those runs.
+
     Args:
         exp: the validated experiment.
         run_dir: where checkpoints (``checkpoints/latest``, ``checkpoints/best`` in local mode; Ray Train's
@@ -92,11 +97,15 @@ def train(
         progress: show a progress bar (local mode).
 
     Raises:
+        ConfigError: a source run that cannot be read (one line starting with its key).
         ray.train.TrainingFailedError: a worker failed (e.g. the loss became NaN).
     """
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    standalone = resolve_sources(exp, run_dir)  # the runs it starts from, copied into it
+    if standalone:
+        exp = build_config(exp.method.name, exp.to_dict(), standalone, source=f"{run_dir}: sources")
     run.config.write_text(yaml.safe_dump(exp.to_dict(), sort_keys=False))
     if workers == 0 and not use_gpu:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # local CPU mode stays on the CPU

@@ -158,8 +158,31 @@ def find_checkpoint(path: str | Path) -> Path | str:
     raise ConfigError(f"{path}: not a checkpoint ({_EXPECTED})")
 
 
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Path | str, dict[str, Any]]:
+    """The checkpoint that ``path`` designates (:func:`find_checkpoint`) and its training state, checked by
+    :func:`~pointtune.train.checkpoint.read_checkpoint` (fetched to a temporary directory first when it lies in remote storage).
+
+    Returns:
+        ``(checkpoint directory (a local path or a storage URI), state)``.
+
+    Raises:
+        CheckpointNotFoundError, ConfigError: see :func:`find_checkpoint` and :func:`read_checkpoint`.
+    """
+    checkpoint = find_checkpoint(path)
+    if not is_uri(checkpoint):
+        return checkpoint, read_checkpoint(checkpoint, map_location)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return checkpoint, read_checkpoint(fetch(str(checkpoint), Path(tmp) / "checkpoint"), map_location)
+
+
 def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Rebuild the method saved in the checkpoint that ``path`` designates, with its weights.
+
+    Only the checkpoint is read: a method that started from another run's weights (a fine-tuned encoder, SCL's
+    stage 2) builds its architecture from its own saved config (:attr:`Method.sources
+    <pointtune.method.Method.sources>`), and its weights are all in the checkpoint.
 
     Args:
         path: anything :func:`find_checkpoint` accepts: a checkpoint directory or its ``state.pt``, a
@@ -177,16 +200,8 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> L
             load or without the entries of a pointtune checkpoint, a saved config that is no longer valid, an
             unknown method, or weights that do not match the rebuilt model.
     """
-    checkpoint = find_checkpoint(path)
-    if is_uri(checkpoint):
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            state = read_checkpoint(fetch(str(checkpoint), Path(tmp) / "checkpoint"), map_location)
-        where = f"{checkpoint}/{STATE_FILE}"
-    else:
-        state = read_checkpoint(checkpoint, map_location)
-        where = str(Path(checkpoint) / STATE_FILE)
+    checkpoint, state = load_checkpoint(path, map_location)
+    where = f"{checkpoint}/{STATE_FILE}" if is_uri(checkpoint) else str(Path(checkpoint) / STATE_FILE)
     name = state["experiment"]["method"]["name"]
     try:
         get_method(name)
@@ -201,8 +216,6 @@ def load_method(path: str | Path, map_location: str | torch.device = "cpu") -> L
     try:
         method = experiment.method_cls(experiment.method, len(class_names), experiment.train.epochs)
         method.load_state_dict(state["model"])
-    except (ConfigError, FileNotFoundError) as err:  # e.g. a fine-tuned method whose pretrained source is gone
-        raise ConfigError(f"{where}: cannot rebuild its {name!r} model ({' '.join(str(err).split())})") from None
     except (KeyError, RuntimeError, ValueError, TypeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         reason = " ".join(str(msg).split())[:300]

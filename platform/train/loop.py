@@ -171,6 +171,23 @@ def _record_epoch(loop: LoopConfig, metrics: dict[str, float], step: int) -> Non
             fh.write(json.dumps(metrics) + "\n")
 
 
+def _warm_start(method: Method, rank: int) -> None:
+    """A fresh start's initial weights from the runs the method starts from (:meth:`Method.weight_sources`,
+    rebuilt by :func:`~pointtune.train.sources.load_sources`, applied by :meth:`Method.warm_start`), one line
+    per source on rank 0. Never on a resume: the checkpoint holds every weight.
+
+    Raises:
+        ConfigError: a source that cannot be read or does not fit (one line starting with its key).
+    """
+    from pointtune.train.sources import load_sources
+
+    sources = load_sources(method)
+    if rank == 0:
+        for key, path in method.weight_sources().items():
+            print(f"[pointtune] warm start: {key} <- {path}", flush=True)
+    method.warm_start(sources)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point (``TorchTrainer``, any number of workers): ``config`` is a
     :class:`LoopConfig` as a dict."""
@@ -234,7 +251,9 @@ def run_loop(loop: LoopConfig, session) -> None:
     run = _setup(loop, session)
     exp = run.exp
     restored = _resume(run)
-    if restored is not None and run.start_epoch >= exp.train.epochs:
+    if restored is None:
+        _warm_start(run.method, run.rank)
+    elif run.start_epoch >= exp.train.epochs:
         # The checkpoint is the run's last epoch (e.g. written by a worker after its driver was killed): the run
         # is complete, and its result is what that checkpoint recorded. It is reported again so that Tune (and
         # through it every record) has it; nothing is trained.
