@@ -185,7 +185,7 @@ class Method(nn.Module):
 
     def weight_sources(self) -> dict[str, str]:
         """The runs whose weights this method starts from: config key (one of :attr:`sources`) -> checkpoint
-        path (anything :func:`pointtune.train.checkpoint.load_method` reads). Default: none.
+        path (anything :func:`pointtune.train.load.load_method` reads). Default: none.
 
         The constructor builds the architecture only; on a fresh start (never on a resume, nor when a checkpoint
         is loaded) the loop rebuilds each source's method from its checkpoint and hands them to

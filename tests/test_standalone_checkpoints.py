@@ -25,7 +25,8 @@ from helpers import one_line_error
 from pointtune.config import ConfigError, build_config, config_from_file
 from pointtune.method import Task
 from pointtune.methods.finetune import PretrainedEncoderMethod
-from pointtune.train.checkpoint import load_method, load_state
+from pointtune.train.checkpoint import load_state
+from pointtune.train.load import load_method
 from pointtune.train.launch import train
 from pointtune.train.sources import resolve_sources
 

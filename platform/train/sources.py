@@ -8,7 +8,7 @@ A method may start from another run's weights (:attr:`Method.sources <pointtune.
 the key that takes the source's architecture (``method.encoder_source``). The run's ``config.yaml``, the
 experiment saved in each of its checkpoints and a sweep's ``best_config.yaml`` then never depend on the
 original run: a method's constructor builds the architecture only, and
-:func:`~pointtune.train.checkpoint.load_method` reads nothing but the checkpoint. The weights themselves are
+:func:`~pointtune.train.load.load_method` reads nothing but the checkpoint. The weights themselves are
 applied by the loop on a fresh start only (:func:`load_sources`, :meth:`Method.warm_start
 <pointtune.method.Method.warm_start>`), as timm's ``create_model(pretrained=...)`` and nanoGPT's
 ``init_from`` do.
@@ -58,7 +58,7 @@ def _copy(state: dict[str, Any], target: Path) -> Path:
 def resolve_sources(exp: ExperimentConfig, run_dir: str | Path | None = None) -> dict[str, Any]:
     """The overrides that make ``exp`` stand alone: for every key of :attr:`Method.sources
     <pointtune.method.Method.sources>` that ``exp`` sets, the checkpoint it designates (anything
-    :func:`~pointtune.train.checkpoint.find_checkpoint` accepts) is read and
+    :func:`~pointtune.train.load.find_checkpoint` accepts) is read and
 
     * copied into ``<run_dir>/sources/<leaf of the key>/`` (``method.pretrained``: ``sources/pretrained``) with
       its weights, experiment, class names and metrics, and the key set to the copy's absolute path; a key that
@@ -105,12 +105,12 @@ def resolve_sources(exp: ExperimentConfig, run_dir: str | Path | None = None) ->
 def load_sources(method: Method) -> dict[str, Method]:
     """The methods that ``method`` starts from (:meth:`Method.weight_sources
     <pointtune.method.Method.weight_sources>`), each rebuilt from its checkpoint with its weights, on the CPU
-    (:func:`~pointtune.train.checkpoint.load_method`), for :meth:`Method.warm_start
+    (:func:`~pointtune.train.load.load_method`), for :meth:`Method.warm_start
     <pointtune.method.Method.warm_start>`.
 
     Raises:
         ConfigError: one line starting with the source's key: see
-            :func:`~pointtune.train.checkpoint.load_method` (a
+            :func:`~pointtune.train.load.load_method` (a
             :class:`~pointtune.train.checkpoint.CheckpointNotFoundError` when nothing exists there).
     """
     sources = {}
