@@ -60,7 +60,7 @@ def summarize(results, space: SearchSpace, max_epochs: int, sweep: dict[str, Any
         max_epochs: epochs of a trial that runs to the end.
         sweep: the sweep spec as a dict (where the checkpoints are).
     """
-    from pointtune.search.records import failure_reason
+    from pointtune.failures import failure_reason
     from pointtune.search.sweep import SweepSpec
 
     storage = SweepSpec(**sweep).storage_path
