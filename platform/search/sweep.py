@@ -427,11 +427,13 @@ def _tune(spec: SweepSpec, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
 
+    from pointtune.search.actor_deaths import tolerate_actor_deaths
     from pointtune.search.pbt import population_space
 
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    tolerate_actor_deaths()  # a trial whose actor died (e.g. killed by the memory monitor) fails alone
     searcher, scheduler, trainable, callbacks = _tuner_parts(spec, space)
     path = f"{spec.storage_path.rstrip('/')}/{TUNE_NAME}"
     if restore:
