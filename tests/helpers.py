@@ -36,12 +36,13 @@ def mlflow_runs(run_dir: Path):
     return client, client.search_runs(experiments, max_results=1000)
 
 
-def write_space(path: Path, params: dict, objective: str = "val/OA") -> Path:
-    """Write a CEDR search space whose ``params`` map dotted keys to specs; TINY keys are fixed."""
+def write_space(path: Path, params: dict, objective: str = "val/OA", method: str = "cedr") -> Path:
+    """Write a search space of ``method`` (CEDR or a method built on it) whose ``params`` map dotted keys to
+    specs; TINY keys are fixed."""
     import yaml
 
     fixed = {k: {"type": "fixed", "value": v} for k, v in TINY.items()}
-    path.write_text(yaml.safe_dump({"method": "cedr", "objective": {"metric": objective, "mode": "max"},
+    path.write_text(yaml.safe_dump({"method": method, "objective": {"metric": objective, "mode": "max"},
                                     "params": {**fixed, **params}}, sort_keys=False))
     return path
 

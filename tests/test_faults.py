@@ -174,11 +174,3 @@ def test_killed_worker_fails_its_trial_with_the_cause_and_resume_finishes_it(tmp
     (run,) = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
     assert run.data.tags["pointtune.failure.previous"] == reason
 
-
-def test_the_failure_of_a_train_run_names_the_worker_that_died():
-    from pointtune.search.sweep import _worker_failure
-
-    collateral = RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
-    assert _worker_failure({0: collateral, 1: RuntimeError("A worker health check failed.")}) == (
-        "worker 1: A worker health check failed. (1 other worker(s) failed with it)")
-    assert _worker_failure({1: ValueError("loss became nan")}) == "worker 1: loss became nan"

@@ -26,6 +26,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
 
 from pointtune import tracking
+from pointtune.failures import failure_reason
 from pointtune.layout import trial_name
 from pointtune.search.spec import (OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage,
                                    trial_config)
@@ -215,16 +216,6 @@ def _error_text(trial) -> str | None:
     if path and Path(path).is_file():
         return Path(path).read_text()
     return trial.get_error()
-
-
-def failure_reason(error: BaseException | str | None) -> str:
-    """The innermost error of a trial failure as one line, ``Type: message`` (at most 500 characters)."""
-    text = str(error or "unknown error")
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if "Error:" in line and not line.startswith(("File", "raise")):
-            return line[:500]
-    return (text.strip().splitlines() or ["unknown error"])[0][:500]
 
 
 def set_study_attr(sweep_dir: str, number: int, key: str, value: Any) -> None:

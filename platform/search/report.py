@@ -17,7 +17,8 @@ import yaml
 
 from pointtune import tracking
 from pointtune.schedules import Schedule
-from pointtune.search.records import MlflowRecorder, failure_reason, metric_items, set_study_attr, stopped_early
+from pointtune.failures import failure_reason
+from pointtune.search.records import MlflowRecorder, metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
 from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
 from pointtune.train.checkpoint import best_checkpoint, checkpoints_of, fetch

@@ -62,7 +62,7 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
 def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: str) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pointtune.search.records import failure_reason
+    from pointtune.failures import failure_reason
     from pointtune.train.launch import make_trainer
 
     trainer = make_trainer(
@@ -74,30 +74,12 @@ def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: st
         trainer.fit()
     except Exception as err:  # noqa: BLE001 - one line with the root cause; Tune records the trial as failed
         cause = getattr(err, "controller_failure", None)  # ray.train.ControllerError
-        workers = getattr(err, "worker_failures", None)  # ray.train.WorkerGroupError: rank -> error
         if type(cause).__name__ == "WorkerGroupStartupTimeoutError":
             reason = (f"its {plan.workers} workers x {plan.worker_bundle()} could not be placed within "
                       f"{spec.worker_start_timeout:g} s (--worker-start-timeout)")
-        elif workers:
-            reason = _worker_failure(workers)
         else:
-            reason = failure_reason(cause or err)
+            reason = failure_reason(err)
         raise RuntimeError(reason) from None
-
-
-def _worker_failure(workers: dict[int, BaseException]) -> str:
-    """One line for the failed workers of a Train run: the worker that died first (its process ended or
-    stopped answering; the others' errors, e.g. gloo's "Connection reset by peer", follow from it), else the
-    lowest rank, with how many others failed after it."""
-    from pointtune.search.records import failure_reason
-
-    def died(error: BaseException) -> bool:
-        text = f"{type(error).__name__}: {error}"
-        return any(mark in text for mark in ("ActorDied", "ActorUnavailable", "health check", "died"))
-
-    rank, error = min(workers.items(), key=lambda item: (not died(item[1]), item[0]))
-    others = len(workers) - 1
-    return f"worker {rank}: {failure_reason(error)}" + (f" ({others} other worker(s) failed with it)" if others else "")
 
 
 def _git_commit() -> str:
@@ -364,11 +346,13 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
 
+    from pointtune.search.actor_deaths import tolerate_actor_deaths
     from pointtune.search.pbt import population_space
 
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    tolerate_actor_deaths()  # a trial whose actor died (e.g. killed by the memory monitor) fails alone
     searcher, scheduler, trainable, callbacks = _tuner_parts(spec, runtime, space)
     if restore:
         tuner = tune.Tuner.restore(spec.layout.tune, trainable=trainable, resume_errored=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 
 from pointtune import tracking
 from pointtune.config import ConfigError, ExperimentConfig, build_config
+from pointtune.failures import failure_reason
 from pointtune.layout import RunDir
 from pointtune.protocols import default_objective
 from pointtune.train.loop import LoopConfig
@@ -98,7 +100,9 @@ def train(
 
     Raises:
         ConfigError: a source run that cannot be read (one line starting with its key).
-        ray.train.TrainingFailedError: a worker failed (e.g. the loss became NaN).
+        ray.train.TrainingFailedError: a worker failed (e.g. the loss became NaN); the reason
+            (:func:`pointtune.failures.failure_reason`) is printed first and tagged ``pointtune.failure`` on the
+            MLflow run.
     """
     run_dir = Path(run_dir)
     run = RunDir(run_dir)
@@ -128,7 +132,10 @@ def train(
     began = time.time()
     try:
         trainer.fit()
-    except Exception:
+    except Exception as err:
+        reason = failure_reason(err)
+        print(f"[pointtune] training failed: {reason}", file=sys.stderr, flush=True)
+        tracking.set_tags(uri, run_id, {"pointtune.failure": reason})
         tracking.end_run(uri, run_id, "FAILED")
         raise
     _log_best_checkpoint(uri, run_id, run_dir, exp.method.name)
