@@ -36,3 +36,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+PLUGINS = Path(__file__).resolve().parent / "plugin_methods"
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory) -> str:
+    """A PYTHONPATH on which the test-only methods of tests/plugin_methods are plugins: a distribution declaring
+    them as entry points of ``pointtune.methods``, as another installed package would (README: Adding a
+    method). Give it to the processes that must find them (a CLI command and the Ray workers it starts)."""
+    site = tmp_path_factory.mktemp("plugin-site")
+    info = site / "pointtune_test_methods-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pointtune-test-methods\nVersion: 0.1\n")
+    names = sorted(p.stem for p in PLUGINS.glob("*.py"))
+    (info / "entry_points.txt").write_text("[pointtune.methods]\n" + "".join(f"{n} = {n}\n" for n in names))
+    return os.pathsep.join(filter(None, [str(site), str(PLUGINS), os.environ.get("PYTHONPATH")]))

@@ -7,7 +7,6 @@ declared by a temporary distribution (README: Adding a method)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -15,23 +14,16 @@ import pytest
 from helpers import check_records, mlflow_runs, pointtune
 from pointtune.train.checkpoint import load_state
 
-PLUGIN = Path(__file__).resolve().parent / "plugin_methods"
 SELECTED = 3  # val/OA per epoch: 0, 1, 1, 0
 DATA = ["--set", "data.synthetic_per_class=8", "--set", "data.num_points=64", "--set", "train.batch_size=8"]
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory):
-    """A distribution declaring ``tie_stub`` as an entry point of ``pointtune.methods``, on PYTHONPATH (for the
-    CLI processes and the Ray workers they start)."""
-    site = tmp_path_factory.mktemp("site")
-    info = site / "pointtune_tie_stub-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: pointtune-tie-stub\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[pointtune.methods]\ntie_stub = tie_stub\n")
+def plugin(plugin_path):
+    """The test-only methods are plugins (conftest.plugin_path) for the CLI processes and their Ray workers."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PYTHONPATH", os.pathsep.join([str(site), str(PLUGIN), os.environ.get("PYTHONPATH", "")]))
-        yield site
+        patch.setenv("PYTHONPATH", plugin_path)
+        yield
 
 
 def test_a_plugin_method_is_found_by_its_entry_point(plugin):

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import REPO, TINY
 from helpers import check_records, mlflow_runs, write_space
-from memory_hog import DRIVER, NAME, cgroup_limited, hog_env, node_memory
+from plugin_methods.memory_hog import NAME, cgroup_limited, hog_env, node_memory
 
 # The raylet's report as Ray 2.60 words it (abridged: its object-store statistics and advice left out).
 REPORT = """3 worker(s) were killed due to the node running low on memory. Memory on the node (IP: 10.0.0.3, ID: \
@@ -105,7 +105,7 @@ EPOCHS = 30  # never reached: the hog passes the threshold within a few epochs
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 2], ids=["single-process", "data-parallel"])
-def test_a_memory_kill_fails_its_trial_and_is_recorded_with_its_figures(tmp_path, workers):
+def test_a_memory_kill_fails_its_trial_and_is_recorded_with_its_figures(tmp_path, workers, plugin_path):
     """A 1-trial sweep whose last worker (the trial's own actor, or the second of 2 Ray Train workers) grows by
     128 MB a step, under a memory monitor whose threshold lies MARGIN_BYTES above the node's use when the test
     starts: Ray kills it (or, when other work on a shared machine fills the node first, other processes of the
@@ -121,9 +121,9 @@ def test_a_memory_kill_fails_its_trial_and_is_recorded_with_its_figures(tmp_path
     space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2}},
                         method=NAME)
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", DRIVER, "sweep", NAME, "--space", str(space), "--trials", "1",
+    proc = subprocess.run([sys.executable, "-m", "pointtune.cli", "sweep", NAME, "--space", str(space), "--trials", "1",
                            "--epochs", str(EPOCHS), "--workers", str(workers), "--output", str(out)],
-                          cwd=REPO, env=hog_env(threshold), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=hog_env(threshold, plugin_path), capture_output=True, text=True, timeout=600)
     assert proc.returncode in (0, 1), proc.stderr[-5000:]
     assert list(check_records(out, EPOCHS).values()) == ["FAILED"]
     (row,) = csv.DictReader((out / "summary.csv").open())

@@ -128,15 +128,18 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     assert len(statuses) == 2
 
 
-def _train_workers() -> list[int]:
-    """PIDs of live Ray Train worker processes (their title names ``RayTrainWorker``)."""
+def _train_workers(driver: int) -> list[int]:
+    """PIDs of the live Ray Train worker processes (their title names ``RayTrainWorker``) that the process
+    ``driver`` started (its descendants: other work on the machine may run Train workers too)."""
     from pathlib import Path
 
+    from pointtune.reaper import descendants
+
     pids = []
-    for proc in Path("/proc").iterdir():
+    for pid in sorted(descendants({driver})):
         try:
-            if proc.name.isdigit() and b"RayTrainWorker" in (proc / "cmdline").read_bytes():
-                pids.append(int(proc.name))
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(pid)
         except OSError:
             continue
     return pids
@@ -155,7 +158,7 @@ def test_killed_worker_fails_its_trial_with_the_cause_and_resume_finishes_it(tmp
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 300
     # Kill once the Train run has kept its first epoch's checkpoint (Tune's result.json is written in bulk).
-    while not (list(out.glob("train/*/checkpoint_*")) and len(workers := _train_workers()) == 2):
+    while not (list(out.glob("train/*/checkpoint_*")) and len(workers := _train_workers(proc.pid)) == 2):
         assert proc.poll() is None and time.time() < deadline, "the trial ended before a worker could be killed"
         time.sleep(0.05)
     os.kill(workers[-1], signal.SIGKILL)

@@ -36,7 +36,7 @@ TINY_SCL = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8
             **{k: v for k, v in TINY.items() if not k.startswith("method.")}}
 # seg on the ScanNet sample: 1024-point crops, two per scene, a small head (as tests/test_seg.py).
 TINY_SEG = {"data.name": "scannet", "data.num_points": 1024, "data.loop": 2, "train.batch_size": 2,
-            "train.eval_batch_size": 2, "protocol.scene_val": "crops", "method.head_hidden": [32, 16],
+            "train.eval_batch_size": 2, "protocol.val": "crops", "method.head_hidden": [32, 16],
             "method.backbone.inputs": []}
 
 

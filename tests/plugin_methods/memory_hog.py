@@ -1,10 +1,9 @@
 """A test-only method for tests/test_failures.py: CEDR whose last worker keeps 128 MB more after every optimizer
 step, until Ray's memory monitor kills it. It makes a real memory-monitor kill happen inside a `pointtune` run.
 
-Every process of the run must know the method, and only those: :func:`register` runs in the command's driver
-before ``pointtune.cli.main`` (:data:`DRIVER`) and in each of Ray's worker processes (trial actors, Train
-workers) as the setup hook that :func:`runtime_env` adds to the job's runtime environment through Ray's
-``RAY_RUNTIME_ENV_HOOK``; importing this module registers nothing. Run the command with :func:`hog_env`.
+Every process of the run finds the method as a plugin (an entry point of ``pointtune.methods``, declared by
+the test distribution of ``conftest.plugin_path``), as a method of another package would be found. Run the
+command with :func:`hog_env`.
 
 The hog never takes the node past ``RAY_memory_usage_threshold + 0.03`` of its memory (the monitor kills at
 the threshold), so a monitor that fails to act leaves the run to finish its epochs instead of exhausting the
@@ -25,8 +24,6 @@ from pointtune.methods.cedr import CEDR, CEDRConfig
 NAME = "memory_hog"
 STEP_BYTES = 128 << 20
 OVERSHOOT = 0.03  # how far past the monitor's threshold the hog may take the node's memory, as a fraction
-# `python -c` program: the `pointtune` command, with this method registered first.
-DRIVER = f"import sys, {__name__}; {__name__}.register(); from pointtune.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 def node_memory() -> tuple[int, int]:
@@ -45,19 +42,12 @@ def cgroup_limited() -> bool:
     return limit.is_file() and limit.read_text().strip() != "max"
 
 
-def hog_env(threshold: float) -> dict[str, str]:
+def hog_env(threshold: float, plugin_path: str) -> dict[str, str]:
     """The environment of a command whose Ray instance kills workers above ``threshold`` (a fraction of the
-    node's memory, checked every 100 ms) and whose processes all know this method."""
-    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
-            "RAY_RUNTIME_ENV_HOOK": f"{__name__}.runtime_env", "RAY_memory_usage_threshold": f"{threshold:.2f}",
-            "RAY_memory_monitor_refresh_ms": "100"}
-
-
-def runtime_env(env: dict | None) -> dict:
-    """``RAY_RUNTIME_ENV_HOOK``: the driver's job runtime environment, with :func:`register` run in every worker
-    process (Ray's ``worker_process_setup_hook``)."""
-    return {**(env or {}), "worker_process_setup_hook": f"{__name__}.register"}
+    node's memory, checked every 100 ms) and whose processes find this method (``plugin_path``: the PYTHONPATH
+    of ``conftest.plugin_path``)."""
+    return {**os.environ, "PYTHONPATH": plugin_path, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
+            "RAY_memory_usage_threshold": f"{threshold:.2f}", "RAY_memory_monitor_refresh_ms": "100"}
 
 
 class MemoryHogConfig(CEDRConfig):
@@ -66,6 +56,7 @@ class MemoryHogConfig(CEDRConfig):
     name: Literal["memory_hog"] = "memory_hog"
 
 
+@register_method(NAME)
 class MemoryHog(CEDR):
     """CEDR; after every step its last worker (rank ``world - 1``; the only one in a single-process trial)
     keeps :data:`STEP_BYTES` more, written so that they count as used, while the node is below the ceiling."""
@@ -83,8 +74,3 @@ class MemoryHog(CEDR):
         used, total = node_memory()
         if last and used / total < float(os.environ["RAY_memory_usage_threshold"]) + OVERSHOOT:
             self.held.append(b"\1" * STEP_BYTES)
-
-
-def register() -> None:
-    """Make the method buildable as :data:`NAME` in this process."""
-    register_method(NAME)(MemoryHog)
