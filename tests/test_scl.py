@@ -603,12 +603,13 @@ def test_a_sweep_hands_its_trials_absolute_stage1_paths(tmp_path, monkeypatch):
 
     from conftest import REPO
     from pointtune.search.space import load_search_space
-    from pointtune.search.sweep import SweepSpec, _resolve_paths, trial_config
+    from pointtune.search.spec import SweepSpec, trial_config
+    from pointtune.search.sweep import _absolute_paths
 
     monkeypatch.chdir(tmp_path)
     spec = SweepSpec(method="scl", space_file=str(REPO / "search_spaces" / "scl_quick.yaml"), sweep_dir="unused",
                      overrides={"method.stage1_from": "runs/s1", "method.temperature": 0.1})
     space = load_search_space(spec.space_file, "scl")
-    _resolve_paths(spec, trial_config(spec, space.first_corner(), space))
-    assert spec.overrides == {"method.stage1_from": str(tmp_path / "runs" / "s1"), "method.temperature": 0.1}
-    assert Path(spec.overrides["method.stage1_from"]).is_absolute()
+    overrides = _absolute_paths(spec.overrides, trial_config(spec, space.first_corner(), space))
+    assert overrides == {"method.stage1_from": str(tmp_path / "runs" / "s1"), "method.temperature": 0.1}
+    assert Path(overrides["method.stage1_from"]).is_absolute()
