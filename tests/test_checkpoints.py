@@ -81,6 +81,7 @@ def _check_rebuilds(path: Path, checkpoint_dir: Path, epoch: int) -> None:
     assert not torch.equal(got, untrained)  # the weights were loaded, not left at initialisation
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_load_method_from_local_run(local_run):
     best = local_run / "checkpoints" / "best"
     for path in (local_run, best, best / "state.pt"):
@@ -123,6 +124,7 @@ def _fake_checkpoint(source: Path, target: Path, metrics: dict) -> Path:
     return target
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_multi_worker_run_picks_its_best_checkpoint_by_the_objective(local_run, tmp_path):
     best = local_run / "checkpoints" / "best"
     run = tmp_path / "run"
@@ -138,6 +140,7 @@ def test_multi_worker_run_picks_its_best_checkpoint_by_the_objective(local_run, 
     assert find_checkpoint(run) == train / "checkpoint_d"  # ties go to the later epoch
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_sweep_trial_directories_resolve_by_the_sweep_objective(local_run, tmp_path):
     from pointtune.search.sweep import SweepSpec
 
@@ -164,6 +167,7 @@ def test_sweep_trial_directories_resolve_by_the_sweep_objective(local_run, tmp_p
     assert load_method(sweep / "tune" / "trial_bbb").path == dp
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_load_pretrained_encoder_reads_any_run_directory(local_run):
     from pointtune.methods.finetune import load_pretrained_encoder
 
