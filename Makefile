@@ -1,4 +1,5 @@
-# pointtune: `make demo` runs the main job, `make test` the test suite. Both create .venv on first use.
+# pointtune: `make demo` runs the main job, `make test` the test suite, `make test-fast` its tests not marked
+# slow (those that start Ray, run a sweep or train for long). All create .venv on first use.
 PYTHON ?= python3
 VENV   ?= .venv
 # CPU wheel by default; GPU users install their CUDA build of torch into $(VENV) first (README).
@@ -6,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 DATA   ?= ../shared/data
 
-.PHONY: setup demo demo-modelnet test bench clean
+.PHONY: setup demo demo-modelnet test test-fast bench clean
 
 $(BIN)/pointtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ demo-modelnet: setup
 
 test: setup
 	$(BIN)/pytest -q -ra
+
+test-fast: setup
+	$(BIN)/pytest -q -ra -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/overhead.py --output runs/bench/overhead.json

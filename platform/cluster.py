@@ -113,9 +113,11 @@ def init_ray(
     if address is None:
         port = _free_port()
         os.environ.update({**env, "RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"})
+        # The instance dies with this process, even when it is killed (pointtune.reaper). The watcher is up
+        # before Ray starts: a kill during ray.init is covered too, but for what started in the last scan.
+        start_reaper()
         ray.init(address="local", include_dashboard=dashboard, logging_level=level, log_to_driver=True,
                  configure_logging=True)
-        start_reaper()  # the instance dies with this process, even when it is killed (pointtune.reaper)
         gcs = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = gcs
         return gcs

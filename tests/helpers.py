@@ -193,58 +193,90 @@ def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bo
         assert int(kept["epoch"]) == selected, (kept["epoch"], selected)
 
 
-def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300) -> subprocess.Popen:
-    """Start the sweep ``cmd`` (writing to ``out``) in its own session, its output captured, and return once a
-    trial has reported an epoch and Tune has saved its experiment state after that: an interruption then
-    comes after a state that references a checkpoint that exists. (Killed between Tune deleting a superseded
-    checkpoint and saving the state that forgets it, the restored trial cannot find its checkpoint: Tune's
-    window, narrowed here on purpose.) Tune saves its state at every step here (``TUNE_GLOBAL_CHECKPOINT_S=0``;
-    by default at most every ~10 s, so a short sweep could end before any save followed a report)."""
+def wait_until(condition, what: str, timeout: float = 120):
+    """Return what ``condition()`` returns once that is true, checking it every 50 ms; fail the test naming
+    ``what`` (the event waited for) if it is not within ``timeout`` seconds. ``condition`` may itself fail the
+    test (e.g. when the process that was to cause the event has ended)."""
     import time
 
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-
-    def reported() -> bool:
-        results = [p for p in out.glob("tune/*/result.json") if p.stat().st_size]
-        states = list(out.glob("tune/experiment_state-*.json"))
-        return bool(results and states) and max(s.stat().st_mtime for s in states) >= max(
-            r.stat().st_mtime for r in results)
-
-    while not reported():
-        assert proc.poll() is None, "the sweep ended before it could be interrupted: " + proc.stderr.read()[-3000:]
-        assert time.time() < deadline, f"no trial reported within {timeout:g} s"
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout:g} s for {what}")
         time.sleep(0.05)
-    return proc
+    return value
 
 
-def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
-    """SIGKILL the driver of the sweep ``cmd`` once it has reported (:func:`sweep_until_reported`), as a
-    crash or the OOM killer would, and assert that every process it had started (the Ray instance, its
-    trial actors and Train workers) is gone within 15 s: killed by ``pointtune.reaper``, not by the test."""
-    import signal
-    import time
-
-    from pointtune.reaper import descendants
-
-    proc = sweep_until_reported(cmd, out, timeout)
-    family = descendants({proc.pid})
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    deadline = time.time() + 15
-    while (left := [p for p in family if _running(p)]) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not left, f"processes of the killed sweep still run: {left}"
-
-
-def _running(pid: int) -> bool:
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
     return state not in ("Z", "X")
+
+
+def reaper_notes(path: Path) -> dict:
+    """The latest note of the ``pointtune.reaper`` watcher told to write to ``path`` ($POINTTUNE_REAPER_NOTES):
+    ``{"driver": pid, "reaper": pid, "noted": [pids]}``; ``{}`` before its first."""
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300, notes: Path | None = None
+                         ) -> subprocess.Popen:
+    """Start the sweep ``cmd`` (writing to ``out``) in its own session, its output captured, and return once a
+    trial has reported an epoch and Tune has saved its experiment state after that: an interruption then
+    comes after a state that references a checkpoint that exists. (Killed between Tune deleting a superseded
+    checkpoint and saving the state that forgets it, the restored trial cannot find its checkpoint: Tune's
+    window, narrowed here on purpose.) Tune saves its state at every step here (``TUNE_GLOBAL_CHECKPOINT_S=0``;
+    by default at most every ~10 s, so a short sweep could end before any save followed a report). With
+    ``notes``, the driver's ``pointtune.reaper`` writes what it notes there (:func:`reaper_notes`)."""
+    from pointtune.reaper import NOTES_ENV
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
+    if notes is not None:
+        env[NOTES_ENV] = str(notes)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def reported() -> bool:
+        assert proc.poll() is None, "the sweep ended before it could be interrupted: " + proc.stderr.read()[-3000:]
+        results = [p for p in out.glob("tune/*/result.json") if p.stat().st_size]
+        states = list(out.glob("tune/experiment_state-*.json"))
+        return bool(results and states) and max(s.stat().st_mtime for s in states) >= max(
+            r.stat().st_mtime for r in results)
+
+    wait_until(reported, "a trial's first report and Tune's state saved after it", timeout)
+    return proc
+
+
+def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
+    """SIGKILL the driver of the sweep ``cmd`` once it has reported (:func:`sweep_until_reported`) and its
+    ``pointtune.reaper`` has noted every process it had started (the Ray instance, its trial actors and Train
+    workers), as a crash or the OOM killer would; assert that they are all gone within 120 s: killed by the
+    reaper, not by the test."""
+    import signal
+
+    from pointtune.reaper import descendants
+
+    notes = out.with_name(f"{out.name}-reaper.json")
+    notes.unlink(missing_ok=True)
+    proc = sweep_until_reported(cmd, out, timeout, notes)
+    family = descendants({proc.pid})
+
+    def noted() -> bool:
+        note = reaper_notes(notes)
+        return bool(note) and {p for p in family - {note["reaper"]} if running(p)} <= set(note["noted"])
+
+    wait_until(noted, "the reaper to note every process of the sweep")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    wait_until(lambda: not any(running(p) for p in family), f"the killed sweep's processes {sorted(family)} to end")
 
 
 def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:

@@ -193,6 +193,7 @@ def test_cli_bad_input(inputs, monkeypatch, capsys, case_id, args, fragments):
     _check_error(code, capsys.readouterr().err, fragments, inputs / f"out-{case_id}")
 
 
+@pytest.mark.slow  # nine CLI runs; test_cli_bad_input checks every case in this process
 @pytest.mark.parametrize("case_id", SUBPROCESS)
 def test_cli_bad_input_subprocess(inputs, cli_runs, case_id):
     proc = cli_runs[case_id].result()

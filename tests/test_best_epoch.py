@@ -33,6 +33,7 @@ def test_a_plugin_method_is_found_by_its_entry_point(plugin):
     assert "tie_stub" in pointtune("train", "--help").stdout  # listed among the methods
 
 
+@pytest.mark.slow  # trains through the CLI
 def test_train_selects_the_later_of_two_equal_epochs(plugin, tmp_path):
     out = tmp_path / "run"
     proc = pointtune("train", "tie_stub", "--epochs", "4", "--output", str(out), *DATA)

@@ -78,6 +78,7 @@ def _check_rebuilds(path: Path, checkpoint_dir: Path, epoch: int) -> None:
     assert not torch.equal(got, untrained)  # the weights were loaded, not left at initialisation
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_load_method_from_local_run(local_run):
     best = local_run / "checkpoints" / "best"
     for path in (local_run, best, best / "state.pt"):
@@ -121,6 +122,7 @@ def _fake_checkpoint(source: Path, target: Path, metrics: dict) -> Path:
     return target
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_multi_worker_run_picks_the_checkpoint_of_the_selected_epoch(local_run, tmp_path):
     best = local_run / "checkpoints" / "best"
     run = tmp_path / "run"
@@ -137,6 +139,7 @@ def test_multi_worker_run_picks_the_checkpoint_of_the_selected_epoch(local_run, 
     assert find_checkpoint(run) == train / "checkpoint_d"  # the loop selected the later of two equal epochs
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_sweep_trial_directories_resolve_to_the_selected_epoch(local_run, tmp_path):
     from pointtune.search.spec import SweepSpec
 
@@ -165,6 +168,7 @@ def test_sweep_trial_directories_resolve_to_the_selected_epoch(local_run, tmp_pa
     assert load_method(sweep / "tune" / "trial_bbb").path == dp
 
 
+@pytest.mark.slow  # its fixture trains through the CLI
 def test_finetune_warm_starts_from_a_run_directory(local_run):
     tuned = warm_started(build_config("finetune", overrides={**TINY, "method.pretrained": str(local_run)}), 3)
     state = load_state(local_run / "checkpoints" / "best")

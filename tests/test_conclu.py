@@ -605,6 +605,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, result_file: str) -> None
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # spawns a 2-process gloo group
 def test_sinkhorn_gathers_projections_across_workers(tmp_path):
     import torch.multiprocessing as mp
 

@@ -61,6 +61,7 @@ def test_type_names():
     assert type_name(list[str] | None) == "list[str] | null" and type_name(Schedule) == "schedule"
 
 
+@pytest.mark.slow  # three CLI runs
 def test_cli_lists_and_writes_yaml(tmp_path):
     out = pointtune("config", "cedr", "--set", "method.use_scc=false")
     assert out.returncode == 0, out.stderr

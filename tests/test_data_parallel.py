@@ -25,6 +25,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+pytestmark = pytest.mark.slow  # trains every method on 2 spawned processes (half a minute or more)
+
 WORLD = 2
 BATCH = 8
 STEPS_PER_EPOCH, EPOCHS = 2, 2           # 32 clouds: 16 per worker, 2 batches of 8, over 2 epochs = 4 steps

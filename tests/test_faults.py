@@ -11,9 +11,11 @@ import optuna
 import pytest
 
 from conftest import REPO
-from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, sweep_until_reported, write_space
+from helpers import (check_records, kill_after_first_report, mlflow_runs, pointtune, sweep_until_reported, wait_until,
+                     write_space)
 
 
+@pytest.mark.slow  # a CLI run each
 @pytest.mark.parametrize("args,match", [
     (["sweep", "cedr", "--space", "{bad}"], "low 0.5 > high 0.1"),
     (["sweep", "cedr", "--dataset", "modelnet99"], "modelnet99"),
@@ -36,6 +38,7 @@ def test_bad_input_exits_2_and_starts_nothing(tmp_path, args, match):
     assert not (out / "tune").exists() and not (out / "checkpoints").exists()
 
 
+@pytest.mark.slow  # a CLI run
 def test_unknown_method_is_a_usage_error():
     proc = pointtune("sweep", "simclr")
     assert proc.returncode == 2 and "invalid choice: 'simclr'" in proc.stderr
@@ -156,11 +159,14 @@ def test_killed_worker_fails_its_trial_with_the_cause_and_resume_finishes_it(tmp
     proc = subprocess.Popen([sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space), "--trials",
                              "1", "--epochs", "6", "--workers", "2", "--output", str(out)], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
+
     # Kill once the Train run has kept its first epoch's checkpoint (Tune's result.json is written in bulk).
-    while not (list(out.glob("train/*/checkpoint_*")) and len(workers := _train_workers(proc.pid)) == 2):
-        assert proc.poll() is None and time.time() < deadline, "the trial ended before a worker could be killed"
-        time.sleep(0.05)
+    def checkpointed_workers() -> list[int]:
+        assert proc.poll() is None, "the trial ended before a worker could be killed"
+        workers = _train_workers(proc.pid)
+        return workers if len(workers) == 2 and list(out.glob("train/*/checkpoint_*")) else []
+
+    workers = wait_until(checkpointed_workers, "the Train run's first checkpoint with its 2 workers up", 300)
     os.kill(workers[-1], signal.SIGKILL)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode in (0, 1), stderr[-3000:]

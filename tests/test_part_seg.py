@@ -312,6 +312,7 @@ def _seg_worker(rank: int) -> dict:
     return out
 
 
+@pytest.mark.slow  # spawns a 2-process gloo group
 def test_sharded_part_seg_equals_single_process(tmp_path):
     parts = on_gloo_workers(_seg_worker, tmp_path, WORLD)
     # one thread here (the one_thread fixture), as in the workers: the same float sums
@@ -413,6 +414,7 @@ def test_preflight_names_missing_part_labels_and_per_point_features(shared_data)
 
 
 @pytest.mark.realdata
+@pytest.mark.slow  # trains DCGLR and fits the part head through the CLI (about a minute)
 def test_train_dcglr_judged_by_part_segmentation(shared_data, tmp_path):
     root = real(shared_data / "shapenetpart_subset")
     out = tmp_path / "run"

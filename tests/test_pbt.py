@@ -95,6 +95,7 @@ def test_bad_perturb_names_the_key(tmp_path, spec, message):
         load_search_space(_space(tmp_path, {"method.temperature": spec}))
 
 
+@pytest.mark.slow  # two CLI runs
 def test_pbt_refuses_what_it_cannot_run(tmp_path):
     space = str(_space(tmp_path))
     workers = pointtune("sweep", "cedr", "--space", space, "--scheduler", "pbt", "--workers", "2",

@@ -441,6 +441,7 @@ def _sharded_worker(rank: int) -> dict:
     return out
 
 
+@pytest.mark.slow  # spawns a 2-process gloo group
 def test_sharded_evaluation_equals_single_process(tmp_path):
     parts = on_gloo_workers(_sharded_worker, tmp_path, WORLD)
     for name, make, splits, names, cfg in _sharded_cases():

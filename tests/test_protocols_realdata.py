@@ -24,7 +24,7 @@ from pointtune.train.loop import LoopConfig, run_loop
 from helpers import real
 from test_loop import Recorder
 
-pytestmark = pytest.mark.realdata
+pytestmark = [pytest.mark.realdata, pytest.mark.slow]  # each trains ConClu for a minute or more
 
 # ConClu small enough for a CPU (tests/test_conclu_runs.py's TINY_CONCLU): PointNet-64 encoder, small heads.
 TINY_CONCLU = {

@@ -4,47 +4,44 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from pointtune.reaper import descendants
+from helpers import reaper_notes, running, wait_until
+from pointtune.reaper import NOTES_ENV, descendants
 
+# The sleeps below are how long the processes live (the test kills them all), not synchronisation.
 DRIVER = """
 import subprocess, sys, time
 from pointtune.reaper import start_reaper
-grandchild = "import time; time.sleep(120)"
+grandchild = "import time; time.sleep(600)"
 child = subprocess.Popen([sys.executable, "-c",
-                          f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(120)"])
+                          f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {grandchild!r}]); time.sleep(600)"])
 start_reaper()
 print(child.pid, flush=True)
-time.sleep(120)
+time.sleep(600)
 """
 
 
-def _gone(pids, timeout=10.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if not any(os.path.exists(f"/proc/{p}") and open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0]
-                   not in "ZX" for p in pids if os.path.exists(f"/proc/{p}")):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def test_a_killed_driver_takes_its_descendants_along():
-    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True)
+def test_a_killed_driver_takes_its_descendants_along(tmp_path):
+    notes = tmp_path / "reaper.json"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, NOTES_ENV: str(notes)})
     try:
-        child = int(driver.stdout.readline())
-        deadline = time.time() + 20
-        while len(descendants({child})) < 1 and time.time() < deadline:   # the grandchild is up
-            time.sleep(0.05)
-        time.sleep(0.6)                                                    # the reaper has noted them
+        line = driver.stdout.readline()
+        assert line, "the driver exited before starting its child"
+        child = int(line)
+        assert reaper_notes(notes)["driver"] == driver.pid  # start_reaper returned after the first scan
+
+        def noted() -> bool:  # the grandchild is up and the reaper has noted both
+            family = {child} | descendants({child})
+            return len(family) == 2 and family <= set(reaper_notes(notes)["noted"])
+
+        wait_until(noted, "the reaper to note the driver's child and grandchild")
         family = {child} | descendants({child})
-        assert len(family) == 2
         driver.send_signal(signal.SIGKILL)
         driver.wait()
-        assert _gone(family), "the driver's descendants outlived it"
-        assert bystander.poll() is None                                    # not descended from the driver
+        wait_until(lambda: not any(running(p) for p in family), f"the driver's descendants {sorted(family)} to die")
+        assert bystander.poll() is None  # not descended from the driver
     finally:
         bystander.kill()
         driver.kill()

@@ -288,6 +288,7 @@ def _merge_worker(rank: int) -> dict:
     return out
 
 
+@pytest.mark.slow  # spawns a 2-process gloo group
 def test_two_workers_merge_to_the_single_process_result(tmp_path):
     parts = on_gloo_workers(_merge_worker, tmp_path, WORLD)
     for mode, split, cfg in _CASES:

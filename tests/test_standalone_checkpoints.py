@@ -30,6 +30,8 @@ from pointtune.train.load import load_method
 from pointtune.train.launch import train
 from pointtune.train.sources import resolve_sources
 
+pytestmark = pytest.mark.slow  # each case trains a pretraining run and the run that starts from it
+
 # SCL small enough for a second per epoch on the synthetic clouds (as tests/test_scl.py).
 TINY_SCL = {"method.num_patches": 8, "method.patch_k": 6, "method.edgeconv_k": 8, "method.e1_widths": [16, 16],
             "method.sim_dim": 8, "method.e2_widths": [16, 16, 16], "method.point_dim": 24,

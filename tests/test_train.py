@@ -2,8 +2,12 @@
 
 import json
 
+import pytest
+
 from helpers import mlflow_runs, pointtune, tiny_sets
 from pointtune.train.checkpoint import load_state
+
+pytestmark = pytest.mark.slow  # every test trains or judges through the CLI
 
 
 def test_local_train_one_epoch_then_resume(tmp_path):
