@@ -147,6 +147,11 @@ def find_train_run(uri: str, run_name: str, experiment: str | None = None) -> st
     return next((r for r in runs if r.info.status == "FINISHED"), runs[0]).info.run_id
 
 
+def logged_steps(uri: str, run_id: str, key: str = "epoch") -> set[int]:
+    """The steps at which run ``run_id`` holds metric ``key`` (the epochs a pointtune run has logged)."""
+    return {int(m.step) for m in _retry(_client(uri).get_metric_history, run_id, key)}
+
+
 def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> list:
     """Every child run of ``parent_run_id`` (MLflow ``Run`` objects)."""
     return _retry(_client(uri).search_runs, [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_run_id}'",

@@ -88,7 +88,8 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     """Assert that MLflow, the Optuna study and summary.csv hold, trial by trial and epoch by epoch, exactly
     what Tune received; returns ``{trial_id: status}`` (FINISHED, STOPPED or FAILED).
 
-    - every epoch Tune received is in the trial's MLflow run at step ``epoch`` with the same value, and no other;
+    - every epoch Tune received is in the trial's MLflow run at step ``epoch`` with the same value, once, and no
+      other;
     - the run is FINISHED (all epochs), KILLED with ``pointtune.stopped_by`` (ASHA) or FAILED with
       ``pointtune.failure``; no failure tag otherwise; it ended within seconds of the trial's last result;
     - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
@@ -126,6 +127,8 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     for trial_id, (result, df) in results.items():
         run, ot, row = runs[trial_id], studied[trial_id] if study else None, summary[trial_id]
         tags = run.data.tags
+        if df is not None and "epoch" in df:  # an epoch Tune received twice (a trial that resume restarted
+            df = df.drop_duplicates("epoch", keep="first")  # before its first checkpoint) is one record
         received = [] if df is None or "epoch" not in df else list(zip(df["epoch"].astype(int), df[metric]))
         for key in (metric, "train/loss", "lr"):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))

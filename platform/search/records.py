@@ -88,6 +88,7 @@ class MlflowRecorder(Callback):
     def __init__(self, spec: SweepSpec, runtime: SweepRuntime, metric: str, mode: str):
         self.spec, self.runtime, self.metric, self.mode = spec, runtime, metric, mode
         self.run_ids: dict[str, str] = {}
+        self.logged: dict[str, set[int]] = {}  # the epochs each trial's run holds
         self.configs: dict[str, dict[str, Any]] = {}  # PBT: the config each trial last reported under
 
     @property
@@ -122,16 +123,19 @@ class MlflowRecorder(Callback):
                 trial_config(self.spec, params, runtime=self.runtime).to_dict(),
             )
         self.run_ids[trial.trial_id] = run_id
+        self.logged[trial.trial_id] = tracking.logged_steps(self._uri, run_id) if existing else set()
         if OPTUNA_KEY in trial.config:
             set_study_attr(self.spec.sweep_dir, trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
         print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        """Log the epoch Tune just received, at step ``epoch``; under PBT also the values of the sampled
-        parameters the trial ran with (``param/<key>``) and ``pbt/exploit`` = 1 where they changed since its
-        previous epoch (it copied another trial)."""
+        """Log the epoch Tune just received, at step ``epoch``, once: an epoch the run already holds (a trial
+        restarted by ``resume`` from before its first checkpoint reports it again) is not logged twice. Under
+        PBT also the values of the sampled parameters the trial ran with (``param/<key>``) and ``pbt/exploit`` =
+        1 where they changed since its previous epoch (it copied another trial)."""
         metrics = metric_items(result)
-        if "epoch" not in metrics:
+        run_id = self._run_id(trial)
+        if "epoch" not in metrics or int(metrics["epoch"]) in self.logged[trial.trial_id]:
             return
         if self.spec.scheduler == "pbt":
             params = sampled_params(trial.config)
@@ -140,7 +144,8 @@ class MlflowRecorder(Callback):
             previous = self.configs.get(trial.trial_id)
             metrics["pbt/exploit"] = float(previous is not None and previous != params)
             self.configs[trial.trial_id] = params
-        tracking.log_metrics(self._target(self._run_id(trial)), metrics, step=int(metrics["epoch"]))
+        tracking.log_metrics(self._target(run_id), metrics, step=int(metrics["epoch"]))
+        self.logged[trial.trial_id].add(int(metrics["epoch"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         """The trial ended without error: FINISHED, or KILLED if the scheduler stopped it early."""
