@@ -1,7 +1,6 @@
 """The shared loop's contract with methods: per-iteration schedules, parameter groups, the after-step hook,
 diagnostics from the method, and no stale validation values on epochs that do not evaluate."""
 
-import math
 import shutil
 
 import pytest

@@ -12,7 +12,6 @@ import torch
 import yaml
 from pydantic import Field, ValidationError
 
-from conftest import TINY
 from helpers import on_gloo_workers, warm_started
 from pointtune.config import ConfigError, ExperimentConfig, build_config, config_from_file, config_keys
 from pointtune.method import Method, MethodConfig, Task

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pointtune.config import ConfigError
-from pointtune.layout import METRICS_FILE, STATE_FILE, is_uri, join
+from pointtune.layout import METRICS_FILE, STATE_FILE, join
 
 
 def rng_state() -> dict[str, Any]:
