@@ -122,6 +122,11 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
         _retry(client.log_batch, run_id, params=flat[i : i + 90])
 
 
+def has_params(uri: str, run_id: str) -> bool:
+    """Whether run ``run_id`` has any params logged."""
+    return bool(_retry(_client(uri).get_run, run_id).data.params)
+
+
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:
     """Id of the child run of ``parent_run_id`` tagged with ``trial_id``, or ``None``."""
     runs = _retry(

@@ -95,6 +95,8 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
       intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run;
     - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``);
+    - the run's params are the config the trial built and trained with (its first result carries it), and
+      the ``config.yaml`` artifact (the best checkpoint's) is that config;
     - one best epoch (issue 18): summary.csv's ``best_epoch`` and ``best_objective`` are what the trial last
       reported as ``best/epoch`` and ``best/<metric>`` (and MLflow's last values), the run's ``best_checkpoint``
       artifact is that epoch's checkpoint, and a trial that scored the test split scored it there.
@@ -143,6 +145,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
         else:
             assert row["optuna_trial"] == "" and "pointtune.optuna_trial" not in tags
         assert not any(k.startswith("sampled") for k in run.data.params)
+        experiment = _check_params(run, df)
         last_epoch = received[-1][0] if received else 0
         if result.error is not None:
             status = "FAILED"
@@ -159,7 +162,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
             assert not study or (ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1]))
         assert row["status"] == status, (row["status"], status)
-        _check_best_epoch(client, run, result, row, metric, kept_best=study)
+        _check_best_epoch(client, run, result, row, metric, kept_best=study, experiment=experiment)
         if received:  # the run ended when the trial did, not when the sweep did
             ended_after_last_result = run.info.end_time / 1000 - float(df["timestamp"].iloc[-1])
             assert -2 <= ended_after_last_result <= 20, ended_after_last_result
@@ -170,12 +173,31 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     return statuses
 
 
-def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bool) -> None:
+def _check_params(run, df) -> dict | None:
+    """The experiment the trial announced in its first result (``None``: it reported nothing), asserting that
+    the run's params are exactly that experiment, flattened."""
+    import json
+
+    from pointtune.tracking import _flatten
+
+    announced = [] if df is None or "experiment" not in df else [v for v in df["experiment"] if isinstance(v, str)]
+    if not announced:
+        return None
+    experiment = json.loads(announced[0])
+    assert run.data.params == {k: str(v)[:6000] for k, v in _flatten(experiment).items()}, run.data.params
+    assert run.data.params["train.threads"] not in ("", "None"), "the trial's threads are recorded"
+    return experiment
+
+
+def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bool,
+                      experiment: dict | None = None) -> None:
     """One best epoch across the stores: what the loop last reported = summary.csv = MLflow (= ``test/epoch``
     where the test split was scored) = the checkpoint logged as ``best_checkpoint`` (``kept_best``: the trial
-    kept its best checkpoint; a PBT trial keeps its latest ones)."""
+    kept its best checkpoint; a PBT trial keeps its latest ones), whose ``config.yaml`` is ``experiment``."""
     import json
     import tempfile
+
+    import yaml
 
     last = result.metrics or {}
     if not isinstance(last.get("best/epoch"), (int, float)) or not last["best/epoch"]:
@@ -193,7 +215,10 @@ def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bo
         with tempfile.TemporaryDirectory() as tmp:
             kept = json.loads(Path(client.download_artifacts(run.info.run_id, "best_checkpoint/metrics.json",
                                                              tmp)).read_text())
+            config = yaml.safe_load(Path(client.download_artifacts(run.info.run_id, "config.yaml",
+                                                                   tmp)).read_text())
         assert int(kept["epoch"]) == selected, (kept["epoch"], selected)
+        assert experiment is None or config == experiment, "the config.yaml artifact is the trial's config"
 
 
 def wait_until(condition, what: str, timeout: float = 120):

@@ -16,6 +16,7 @@ values and reopen clients lazily.
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
@@ -28,8 +29,8 @@ from ray.tune.search.optuna import OptunaSearch
 from pointtune import tracking
 from pointtune.failures import failure_reason
 from pointtune.layout import trial_name
-from pointtune.search.spec import (OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage,
-                                   trial_config)
+from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
+from pointtune.train.session import EXPERIMENT_KEY
 
 # Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
 METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/", "sched/")
@@ -108,8 +109,8 @@ class MlflowRecorder(Callback):
         return tracking.find_child_run(self._uri, self.runtime.experiment_id, self.runtime.parent_run_id, trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        """Open (or, after a restart, reopen) the trial's child run; log its full config once."""
-        params = sampled_params(trial.config)
+        """Open (or, after a restart, reopen) the trial's child run. Its params come with the trial's first
+        result (:meth:`on_trial_result`): the trial builds its config, the driver does not build it again."""
         existing = self.find_run(trial.trial_id)
         if existing:  # restarted (resume): a failure it had is superseded by what happens now
             tracking.reopen_run(self._uri, existing, superseded=("pointtune.failure", "pointtune.status"))
@@ -120,7 +121,7 @@ class MlflowRecorder(Callback):
                 {tracking.PARENT_TAG: self.runtime.parent_run_id, tracking.TRIAL_TAG: trial.trial_id,
                  tracking.KIND_TAG: "trial", "pointtune.sampled": ",".join(sorted(self.spec.space().searched())),
                  **({"pointtune.optuna_trial": str(trial.config[OPTUNA_KEY])} if OPTUNA_KEY in trial.config else {})},
-                trial_config(self.spec, params, runtime=self.runtime).to_dict(),
+                {},
             )
         self.run_ids[trial.trial_id] = run_id
         self.logged[trial.trial_id] = tracking.logged_steps(self._uri, run_id) if existing else set()
@@ -129,12 +130,17 @@ class MlflowRecorder(Callback):
         print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        """Log the epoch Tune just received, at step ``epoch``, once: an epoch the run already holds (a trial
+        """Log the trial's config as the run's params when its first result brings it, and the epoch Tune just
+        received, at step ``epoch``, once: an epoch the run already holds (a trial
         restarted by ``resume`` from before its first checkpoint reports it again) is not logged twice. Under
         PBT also the values of the sampled parameters the trial ran with (``param/<key>``) and ``pbt/exploit`` =
         1 where they changed since its previous epoch (it copied another trial)."""
         metrics = metric_items(result)
         run_id = self._run_id(trial)
+        if EXPERIMENT_KEY in result and not tracking.has_params(self._uri, run_id):
+            # the config the trial built and trains with, once (a restarted trial announces it again; PBT's
+            # later configs are its param/<key> metrics)
+            tracking.log_params(self._uri, run_id, json.loads(result[EXPERIMENT_KEY]))
         if "epoch" not in metrics or int(metrics["epoch"]) in self.logged[trial.trial_id]:
             return
         if self.spec.scheduler == "pbt":

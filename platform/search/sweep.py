@@ -35,8 +35,8 @@ class SweepInterrupted(Exception):
 
 
 def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) -> None:
-    """One Tune trial: build its experiment (once), then train in this actor (one worker) or through a
-    ``TorchTrainer`` (several).
+    """One Tune trial: build its experiment (the one place it is built; its first result carries it to the
+    driver's records), then train in this actor (one worker) or through a ``TorchTrainer`` (several).
 
     A data-parallel trial whose Train run fails raises ``RuntimeError`` with the root cause in one line,
     which Tune records as the trial's error.
@@ -52,7 +52,8 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
     exp = trial_config(spec, config, space, runtime)
     if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
         exp.train.threads = max(1, int(plan.cpus_per_worker))
-    loop = LoopConfig(exp, space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose)
+    loop = LoopConfig(exp, space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose,
+                      announce=True)
     if plan.single_process:
         tune_trial_loop(loop)
         return

@@ -37,7 +37,7 @@ from pointtune.protocols import build_eval_splits, evaluate, to_device
 from pointtune.train.checkpoint import LocalCheckpoints, load_state, rng_state, save_state, set_rng_state
 from pointtune.schedules import schedule_values
 from pointtune.train.schedule import apply_schedules
-from pointtune.train.session import TrainSession, TuneSession
+from pointtune.train.session import EXPERIMENT_KEY, Announcing, TrainSession, TuneSession
 
 
 @dataclass
@@ -55,6 +55,8 @@ class LoopConfig:
         cpus_per_worker: CPUs a worker holds; a CPU worker uses that many torch threads.
         verbose: keep Ray Train's INFO lines (e.g. every report's full metrics) on the console.
         metrics_file: ``pointtune train``: rank 0 appends each epoch's metrics there as a JSON line.
+        announce: sweep trials: rank 0's first report carries the experiment (``experiment``, JSON) for the
+            driver's MLflow params (:class:`~pointtune.train.session.Announcing`).
     """
 
     experiment: ExperimentConfig
@@ -66,6 +68,7 @@ class LoopConfig:
     cpus_per_worker: float | None = None
     verbose: bool = False
     metrics_file: str | None = None
+    announce: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for ``TorchTrainer(train_loop_config=...)``."""
@@ -248,6 +251,8 @@ def run_loop(loop: LoopConfig, session) -> None:
         NonFiniteLossError: the loss became NaN/inf (the run fails with that message).
         ValueError: the validation split is empty.
     """
+    if loop.announce and session.rank == 0:
+        session = Announcing(session, {EXPERIMENT_KEY: json.dumps(loop.experiment.to_dict())})
     run = _setup(loop, session)
     exp = run.exp
     restored = _resume(run)

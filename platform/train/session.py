@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+EXPERIMENT_KEY = "experiment"  # a sweep trial's first result: its experiment as JSON (:class:`Announcing`)
+
 
 class TrainSession:
     """The loop's view of a Ray Train worker (or of Train's in-process local mode)."""
@@ -116,3 +118,21 @@ class TuneSession:
     def prepare_loader(self, loader):
         """One process: the loader as it is (the loop moves batches to the device)."""
         return loader
+
+
+class Announcing:
+    """A session whose first report also carries ``extra``, e.g. a sweep trial's experiment (``experiment``:
+    its config as JSON) for the sweep's driver, which logs it as the trial's MLflow params: the trial builds
+    its config once and the driver reads it instead of building it again. Everything else is ``session``'s."""
+
+    def __init__(self, session, extra: dict[str, Any]):
+        self._session, self._extra = session, extra
+
+    def __getattr__(self, name: str):
+        return getattr(self._session, name)
+
+    def report(self, metrics: dict[str, Any], checkpoint: Path | None, owned: bool = False) -> None:
+        """The session's report, with ``extra`` added the first time."""
+        if self._extra is not None:
+            metrics, self._extra = {**metrics, **self._extra}, None
+        self._session.report(metrics, checkpoint, owned)
