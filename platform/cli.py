@@ -172,6 +172,45 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _sweep_status(run_sweep(spec))
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """``pointtune study``: a seed study of a sweep's top configs and/or config files
+    (:mod:`pointtune.search.study`), run like a sweep (:func:`~pointtune.search.sweep.run_sweep`)."""
+    import yaml
+
+    from pointtune.config import parse_override
+    from pointtune.search.space import load_search_space
+    from pointtune.search.spec import SweepRuntime, SweepSpec
+    from pointtune.search.study import config_rows, plan_study, sweep_rows
+    from pointtune.search.sweep import run_sweep
+
+    if args.sweep_dir:
+        sweep, rows = sweep_rows(args.sweep_dir, args.top_k, not args.no_reference)
+        method, space = sweep.method, sweep.space()
+        out = Path(args.output).resolve() if args.output else sweep.root / "study"
+        epochs = args.epochs or sweep.epochs
+        mlflow_uri = args.mlflow_uri or SweepRuntime.load(sweep.layout).tracking_uri
+    else:
+        if not (args.method and args.config):
+            raise ConfigError("pointtune study: give a SWEEP_DIR, or --method and at least one --config")
+        method, rows = args.method, {}
+        space = load_search_space(Path(args.space).resolve() if args.space else default_space_file(method), method)
+        args.dataset = None
+        out, epochs, mlflow_uri = _run_dir(args, "studies", method), args.epochs, args.mlflow_uri
+    rows.update(config_rows(args.config, method))
+    overrides = dict(parse_override(o) for o in args.set)
+    overrides.pop("train.epochs", None)
+    spec = SweepSpec(
+        method=method, space_file="", sweep_dir=str(out), epochs=epochs, workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
+        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, mlflow_uri=mlflow_uri,
+        wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
+        verbose=args.verbose, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
+        of=str(Path(args.sweep_dir).resolve()) if args.sweep_dir else None,
+    )
+    _check_gpus_of_sweep(args)
+    return _sweep_status(run_sweep(plan_study(spec, rows, args.seeds, (space.metric, space.mode))))
+
+
 def _sweep_status(rows) -> int:
     """Exit status of a sweep: 0 if at least one trial reported the objective, else 1 with the reason."""
     if any(r.best is not None for r in rows):
@@ -283,6 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mlflow-uri", help="MLflow tracking URI (default: SQLite in the run directory, "
                        "or $MLFLOW_TRACKING_URI)")
 
+    def resources(p: argparse.ArgumentParser) -> None:
+        """What a trial runs on and where the results go (``sweep`` and ``study``)."""
+        p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (default 1)")
+        p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions allowed")
+        p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: shared evenly)")
+        p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit)")
+        p.add_argument("--address", help="Ray cluster address (default: start a local instance)")
+        p.add_argument("--storage", help="shared storage for checkpoints and Tune state, e.g. s3://bucket/path")
+        p.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
+                       help="autoscaling clusters: request one trial's workers and wait this long for them")
+        p.add_argument("--worker-start-timeout", type=float, default=DEFAULT_WORKER_START_TIMEOUT_S,
+                       metavar="SECONDS", help="a data-parallel trial whose workers cannot be placed within this "
+                       f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")
+        p.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own log lines")
+
     train = sub.add_parser("train", help="train one method (local debug mode by default)")
     common(train)
     train.add_argument("--workers", type=int, default=0,
@@ -298,14 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sweep)
     sweep.add_argument("--space", help="search-space YAML (default search_spaces/<method>.yaml)")
     sweep.add_argument("--trials", type=int, default=8, help="number of trials (default 8)")
-    sweep.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (default 1)")
-    sweep.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions allowed")
-    sweep.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: shared evenly)")
-    sweep.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit)")
-    sweep.add_argument("--address", help="Ray cluster address (default: start a local instance)")
-    sweep.add_argument("--storage", help="shared storage for checkpoints and Tune state, e.g. s3://bucket/path")
-    sweep.add_argument("--wait-for-resources", type=float, default=0.0, metavar="SECONDS",
-                       help="autoscaling clusters: request one trial's workers and wait this long for them")
+    resources(sweep)
     sweep.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
     sweep.add_argument("--scheduler", choices=("asha", "pbt"), default="asha",
                        help="asha: Optuna TPE proposes, ASHA stops the weak (default); pbt: population-based "
@@ -313,11 +360,28 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
     sweep.add_argument("--pbt-interval", type=int, default=1, metavar="EPOCHS",
                        help="PBT: epochs between exploit/explore steps (default 1)")
-    sweep.add_argument("--worker-start-timeout", type=float, default=DEFAULT_WORKER_START_TIMEOUT_S,
-                       metavar="SECONDS", help="a data-parallel trial whose workers cannot be placed within this "
-                       f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")
-    sweep.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own log lines")
     sweep.set_defaults(func=cmd_sweep)
+
+    study = sub.add_parser("study", help="retrain a sweep's top configs (and the reference, and --config files) "
+                           "with several seeds; test mean ± std and paired tests against the reference")
+    study.add_argument("sweep_dir", nargs="?", metavar="SWEEP_DIR", help="the sweep whose top trials to retrain")
+    study.add_argument("--top-k", type=int, default=3, help="the sweep's best trials to retrain (default 3)")
+    study.add_argument("--seeds", type=int, default=5, help="seeds per config: train.seed 0 .. N-1 (default 5)")
+    study.add_argument("--epochs", type=int, help="epochs per run (default: the sweep's, else each config's)")
+    study.add_argument("--no-reference", action="store_true",
+                       help="no reference row (the sweep's shared config with the method's recipe values)")
+    study.add_argument("--config", action="append", default=[], metavar="FILE",
+                       help="a config to add as a row, named by its file stem (repeatable; e.g. a paper's setting)")
+    study.add_argument("--method", choices=methods, help="the method of the --config rows when no SWEEP_DIR")
+    study.add_argument("--space", help="without SWEEP_DIR: the search space whose objective selects checkpoints "
+                       "(default search_spaces/<method>.yaml)")
+    study.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key in every row (repeatable)")
+    study.add_argument("--output", help="study directory (default SWEEP_DIR/study, else runs/studies/...)")
+    study.add_argument("--mlflow-uri", help="MLflow tracking URI (default: the sweep's store, else SQLite in the "
+                       "study directory)")
+    resources(study)
+    study.set_defaults(func=cmd_study)
 
     config = sub.add_parser("config", help="list every config key of a method: type, default, meaning")
     config.add_argument("method", choices=methods, help="method whose keys to list")
@@ -343,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     robust.add_argument("--no-mlflow", action="store_true", help="write the files only")
     robust.set_defaults(func=cmd_robustness)
 
-    resume = sub.add_parser("resume", help="finish an interrupted sweep")
+    resume = sub.add_parser("resume", help="finish an interrupted sweep or study")
     resume.add_argument("sweep_dir")
     resume.set_defaults(func=cmd_resume)
 

@@ -93,12 +93,13 @@ def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
     return _retry(client.create_experiment, name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as ``{"dotted.key": leaf}`` (what MLflow params and ``--set`` keys look like)."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
-            flat.update(_flatten(value, name + "."))
+            flat.update(flatten(value, name + "."))
         else:
             flat[name] = value
     return flat
@@ -116,7 +117,7 @@ def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
     """Log nested ``params`` as dotted keys (values shortened to MLflow's 6000-character limit)."""
     from mlflow.entities import Param
 
-    flat = [Param(k, str(v)[:6000]) for k, v in _flatten(params).items()]
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     client = _client(uri)
     for i in range(0, len(flat), 90):
         _retry(client.log_batch, run_id, params=flat[i : i + 90])

@@ -101,20 +101,23 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
       reported as ``best/epoch`` and ``best/<metric>`` (and MLflow's last values), the run's ``best_checkpoint``
       artifact is that epoch's checkpoint, and a trial that scored the test split scored it there.
 
-    ``study=False``: a PBT sweep, which has no Optuna study (and no ``optuna.db``).
+    ``study=False``: a PBT sweep or a seed study, which have no Optuna study (and no ``optuna.db``).
     """
     import csv
     import math
 
     import optuna
+    import yaml
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{sweep_dir}/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
     # Runs and Optuna trials marked lost (started after Tune last saved its state, then interrupted) are
     # outside what Tune received.
+    parent = yaml.safe_load((sweep_dir / "runtime.yaml").read_text())["parent_run_id"]  # a store may hold others
     runs = {r.data.tags["pointtune.trial_id"]: r for r in client.search_runs(experiments, max_results=1000)
-            if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"}
+            if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"
+            and r.data.tags.get("mlflow.parentRunId") == parent}
     if study:
         trials = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
         # A failed trial that resume finished is recorded again; the failed record names its successor.
@@ -178,13 +181,13 @@ def _check_params(run, df) -> dict | None:
     the run's params are exactly that experiment, flattened."""
     import json
 
-    from pointtune.tracking import _flatten
+    from pointtune.tracking import flatten
 
     announced = [] if df is None or "experiment" not in df else [v for v in df["experiment"] if isinstance(v, str)]
     if not announced:
         return None
     experiment = json.loads(announced[0])
-    assert run.data.params == {k: str(v)[:6000] for k, v in _flatten(experiment).items()}, run.data.params
+    assert run.data.params == {k: str(v)[:6000] for k, v in flatten(experiment).items()}, run.data.params
     assert run.data.params["train.threads"] not in ("", "None"), "the trial's threads are recorded"
     return experiment
 

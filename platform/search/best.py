@@ -7,7 +7,26 @@ from pathlib import Path
 
 from pointtune.config import ConfigError
 from pointtune.search.report import TrialSummary, format_table, summarize, write_best
+from pointtune.search.space import SearchSpace
 from pointtune.search.spec import SweepSpec
+
+
+def sweep_trials(sweep_dir: str | Path) -> tuple[SweepSpec, SearchSpace, list[TrialSummary]]:
+    """A sweep's spec, space and trials (best first), read from Tune's saved state without starting Ray.
+
+    Raises:
+        ConfigError: not a sweep directory, or its Tune state cannot be read.
+    """
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    spec = SweepSpec.load(sweep_dir)
+    space = spec.space()
+    path = spec.layout.tune
+    try:
+        grid = ResultGrid(ExperimentAnalysis(path, default_metric=space.metric, default_mode=space.mode))
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(f"{sweep_dir}: cannot read the Tune experiment at {path} ({err})") from None
+    return spec, space, summarize(grid, space, spec)
 
 
 def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> TrialSummary:
@@ -20,16 +39,7 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
     Raises:
         ConfigError: not a sweep directory, or no trial reported the objective yet.
     """
-    from ray.tune import ExperimentAnalysis, ResultGrid
-
-    spec = SweepSpec.load(sweep_dir)
-    space = spec.space()
-    path = spec.layout.tune
-    try:
-        grid = ResultGrid(ExperimentAnalysis(path, default_metric=space.metric, default_mode=space.mode))
-    except (ValueError, FileNotFoundError) as err:
-        raise ConfigError(f"{sweep_dir}: cannot read the Tune experiment at {path} ({err})") from None
-    rows = summarize(grid, space, spec)
+    spec, space, rows = sweep_trials(sweep_dir)
     print(format_table(rows, space.metric))
     if not rows or rows[0].best is None:
         raise ConfigError(f"{sweep_dir}: no trial has reported {space.metric} yet")

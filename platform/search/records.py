@@ -29,11 +29,11 @@ from ray.tune.search.optuna import OptunaSearch
 from pointtune import tracking
 from pointtune.failures import failure_reason
 from pointtune.layout import trial_name
-from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
+from pointtune.search.spec import OPTUNA_KEY, ROW_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
 from pointtune.train.session import EXPERIMENT_KEY
 
 # Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
-METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "time/", "sched/")
+METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "cost/", "sched/")
 METRIC_KEYS = ("epoch", "lr")
 
 
@@ -120,7 +120,8 @@ class MlflowRecorder(Callback):
                 self._uri, self.runtime.experiment_id, trial_name(trial.trial_id),
                 {tracking.PARENT_TAG: self.runtime.parent_run_id, tracking.TRIAL_TAG: trial.trial_id,
                  tracking.KIND_TAG: "trial", "pointtune.sampled": ",".join(sorted(self.spec.space().searched())),
-                 **({"pointtune.optuna_trial": str(trial.config[OPTUNA_KEY])} if OPTUNA_KEY in trial.config else {})},
+                 **({"pointtune.optuna_trial": str(trial.config[OPTUNA_KEY])} if OPTUNA_KEY in trial.config else {}),
+                 **({"pointtune.row": str(trial.config[ROW_KEY])} if ROW_KEY in trial.config else {})},
                 {},
             )
         self.run_ids[trial.trial_id] = run_id

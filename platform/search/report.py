@@ -20,8 +20,8 @@ from pointtune.schedules import Schedule
 from pointtune.failures import failure_reason
 from pointtune.search.records import MlflowRecorder, metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
-from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
-from pointtune.train.checkpoint import best_checkpoint, checkpoints_of, fetch
+from pointtune.search.spec import OPTUNA_KEY, ROW_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
+from pointtune.train.checkpoint import best_checkpoint, checkpoints_of, experiment_of
 
 
 @dataclass
@@ -64,7 +64,7 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
         spec: the sweep (its epochs; where the checkpoints are).
     """
     rows = []
-    searched = set(space.searched())
+    searched = set(space.searched()) | ({ROW_KEY} if spec.rows else set())
     for result in results:
         df = result.metrics_dataframe
         history = {}
@@ -82,7 +82,7 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
         rows.append(TrialSummary(
             trial_id, status, {k: v for k, v in sampled_params(result.config).items() if k in searched},
             int(metrics.get("epoch", 0)), best, int(selected["best/epoch"]) if best is not None else None,
-            {k: v for k, v in selected.items() if k.startswith(("val/", "train/"))},
+            {k: v for k, v in selected.items() if k.startswith(("val/", "train/", "test/", "cost/"))},
             kept.path if kept else None, failure_reason(result.error) if result.error is not None else None,
             (result.config or {}).get(OPTUNA_KEY), history=history,
         ))
@@ -135,12 +135,10 @@ def write_best(rows: list[TrialSummary], layout, metric: str, path: Path | None 
     import json
     import tempfile
 
-    from pointtune.train.checkpoint import load_state
-
     for row in rows:
         if row.best_checkpoint:
             with tempfile.TemporaryDirectory() as tmp:
-                config = load_state(fetch(row.best_checkpoint, Path(tmp)))["experiment"]
+                config = experiment_of(row.best_checkpoint, Path(tmp))
             layout.best.write_text(json.dumps({
                 "trial_id": row.trial_id, "objective": metric, "value": row.best, "epoch": row.best_epoch,
                 "checkpoint": row.best_checkpoint}, indent=2))
@@ -265,7 +263,7 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     uri = runtime.tracking_uri
     runs = MlflowRecorder(spec, runtime, space.metric, space.mode)
     lost = runs.close_lost({r.trial_id for r in rows}, LOST)
-    if spec.scheduler != "pbt":  # PBT sweeps have no Optuna study
+    if spec.searches:  # PBT sweeps and seed studies have no Optuna study
         reconcile_study(spec, rows)
     if lost:
         print(f"[pointtune] {lost} trial(s) started before the interruption were unknown to Tune's saved state: "
@@ -275,13 +273,19 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     table = format_table(rows, space.metric)
     layout.summary_txt.write_text(table + "\n")
     _write_csv(rows, layout.summary_csv)
-    best_config = write_best(rows, layout, space.metric)
-    pbt = spec.scheduler == "pbt"
-    plots = [] if pbt else plot_study(spec.root)
-    for path in [layout.summary_csv, *plots] + ([layout.best_config, layout.best] if best_config else []):
+    if spec.rows:
+        from pointtune.search.study_report import write_study
+
+        written, study_table = write_study(spec, space, rows)
+        best_config = None
+    else:
+        best_config = write_best(rows, layout, space.metric)
+        written = ([] if spec.scheduler == "pbt" else plot_study(spec.root)) + \
+            ([layout.best_config, layout.best] if best_config else [])
+    for path in [layout.summary_csv, *written]:
         tracking.log_artifact(uri, runtime.parent_run_id, path)
     done = [r for r in rows if r.best is not None]
-    if done:
+    if done and not spec.rows:
         tracking.log_metrics({"tracking_uri": uri, "run_id": runtime.parent_run_id},
                              {f"best/{space.metric}": done[0].best}, 0)
         tracking.set_tags(uri, runtime.parent_run_id, {"pointtune.best_trial": done[0].trial_id,
@@ -289,24 +293,28 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     tracking.end_run(uri, runtime.parent_run_id, "FINISHED" if done else "FAILED")
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
-    print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {counts['STOPPED']} stopped early by "
-          f"{'PBT' if pbt else 'ASHA'}, {counts['FAILED']} failed")
-    if done:
+    stopped = "" if spec.rows else f"{counts['STOPPED']} stopped early by {spec.scheduler.upper()}, "
+    print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {stopped}{counts['FAILED']} failed")
+    if spec.rows:
+        print("\n" + study_table)
+        print(f"[pointtune] study: {layout.root / 'study.md'}, study.csv, runs.csv, study.png")
+    elif done:
         best = done[0]
-        origin = "its last PBT values" if pbt else f"Optuna #{best.optuna_trial}"
+        origin = "its last PBT values" if spec.scheduler == "pbt" else f"Optuna #{best.optuna_trial}"
         print(f"[pointtune] best trial {best.trial_id} ({origin}): {space.metric} = {best.best:.4f} at epoch "
               f"{best.best_epoch}  {best.params}")
         print(f"[pointtune] best config: {layout.best_config}  (pointtune train {spec.method} --config ...)")
         if best.mlflow_run_id:
             print(f"[pointtune] best run: {ui_url(runtime, best.mlflow_run_id)}")
-    if uri.startswith("sqlite"):
-        print(f"[pointtune] MLflow runs: pointtune ui {spec.root}   (then open {ui_url(runtime)})")
+    if uri.startswith("sqlite:///"):  # the store's directory: a study's is its sweep's
+        store = Path(uri.removeprefix("sqlite:///")).parent
+        print(f"[pointtune] MLflow runs: pointtune ui {store}   (then open {ui_url(runtime)})")
     else:
         print(f"[pointtune] MLflow runs: {ui_url(runtime)}")
-    if pbt:
+    if spec.scheduler == "pbt":
         exploits = sum(1 for _ in _pbt_exploits(spec))
         print(f"[pointtune] PBT: {exploits} exploit(s); each trial's param/* and sched/* per epoch are in MLflow")
-    else:
+    elif spec.searches:
         print(f"[pointtune] Optuna study: optuna-dashboard {layout.optuna_url}")
     return rows
 
@@ -327,7 +335,7 @@ def _write_csv(rows: list[TrialSummary], path: Path) -> None:
     import csv
 
     keys = sorted({k for r in rows for k in r.params})
-    metrics = sorted({k for r in rows for k in r.last})
+    metrics = sorted({k for r in rows for k in r.last if not k.startswith("test/")})  # test: never for selection
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["trial_id", "optuna_trial", "mlflow_run_id", "status", "epochs", "best_objective",

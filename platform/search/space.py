@@ -354,7 +354,7 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
 
 
 # Metrics the training loop reports every epoch besides the protocol's ``val/*`` (see pointtune.train.loop).
-EPOCH_METRICS = ("epoch", "lr", "time/epoch_s", "train/loss")
+EPOCH_METRICS = ("epoch", "lr", "cost/epoch_s", "cost/params", "cost/peak_memory_mb", "train/loss")
 
 
 def objective_metrics(
@@ -365,7 +365,7 @@ def objective_metrics(
 
     ``val/<m>`` for each metric of the selected protocol (:meth:`pointtune.protocols.Protocol.metrics`
     under ``protocol_cfg``: e.g. ``val/svm_acc``, ``val/svm_C``, ``val/fewshot/5way10shot``) and
-    ``val/acc/<class>`` when the protocol reports per-class accuracy; ``epoch``, ``lr``, ``time/epoch_s``;
+    ``val/acc/<class>`` when the protocol reports per-class accuracy; ``epoch``, ``lr``, ``cost/*``;
     ``train/loss`` and ``train/<term>`` for each loss term the method's ``forward`` returns (``train/acc``
     when it returns ``logits``). Unknown parts are shown as patterns: ``val/acc/<class>`` without
     ``class_names``, ``train/<loss term>`` without ``loss_terms``.

@@ -22,6 +22,7 @@ from pointtune.search.space import SearchSpace, load_search_space
 
 STUDY_NAME = "pointtune"
 OPTUNA_KEY = "optuna_trial"  # Optuna trial number, carried in each Tune trial's config (a cross-link)
+ROW_KEY = "row"  # a seed study's trial: the name of the configuration (row) it retrains
 
 
 def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -33,7 +34,13 @@ def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
 class SweepSpec:
     """The sweep as asked: method, space, budget, resources and fixed overrides; saved to ``sweep.yaml`` so
     that ``pointtune resume`` rebuilds it. ``epochs`` is the trials' epoch count (filled from the experiment
-    config when the sweep starts if not given); ``overrides`` are the ``--set`` values (paths made absolute)."""
+    config when the sweep starts if not given); ``overrides`` are the ``--set`` values (paths made absolute).
+
+    ``scheduler``: ``asha`` (Optuna TPE suggests, ASHA stops early), ``pbt`` (population-based training) or
+    ``fifo``: a seed study (:mod:`pointtune.search.study`), the grid of ``rows`` (name -> a whole config,
+    each trial's base instead of ``base``) x ``seeds`` (``train.seed``, the space's one parameter), every trial
+    run to the end. ``of``: the sweep a study was made from (its directory), if any.
+    """
 
     method: str
     space_file: str
@@ -56,6 +63,14 @@ class SweepSpec:
     verbose: bool = False
     base: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
+    rows: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    of: str | None = None
+
+    @property
+    def searches(self) -> bool:
+        """Whether an Optuna study suggests the trials (``asha``; PBT and seed studies have none)."""
+        return self.scheduler == "asha"
 
     @property
     def root(self) -> Path:
@@ -148,21 +163,22 @@ class SweepRuntime:
 
 def trial_config(spec: SweepSpec, sampled: dict[str, Any], space: SearchSpace | None = None,
                  runtime: SweepRuntime | None = None) -> ExperimentConfig:
-    """The :class:`ExperimentConfig` of a trial: base config + sampled values + the sweep's fixed overrides +
-    the runtime's (``runtime``: none before the sweep starts). A PBT population draws every parameter: those
-    whose ``when`` conditions fail are left out here (``space``: the sweep's, default the one saved in the
-    sweep directory).
+    """The :class:`ExperimentConfig` of a trial: base config (a seed study's: its row's config) + sampled
+    values + the sweep's fixed overrides + the runtime's (``runtime``: none before the sweep starts). A PBT
+    population draws every parameter: those whose ``when`` conditions fail are left out here (``space``: the
+    sweep's, default the one saved in the sweep directory).
 
     Raises:
         ConfigError: the values do not make a valid config (names the key).
     """
     sampled = sampled_params(sampled)
+    base = spec.rows[sampled.pop(ROW_KEY)] if spec.rows else spec.base
     space = space or spec.space()
     if spec.scheduler == "pbt":
         sampled = space.active_values(sampled)
     sampled = space.resolve(sampled)
     overrides = {**sampled, **spec.fixed_overrides(), **(runtime.overrides if runtime else {})}
-    return build_config(spec.method, spec.base, overrides, source=f"trial {sampled}")
+    return build_config(spec.method, base, overrides, source=f"trial {sampled}")
 
 
 def study_storage(sweep_dir: str | Path):

@@ -27,7 +27,8 @@ from pointtune.config import ConfigError, PlannedPrerequisite, plan_prerequisite
 from pointtune.layout import trial_name
 from pointtune.search.resources import TrialResources
 from pointtune.search.space import SearchSpace, load_search_space, load_space_tree
-from pointtune.search.spec import OPTUNA_KEY, STUDY_NAME, SweepRuntime, SweepSpec, study_storage, trial_config
+from pointtune.search.spec import (OPTUNA_KEY, ROW_KEY, STUDY_NAME, SweepRuntime, SweepSpec, study_storage,
+                                   trial_config)
 
 class SweepInterrupted(Exception):
     """The sweep stopped (Ctrl-C / SIGINT) before every trial ended: Tune saved its state, nothing was
@@ -108,18 +109,18 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
     from pointtune.preflight import check_numbers, check_tracking_uri, preflight
 
     check_numbers(asdict(spec), "sweep")
-    if spec.scheduler not in ("asha", "pbt"):
+    if spec.scheduler not in ("asha", "pbt", "fifo") or (spec.scheduler == "fifo") != bool(spec.rows):
         raise ConfigError(f"--scheduler must be asha or pbt, got {spec.scheduler!r}")
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
     if "train.epochs" in space.searched():
         raise ConfigError(f"{space.source}: train.epochs: the epoch count is the sweep's budget (--epochs), not a "
                           "searched value")
+    if spec.rows:
+        return _prepare_study(spec, space), space, None
     probe = trial_config(spec, space.first_corner(), space)
     spec = replace(spec, overrides=_absolute_paths(spec.overrides, probe), epochs=probe.train.epochs)
-    if spec.epochs < 1:
-        raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
-                          "untrained baseline)")
+    _check_epochs(spec)
     if spec.scheduler == "pbt":
         _check_pbt(spec, space, probe)
     _check_sources(spec, space)
@@ -130,6 +131,34 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
     probe_pre = plan_prerequisite(probe)
     preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers, objective=space.metric)
     return spec, space, pre
+
+
+def _check_epochs(spec: SweepSpec) -> None:
+    if spec.epochs < 1:
+        raise ConfigError("train.epochs: a sweep needs at least 1 epoch per trial (0 is `pointtune train`'s "
+                          "untrained baseline)")
+
+
+def _prepare_study(spec: SweepSpec, space: SearchSpace) -> SweepSpec:
+    """A seed study's checks: every row builds a valid config whose model runs one forward pass, and needs no
+    run trained first (its config names its stage-1 or pretrained run already). Returns the spec with the
+    epoch count filled in (the first row's when not given).
+
+    Raises:
+        ConfigError: a row's config is invalid or needs a prerequisite run (names the row).
+    """
+    from pointtune.preflight import preflight
+
+    probes = {name: trial_config(spec, {ROW_KEY: name, **space.first_corner()}, space) for name in spec.rows}
+    spec = replace(spec, epochs=spec.epochs if spec.epochs is not None else next(iter(probes.values())).train.epochs)
+    _check_epochs(spec)
+    for name, probe in probes.items():
+        pre = plan_prerequisite(probe)
+        if pre is not None:
+            raise ConfigError(f"study row {name}: {pre.key}: this config needs its {pre.name} run first; train it "
+                              f"and pass its directory (--set {pre.key}=DIR)")
+        preflight(probe, workers=spec.workers, objective=space.metric)
+    return spec
 
 
 def _absolute_paths(overrides: dict[str, Any], probe) -> dict[str, Any]:
@@ -217,10 +246,11 @@ def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
 
 def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
     """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): Optuna TPE + ASHA,
-    or Tune's random initial population + PBT (:mod:`pointtune.search.pbt`)."""
+    Tune's random initial population + PBT (:mod:`pointtune.search.pbt`), or a seed study's grid run to the
+    end."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from pointtune.search.pbt import pbt_scheduler
@@ -231,6 +261,8 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
     if spec.scheduler == "pbt":
         searcher = BasicVariantGenerator(random_state=spec.seed)
         scheduler = pbt_scheduler(space, spec.pbt_interval, epochs, spec.seed)
+    elif spec.scheduler == "fifo":
+        searcher, scheduler = BasicVariantGenerator(), FIFOScheduler()
     else:
         searcher = StudySearch(
             space=space.define_by_run, metric=space.metric, mode=space.mode, max_epochs=epochs,
@@ -321,6 +353,7 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
         metric_columns={"epoch": "epoch", space.metric: space.metric},
         # the sampled values: summary.csv, MLflow, Optuna; PBT's perturbed ones change, so they are shown
         parameter_columns=(dict(zip(perturbed, short_names(perturbed))) if spec.scheduler == "pbt"
+                           else {ROW_KEY: "row", "train.seed": "seed"} if spec.scheduler == "fifo"
                            else {OPTUNA_KEY: "optuna #"}),
         max_report_frequency=30, sort_by_metric=True,
     )
@@ -343,12 +376,24 @@ def _checkpoint_config(spec: SweepSpec, space: SearchSpace):
                                  checkpoint_score_order=space.mode)
 
 
+def _param_space(spec: SweepSpec, space: SearchSpace) -> dict[str, Any] | None:
+    """Tune's ``param_space``: PBT's initial population, a seed study's grid of rows x seeds, or none (Optuna suggests each trial's values)."""
+    from ray import tune
+
+    from pointtune.search.pbt import population_space
+
+    if spec.scheduler == "pbt":
+        return population_space(space)
+    if spec.scheduler == "fifo":
+        return {ROW_KEY: tune.grid_search(list(spec.rows)), "train.seed": tune.grid_search(list(spec.seeds))}
+    return None
+
+
 def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
 
     from pointtune.search.actor_deaths import tolerate_actor_deaths
-    from pointtune.search.pbt import population_space
 
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
@@ -360,9 +405,10 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
     else:
         tuner = tune.Tuner(
             trainable,
-            param_space=population_space(space) if spec.scheduler == "pbt" else None,
+            param_space=_param_space(spec, space),
             tune_config=tune.TuneConfig(
-                search_alg=searcher, scheduler=scheduler, num_samples=spec.trials,
+                search_alg=searcher, scheduler=scheduler,
+                num_samples=1 if spec.scheduler == "fifo" else spec.trials,  # a study: its grid once
                 max_concurrent_trials=runtime.plan.max_concurrent, metric=space.metric, mode=space.mode,
                 reuse_actors=runtime.plan.single_process,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
@@ -397,7 +443,8 @@ def run_sweep(spec: SweepSpec):
     spec, space, pre = prepare_sweep(spec)
     decided = _train_prerequisite(spec, pre) if pre is not None else {}
     prerequisite = dict(decided)
-    decided.update(_copy_sources(spec, space, decided))
+    if not spec.rows:  # a study's rows name their sources already (a sweep's rows: the sweep's copies)
+        decided.update(_copy_sources(spec, space, decided))
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
@@ -407,26 +454,44 @@ def run_sweep(spec: SweepSpec):
     layout.space.write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))
     uri = tracking.resolve_tracking_uri(spec.root, spec.mlflow_uri)
     experiment_id = tracking.ensure_experiment(uri, f"pointtune-{spec.method}", spec.root)
-    probe = trial_config(spec, {})
+    probe = trial_config(spec, {ROW_KEY: next(iter(spec.rows))} if spec.rows else {})
     parent_run_id = tracking.start_run(
         uri, experiment_id, spec.root.name,
-        {tracking.KIND_TAG: "sweep", "pointtune.method": spec.method, "pointtune.git_commit": _git_commit()},
+        {tracking.KIND_TAG: "study" if spec.rows else "sweep", "pointtune.method": spec.method,
+         "pointtune.git_commit": _git_commit(), **_study_tags(spec, uri)},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
          "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
-         **({f"prerequisite/{pre.name}": prerequisite[pre.key]} if pre else {})},
+         **({f"prerequisite/{pre.name}": prerequisite[pre.key]} if pre else {}),
+         **({"rows": ",".join(spec.rows), "seeds": ",".join(map(str, spec.seeds))} if spec.rows else {})},
     )
     runtime = SweepRuntime(plan.as_dict(), uri, experiment_id, parent_run_id, decided)
     tracking.log_artifact(uri, parent_run_id, layout.space)
     spec.save()
     runtime.save(layout)
     shape = "in its own actor" if plan.single_process else f"{plan.workers} Ray Train workers"
-    print(f"[pointtune] sweep {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, each {shape} of "
+    kind = f"study of {len(spec.rows)} configs x {len(spec.seeds)} seeds" if spec.rows else "sweep"
+    print(f"[pointtune] {kind} {spec.root}: {spec.trials} trials, {plan.max_concurrent} at once, each {shape} of "
           f"{plan.cpus_per_worker:g} CPU / {plan.gpus_per_worker:g} GPU", flush=True)
     results = _tune(spec, runtime, space, restore=False)
     return _finish(spec, runtime, space, results)
+
+
+def _study_tags(spec: SweepSpec, uri: str) -> dict[str, str]:
+    """A study's parent run names the sweep it was made from and that sweep's parent run (when the sweep's
+    MLflow store is this one)."""
+    if not spec.of:
+        return {}
+    tags = {"pointtune.study_of": spec.of}
+    try:
+        sweep_runtime = SweepRuntime.load(SweepSpec.load(spec.of).layout)
+    except ConfigError:
+        return tags
+    if sweep_runtime.tracking_uri == uri:
+        tags["pointtune.sweep_run"] = sweep_runtime.parent_run_id
+    return tags
 
 
 def resume_sweep(sweep_dir: str | Path):

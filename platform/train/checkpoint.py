@@ -212,3 +212,9 @@ def fetch(uri: str, local: Path) -> Path:
     pyarrow.fs.copy_files(path, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
     return local
 
+
+
+def experiment_of(checkpoint: str, scratch: Path) -> dict[str, Any]:
+    """The experiment config (nested dict) a checkpoint (local path or storage URI; fetched into ``scratch``)
+    was trained with."""
+    return load_state(fetch(checkpoint, scratch))["experiment"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -288,7 +289,7 @@ def run_loop(loop: LoopConfig, session) -> None:
         improved = _select_best(run, metrics, epoch + 1)
         if final and run.has_test:
             _test(run, metrics, improved, epoch + 1)
-        metrics["time/epoch_s"] = time.time() - began
+        metrics.update(_costs(run, time.time() - began))
         _report(run, metrics, epoch, keep=evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0),
                 improved=improved, confusion=confusion, arrays=arrays)
 
@@ -399,6 +400,18 @@ def _test(run: _Run, metrics: dict[str, float], improved: bool, epoch: int) -> N
     metrics["test/epoch"] = run.best.epoch
 
 
+def _costs(run: _Run, seconds: float) -> dict[str, float]:
+    """What the epoch cost: ``cost/epoch_s`` (wall seconds, evaluation included), ``cost/params`` (the
+    method's parameter count) and ``cost/peak_memory_mb`` (MiB: the peak GPU memory PyTorch allocated on this
+    worker's device, or the peak resident memory of this process on the CPU, since it started)."""
+    if run.session.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(run.session.device) / 2**20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    return {"cost/epoch_s": seconds, "cost/params": float(sum(p.numel() for p in run.method.parameters())),
+            "cost/peak_memory_mb": peak}
+
+
 def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, improved: bool,
             confusion: np.ndarray | None, arrays: dict[str, np.ndarray]) -> None:
     """Report the epoch through the session: rank 0 records it (``pointtune train``), writes a checkpoint when
@@ -431,4 +444,4 @@ def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, imp
             session.report(metrics, staged, owned=True)
     summary = "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()
                         if k.startswith(("train/loss", "val/")) and "/acc/" not in k)
-    print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['time/epoch_s']:.1f}s)", flush=True)
+    print(f"[pointtune] epoch {epoch + 1}/{exp.train.epochs}  {summary}  ({metrics['cost/epoch_s']:.1f}s)", flush=True)
