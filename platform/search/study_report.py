@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from pointtune.search.report import TrialSummary
 from pointtune.search.space import SearchSpace
 from pointtune.search.spec import ROW_KEY, SweepSpec, trial_config
 from pointtune.search.study import REFERENCE
@@ -85,9 +84,10 @@ def differences(spec: SweepSpec, space: SearchSpace) -> dict[str, str]:
     return out
 
 
-def write_study(spec: SweepSpec, space: SearchSpace, trials: list[TrialSummary]) -> tuple[list[Path], str]:
-    """Write ``runs.csv``, ``study.csv``, ``study.md`` and ``study.png``; returns their paths and the table of
-    ``study.md`` (printed at the end of the study)."""
+def write_study(spec: SweepSpec, space: SearchSpace, trials: list) -> tuple[list[Path], str]:
+    """Write ``runs.csv``, ``study.csv``, ``study.md`` and ``study.png`` from the study's ``trials``
+    (:class:`pointtune.search.report.TrialSummary`, which calls this: not imported here); returns their paths and
+    the table of ``study.md`` (printed at the end of the study)."""
     root, val, test = spec.root, space.metric, tested_metric(space.metric)
     runs = sorted(trials, key=lambda t: (list(spec.rows).index(t.params[ROW_KEY]), t.params[SEED_KEY]))
     tests = sorted({k for t in runs for k in t.last if k.startswith("test/")})
@@ -112,7 +112,7 @@ def write_study(spec: SweepSpec, space: SearchSpace, trials: list[TrialSummary])
     return [root / "runs.csv", root / "study.csv", root / "study.md", root / "study.png"], markdown
 
 
-def _rows(spec: SweepSpec, space: SearchSpace, runs: list[TrialSummary], val: str, test: str) -> list[dict[str, Any]]:
+def _rows(spec: SweepSpec, space: SearchSpace, runs: list, val: str, test: str) -> list[dict[str, Any]]:
     """One ``study.csv`` row per configuration."""
     by_row = {name: [t for t in runs if t.params[ROW_KEY] == name and t.status == "FINISHED"] for name in spec.rows}
     tested = {name: {t.params[SEED_KEY]: t.last.get(test, math.nan) for t in ts} for name, ts in by_row.items()}
@@ -162,7 +162,7 @@ def _markdown(table: list[dict[str, Any]], val: str, test: str, has_reference: b
     return "\n".join(lines)
 
 
-def _plot(runs: list[TrialSummary], names: list[str], test: str, path: Path) -> None:
+def _plot(runs: list, names: list[str], test: str, path: Path) -> None:
     """Each seed's test value per configuration (dots), its mean (bar) and the reference's mean (dashed)."""
     import matplotlib
 
