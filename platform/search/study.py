@@ -26,8 +26,7 @@ import yaml
 
 from pointtune.config import ConfigError, build_config, load_yaml
 from pointtune.search.spec import SweepRuntime, SweepSpec, trial_config
-
-REFERENCE = "reference"
+from pointtune.search.study_report import REFERENCE
 
 
 def sweep_rows(sweep_dir: str | Path, top_k: int, reference: bool) -> tuple[SweepSpec, dict[str, dict[str, Any]]]:

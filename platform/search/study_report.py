@@ -19,10 +19,10 @@ import numpy as np
 
 from pointtune.search.space import SearchSpace
 from pointtune.search.spec import ROW_KEY, SweepSpec, trial_config
-from pointtune.search.study import REFERENCE
 from pointtune.tracking import flatten
 
 SEED_KEY = "train.seed"
+REFERENCE = "reference"  # the row the others are compared with (pointtune.search.study)
 
 
 @dataclass(frozen=True)
