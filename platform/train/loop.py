@@ -49,6 +49,8 @@ class LoopConfig:
         experiment: the validated :class:`~pointtune.config.ExperimentConfig` (built once by the caller; it
             travels to Ray Train's workers pickled, never rebuilt).
         metric, mode: the objective (model selection and the best checkpoint).
+        secondary: a multi-objective sweep's other objectives: reported as ``best/<metric>`` at the epoch
+            ``metric`` selects (:class:`~pointtune.objective.BestEpoch`); they select nothing.
         mlflow: ``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each epoch there before
             reporting it. Sweeps log from the Tune driver instead, exactly what Tune received.
         local_dir: local mode: where ``latest`` and ``best`` checkpoints are kept (Ray keeps none there).
@@ -63,6 +65,7 @@ class LoopConfig:
     experiment: ExperimentConfig
     metric: str
     mode: str
+    secondary: tuple[str, ...] = ()
     mlflow: dict[str, str] | None = None
     local_dir: str | None = None
     progress: bool = False
@@ -286,10 +289,10 @@ def run_loop(loop: LoopConfig, session) -> None:
         if evaluated:
             scores, confusion, arrays = run.score("val")
             metrics.update(scores)
+        metrics.update(_costs(run, time.time() - began))  # before the selection: an objective may be a cost
         improved = _select_best(run, metrics, epoch + 1)
         if final and run.has_test:
             _test(run, metrics, improved, epoch + 1)
-        metrics.update(_costs(run, time.time() - began))
         _report(run, metrics, epoch, keep=evaluated and (improved or final or (epoch + 1) % exp.train.checkpoint_every == 0),
                 improved=improved, confusion=confusion, arrays=arrays)
 
@@ -319,7 +322,7 @@ def _setup(loop: LoopConfig, session) -> _Run:
         local.root.mkdir(parents=True, exist_ok=True)
     return _Run(loop, session, data, judged, method, build_optimizer(method, exp.optim),
                 torch.amp.GradScaler(session.device.type, enabled=exp.train.amp and session.device.type == "cuda"),
-                BestEpoch(loop.metric, loop.mode), local=local)
+                BestEpoch(loop.metric, loop.mode, secondary=tuple(loop.secondary)), local=local)
 
 
 def _resume(run: _Run) -> tuple[dict[str, float], Path] | None:
@@ -338,6 +341,7 @@ def _resume(run: _Run) -> tuple[dict[str, float], Path] | None:
     set_rng_state(state["rng"])
     run.start_epoch = state["epoch"] + 1
     run.best.value, run.best.epoch = state["best"], state.get("best_epoch")
+    run.best.secondary_values = dict(state.get("best_secondary") or {})
     run.best_weights = state.get("best_model")  # None when the checkpoint's own epoch is the selected one
     if run.best_weights is None and run.best.epoch == run.start_epoch:
         run.best_weights = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
@@ -401,9 +405,10 @@ def _test(run: _Run, metrics: dict[str, float], improved: bool, epoch: int) -> N
 
 
 def _costs(run: _Run, seconds: float) -> dict[str, float]:
-    """What the epoch cost: ``cost/epoch_s`` (wall seconds, evaluation included), ``cost/params`` (the
-    method's parameter count) and ``cost/peak_memory_mb`` (MiB: the peak GPU memory PyTorch allocated on this
-    worker's device, or the peak resident memory of this process on the CPU, since it started)."""
+    """What the epoch cost: ``cost/epoch_s`` (wall seconds of training and validation; the test scoring after
+    the last epoch is not counted), ``cost/params`` (the method's parameter count) and ``cost/peak_memory_mb``
+    (MiB: the peak GPU memory PyTorch allocated on this worker's device, or the peak resident memory of this
+    process on the CPU, since it started)."""
     if run.session.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(run.session.device) / 2**20
     else:
@@ -428,6 +433,7 @@ def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, imp
         state = {
             "model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
             "scaler": run.scaler.state_dict(), "epoch": epoch, "best": run.best.value, "best_epoch": run.best.epoch,
+            "best_secondary": run.best.secondary_values,
             # the selected epoch's weights, when this checkpoint is not that epoch: a resumed run tests on them
             "best_model": None if improved else run.best_weights,
             "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics, "class_names": run.data.class_names,
