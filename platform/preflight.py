@@ -27,7 +27,7 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -301,8 +301,8 @@ def _check_judged(exp: ExperimentConfig, judged, protocol) -> None:
                            "selection need one (test data is never used for selection)")
 
 
-def _check_reported(exp: ExperimentConfig, protocol, judged, objective: str | None) -> None:
-    """The protocol reports something on the validation split, and ``objective`` (a ``val/`` metric) is not a
+def _check_reported(exp: ExperimentConfig, protocol, judged, objectives: list[str]) -> None:
+    """The protocol reports something on the validation split, and no ``val/`` metric of ``objectives`` is a
     part of it that this data cannot fill (e.g. a few-shot setting with more ways than classes)."""
     fit_labels = _split_labels(judged.fit) if "fit" in protocol.splits else None
     names, skipped = protocol.reported(exp.protocol, fit_labels, _split_labels(judged.val), judged.num_classes)
@@ -311,10 +311,11 @@ def _check_reported(exp: ExperimentConfig, protocol, judged, objective: str | No
         raise ConfigError(f"protocol: the {protocol.name} protocol reports nothing on the validation split of "
                           f"{where} ({exp.protocol.data.name if judged.source == 'protocol.data' else exp.data.name}): "
                           f"skipped {', '.join(skipped)}")
-    if objective and objective.startswith("val/") and objective[4:] in protocol.metrics(exp.protocol) \
-            and objective[4:] not in names:
-        raise ConfigError(f"objective.metric: {objective!r} is never reported on this data; the {protocol.name} "
-                          f"protocol skips {', '.join(skipped)}")
+    for objective in objectives:
+        if objective.startswith("val/") and objective[4:] in protocol.metrics(exp.protocol) \
+                and objective[4:] not in names:
+            raise ConfigError(f"objective.metric: {objective!r} is never reported on this data; the "
+                              f"{protocol.name} protocol skips {', '.join(skipped)}")
 
 
 def _tiny_batch(dataset, indices: list[int]) -> dict:
@@ -324,7 +325,8 @@ def _tiny_batch(dataset, indices: list[int]) -> dict:
 
 
 def preflight(
-    exp: ExperimentConfig, workers: int = 1, objective: str | None = None, data: DatasetBundle | None = None
+    exp: ExperimentConfig, workers: int = 1, objective: str | Sequence[str] | None = None,
+    data: DatasetBundle | None = None
 ) -> PreflightResult:
     """Check that ``exp`` can train, on the CPU, in about a second, before any run directory, Ray or MLflow.
 
@@ -355,7 +357,8 @@ def preflight(
     Args:
         exp: the validated experiment (as ``pointtune train`` runs it, or a sweep's probe trial config).
         workers: data-parallel workers (0 or 1: one process); each gets ``1 / workers`` of the training set.
-        objective: a metric name such as ``val/OA`` (a search space's objective), or None.
+        objective: a metric name such as ``val/OA`` (a search space's objective), the metrics of a list of
+            objectives, or None.
         data: datasets already built from ``exp.data``, if any.
 
     Returns:
@@ -428,11 +431,12 @@ def preflight(
             raise ConfigError(f"{_culprit(err)}: the model fails on a batch of training clouds: {_one_line(err)} "
                               f"(preflight: {context})") from err
     loss_terms = tuple(out)
-    _check_reported(exp, protocol, judged, objective)
-    if objective is not None:
-        from pointtune.search.space import check_objective
+    objectives = [objective] if isinstance(objective, str) else list(objective or [])
+    _check_reported(exp, protocol, judged, objectives)
+    from pointtune.search.space import check_objective
 
-        check_objective(objective, cls.task, "objective.metric", judged.class_names, list(loss_terms),
+    for metric in objectives:
+        check_objective(metric, cls.task, "objective.metric", judged.class_names, list(loss_terms),
                         protocol=protocol.name, protocol_cfg=exp.protocol)
     return PreflightResult(data, loss_terms, time.perf_counter() - began)
 

@@ -18,6 +18,11 @@ File format (``search_spaces/cedr.yaml``)::
       method.b_l.step_epochs: {type: float, low: 0.02, high: 0.1}
       method.b_u.step_epochs: {type: same, as: method.b_l.step_epochs}
 
+``objective`` may also be a list, e.g. ``[{metric: val/OA, mode: max}, {metric: cost/epoch_s, mode: min}]``
+(each entry names both): a multi-objective search (Optuna's multi-objective TPE, the Pareto front in the
+summary). The first objective is the primary one: it selects each trial's epoch (its checkpoint and the
+values of the others, :class:`pointtune.objective.BestEpoch`), and ASHA stops trials on it.
+
 Keys are dotted config keys (see :mod:`pointtune.config`). ``when`` makes a parameter conditional: it is
 sampled only if every named parameter (defined earlier in the file) took one of the given values.
 ``perturb`` marks what population-based training (``pointtune sweep --scheduler pbt``,
@@ -37,6 +42,7 @@ from typing import Any
 
 from pointtune.config import ConfigError, build_config, load_yaml
 from pointtune.method import Task
+from pointtune.objective import Objective
 
 TYPES = ("float", "int", "categorical", "fixed", "same")
 _ALLOWED = {
@@ -117,13 +123,40 @@ class Param:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """A validated search space for one method."""
+    """A validated search space for one method.
+
+    Attributes:
+        objectives: one objective, or several (a multi-objective search); the first is the primary one.
+    """
 
     method: str
-    metric: str
-    mode: str
+    objectives: tuple[Objective, ...]
     params: tuple[Param, ...]
     source: str
+
+    @property
+    def metric(self) -> str:
+        """The primary objective's metric: what selects each trial's epoch, ranks trials and drives ASHA."""
+        return self.objectives[0].metric
+
+    @property
+    def mode(self) -> str:
+        """The primary objective's mode (``max`` or ``min``)."""
+        return self.objectives[0].mode
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the search has several objectives."""
+        return len(self.objectives) > 1
+
+    @property
+    def secondary(self) -> tuple[str, ...]:
+        """The metrics of the objectives after the first (read at the epoch the first selects)."""
+        return tuple(o.metric for o in self.objectives[1:])
+
+    def describe_objective(self) -> str:
+        """The objectives in words, e.g. ``max val/OA`` or ``max val/OA, min cost/params``."""
+        return ", ".join(f"{o.mode} {o.metric}" for o in self.objectives)
 
     def define_by_run(self, trial) -> dict[str, Any]:
         """Optuna define-by-run function: samples the active parameters, returns the fixed ones."""
@@ -327,30 +360,66 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
         default_metric, default_mode = selected.objective(selected.settings())
     except ConfigError as err:
         raise ConfigError(f"{source}: {err}") from None
-    objective = tree.get("objective")
-    if objective is None:
-        objective = {}
-    if not isinstance(objective, dict):
-        raise ConfigError(f"{source}: objective: expected a mapping like {{metric: {default_metric}, mode: "
-                          f"{default_mode}}}, got {objective!r}")
-    unknown = sorted(set(objective) - {"metric", "mode"})
-    if unknown:
-        raise ConfigError(f"{source}: objective: unknown key {unknown[0]!r} (expected metric, mode)")
-    metric, mode = objective.get("metric", default_metric), objective.get("mode", default_mode)
-    if mode not in ("max", "min"):
-        raise ConfigError(f"{source}: objective.mode: expected max or min, got {mode!r}")
-    if not isinstance(metric, str) or not metric:
-        raise ConfigError(f"{source}: objective.metric: expected a metric name such as {default_metric}")
-    check_objective(metric, method_cls.task, f"{source}: objective.metric", protocol=protocol)
+    objectives = _parse_objectives(source, tree.get("objective"), (default_metric, default_mode))
+    listed = isinstance(tree.get("objective"), list)
+    for i, objective in enumerate(objectives):
+        where = f"objective[{i}]" if listed else "objective"
+        check_objective(objective.metric, method_cls.task, f"{source}: {where}.metric", protocol=protocol)
     raw = tree.get("params")
     if not isinstance(raw, dict) or not raw:
         raise ConfigError(f"{source}: params: expected a non-empty mapping of dotted config keys")
     params: dict[str, Param] = {}
     for key, spec in raw.items():
         params[key] = _parse_param(source, key, spec, params)
-    space = SearchSpace(name, metric, mode, tuple(params.values()), source)
+    space = SearchSpace(name, objectives, tuple(params.values()), source)
     _check_against_schema(space)
     return space
+
+
+def _parse_objectives(source: str, spec: Any, default: tuple[str, str]) -> tuple[Objective, ...]:
+    """The ``objective`` of a space file: a mapping (``metric`` and ``mode`` default to ``default``, the
+    protocol's), absent (``default``), or a non-empty list of mappings that each name both, with distinct
+    metrics. Metric names are checked against the method by the caller.
+
+    Raises:
+        ConfigError: one line naming the file and ``objective`` (``objective[i]`` for a list's entry).
+    """
+    example = f"{{metric: {default[0]}, mode: {default[1]}}}"
+    if spec is None or isinstance(spec, dict):
+        return (_parse_one_objective(source, "objective", spec or {}, default),)
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"{source}: objective: expected a mapping like {example} or a non-empty list of them, "
+                          f"got {spec!r}")
+    objectives = []
+    for i, entry in enumerate(spec):
+        where = f"objective[{i}]"
+        if not isinstance(entry, dict) or not {"metric", "mode"} <= set(entry):
+            raise ConfigError(f"{source}: {where}: each objective of a list names its metric and mode, e.g. "
+                              f"{{metric: cost/epoch_s, mode: min}}, got {entry!r}")
+        objectives.append(_parse_one_objective(source, where, entry, default))
+    metrics = [o.metric for o in objectives]
+    twice = next((m for i, m in enumerate(metrics) if m in metrics[:i]), None)
+    if twice:
+        raise ConfigError(f"{source}: objective[{metrics.index(twice, metrics.index(twice) + 1)}].metric: "
+                          f"{twice!r} is an objective already")
+    return tuple(objectives)
+
+
+def _parse_one_objective(source: str, where: str, spec: dict, default: tuple[str, str]) -> Objective:
+    """One ``{metric, mode}`` mapping (missing entries from ``default``).
+
+    Raises:
+        ConfigError: an unknown key, a mode other than max or min, or a metric that is not a non-empty name.
+    """
+    unknown = sorted(set(spec) - {"metric", "mode"})
+    if unknown:
+        raise ConfigError(f"{source}: {where}: unknown key {unknown[0]!r} (expected metric, mode)")
+    metric, mode = spec.get("metric", default[0]), spec.get("mode", default[1])
+    if mode not in ("max", "min"):
+        raise ConfigError(f"{source}: {where}.mode: expected max or min, got {mode!r}")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{source}: {where}.metric: expected a metric name such as {default[0]}")
+    return Objective(metric, mode)
 
 
 # Metrics the training loop reports every epoch besides the protocol's ``val/*`` (see pointtune.train.loop).
