@@ -25,7 +25,8 @@ A sweep directory (:class:`SweepDir`)::
     train/          data-parallel trials' Ray Train runs and checkpoints (``train/trial_<id>``)
                     (with ``--storage``, tune/ and train/ live in ``<storage>/<sweep dir name>/`` instead)
     sources/<key>/  copies of the checkpoints every trial starts from     <prerequisite>/  SCL's ``stage1`` run
-    summary.csv, summary.txt, best.json, best_config.yaml, optimization_history.png, param_importances.png
+    summary.csv, summary.txt, best.json, best_config.yaml, optimization_history.png, param_importances.png,
+    pareto_front.png (a sweep with several objectives)
 """
 
 from __future__ import annotations

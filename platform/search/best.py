@@ -1,12 +1,13 @@
 """``pointtune best SWEEP_DIR``: the best trial of a (finished or interrupted) sweep, read from Tune's
-saved state without starting Ray, and its full config written as YAML that ``pointtune train`` accepts."""
+saved state without starting Ray, and its full config written as YAML that ``pointtune train`` accepts; of a
+multi-objective sweep also its Pareto front (the config written is the primary objective's best)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from pointtune.config import ConfigError
-from pointtune.search.report import TrialSummary, format_table, summarize, write_best
+from pointtune.search.report import TrialSummary, format_front, format_table, summarize, write_best
 from pointtune.search.space import SearchSpace
 from pointtune.search.spec import SweepSpec
 
@@ -30,7 +31,8 @@ def sweep_trials(sweep_dir: str | Path) -> tuple[SweepSpec, SearchSpace, list[Tr
 
 
 def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> TrialSummary:
-    """Print the trials (best first), record the best trial in ``best.json`` and write its config.
+    """Print the trials (best first by the primary objective) and, with several objectives, the Pareto front;
+    record the best trial in ``best.json`` and write its config.
 
     Args:
         sweep_dir: a directory made by ``pointtune sweep``.
@@ -40,7 +42,9 @@ def best_trial(sweep_dir: str | Path, output: str | Path | None = None) -> Trial
         ConfigError: not a sweep directory, or no trial reported the objective yet.
     """
     spec, space, rows = sweep_trials(sweep_dir)
-    print(format_table(rows, space.metric))
+    print(format_table(rows, space))
+    if space.multi_objective:
+        print("\n" + format_front(rows, space))
     if not rows or rows[0].best is None:
         raise ConfigError(f"{sweep_dir}: no trial has reported {space.metric} yet")
     out = Path(output) if output else spec.layout.best_config

@@ -7,8 +7,9 @@
   ``pointtune.failure`` (the error). Workers never import MLflow.
 - :class:`StudySearch` (Ray's ``OptunaSearch``): records a trial that the scheduler stopped as ``PRUNED``
   in the Optuna study (with the epoch it reached and its last value), not as complete with a truncated value,
-  and cross-links the stores: each Optuna trial carries ``tune_trial_id`` and ``mlflow_run_id``, each
-  Tune config ``optuna_trial`` (its Optuna trial number).
+  tells a multi-objective study the values of :func:`study_metric`, and cross-links the stores: each Optuna
+  trial carries ``tune_trial_id`` and ``mlflow_run_id``, each Tune config ``optuna_trial`` (its Optuna trial
+  number).
 
 Both are pickled with Tune's experiment state and come back on ``pointtune resume``: they hold only plain
 values and reopen clients lazily.
@@ -45,6 +46,28 @@ def metric_items(result: dict[str, Any]) -> dict[str, float]:
         if (k.startswith(METRIC_PREFIXES) or k in METRIC_KEYS)
         and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
+
+
+def study_metric(space) -> str | list[str]:
+    """The result key(s) a sweep's Optuna study is told (:class:`StudySearch`, and
+    :func:`pointtune.search.report.reconcile_study` after the sweep): one objective, its metric (the trial's
+    last value; the per-epoch values are the trial's intermediate values); several, ``best/<metric>`` of each
+    (``space.objectives`` order: every value at the epoch the primary objective selected, as the loop reports
+    them; Optuna keeps no intermediate values for multi-objective trials)."""
+    if space.multi_objective:
+        return [f"best/{o.metric}" for o in space.objectives]
+    return space.metric
+
+
+def study_values(result: dict[str, Any] | None, metric: str | list[str]) -> float | list[float] | None:
+    """The value (or values, for a list ``metric``) of :func:`study_metric` in a Tune result; ``None`` when
+    one is missing or not a finite number."""
+    keys = metric if isinstance(metric, list) else [metric]
+    values = [(result or {}).get(k) for k in keys]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return None
+    values = [float(v) for v in values]
+    return values if isinstance(metric, list) else values[0]
 
 
 def stopped_early(result: dict[str, Any] | None, max_epochs: int) -> bool:
@@ -246,6 +269,9 @@ def set_study_attr(sweep_dir: str, number: int, key: str, value: Any) -> None:
 class StudySearch(OptunaSearch):
     """``OptunaSearch`` that records scheduler-stopped trials as ``PRUNED`` and cross-links the stores.
 
+    ``metric`` is :func:`study_metric`: one name (intermediate values at step ``epoch``) or a list (a
+    multi-objective study, ``mode`` a list too; no intermediate values, which Optuna does not support there).
+
     Args:
         max_epochs: epochs of a trial that runs to the end; one that ends earlier without error was stopped
             by the scheduler.
@@ -272,25 +298,26 @@ class StudySearch(OptunaSearch):
         self._report(trial_id, result)
 
     def _report(self, trial_id: str, result: dict | None) -> None:
-        value = (result or {}).get(self.metric)
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is None or trial_id in self._completed_trials or not isinstance(value, (int, float)):
+        if isinstance(self.metric, list):  # a multi-objective trial has no intermediate values in Optuna
             return
-        if not math.isfinite(value):
+        value = study_values(result, self.metric)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None or trial_id in self._completed_trials or value is None:
             return
         from optuna.exceptions import UpdateFinishedTrialError
 
         step = int(result.get("epoch", 0))
         if step not in self._reported.setdefault(trial_id, set()):
             try:
-                ot_trial.report(float(value), step)
+                ot_trial.report(value, step)
             except UpdateFinishedTrialError:  # closed in the study (failed, or before an interruption)
                 return
             self._reported[trial_id].add(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        """COMPLETE (all epochs, with the last value) or PRUNED (stopped early, with the epoch it reached and
-        its last value as user attributes and intermediate values). A failed trial stays RUNNING here:
+        """COMPLETE (all epochs, with the last value; several objectives: the values of :func:`study_metric`) or
+        PRUNED (stopped early, with the epoch it reached and its last value, or values, as user attributes and
+        intermediate values). A failed trial stays RUNNING here:
         ``pointtune resume`` may still finish it; the end of the sweep settles it from what Tune received
         (:func:`pointtune.search.report.reconcile_study`)."""
         from optuna.trial import TrialState
@@ -305,8 +332,9 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials[trial_id]
         try:
             ot_trial.set_user_attr("stopped_at_epoch", int(result["epoch"]))
-            if isinstance(result.get(self.metric), (int, float)):
-                ot_trial.set_user_attr("last_value", float(result[self.metric]))
+            last = study_values(result, self.metric)
+            if last is not None:
+                ot_trial.set_user_attr("last_value", last)
             self._ot_study.tell(ot_trial, state=TrialState.PRUNED)
         except UpdateFinishedTrialError:  # closed in the study before an interruption
             pass

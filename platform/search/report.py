@@ -1,6 +1,10 @@
 """After a sweep (or a resume): the summary table and CSV, the best config, the plots, the parent run's
 closing records, and the commands that open the results. Also what ``pointtune best`` reads.
 
+With several objectives, each trial's value for every objective is the one the loop reported at the epoch
+the primary objective selected (``best/<metric>``), and ``summary.csv`` marks the Pareto front of the trials
+that ran every epoch (``pareto``), plotted in ``pareto_front.png``.
+
 Each trial's own MLflow run was closed by :class:`~pointtune.search.records.MlflowRecorder` when the trial
 ended; here every child run only gains ``pointtune.rank`` (1 = best), so the best trial is found at a glance.
 Idempotent: running it again (e.g. after ``pointtune resume``) updates the same runs and files.
@@ -18,6 +22,7 @@ import yaml
 from pointtune import tracking
 from pointtune.schedules import Schedule
 from pointtune.failures import failure_reason
+from pointtune.objective import pareto_front
 from pointtune.search.records import MlflowRecorder, metric_items, set_study_attr, stopped_early
 from pointtune.search.space import SearchSpace
 from pointtune.search.spec import OPTUNA_KEY, ROW_KEY, STUDY_NAME, SweepRuntime, SweepSpec, sampled_params, study_storage
@@ -31,7 +36,9 @@ class TrialSummary:
     ``status``: FINISHED (ran every epoch), STOPPED (ASHA stopped it early; its MLflow run is KILLED, its
     Optuna trial PRUNED) or FAILED. ``best`` and ``best_epoch`` are the loop's model selection as the trial
     last reported it (``best/<metric>``, ``best/epoch``: :mod:`pointtune.objective`); ``best_checkpoint`` the
-    checkpoint of that epoch (local path or storage URI).
+    checkpoint of that epoch (local path or storage URI). ``values``: every objective's value at that epoch
+    (``best/<metric>``; ``None`` where not reported); ``pareto``: whether the trial is on the Pareto front of a
+    multi-objective sweep (``None`` with one objective).
     """
 
     trial_id: str
@@ -46,6 +53,8 @@ class TrialSummary:
     optuna_trial: int | None = None
     mlflow_run_id: str | None = None
     history: dict[int, float] = field(default_factory=dict)
+    values: dict[str, float | None] = field(default_factory=dict)
+    pareto: bool | None = None
 
 
 def _trial_id(result) -> str:
@@ -55,8 +64,9 @@ def _trial_id(result) -> str:
 
 
 def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary]:
-    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first (failed trials last), the best
-    value and epoch read from the loop's last report of each trial.
+    """One :class:`TrialSummary` per trial of a Tune ``ResultGrid``, best first by the primary objective
+    (failed trials last), the best value, epoch and every objective's value there read from the loop's last
+    report of each trial; with several objectives, the Pareto front marked (:func:`mark_pareto_front`).
 
     Args:
         results: the ``ResultGrid`` of ``Tuner.fit`` or of the saved experiment.
@@ -85,20 +95,36 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
             {k: v for k, v in selected.items() if k.startswith(("val/", "train/", "test/", "cost/"))},
             kept.path if kept else None, failure_reason(result.error) if result.error is not None else None,
             (result.config or {}).get(OPTUNA_KEY), history=history,
+            values={o.metric: selected.get(f"best/{o.metric}") for o in space.objectives},
         ))
     sign = 1 if space.mode == "max" else -1
     rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0)))
+    if space.multi_objective:
+        mark_pareto_front(rows, space)
     return rows
 
 
-def format_table(rows: list[TrialSummary], metric: str) -> str:
-    """A fixed-width text table of the trials (best first)."""
+def mark_pareto_front(rows: list[TrialSummary], space: SearchSpace) -> None:
+    """Set ``pareto`` of every trial: whether it is on the Pareto front (:func:`pointtune.objective.pareto_front`)
+    of the trials that ran every epoch and reported every objective. A stopped or failed trial never is: its
+    values come from a shorter budget (and the Optuna study holds it as PRUNED or FAIL, without values)."""
+    points = [[r.values.get(o.metric) for o in space.objectives] if r.status == "FINISHED" else None for r in rows]
+    for row, on_front in zip(rows, pareto_front(points, [o.mode for o in space.objectives])):
+        row.pareto = on_front
+
+
+def format_table(rows: list[TrialSummary], space: SearchSpace) -> str:
+    """A fixed-width text table of the trials (best first by the primary objective); with several objectives,
+    the others' values at the selected epoch and ``*`` for the trials on the Pareto front."""
     keys = sorted({k for r in rows for k in r.params})
-    header = ["trial", "optuna", "status", "epochs", metric, "best epoch"] + short_names(keys)
+    others = space.secondary
+    header = ["trial", "optuna", "status", "epochs", space.metric, "best epoch", *others,
+              *(["pareto"] if space.multi_objective else [])] + short_names(keys)
     lines = [header]
     for r in rows:
         cells = [r.trial_id, _fmt(r.optuna_trial), r.status, str(r.epochs), "-" if r.best is None else f"{r.best:.4f}",
-                 _fmt(r.best_epoch)]
+                 _fmt(r.best_epoch), *[_fmt(r.values.get(m)) for m in others]]
+        cells += ["*" if r.pareto else ""] if space.multi_objective else []
         cells += [_fmt(r.params.get(k)) for k in keys]
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -148,10 +174,11 @@ def write_best(rows: list[TrialSummary], layout, metric: str, path: Path | None 
     return None
 
 
-def plot_study(sweep_dir: Path) -> list[Path]:
-    """Optimization history (every trial) and parameter importances (computed on the COMPLETE trials only,
-    i.e. those that ran every epoch: pruned trials stopped at different epochs and their values are not
-    comparable), saved as PNGs in ``sweep_dir``; returns the files written."""
+def plot_study(sweep_dir: Path, space: SearchSpace) -> list[Path]:
+    """Optimization history (every trial; of a multi-objective study, its primary objective) and parameter
+    importances (computed on the COMPLETE trials only, i.e. those that ran every epoch: pruned trials stopped
+    at different epochs and their values are not comparable; one bar per objective of a multi-objective
+    study), saved as PNGs in ``sweep_dir``; returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,7 +193,8 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     written = []
     if complete:
-        ax = ovm.plot_optimization_history(study)
+        primary = {"target": lambda t: t.values[0], "target_name": space.metric} if space.multi_objective else {}
+        ax = ovm.plot_optimization_history(study, **primary)
         out = sweep_dir / "optimization_history.png"
         ax.figure.savefig(out, dpi=120, bbox_inches="tight")
         plt.close(ax.figure)
@@ -190,6 +218,54 @@ def plot_study(sweep_dir: Path) -> list[Path]:
     return written
 
 
+def plot_pareto(rows: list[TrialSummary], space: SearchSpace, path: Path) -> Path | None:
+    """The trials of a multi-objective sweep that ran every epoch, one panel per objective after the first
+    (its value on x, the primary objective's on y, each at the selected epoch), the Pareto front
+    (:attr:`TrialSummary.pareto`) highlighted, labelled with Optuna trial numbers and joined in order; saved as
+    ``path``. Returns ``path``, or ``None`` (nothing written) when no trial ran every epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if r.status == "FINISHED" and all(r.values.get(o.metric) is not None
+                                                               for o in space.objectives)]
+    if not done:
+        return None
+    others = space.objectives[1:]
+    fig, axes = plt.subplots(1, len(others), figsize=(5.5 * len(others), 4.5), squeeze=False)
+    front = [r for r in done if r.pareto]
+    for ax, other in zip(axes[0], others):
+        ax.scatter([r.values[other.metric] for r in done], [r.values[space.metric] for r in done], color="0.6",
+                   label="trials that ran every epoch")
+        line = sorted(front, key=lambda r: (r.values[other.metric], r.values[space.metric]))
+        ax.plot([r.values[other.metric] for r in line], [r.values[space.metric] for r in line], "o-",
+                color="tab:red", label="Pareto front")
+        for r in front:
+            ax.annotate(f"#{_fmt(r.optuna_trial)}", (r.values[other.metric], r.values[space.metric]),
+                        textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xlabel(f"{other.metric} ({other.mode})")
+        ax.set_ylabel(f"{space.metric} ({space.mode})")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"Pareto front: {len(front)} of {len(done)} trials ({space.describe_objective()}; values at the "
+                 f"epoch {space.metric} selected)", fontsize=9)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def format_front(rows: list[TrialSummary], space: SearchSpace) -> str:
+    """The Pareto front of a multi-objective sweep as text: a heading, then one line per trial on it (its id,
+    Optuna number, every objective's value and its sampled parameters), best first by the primary objective."""
+    front = [r for r in rows if r.pareto]
+    done = sum(r.status == "FINISHED" for r in rows)
+    lines = [f"Pareto front ({space.describe_objective()}): {len(front)} of the {done} trials that ran every epoch"]
+    for r in front:
+        values = "  ".join(f"{m} = {_fmt(v)}" for m, v in r.values.items())
+        lines.append(f"  trial {r.trial_id} (Optuna #{_fmt(r.optuna_trial)}): {values}  {r.params}")
+    return "\n".join(lines)
+
+
 def ui_url(runtime: SweepRuntime, run_id: str | None = None, port: int = 5000) -> str:
     """The MLflow UI address of the sweep's experiment (runs table) or of one run, for the default
     ``mlflow ui`` (port 5000) or the sweep's tracking server."""
@@ -203,13 +279,14 @@ LOST = ("started before the sweep was interrupted, after Tune last saved its sta
         "no resume can continue it (its sampled values are tried again as a new trial if Optuna suggests them)")
 
 
-def reconcile_study(spec, rows: list[TrialSummary]) -> None:
+def reconcile_study(spec, space: SearchSpace, rows: list[TrialSummary]) -> None:
     """Make the Optuna study say, once every trial has ended, what Tune received (the source of truth):
 
     * a trial still RUNNING that no Tune trial continues: FAIL with ``lost``;
     * one whose Tune trial failed: FAIL with ``failure`` (its reason);
     * one whose Tune trial ended (a resumed run whose results the searcher did not see): its missing
-      per-epoch values, then COMPLETE with the last value, or PRUNED with the epoch it reached;
+      per-epoch values, then COMPLETE with the last value, or PRUNED with the epoch it reached (several
+      objectives: no per-epoch values, and the values of :func:`~pointtune.search.records.study_metric`);
     * a FAIL trial whose Tune trial ``resume`` then finished: an Optuna trial cannot leave FAIL, so the study
       gets a new trial with the same parameters, every epoch's value and the outcome, ``resumes`` = the old
       number; the old one gets ``superseded_by`` and ``row.optuna_trial`` becomes the new number.
@@ -231,27 +308,37 @@ def reconcile_study(spec, rows: list[TrialSummary]) -> None:
                 set_study_attr(str(spec.root), trial.number, key, reason)
                 study.tell(trial.number, state=TrialState.FAIL)
             continue
-        last = row.history.get(row.epochs)
+        last = _told(row, space)
         outcome = TrialState.PRUNED if row.status == "STOPPED" else TrialState.COMPLETE
         attrs = {"stopped_at_epoch": row.epochs, **({"last_value": last} if last is not None else {})} \
             if outcome == TrialState.PRUNED else {}
         if trial.state == TrialState.RUNNING:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
             for step, value in sorted(row.history.items()):
-                if step not in trial.intermediate_values:
+                if step not in trial.intermediate_values and not space.multi_objective:
                     storage.set_trial_intermediate_value(trial_id, step, value)
             for key, value in attrs.items():
                 set_study_attr(str(spec.root), trial.number, key, value)
             study.tell(trial.number, last if outcome == TrialState.COMPLETE else None, state=outcome)
             continue
+        told = last if outcome == TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(
-            state=outcome, value=last if outcome == TrialState.COMPLETE else None, params=trial.params,
-            distributions=trial.distributions, intermediate_values=dict(row.history),
+            state=outcome, **({"values": told} if space.multi_objective else {"value": told}), params=trial.params,
+            distributions=trial.distributions, intermediate_values={} if space.multi_objective else dict(row.history),
             user_attrs={**{k: v for k, v in trial.user_attrs.items() if k != "failure"}, **attrs,
                         "resumes": trial.number},
         ))
         row.optuna_trial = max(t.number for t in study.get_trials(deepcopy=False))
         set_study_attr(str(spec.root), trial.number, "superseded_by", row.optuna_trial)
+
+
+def _told(row: TrialSummary, space: SearchSpace) -> float | list[float] | None:
+    """What the study is told for a trial that Tune ended (:func:`~pointtune.search.records.study_metric`): its
+    last value, or each objective's value at the selected epoch; ``None`` when one is missing."""
+    if not space.multi_objective:
+        return row.history.get(row.epochs)
+    values = [row.values.get(o.metric) for o in space.objectives]
+    return None if None in values else values
 
 
 def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results) -> list[TrialSummary]:
@@ -264,15 +351,16 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     runs = MlflowRecorder(spec, runtime, space.metric, space.mode)
     lost = runs.close_lost({r.trial_id for r in rows}, LOST)
     if spec.searches:  # PBT sweeps and seed studies have no Optuna study
-        reconcile_study(spec, rows)
+        reconcile_study(spec, space, rows)
     if lost:
         print(f"[pointtune] {lost} trial(s) started before the interruption were unknown to Tune's saved state: "
               f"their MLflow runs are marked LOST")
     for rank, row in enumerate(rows, start=1):
         row.mlflow_run_id = runs.rank(row.trial_id, rank if row.best is not None else "-", row.optuna_trial)
-    table = format_table(rows, space.metric)
+    table = format_table(rows, space)
     layout.summary_txt.write_text(table + "\n")
-    _write_csv(rows, layout.summary_csv)
+    _write_csv(rows, layout.summary_csv, space)
+    pareto_plot = None
     if spec.rows:
         from pointtune.search.study_report import write_study
 
@@ -280,8 +368,10 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
         best_config = None
     else:
         best_config = write_best(rows, layout, space.metric)
-        written = ([] if spec.scheduler == "pbt" else plot_study(spec.root)) + \
-            ([layout.best_config, layout.best] if best_config else [])
+        if space.multi_objective:
+            pareto_plot = plot_pareto(rows, space, layout.plot("pareto_front"))
+        written = ([] if spec.scheduler == "pbt" else plot_study(spec.root, space)) + \
+            ([layout.best_config, layout.best] if best_config else []) + ([pareto_plot] if pareto_plot else [])
     for path in [layout.summary_csv, *written]:
         tracking.log_artifact(uri, runtime.parent_run_id, path)
     done = [r for r in rows if r.best is not None]
@@ -304,6 +394,10 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
         print(f"[pointtune] best trial {best.trial_id} ({origin}): {space.metric} = {best.best:.4f} at epoch "
               f"{best.best_epoch}  {best.params}")
         print(f"[pointtune] best config: {layout.best_config}  (pointtune train {spec.method} --config ...)")
+        if space.multi_objective:
+            print(f"[pointtune] {format_front(rows, space)}")
+        if pareto_plot:
+            print(f"[pointtune] Pareto plot: {pareto_plot}")
         if best.mlflow_run_id:
             print(f"[pointtune] best run: {ui_url(runtime, best.mlflow_run_id)}")
     if uri.startswith("sqlite:///"):  # the store's directory: a study's is its sweep's
@@ -331,15 +425,20 @@ def _pbt_exploits(spec):
                 yield json.loads(line)
 
 
-def _write_csv(rows: list[TrialSummary], path: Path) -> None:
+def _write_csv(rows: list[TrialSummary], path: Path, space: SearchSpace) -> None:
+    """``summary.csv``: one line per trial; with several objectives, each objective's value at the selected
+    epoch (``best/<metric>``) and ``pareto`` after ``best_epoch``."""
     import csv
 
     keys = sorted({k for r in rows for k in r.params})
     metrics = sorted({k for r in rows for k in r.last if not k.startswith("test/")})  # test: never for selection
+    objectives = [o.metric for o in space.objectives] if space.multi_objective else []
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["trial_id", "optuna_trial", "mlflow_run_id", "status", "epochs", "best_objective",
-                         "best_epoch", *keys, *metrics, "error"])
+                         "best_epoch", *[f"best/{m}" for m in objectives], *(["pareto"] if objectives else []),
+                         *keys, *metrics, "error"])
         for r in rows:
             writer.writerow([r.trial_id, r.optuna_trial, r.mlflow_run_id or "", r.status, r.epochs, r.best, r.best_epoch,
+                             *[r.values.get(m) for m in objectives], *([r.pareto] if objectives else []),
                              *[r.params.get(k) for k in keys], *[r.last.get(k) for k in metrics], r.error or ""])

@@ -53,8 +53,8 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
     exp = trial_config(spec, config, space, runtime)
     if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
         exp.train.threads = max(1, int(plan.cpus_per_worker))
-    loop = LoopConfig(exp, space.metric, space.mode, cpus_per_worker=plan.cpus_per_worker, verbose=spec.verbose,
-                      announce=True)
+    loop = LoopConfig(exp, space.metric, space.mode, secondary=space.secondary, cpus_per_worker=plan.cpus_per_worker,
+                      verbose=spec.verbose, announce=True)
     if plan.single_process:
         tune_trial_loop(loop)
         return
@@ -129,7 +129,8 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
         _check_prerequisite(space, pre)
         preflight(pre.config, workers=0)
     probe_pre = plan_prerequisite(probe)
-    preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers, objective=space.metric)
+    preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers,
+              objective=[o.metric for o in space.objectives])
     return spec, space, pre
 
 
@@ -230,9 +231,13 @@ def _copy_sources(spec: SweepSpec, space: SearchSpace, decided: dict[str, Any]) 
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
-    """PBT needs single-process trials and a checkpoint at every perturbation (``--pbt-interval``)."""
+    """PBT needs one objective, single-process trials and a checkpoint at every perturbation
+    (``--pbt-interval``)."""
     from pointtune.search.pbt import pbt_scheduler
 
+    if space.multi_objective:
+        raise ConfigError(f"{space.source}: objective: --scheduler pbt ranks the population by one metric; give one "
+                          f"objective or use --scheduler asha")
     pbt_scheduler(space, spec.pbt_interval, spec.epochs)  # the space marks what to perturb, consistently
     if spec.workers > 1:
         raise ConfigError("--scheduler pbt: trials exploit each other's checkpoints through Tune, which "
@@ -247,14 +252,18 @@ def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
 def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
     """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): Optuna TPE + ASHA,
     Tune's random initial population + PBT (:mod:`pointtune.search.pbt`), or a seed study's grid run to the
-    end."""
+    end.
+
+    With several objectives the study is multi-objective (TPE's multi-objective variant, one direction per
+    objective) and is told each trial's ``best/<metric>`` values, all read at the epoch the primary objective
+    selected; ASHA (and the checkpoint Tune keeps) uses the primary objective alone."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
     from pointtune.search.pbt import pbt_scheduler
-    from pointtune.search.records import MlflowRecorder, StudySearch, TrialResultLog
+    from pointtune.search.records import MlflowRecorder, StudySearch, TrialResultLog, study_metric
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = spec.epochs
@@ -265,7 +274,8 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
         searcher, scheduler = BasicVariantGenerator(), FIFOScheduler()
     else:
         searcher = StudySearch(
-            space=space.define_by_run, metric=space.metric, mode=space.mode, max_epochs=epochs,
+            space=space.define_by_run, metric=study_metric(space), max_epochs=epochs,
+            mode=[o.mode for o in space.objectives] if space.multi_objective else space.mode,
             sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=study_storage(spec.root),
             study_name=STUDY_NAME,
         )
@@ -350,7 +360,7 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table reporter; the new engine prints every result
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.CLIReporter(
-        metric_columns={"epoch": "epoch", space.metric: space.metric},
+        metric_columns={"epoch": "epoch", **{o.metric: o.metric for o in space.objectives}},
         # the sampled values: summary.csv, MLflow, Optuna; PBT's perturbed ones change, so they are shown
         parameter_columns=(dict(zip(perturbed, short_names(perturbed))) if spec.scheduler == "pbt"
                            else {ROW_KEY: "row", "train.seed": "seed"} if spec.scheduler == "fifo"
@@ -362,8 +372,8 @@ def _reporter(spec: SweepSpec, space: SearchSpace):
 def _checkpoint_config(spec: SweepSpec, space: SearchSpace):
     """Which checkpoints of a single-process trial Tune keeps.
 
-    ASHA: the best by the objective. PBT: the latest ``interval + 1``. A trial that exploits restores its
-    donor's checkpoint of the synchronisation epoch when it next runs; meanwhile the donor may train on for
+    ASHA: the best by the (primary) objective. PBT: the latest ``interval + 1``. A trial that exploits
+    restores its donor's checkpoint of the synchronisation epoch when it next runs; meanwhile the donor may train on for
     up to one interval (the population then waits again), so that checkpoint must outlive as many newer ones.
     Keeping only one let the donor's next checkpoint delete it first ("Could not recover from checkpoint as
     it does not exist on storage anymore"). The best epoch of every trial is in MLflow anyway (records).
@@ -460,7 +470,7 @@ def run_sweep(spec: SweepSpec):
         {tracking.KIND_TAG: "study" if spec.rows else "sweep", "pointtune.method": spec.method,
          "pointtune.git_commit": _git_commit(), **_study_tags(spec, uri)},
         {"method": spec.method, "dataset": probe.data.name, "data_root": probe.data.root,
-         "search_space": spec.space_file, "objective": f"{space.mode} {space.metric}",
+         "search_space": spec.space_file, "objective": space.describe_objective(),
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
