@@ -36,13 +36,15 @@ def mlflow_runs(run_dir: Path):
     return client, client.search_runs(experiments, max_results=1000)
 
 
-def write_space(path: Path, params: dict, objective: str = "val/OA", method: str = "cedr") -> Path:
+def write_space(path: Path, params: dict, objective: str | list[dict] = "val/OA", method: str = "cedr") -> Path:
     """Write a search space of ``method`` (CEDR or a method built on it) whose ``params`` map dotted keys to
-    specs; TINY keys are fixed."""
+    specs; TINY keys are fixed. ``objective``: a metric to maximise, or a list of objectives as the file
+    holds them (``[{metric: val/OA, mode: max}, {metric: cost/params, mode: min}]``)."""
     import yaml
 
     fixed = {k: {"type": "fixed", "value": v} for k, v in TINY.items()}
-    path.write_text(yaml.safe_dump({"method": method, "objective": {"metric": objective, "mode": "max"},
+    objective = {"metric": objective, "mode": "max"} if isinstance(objective, str) else objective
+    path.write_text(yaml.safe_dump({"method": method, "objective": objective,
                                     "params": {**fixed, **params}}, sort_keys=False))
     return path
 
@@ -84,7 +86,7 @@ def tune_results(sweep_dir: Path, tune_dir: Path | None = None) -> dict:
 
 
 def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir: Path | None = None,
-                  tracking_uri: str | None = None, study: bool = True) -> dict:
+                  tracking_uri: str | None = None, study: bool = True, others: tuple[str, ...] = ()) -> dict:
     """Assert that MLflow, the Optuna study and summary.csv hold, trial by trial and epoch by epoch, exactly
     what Tune received; returns ``{trial_id: status}`` (FINISHED, STOPPED or FAILED).
 
@@ -102,6 +104,9 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
       artifact is that epoch's checkpoint, and a trial that scored the test split scored it there.
 
     ``study=False``: a PBT sweep or a seed study, which have no Optuna study (and no ``optuna.db``).
+    ``others``: the metrics of a multi-objective sweep's objectives after ``metric``: then a COMPLETE Optuna
+    trial holds every objective's ``best/<metric>`` as the trial last reported it (values at the selected
+    epoch), no intermediate values, and summary.csv's ``best/<metric>`` columns are those values.
     """
     import csv
     import math
@@ -141,8 +146,10 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             assert [s for s, _ in history] == [s for s, _ in expected], (trial_id, key, history, expected)
             assert all(math.isclose(a, b, rel_tol=1e-6) for (_, a), (_, b) in zip(history, expected)), (trial_id, key)
         assert run.info.run_id == row["mlflow_run_id"]
+        selected = [(result.metrics or {}).get(f"best/{m}") for m in (metric, *others)]
         if study:
-            assert dict(ot.intermediate_values) == {e: float(v) for e, v in received}, (trial_id, ot.intermediate_values)
+            per_epoch = {} if others else {e: float(v) for e, v in received}  # none in a multi-objective study
+            assert dict(ot.intermediate_values) == per_epoch, (trial_id, ot.intermediate_values)
             assert ot.user_attrs["mlflow_run_id"] == run.info.run_id
             assert row["optuna_trial"] == str(ot.number) == tags["pointtune.optuna_trial"]
         else:
@@ -163,7 +170,13 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
         else:
             status = "FINISHED"
             assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
-            assert not study or (ot.state == optuna.trial.TrialState.COMPLETE and math.isclose(ot.value, received[-1][1]))
+            if study:
+                told, expected = (ot.values, selected) if others else ([ot.value], [received[-1][1]])
+                assert ot.state == optuna.trial.TrialState.COMPLETE and all(
+                    math.isclose(a, b) for a, b in zip(told, expected, strict=True)), (told, expected)
+        for m, value in zip((metric, *others) if others else (), selected):
+            reported = value is not None and math.isfinite(value)
+            assert math.isclose(float(row[f"best/{m}"]), value) if reported else row[f"best/{m}"] == "", (m, row)
         assert row["status"] == status, (row["status"], status)
         _check_best_epoch(client, run, result, row, metric, kept_best=study, experiment=experiment)
         if received:  # the run ended when the trial did, not when the sweep did
