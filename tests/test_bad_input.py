@@ -251,7 +251,7 @@ def _space(tmp_path: Path, **tree) -> Path:
 
 @pytest.mark.parametrize("tree,fragments", [
     ({"objective": {"metric": "val/OA", "mode": "max", "direction": "up"}}, ["objective", "'direction'"]),
-    ({"objective": ["val/OA"]}, ["objective: expected a mapping"]),
+    ({"objective": ["val/OA"]}, ["objective[0]:", "names its metric and mode"]),  # a list is of mappings
     ({"extends": ""}, ["extends"]),
     ({"extends": "space.yaml"}, ["extends: cycle"]),
     ({"objective": {"metric": "test/OA"}}, ["'test/OA'", "val/OA"]),
