@@ -229,13 +229,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _sweep_status(resume_sweep(args.sweep_dir))
 
 
+def _store_dir(root: Path) -> Path:
+    """The directory of the SQLite MLflow store that holds ``root``'s runs: ``root`` itself, or, for a study
+    that records into its sweep's store, the directory its ``runtime.yaml`` names."""
+    from pointtune.layout import SweepDir
+    from pointtune.search.spec import SweepRuntime
+
+    layout = SweepDir(root)
+    if (root / "mlflow.db").is_file() or not layout.runtime.is_file():
+        return root
+    uri = SweepRuntime.load(layout).tracking_uri
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else root
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """``pointtune ui DIR``: the MLflow UI of a run or sweep directory (wherever it now lies)."""
     import subprocess
 
     from pointtune import tracking
 
-    root = Path(args.run_dir).resolve()
+    root = _store_dir(Path(args.run_dir).resolve())
     try:
         moved = tracking.relocate_store(root)
     except FileNotFoundError as err:

@@ -3,6 +3,7 @@ runs, killed and resumed, whose records equal what Tune received and whose table
 
 import csv
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -82,7 +83,7 @@ def study(tmp_path_factory):
                      "--output", str(sweep), "--seed", "1", *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-5000:]
     out = sweep / "study"
-    kill_after_first_report(["python", "-m", "pointtune.cli", "study", str(sweep), "--top-k", "2", "--seeds", "2",
+    kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(sweep), "--top-k", "2", "--seeds", "2",
                              "--workers", "2", "--max-concurrent", "1"], out, timeout=420)
     assert not (out / "study.csv").exists()
     resumed = pointtune("resume", str(out), timeout=900)
@@ -169,3 +170,6 @@ def test_study_parent_run_links_the_sweep(study):
     assert len(kids) == 6 and {r.data.tags["pointtune.row"] for r in kids} == {"reference", "top1", "top2"}
     assert parents["study"].data.params["seeds"] == "0,1"
     assert parents["study"].data.params["rows"] == "reference,top1,top2"
+    from pointtune.cli import _store_dir
+
+    assert _store_dir(out) == sweep  # `pointtune ui STUDY_DIR` opens the sweep's store, which holds the study
