@@ -198,11 +198,18 @@ def cmd_study(args: argparse.Namespace) -> int:
         out, epochs, mlflow_uri = _run_dir(args, "studies", method), args.epochs, args.mlflow_uri
     rows.update(config_rows(args.config, method))
     overrides = dict(parse_override(o) for o in args.set)
-    overrides.pop("train.epochs", None)
+    for key, flag in (("train.epochs", "--epochs"), ("train.seed", "--seeds")):
+        if key in overrides:
+            raise ConfigError(f"--set {key}: a study sets it itself; use {flag}")
+    storage = args.storage
+    if storage and args.sweep_dir:  # <storage>/<sweep>/study: every sweep's study is named `study`
+        from pointtune.layout import join
+
+        storage = join(args.storage, Path(args.sweep_dir).resolve().name)
     spec = SweepSpec(
         method=method, space_file="", sweep_dir=str(out), epochs=epochs, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, mlflow_uri=mlflow_uri,
+        max_concurrent=args.max_concurrent, address=args.address, storage=storage, mlflow_uri=mlflow_uri,
         wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
         of=str(Path(args.sweep_dir).resolve()) if args.sweep_dir else None,

@@ -61,11 +61,18 @@ def test_rows_and_plan_refuse_bad_input(tmp_path):
         config_rows([str(tmp_path / "bad.yaml")], "cedr")
 
 
-@pytest.mark.slow  # a CLI run
-def test_study_without_a_sweep_or_configs_is_a_one_line_error():
-    proc = pointtune("study", "--seeds", "2")
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
-        "pointtune: error: pointtune study: give a SWEEP_DIR, or --method and at least one --config")
+@pytest.mark.slow  # a CLI run each
+@pytest.mark.parametrize("args,error", [
+    (["--seeds", "2"], "pointtune study: give a SWEEP_DIR, or --method and at least one --config"),
+    (["--method", "cedr", "--config", "{paper}", "--set", "train.seed=3"],
+     "--set train.seed: a study sets it itself; use --seeds"),
+])
+def test_bad_study_input_is_a_one_line_error(tmp_path, args, error):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump({"method": {"temperature": 0.1}}))
+    proc = pointtune("study", *[str(paper) if a == "{paper}" else a for a in args], "--output", str(tmp_path / "s"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"pointtune: error: {error}"
+    assert not (tmp_path / "s" / "tune").exists()
 
 
 EPOCHS = 2
