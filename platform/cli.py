@@ -3,6 +3,8 @@
     pointtune train cedr [--config FILE] [--set key=value ...] [--workers N [--gpu]]
     pointtune train finetune --from SWEEP_DIR|RUN_DIR|CHECKPOINT [--dataset ...]
     pointtune sweep cedr [--space FILE] [--dataset NAME] [--data-root DIR] [--trials N] [--epochs E] ...
+    pointtune study SWEEP_DIR [--top-k K] [--seeds N] | pointtune study --method M --config FILE ...
+    pointtune compare SPEC.yaml [--output DIR]   (entries side by side at an equal budget)
     pointtune resume SWEEP_DIR
     pointtune best SWEEP_DIR
     pointtune ui RUN_OR_SWEEP_DIR [--port 5000]
@@ -31,6 +33,9 @@ from pointtune.config import ConfigError, config_from_file, plan_prerequisite
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+# The flags of `resources()` in build_parser: SweepSpec fields every sweep and study of a command gets.
+RESOURCE_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent", "address", "storage",
+                  "wait_for_resources", "worker_start_timeout", "verbose")
 
 
 def default_space_file(method: str) -> Path:
@@ -198,17 +203,50 @@ def cmd_study(args: argparse.Namespace) -> int:
         out, epochs, mlflow_uri = _run_dir(args, "studies", method), args.epochs, args.mlflow_uri
     rows.update(config_rows(args.config, method))
     overrides = dict(parse_override(o) for o in args.set)
-    overrides.pop("train.epochs", None)
+    for key, flag in (("train.epochs", "--epochs"), ("train.seed", "--seeds")):
+        if key in overrides:
+            raise ConfigError(f"--set {key}: a study sets it itself; use {flag}")
+    storage = args.storage
+    if storage and args.sweep_dir:  # <storage>/<sweep>/study: every sweep's study is named `study`
+        from pointtune.layout import join
+
+        storage = join(args.storage, Path(args.sweep_dir).resolve().name)
     spec = SweepSpec(
         method=method, space_file="", sweep_dir=str(out), epochs=epochs, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-        max_concurrent=args.max_concurrent, address=args.address, storage=args.storage, mlflow_uri=mlflow_uri,
+        max_concurrent=args.max_concurrent, address=args.address, storage=storage, mlflow_uri=mlflow_uri,
         wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
         of=str(Path(args.sweep_dir).resolve()) if args.sweep_dir else None,
     )
     _check_gpus_of_sweep(args)
     return _sweep_status(run_sweep(plan_study(spec, rows, args.seeds, (space.metric, space.mode))))
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``pointtune compare SPEC.yaml``: entries side by side at an equal budget (:mod:`pointtune.search.compare`),
+    in ``--output`` (default ``runs/compare/<name>``, so that the same command resumes it). Exit status 0 when
+    every entry has a finished run, else 1."""
+    from pointtune.search.compare import load_compare, run_compare
+
+    spec = load_compare(args.spec)
+    if args.output:
+        if in_ray_job() and not Path(args.output).is_absolute():
+            raise ConfigError(f"--output {args.output}: inside a Ray job the working directory is deleted when the "
+                              f"job ends; give an absolute path")
+        out = Path(args.output).resolve()
+    elif in_ray_job():
+        raise ConfigError("pointtune compare: inside a Ray job give an absolute --output (shared storage)")
+    else:
+        out = (Path("runs") / "compare" / spec.name).resolve()
+    _check_gpus_of_sweep(args)
+    resources = {key: getattr(args, key) for key in RESOURCE_FLAGS}
+    rows = run_compare(spec, out, resources, args.mlflow_uri)
+    empty = [r["entry"] for r in rows if r["seeds"] == 0]
+    if empty:
+        print(f"pointtune: error: no run of entry {empty[0]} finished (see {out / empty[0] / 'study'})", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _sweep_status(rows) -> int:
@@ -229,13 +267,26 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _sweep_status(resume_sweep(args.sweep_dir))
 
 
+def _store_dir(root: Path) -> Path:
+    """The directory of the SQLite MLflow store that holds ``root``'s runs: ``root`` itself, or, for a study
+    that records into its sweep's store, the directory its ``runtime.yaml`` names."""
+    from pointtune.layout import SweepDir
+    from pointtune.search.spec import SweepRuntime
+
+    layout = SweepDir(root)
+    if (root / "mlflow.db").is_file() or not layout.runtime.is_file():
+        return root
+    uri = SweepRuntime.load(layout).tracking_uri
+    return Path(uri.removeprefix("sqlite:///")).parent if uri.startswith("sqlite:///") else root
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     """``pointtune ui DIR``: the MLflow UI of a run or sweep directory (wherever it now lies)."""
     import subprocess
 
     from pointtune import tracking
 
-    root = Path(args.run_dir).resolve()
+    root = _store_dir(Path(args.run_dir).resolve())
     try:
         moved = tracking.relocate_store(root)
     except FileNotFoundError as err:
@@ -323,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "or $MLFLOW_TRACKING_URI)")
 
     def resources(p: argparse.ArgumentParser) -> None:
-        """What a trial runs on and where the results go (``sweep`` and ``study``)."""
+        """What a trial runs on and where the results go (``sweep``, ``study``, ``compare``): the
+        :data:`RESOURCE_FLAGS`."""
         p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (default 1)")
         p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions allowed")
         p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: shared evenly)")
@@ -382,6 +434,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "study directory)")
     resources(study)
     study.set_defaults(func=cmd_study)
+
+    compare = sub.add_parser("compare", help="methods, backbones or configs side by side at an equal budget: each "
+                             "entry swept (if it has a space) then studied over seeds; a leaderboard")
+    compare.add_argument("spec", metavar="SPEC.yaml", help="the comparison (e.g. studies/supervised_classification.yaml)")
+    compare.add_argument("--output", help="compare directory (default runs/compare/<name>; the same command resumes it)")
+    compare.add_argument("--mlflow-uri", help="MLflow tracking URI of every entry (default: SQLite in the compare "
+                         "directory)")
+    resources(compare)
+    compare.set_defaults(func=cmd_compare)
 
     config = sub.add_parser("config", help="list every config key of a method: type, default, meaning")
     config.add_argument("method", choices=methods, help="method whose keys to list")

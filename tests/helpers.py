@@ -137,8 +137,9 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     for trial_id, (result, df) in results.items():
         run, ot, row = runs[trial_id], studied[trial_id] if study else None, summary[trial_id]
         tags = run.data.tags
-        if df is not None and "epoch" in df:  # an epoch Tune received twice (a trial that resume restarted
-            df = df.drop_duplicates("epoch", keep="first")  # before its first checkpoint) is one record
+        last_seen = None if df is None or not len(df) else float(df["timestamp"].iloc[-1])  # its very last result
+        if df is not None and "epoch" in df:  # an epoch Tune received twice (a trial that resume restarted before
+            df = df.drop_duplicates("epoch", keep="first")  # its first checkpoint, or restored at its last) is one record
         received = [] if df is None or "epoch" not in df else list(zip(df["epoch"].astype(int), df[metric]))
         for key in (metric, "train/loss", "lr"):
             history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
@@ -180,7 +181,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
         assert row["status"] == status, (row["status"], status)
         _check_best_epoch(client, run, result, row, metric, kept_best=study, experiment=experiment)
         if received:  # the run ended when the trial did, not when the sweep did
-            ended_after_last_result = run.info.end_time / 1000 - float(df["timestamp"].iloc[-1])
+            ended_after_last_result = run.info.end_time / 1000 - last_seen
             assert -2 <= ended_after_last_result <= 20, ended_after_last_result
         statuses[trial_id] = status
     ranked = sorted((r for r in summary.values() if r["best_objective"]), key=lambda r: -float(r["best_objective"]))

@@ -3,6 +3,7 @@ runs, killed and resumed, whose records equal what Tune received and whose table
 
 import csv
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -60,11 +61,18 @@ def test_rows_and_plan_refuse_bad_input(tmp_path):
         config_rows([str(tmp_path / "bad.yaml")], "cedr")
 
 
-@pytest.mark.slow  # a CLI run
-def test_study_without_a_sweep_or_configs_is_a_one_line_error():
-    proc = pointtune("study", "--seeds", "2")
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
-        "pointtune: error: pointtune study: give a SWEEP_DIR, or --method and at least one --config")
+@pytest.mark.slow  # a CLI run each
+@pytest.mark.parametrize("args,error", [
+    (["--seeds", "2"], "pointtune study: give a SWEEP_DIR, or --method and at least one --config"),
+    (["--method", "cedr", "--config", "{paper}", "--set", "train.seed=3"],
+     "--set train.seed: a study sets it itself; use --seeds"),
+])
+def test_bad_study_input_is_a_one_line_error(tmp_path, args, error):
+    paper = tmp_path / "paper.yaml"
+    paper.write_text(yaml.safe_dump({"method": {"temperature": 0.1}}))
+    proc = pointtune("study", *[str(paper) if a == "{paper}" else a for a in args], "--output", str(tmp_path / "s"))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == f"pointtune: error: {error}"
+    assert not (tmp_path / "s" / "tune").exists()
 
 
 EPOCHS = 2
@@ -82,7 +90,7 @@ def study(tmp_path_factory):
                      "--output", str(sweep), "--seed", "1", *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-5000:]
     out = sweep / "study"
-    kill_after_first_report(["python", "-m", "pointtune.cli", "study", str(sweep), "--top-k", "2", "--seeds", "2",
+    kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(sweep), "--top-k", "2", "--seeds", "2",
                              "--workers", "2", "--max-concurrent", "1"], out, timeout=420)
     assert not (out / "study.csv").exists()
     resumed = pointtune("resume", str(out), timeout=900)
@@ -169,3 +177,6 @@ def test_study_parent_run_links_the_sweep(study):
     assert len(kids) == 6 and {r.data.tags["pointtune.row"] for r in kids} == {"reference", "top1", "top2"}
     assert parents["study"].data.params["seeds"] == "0,1"
     assert parents["study"].data.params["rows"] == "reference,top1,top2"
+    from pointtune.cli import _store_dir
+
+    assert _store_dir(out) == sweep  # `pointtune ui STUDY_DIR` opens the sweep's store, which holds the study

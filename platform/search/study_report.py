@@ -163,27 +163,42 @@ def _markdown(table: list[dict[str, Any]], val: str, test: str, has_reference: b
 
 
 def _plot(runs: list, names: list[str], test: str, path: Path) -> None:
-    """Each seed's test value per configuration (dots), its mean (bar) and the reference's mean (dashed)."""
+    """``study.png``: :func:`plot_seeds` of each configuration's finished runs, the reference marked."""
+    values = {name: [t.last[test] for t in runs if t.params[ROW_KEY] == name and t.status == "FINISHED" and test in t.last]
+              for name in names}
+    plot_seeds(values, test, path, reference=REFERENCE if REFERENCE in names else None)
+
+
+def plot_seeds(values: dict[str, list[float]], metric: str, path: Path, reference: str | None = None) -> None:
+    """Write a PNG of each seed's ``metric`` per configuration (dots), its mean (bar) and, with ``reference``
+    (a key of ``values``), that configuration's mean dashed across the plot.
+
+    Args:
+        values: configuration name -> one value per finished seed, in plot order (an empty list is skipped).
+        metric: the y axis, e.g. ``test/OA``.
+        path: the PNG to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    names = list(values)
     fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(names), 4))
     for i, name in enumerate(names):
-        values = [t.last[test] for t in runs if t.params[ROW_KEY] == name and t.status == "FINISHED" and test in t.last]
-        if not values:
+        if not values[name]:
             continue
-        jitter = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else [0.0]
-        color = "tab:gray" if name == REFERENCE else "tab:blue"
-        ax.scatter(i + np.asarray(jitter), values, color=color, zorder=3, s=18)
-        ax.hlines(np.mean(values), i - 0.25, i + 0.25, color=color, linewidth=2, zorder=2)
-        if name == REFERENCE:
-            ax.axhline(np.mean(values), color="tab:gray", linestyle="--", linewidth=1, zorder=1, label="reference mean")
+        jitter = np.linspace(-0.12, 0.12, len(values[name])) if len(values[name]) > 1 else [0.0]
+        color = "tab:gray" if name == reference else "tab:blue"
+        ax.scatter(i + np.asarray(jitter), values[name], color=color, zorder=3, s=18)
+        ax.hlines(np.mean(values[name]), i - 0.25, i + 0.25, color=color, linewidth=2, zorder=2)
+        if name == reference:
+            ax.axhline(np.mean(values[name]), color="tab:gray", linestyle="--", linewidth=1, zorder=1,
+                       label=f"{reference} mean")
     ax.set_xticks(range(len(names)), names, rotation=20)
-    ax.set_ylabel(test)
-    ax.set_title(f"{test} per seed")
-    if REFERENCE in names:
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per seed")
+    if reference in names:
         ax.legend(loc="best", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

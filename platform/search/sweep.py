@@ -267,11 +267,14 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = spec.epochs
+    # Tune's max_concurrent_trials does not reach a BasicVariantGenerator passed in: it is given here. Without it,
+    # every data-parallel trial's driver starts at once and all but one wait for their workers, then time out.
+    limit = runtime.plan.max_concurrent
     if spec.scheduler == "pbt":
-        searcher = BasicVariantGenerator(random_state=spec.seed)
+        searcher = BasicVariantGenerator(random_state=spec.seed, max_concurrent=limit)
         scheduler = pbt_scheduler(space, spec.pbt_interval, epochs, spec.seed)
     elif spec.scheduler == "fifo":
-        searcher, scheduler = BasicVariantGenerator(), FIFOScheduler()
+        searcher, scheduler = BasicVariantGenerator(max_concurrent=limit), FIFOScheduler()
     else:
         searcher = StudySearch(
             space=space.define_by_run, metric=study_metric(space), max_epochs=epochs,
