@@ -98,7 +98,8 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
             values={o.metric: selected.get(f"best/{o.metric}") for o in space.objectives},
         ))
     sign = 1 if space.mode == "max" else -1
-    rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0)))
+    # ties go to the earlier trial, whatever order Tune lists them in (the sweep's end and `pointtune best` agree)
+    rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0), r.trial_id))
     if space.multi_objective:
         mark_pareto_front(rows, space)
     return rows
