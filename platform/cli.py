@@ -29,6 +29,7 @@ from pathlib import Path
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
 from pointtune.config import ConfigError, config_from_file, plan_prerequisite
+from pointtune.search.spec import SAMPLERS, SCHEDULERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
@@ -168,7 +169,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
-        scheduler=args.scheduler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
+        scheduler=args.scheduler, sampler=args.sampler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
         worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
@@ -405,10 +406,13 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--space", help="search-space YAML (default search_spaces/<method>.yaml)")
     sweep.add_argument("--trials", type=int, default=8, help="number of trials (default 8)")
     resources(sweep)
-    sweep.add_argument("--seed", type=int, default=0, help="TPE sampler seed")
-    sweep.add_argument("--scheduler", choices=("asha", "pbt"), default="asha",
-                       help="asha: Optuna TPE proposes, ASHA stops the weak (default); pbt: population-based "
-                       "training perturbs the space's `perturb:` parameters (no Optuna)")
+    sweep.add_argument("--seed", type=int, default=0, help="sampler seed (Optuna's, or PBT's)")
+    sweep.add_argument("--scheduler", choices=SCHEDULERS, default="asha",
+                       help="asha: Optuna proposes, ASHA stops the weak (default); none: Optuna proposes, every "
+                       "trial runs all its epochs; pbt: population-based training perturbs the space's `perturb:` "
+                       "parameters (no Optuna)")
+    sweep.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                       help="Optuna sampler of asha and none sweeps: tpe (default), random, gp (Gaussian process)")
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
     sweep.add_argument("--pbt-interval", type=int, default=1, metavar="EPOCHS",
                        help="PBT: epochs between exploit/explore steps (default 1)")

@@ -178,3 +178,22 @@ def test_best_config_retrains_to_the_same_numbers(sweep, tmp_path):
         retrained = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, key), key=lambda m: m.step)]
         swept = [m.value for m in sorted(sweep_client.get_metric_history(child.info.run_id, key), key=lambda m: m.step)]
         assert len(retrained) == EPOCHS and swept and retrained[:len(swept)] == swept, key
+
+
+def test_sweep_without_early_stopping_and_another_sampler(tmp_path):
+    """``--scheduler none --sampler random``: every trial trains all its epochs, Optuna records them COMPLETE,
+    the records agree with Tune, and the parent run names the scheduler and sampler."""
+    import optuna
+
+    out = tmp_path / "run"
+    proc = pointtune("sweep", "cedr", "--space", str(_space(tmp_path)), "--trials", "3", "--epochs", "2",
+                     "--scheduler", "none", "--sampler", "random", "--seed", "5", "--output", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    statuses = check_records(out, 2)
+    assert list(statuses.values()) == ["FINISHED"] * 3
+    assert "stopped early" not in proc.stdout and "3 trials: 3 finished, 0 failed" in proc.stdout
+    study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    _, runs = mlflow_runs(out)
+    parent = next(r for r in runs if r.data.tags.get("pointtune.kind") == "sweep")
+    assert (parent.data.params["scheduler"], parent.data.params["sampler"]) == ("none", "random")

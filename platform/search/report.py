@@ -384,7 +384,8 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     tracking.end_run(uri, runtime.parent_run_id, "FINISHED" if done else "FAILED")
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
-    stopped = "" if spec.rows else f"{counts['STOPPED']} stopped early by {spec.scheduler.upper()}, "
+    stopped = "" if spec.rows or spec.scheduler == "none" else \
+        f"{counts['STOPPED']} stopped early by {spec.scheduler.upper()}, "
     print(f"\n[pointtune] {len(rows)} trials: {counts['FINISHED']} finished, {stopped}{counts['FAILED']} failed")
     if spec.rows:
         print("\n" + study_table)

@@ -23,6 +23,8 @@ from pointtune.search.space import SearchSpace, load_search_space
 STUDY_NAME = "pointtune"
 OPTUNA_KEY = "optuna_trial"  # Optuna trial number, carried in each Tune trial's config (a cross-link)
 ROW_KEY = "row"  # a seed study's trial: the name of the configuration (row) it retrains
+SCHEDULERS = ("asha", "none", "pbt")  # what `pointtune sweep --scheduler` offers (a seed study's is "fifo")
+SAMPLERS = ("tpe", "random", "gp")  # the Optuna samplers `--sampler` offers (asha and none sweeps)
 
 
 def sampled_params(config: dict[str, Any] | None) -> dict[str, Any]:
@@ -36,10 +38,11 @@ class SweepSpec:
     that ``pointtune resume`` rebuilds it. ``epochs`` is the trials' epoch count (filled from the experiment
     config when the sweep starts if not given); ``overrides`` are the ``--set`` values (paths made absolute).
 
-    ``scheduler``: ``asha`` (Optuna TPE suggests, ASHA stops early), ``pbt`` (population-based training) or
-    ``fifo``: a seed study (:mod:`pointtune.search.study`), the grid of ``rows`` (name -> a whole config,
+    ``scheduler``: ``asha`` (Optuna suggests, ASHA stops early), ``none`` (Optuna suggests, every trial runs
+    all its epochs), ``pbt`` (population-based training) or ``fifo``: a seed study (:mod:`pointtune.search.study`), the grid of ``rows`` (name -> a whole config,
     each trial's base instead of ``base``) x ``seeds`` (``train.seed``, the space's one parameter), every trial
-    run to the end. ``of``: the sweep a study was made from (its directory), if any.
+    run to the end. ``of``: the sweep a study was made from (its directory), if any. ``sampler``: the Optuna
+    sampler of ``asha`` and ``none`` sweeps (:data:`SAMPLERS`, :func:`pointtune.search.sweep.make_sampler`).
     """
 
     method: str
@@ -57,6 +60,7 @@ class SweepSpec:
     mlflow_uri: str | None = None
     grace_period: int = 1
     scheduler: str = "asha"
+    sampler: str = "tpe"
     pbt_interval: int = 1
     wait_for_resources: float = 0.0
     worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT_S
@@ -69,8 +73,8 @@ class SweepSpec:
 
     @property
     def searches(self) -> bool:
-        """Whether an Optuna study suggests the trials (``asha``; PBT and seed studies have none)."""
-        return self.scheduler == "asha"
+        """Whether an Optuna study suggests the trials (``asha``, ``none``; PBT and seed studies have none)."""
+        return self.scheduler in ("asha", "none")
 
     @property
     def root(self) -> Path:

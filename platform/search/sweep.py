@@ -27,8 +27,8 @@ from pointtune.config import ConfigError, PlannedPrerequisite, plan_prerequisite
 from pointtune.layout import trial_name
 from pointtune.search.resources import TrialResources
 from pointtune.search.space import SearchSpace, load_search_space, load_space_tree
-from pointtune.search.spec import (OPTUNA_KEY, ROW_KEY, STUDY_NAME, SweepRuntime, SweepSpec, study_storage,
-                                   trial_config)
+from pointtune.search.spec import (OPTUNA_KEY, ROW_KEY, SAMPLERS, SCHEDULERS, STUDY_NAME, SweepRuntime, SweepSpec,
+                                   study_storage, trial_config)
 
 class SweepInterrupted(Exception):
     """The sweep stopped (Ctrl-C / SIGINT) before every trial ended: Tune saved its state, nothing was
@@ -109,8 +109,13 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
     from pointtune.preflight import check_numbers, check_tracking_uri, preflight
 
     check_numbers(asdict(spec), "sweep")
-    if spec.scheduler not in ("asha", "pbt", "fifo") or (spec.scheduler == "fifo") != bool(spec.rows):
-        raise ConfigError(f"--scheduler must be asha or pbt, got {spec.scheduler!r}")
+    if spec.scheduler not in (*SCHEDULERS, "fifo") or (spec.scheduler == "fifo") != bool(spec.rows):
+        raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
+    if spec.sampler not in SAMPLERS:
+        raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {spec.sampler!r}")
+    if spec.sampler != "tpe" and not spec.searches:
+        raise ConfigError(f"--sampler {spec.sampler}: only Optuna sweeps (--scheduler asha or none) have a sampler; "
+                          f"--scheduler {spec.scheduler} has none")
     check_tracking_uri(spec.mlflow_uri)
     space = load_search_space(spec.space_file, spec.method)
     if "train.epochs" in space.searched():
@@ -249,10 +254,32 @@ def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
                               f"({spec.pbt_interval}) epochs, so it must divide it, got {every}")
 
 
+def make_sampler(name: str, seed: int):
+    """The Optuna sampler ``--sampler NAME`` names (:data:`~pointtune.search.spec.SAMPLERS`), seeded.
+
+    ``tpe``: Optuna's TPE (multivariate, with the constant liar for trials still running: Optuna 5's defaults);
+    ``random``: independent uniform draws, the baseline a search must beat; ``gp``: Optuna's Gaussian-process
+    sampler (log-EI on the parameters every trial shares; a parameter that exists only under a ``when``
+    condition is drawn at random). Each starts with Optuna's 10 random trials.
+
+    Raises:
+        ConfigError: an unknown name.
+    """
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+
+
 def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
-    """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): Optuna TPE + ASHA,
-    Tune's random initial population + PBT (:mod:`pointtune.search.pbt`), or a seed study's grid run to the
-    end.
+    """Searcher, scheduler, trainable and callbacks of a sweep (the same on ``resume``): an Optuna sampler
+    (:func:`make_sampler`) with ASHA or without early stopping (``none``), Tune's random initial population +
+    PBT (:mod:`pointtune.search.pbt`), or a seed study's grid run to the end.
 
     With several objectives the study is multi-objective (TPE's multi-objective variant, one direction per
     objective) and is told each trial's ``best/<metric>`` values, all read at the epoch the primary objective
@@ -279,10 +306,10 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
         searcher = StudySearch(
             space=space.define_by_run, metric=study_metric(space), max_epochs=epochs,
             mode=[o.mode for o in space.objectives] if space.multi_objective else space.mode,
-            sampler=optuna.samplers.TPESampler(seed=spec.seed), storage=study_storage(spec.root),
-            study_name=STUDY_NAME,
+            sampler=make_sampler(spec.sampler, spec.seed), storage=study_storage(spec.root), study_name=STUDY_NAME,
         )
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
+                     if spec.scheduler == "asha" else FIFOScheduler())
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, runtime=runtime),
                                     runtime.plan.trial_bundle())
     recorder = MlflowRecorder(spec, runtime, space.metric, space.mode)
@@ -477,6 +504,8 @@ def run_sweep(spec: SweepSpec):
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
+         **({"scheduler": spec.scheduler, "sampler": spec.sampler} if spec.searches else
+            {"scheduler": spec.scheduler} if not spec.rows else {}),
          **({f"prerequisite/{pre.name}": prerequisite[pre.key]} if pre else {}),
          **({"rows": ",".join(spec.rows), "seeds": ",".join(map(str, spec.seeds))} if spec.rows else {})},
     )
