@@ -73,14 +73,14 @@ def asha_trials(budget: int, epochs: int, grace: int) -> int:
 
 def epoch_events(sweep_dir: Path, metric: str) -> list[tuple[float, int, str, float]]:
     """Every epoch every trial reported, in arrival order: ``(timestamp s, epoch, trial id, metric value)``,
-    read from Tune's ``result.json`` of each trial under ``<sweep_dir>/tune``."""
+    read from Tune's ``result.json`` of each trial under ``<sweep_dir>/tune``. Tune's timestamps are whole
+    seconds: within one, the lower epoch comes first, then the trial id."""
     events = []
     for result in sorted((sweep_dir / "tune").glob("trial_*/result.json")):
         for line in result.read_text().splitlines():
             row = json.loads(line)
             if metric in row:
-                events.append((row["timestamp"] + row.get("time_total_s", 0.0) % 1, row["epoch"],
-                               row["trial_id"], row[metric]))
+                events.append((row["timestamp"], row["epoch"], row["trial_id"], row[metric]))
     return sorted(events)
 
 
