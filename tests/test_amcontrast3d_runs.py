@@ -58,12 +58,12 @@ def test_ce_baseline_on_s3dis(shared_data, tmp_path):
     assert 0 <= epoch["val/mIoU"] <= 1 and "train/am_s0" not in epoch and epoch["train/loss"] == epoch["train/ce"]
 
 
-def test_two_trial_sweep_with_two_workers_per_trial(shared_data, tmp_path):
+def test_sweep_trial_with_two_workers(shared_data, tmp_path):
+    """One trial of 2 Ray Train workers (test_sweep covers several data-parallel trials in a row)."""
     out = tmp_path / "sweep"
     fixed = {**{k: v for k, v in TINY_AM.items() if k not in ("method.k", "method.stages")}, "data.loop": 4}
     proc = pointtune("sweep", "amcontrast3d", "--space", str(REPO / "search_spaces" / "amcontrast3d_quick.yaml"),
-                     "--trials", "2", "--epochs", "2", "--workers", "2", *_scenes(shared_data, "scannet"),
+                     "--trials", "1", "--epochs", "2", "--workers", "2", *_scenes(shared_data, "scannet"),
                      *_sets(fixed), "--output", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    statuses = check_records(out, 2, metric="val/mIoU")
-    assert len(statuses) == 2 and set(statuses.values()) <= {"FINISHED", "STOPPED"}
+    assert list(check_records(out, 2, metric="val/mIoU").values()) == ["FINISHED"]

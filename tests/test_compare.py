@@ -35,6 +35,7 @@ def _refused(path, *fragments):
     ("supervised_classification", {"cedr-pointnet": "cedr", "ce-pointnet": "cedr", "cedr-dgcnn": "cedr",
                                    "ce-dgcnn": "cedr"}, ("val/OA", "max")),
     ("ssl_svm_modelnet40", {"conclu": "conclu", "dcglr": "dcglr", "scl": "scl"}, ("val/svm_acc", "max")),
+    ("cedr_searched_vs_recipe", {"cedr-recipe": "cedr", "cedr-searched": "cedr", "ce": "cedr"}, ("val/OA", "max")),
 ])
 def test_examples_parse_and_compare_the_same_data(example, methods, objective):
     spec = load_compare(REPO / "studies" / f"{example}.yaml")
@@ -45,11 +46,12 @@ def test_examples_parse_and_compare_the_same_data(example, methods, objective):
         exp = plan.experiment
         assert plan.objective == objective and exp.train.epochs == spec.epochs
         assert (exp.data.name, exp.data.root, exp.data.classes) == ("modelnet40", root, ["airplane", "bathtub", "bench"])
-        assert exp.method.backbone.name == ("pointnet" if "pointnet" in plan.name else "dgcnn")
-        if example == "supervised_classification":
-            assert exp.method.use_scc == plan.name.startswith("cedr")
-        else:
+        assert exp.method.backbone.name == ("dgcnn" if "dgcnn" in plan.name or example.startswith("ssl") else "pointnet")
+        if example == "ssl_svm_modelnet40":
             assert plan.space is not None and spec.budget.trials == 4
+        else:
+            assert exp.method.use_scc == plan.name.startswith("cedr")
+            assert (plan.space is not None) == (plan.name == "cedr-searched")
 
 
 def test_bad_spec_keys_are_one_line_errors(tmp_path):
@@ -85,6 +87,13 @@ def test_entries_on_other_data_protocols_or_objectives_are_refused(tmp_path):
     plans = plan_entries(load_compare(_spec(tmp_path, {"a": {"method": "cedr"}, "b": {"method": "cedr", "set": {
         "method.backbone.name": "dgcnn", "method.backbone.k": 8}}})))
     assert [p.experiment.method.backbone.name for p in plans.values()] == ["pointnet", "dgcnn"]
+    # the synthetic dataset's own keys matter only on the synthetic dataset
+    _refused(_spec(tmp_path, {"a": {"method": "cedr"}, "b": {"method": "cedr", "set": {"data.synthetic_per_class": 8}}}),
+             "differ in data.synthetic_per_class (16 vs 8)")
+    mn40 = {"data.name": "modelnet40", "data.root": "mn40"}
+    plans = plan_entries(load_compare(_spec(tmp_path, {"a": {"method": "cedr", "set": mn40}, "b": {
+        "method": "cedr", "set": {**mn40, "data.synthetic_per_class": 8}}})))
+    assert [p.experiment.data.synthetic_per_class for p in plans.values()] == [16, 8]
 
 
 def _study(root, name, tests, epochs=2):

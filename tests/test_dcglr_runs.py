@@ -48,7 +48,8 @@ def test_pretrain_on_shapenetpart_judged_by_svm_on_modelnet40(shared_data, tmp_p
     assert 1 / 3 <= summary["test"]["svm_acc"] <= 1 and summary["test"]["epoch"] == summary["best_epoch"], summary
 
 
-def test_two_trial_sweep_with_two_workers_per_trial(shared_data, tmp_path):
+def test_sweep_trial_with_two_workers(shared_data, tmp_path):
+    """One trial of 2 Ray Train workers (test_sweep covers several data-parallel trials in a row)."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"method": "dcglr", "params": {
         **{k: {"type": "fixed", "value": v} for k, v in TINY_DCGLR.items()},
@@ -56,9 +57,8 @@ def test_two_trial_sweep_with_two_workers_per_trial(shared_data, tmp_path):
         "method.student_temperature": {"type": "categorical", "choices": [0.1, 0.2]},
     }}))
     out = tmp_path / "run"
-    proc = pointtune("sweep", "dcglr", "--space", str(space), "--trials", "2", "--epochs", "2", "--workers", "2",
+    proc = pointtune("sweep", "dcglr", "--space", str(space), "--trials", "1", "--epochs", "2", "--workers", "2",
                      "--dataset", "shapenetpart", "--data-root", str(real(shared_data / "shapenetpart_subset")),
                      "--set", "data.variant=all", "--set", _judged_on(shared_data), "--output", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    statuses = check_records(out, 2, metric="val/svm_acc")
-    assert len(statuses) == 2 and set(statuses.values()) <= {"FINISHED", "STOPPED"}
+    assert list(check_records(out, 2, metric="val/svm_acc").values()) == ["FINISHED"]

@@ -220,13 +220,15 @@ def plan_entries(spec: CompareSpec) -> dict[str, EntryPlan]:
 
 
 def fairness_keys(plan: EntryPlan) -> dict[str, Any]:
-    """What must be equal across entries: the dataset keys (:data:`DATA_KEYS`), the protocol's name and its own
-    dataset (``protocol.data``) and the objective."""
+    """What must be equal across entries: the dataset keys (:data:`DATA_KEYS`; the ``synthetic_*`` ones only
+    for the synthetic dataset, which alone reads them), the protocol's name and its own dataset
+    (``protocol.data``) and the objective."""
     from pointtune.protocols import protocol_name
 
     exp = plan.experiment
     flat = flatten(exp.to_dict())
-    keys = {key: flat.get(key) for key in DATA_KEYS}
+    keys = {key: flat.get(key) for key in DATA_KEYS
+            if exp.data.name == "synthetic" or not key.startswith("data.synthetic_")}
     keys["protocol.name"] = protocol_name(exp)
     keys["protocol.data"] = exp.protocol.data.model_dump(mode="json") if exp.protocol.data is not None else None
     keys["objective"] = " ".join(reversed(plan.objective))
