@@ -74,6 +74,7 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
         spec: the sweep (its epochs; where the checkpoints are).
     """
     rows = []
+    started: dict[str, float] = {}  # trial id -> when it first reported (Tune's timestamp, s)
     searched = set(space.searched()) | ({ROW_KEY} if spec.rows else set())
     for result in results:
         df = result.metrics_dataframe
@@ -82,6 +83,8 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
             history = {int(e): float(v) for e, v in zip(df["epoch"], df[space.metric]) if v == v}
         metrics = result.metrics or {}
         trial_id = _trial_id(result)
+        started[trial_id] = float(df["timestamp"].min()) if df is not None and "timestamp" in df and len(df) \
+            else float("inf")
         if result.error is not None:
             status = "FAILED"
         else:
@@ -98,8 +101,12 @@ def summarize(results, space: SearchSpace, spec: SweepSpec) -> list[TrialSummary
             values={o.metric: selected.get(f"best/{o.metric}") for o in space.objectives},
         ))
     sign = 1 if space.mode == "max" else -1
-    # ties go to the earlier trial, whatever order Tune lists them in (the sweep's end and `pointtune best` agree)
-    rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0), r.trial_id))
+    # Ties go to the earlier trial, whatever order Tune lists them in (the sweep's end and `pointtune best` agree):
+    # the lower Optuna number (the order the study suggested them), else the earlier first report; Tune's trial
+    # ids are random and only break what is left.
+    rows.sort(key=lambda r: (r.best is None, -sign * (r.best if r.best is not None else 0),
+                             r.optuna_trial if isinstance(r.optuna_trial, int) else float("inf"),
+                             started[r.trial_id], r.trial_id))
     if space.multi_objective:
         mark_pareto_front(rows, space)
     return rows
