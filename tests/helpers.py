@@ -20,11 +20,19 @@ def tiny_sets(**extra) -> list[str]:
     return out
 
 
+def scaled(seconds: float) -> float:
+    """A bound on waiting for an event, stretched by how busy the machine is now: ``seconds`` times the
+    1-minute load average per CPU when that is above 1. Tests hold on a busy machine (a load of 20 on 2 cores
+    makes a sweep's start-up ten times slower) and still never wait without a bound."""
+    return seconds * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
 def pointtune(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``python -m pointtune.cli ARGS`` from the repository root; returns the completed process."""
+    """Run ``python -m pointtune.cli ARGS`` from the repository root, for at most :func:`scaled` ``(timeout)``
+    seconds; returns the completed process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": ""}
     return subprocess.run([sys.executable, "-m", "pointtune.cli", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout, env=env, **kwargs)
+                          text=True, timeout=scaled(timeout), env=env, **kwargs)
 
 
 def mlflow_runs(run_dir: Path):
@@ -240,10 +248,11 @@ def _check_best_epoch(client, run, result, row: dict, metric: str, kept_best: bo
 
 def wait_until(condition, what: str, timeout: float = 120):
     """Return what ``condition()`` returns once that is true, checking it every 50 ms; fail the test naming
-    ``what`` (the event waited for) if it is not within ``timeout`` seconds. ``condition`` may itself fail the
-    test (e.g. when the process that was to cause the event has ended)."""
+    ``what`` (the event waited for) if it is not within :func:`scaled` ``(timeout)`` seconds. ``condition``
+    may itself fail the test (e.g. when the process that was to cause the event has ended)."""
     import time
 
+    timeout = scaled(timeout)
     deadline = time.monotonic() + timeout
     while not (value := condition()):
         if time.monotonic() > deadline:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from conftest import REPO, TINY
-from helpers import check_records, mlflow_runs, write_space
+from helpers import check_records, mlflow_runs, scaled, write_space
 from plugin_methods.memory_hog import NAME, cgroup_limited, hog_env, node_memory
 
 # The raylet's report as Ray 2.60 words it (abridged: its object-store statistics and advice left out).
@@ -123,7 +123,7 @@ def test_a_memory_kill_fails_its_trial_and_is_recorded_with_its_figures(tmp_path
     out = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "pointtune.cli", "sweep", NAME, "--space", str(space), "--trials", "1",
                            "--epochs", str(EPOCHS), "--workers", str(workers), "--output", str(out)],
-                          cwd=REPO, env=hog_env(threshold, plugin_path), capture_output=True, text=True, timeout=600)
+                          cwd=REPO, env=hog_env(threshold, plugin_path), capture_output=True, text=True, timeout=scaled(600))
     assert proc.returncode in (0, 1), proc.stderr[-5000:]
     assert list(check_records(out, EPOCHS).values()) == ["FAILED"]
     (row,) = csv.DictReader((out / "summary.csv").open())

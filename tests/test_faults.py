@@ -11,8 +11,8 @@ import optuna
 import pytest
 
 from conftest import REPO
-from helpers import (check_records, kill_after_first_report, mlflow_runs, pointtune, sweep_until_reported, wait_until,
-                     write_space)
+from helpers import (check_records, kill_after_first_report, mlflow_runs, pointtune, scaled, sweep_until_reported,
+                     wait_until, write_space)
 
 
 @pytest.mark.slow  # a CLI run each
@@ -108,7 +108,7 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
                                  "--trials", "2", "--epochs", "2", "--output", str(out), "--max-concurrent", "1"], out)
     reported = time.time()
     os.killpg(proc.pid, signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=120)
+    stdout, stderr = proc.communicate(timeout=scaled(120))
     print(f"first report after {reported - began:.1f} s; stopped {time.time() - reported:.1f} s after SIGINT")
     assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert f"pointtune resume {out}" in stderr
@@ -168,7 +168,7 @@ def test_killed_worker_fails_its_trial_with_the_cause_and_resume_finishes_it(tmp
 
     workers = wait_until(checkpointed_workers, "the Train run's first checkpoint with its 2 workers up", 300)
     os.kill(workers[-1], signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=300)
+    stdout, stderr = proc.communicate(timeout=scaled(300))
     assert proc.returncode in (0, 1), stderr[-3000:]
     _, runs = mlflow_runs(out)
     (failed,) = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial"]
