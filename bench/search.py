@@ -45,14 +45,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
-# name -> (--scheduler, --sampler)
-STRATEGIES = {
-    "random": ("none", "random"),
-    "random+asha": ("asha", "random"),
-    "tpe": ("none", "tpe"),
-    "tpe+asha": ("asha", "tpe"),
-    "gp": ("none", "gp"),
-}
+STRATEGIES = ["random", "random+asha", "tpe", "tpe+asha", "gp"]  # the default comparison
 BASELINE = "random"
 # --set values of each problem (besides the space's own)
 PROBLEMS = {
@@ -61,6 +54,22 @@ PROBLEMS = {
                    "data.classes=[airplane,bathtub,bench]"],
 }
 ASHA_REDUCTION = 4  # Ray's ASHAScheduler default reduction factor (pointtune does not change it)
+
+
+def parse_strategy(name: str) -> tuple[str, str, int]:
+    """``SAMPLER[+asha][:STARTUP]`` (e.g. ``tpe+asha:4``) -> ``(--scheduler, --sampler, --startup-trials)``;
+    without ``:STARTUP``, Optuna's 10 start-up trials.
+
+    Raises:
+        ValueError: an unknown sampler or a bad start-up count, naming the strategy.
+    """
+    from pointtune.search.spec import SAMPLERS
+
+    body, _, startup = name.partition(":")
+    sampler, _, asha = body.partition("+")
+    if sampler not in SAMPLERS or asha not in ("", "asha") or (startup and not startup.isdigit()):
+        raise ValueError(f"strategy {name!r}: expected SAMPLER[+asha][:STARTUP] with SAMPLER one of {SAMPLERS}")
+    return ("asha" if asha else "none"), sampler, int(startup) if startup else 10
 
 
 def asha_trials(budget: int, epochs: int, grace: int) -> int:
@@ -129,7 +138,7 @@ def run(cmd: list[str], log: Path) -> None:
 
 def sweep(args, strategy: str, seed: int, root: Path) -> Path:
     """The sweep of ``strategy`` with search seed ``seed`` (run, resumed, or found finished)."""
-    scheduler, sampler = STRATEGIES[strategy]
+    scheduler, sampler, startup = parse_strategy(strategy)
     out = root / strategy / f"seed{seed}"
     if (out / "summary.csv").is_file():
         return out
@@ -140,6 +149,7 @@ def sweep(args, strategy: str, seed: int, root: Path) -> Path:
     else:
         cmd = [pointtune, "sweep", "cedr", "--space", str(args.space), "--epochs", str(args.epochs),
                "--trials", str(trials), "--scheduler", scheduler, "--sampler", sampler, "--seed", str(seed),
+               "--startup-trials", str(startup),
                "--grace-period", str(args.grace), "--output", str(out)]
         for item in PROBLEMS[args.problem] + args.set:
             cmd += ["--set", item]
@@ -230,7 +240,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--problem", choices=sorted(PROBLEMS), default="synthetic")
     parser.add_argument("--space", type=Path, default=REPO / "search_spaces" / "cedr_quick.yaml")
-    parser.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES, metavar="SAMPLER[+asha][:STARTUP]",
+                        help=f"samplers (tpe, random, gp), +asha for early stopping, :N start-up trials "
+                        f"(default {' '.join(STRATEGIES)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="search seeds")
     parser.add_argument("--epochs", type=int, default=4, help="epochs of a trial that is not stopped")
     parser.add_argument("--budget", type=int, default=48, help="trial-epochs of every sweep")
@@ -239,6 +251,11 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more overrides")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
+    for name in args.strategies:
+        try:
+            parse_strategy(name)
+        except ValueError as err:
+            parser.error(f"--strategies: {err}")
     if BASELINE not in args.strategies:
         parser.error(f"--strategies: the headline is measured against {BASELINE!r}; include it")
     if args.budget < args.epochs:
@@ -287,8 +304,8 @@ def main() -> None:
               f"{float(ref[f'{test} std']):.4f} over {ref['seeds']} seeds" if ref else "")
     report = {"problem": args.problem, "space": str(args.space), "metric": metric, "mode": mode,
               "budget": args.budget, "epochs": args.epochs, "grace": args.grace, "seeds": args.seeds,
-              "target": target, "strategies": {n: dict(zip(("scheduler", "sampler"), STRATEGIES[n]))
-                                               for n in args.strategies},
+              "target": target, "strategies": {n: dict(zip(("scheduler", "sampler", "startup_trials"),
+                                                            parse_strategy(n))) for n in args.strategies},
               "table": table, "curves": curves, "study": tested,
               "selected": {k: {"sweep": str(d), "trial": t} for k, (d, t) in selected.items()},
               "seconds": time.time() - begin, "machine": machine()}

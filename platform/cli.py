@@ -169,9 +169,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
-        scheduler=args.scheduler, sampler=args.sampler, pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
-        worker_start_timeout=args.worker_start_timeout,
-        verbose=args.verbose,
+        scheduler=args.scheduler, sampler=args.sampler, startup_trials=args.startup_trials,
+        pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
+        worker_start_timeout=args.worker_start_timeout, verbose=args.verbose,
         base=load_yaml(args.config) if args.config else {}, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
     )
     _check_gpus_of_sweep(args)
@@ -413,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "parameters (no Optuna)")
     sweep.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                        help="Optuna sampler of asha and none sweeps: tpe (default), random, gp (Gaussian process)")
+    sweep.add_argument("--startup-trials", type=int, default=10, metavar="N",
+                       help="random trials before tpe or gp model the results (default 10, Optuna's)")
     sweep.add_argument("--grace-period", type=int, default=1, help="ASHA grace period in epochs")
     sweep.add_argument("--pbt-interval", type=int, default=1, metavar="EPOCHS",
                        help="PBT: epochs between exploit/explore steps (default 1)")

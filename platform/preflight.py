@@ -56,7 +56,7 @@ _FILE_SCHEMES = ("", "file")
 # (``epochs``, ``max_concurrent``: None means "default").
 _MIN_INT = {
     "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0,
-              "pbt_interval": 1},
+              "pbt_interval": 1, "startup_trials": 0},
     "train": {"epochs": 0, "workers": 0},
 }
 _SEED_MAX = 2**32 - 1  # numpy's (hence Optuna's TPE) seed range
@@ -69,7 +69,7 @@ def _flag(key: str, source: str | None) -> str:
 def check_numbers(values: Mapping[str, Any], command: str, source: str | None = None) -> None:
     """Check the numeric settings of ``pointtune train`` / ``pointtune sweep`` before anything starts.
 
-    Sweep: ``trials``, ``workers``, ``grace_period`` >= 1; ``epochs``, ``max_concurrent`` >= 1 when not
+    Sweep: ``trials``, ``workers``, ``grace_period`` >= 1; ``startup_trials`` >= 0; ``epochs``, ``max_concurrent`` >= 1 when not
     None; ``seed`` in ``[0, 2**32 - 1]``; ``gpus_per_worker`` >= 0, a fraction <= 1 or a whole number;
     ``cpus_per_worker`` > 0, a fraction < 1 or a whole number, when not None; ``wait_for_resources`` >= 0
     and ``worker_start_timeout`` > 0 (seconds) when present. Train: ``workers`` >= 0 (0 = in-process),

@@ -60,6 +60,7 @@ CASES = [
      ["config_typo.yaml", "data.normals", "data.use_normals"]),
     # 3. CLI numbers, before Ray
     ("sweep-grace-period-0", ["sweep", "cedr", "--grace-period", "0"], ["--grace-period", "got 0"]),
+    ("sweep-startup-trials", ["sweep", "cedr", "--startup-trials", "-1"], ["--startup-trials", "got -1"]),
     ("sweep-sampler-of-pbt", ["sweep", "cedr", "--scheduler", "pbt", "--sampler", "gp"],
      ["--sampler gp", "--scheduler pbt has none"]),
     ("sweep-seed-negative", ["sweep", "cedr", "--seed", "-1"], ["--seed", "got -1"]),

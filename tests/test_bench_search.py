@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,12 @@ def test_asha_trials_cover_the_budget():
     # 4-epoch trials, grace 1: 1 + 3/4 epochs per trial on average, 25 % more trials than that needs
     assert bench.asha_trials(48, 4, 1) == 35
     assert bench.asha_trials(48, 4, 4) == 15  # no early stopping possible: budget / epochs, 25 % more
+
+
+def test_strategy_names():
+    assert bench.parse_strategy("random") == ("none", "random", 10)
+    assert bench.parse_strategy("tpe+asha") == ("asha", "tpe", 10)
+    assert bench.parse_strategy("gp+asha:4") == ("asha", "gp", 4)
+    for bad in ("cmaes", "tpe+hyperband", "tpe:x"):
+        with pytest.raises(ValueError, match=re.escape(f"strategy {bad!r}"))::
+            bench.parse_strategy(bad)

@@ -61,6 +61,20 @@ def test_model_based_samplers_beat_random_after_their_start_up(name):
     assert sorted(gains)[1] > 0, gains
 
 
+@pytest.mark.parametrize("name", ["tpe", "gp"])
+def test_start_up_trials_are_random_searchs_first_trials(name):
+    """With one seed, a model-based sampler's start-up trials are exactly random search's first trials (the
+    strategies of bench/search.py share their start), and it departs from them after ``startup_trials``."""
+    space = load_search_space(SPACE, "cedr")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    runs = {}
+    for sampler in (name, "random"):
+        study = optuna.create_study(direction="maximize", sampler=make_sampler(sampler, 4, startup_trials=3))
+        study.optimize(_objective(space), n_trials=5)
+        runs[sampler] = [t.params for t in study.trials]
+    assert runs[name][:3] == runs["random"][:3] and runs[name][3:] != runs["random"][3:]
+
+
 def test_unknown_sampler():
     from pointtune.config import ConfigError
 

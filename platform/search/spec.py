@@ -42,7 +42,8 @@ class SweepSpec:
     all its epochs), ``pbt`` (population-based training) or ``fifo``: a seed study (:mod:`pointtune.search.study`), the grid of ``rows`` (name -> a whole config,
     each trial's base instead of ``base``) x ``seeds`` (``train.seed``, the space's one parameter), every trial
     run to the end. ``of``: the sweep a study was made from (its directory), if any. ``sampler``: the Optuna
-    sampler of ``asha`` and ``none`` sweeps (:data:`SAMPLERS`, :func:`pointtune.search.sweep.make_sampler`).
+    sampler of ``asha`` and ``none`` sweeps (:data:`SAMPLERS`, :func:`pointtune.search.sweep.make_sampler`);
+    ``startup_trials``: how many random trials a model-based sampler (TPE, GP) draws before it models the results.
     """
 
     method: str
@@ -61,6 +62,7 @@ class SweepSpec:
     grace_period: int = 1
     scheduler: str = "asha"
     sampler: str = "tpe"
+    startup_trials: int = 10
     pbt_interval: int = 1
     wait_for_resources: float = 0.0
     worker_start_timeout: float = DEFAULT_WORKER_START_TIMEOUT_S

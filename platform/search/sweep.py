@@ -254,13 +254,15 @@ def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
                               f"({spec.pbt_interval}) epochs, so it must divide it, got {every}")
 
 
-def make_sampler(name: str, seed: int):
-    """The Optuna sampler ``--sampler NAME`` names (:data:`~pointtune.search.spec.SAMPLERS`), seeded.
+def make_sampler(name: str, seed: int, startup_trials: int = 10):
+    """The Optuna sampler ``--sampler NAME`` names (:data:`~pointtune.search.spec.SAMPLERS`), seeded; the
+    model-based ones draw ``startup_trials`` random trials first (``--startup-trials``; Optuna's default 10).
 
     ``tpe``: Optuna's TPE (multivariate, with the constant liar for trials still running: Optuna 5's defaults);
     ``random``: independent uniform draws, the baseline a search must beat; ``gp``: Optuna's Gaussian-process
     sampler (log-EI on the parameters every trial shares; a parameter that exists only under a ``when``
-    condition is drawn at random). Each starts with Optuna's 10 random trials.
+    condition is drawn at random). With the same seed, TPE's and GP's start-up trials are random search's first
+    trials: strategies compared at one seed share their start.
 
     Raises:
         ConfigError: an unknown name.
@@ -268,11 +270,11 @@ def make_sampler(name: str, seed: int):
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup_trials, warn_independent_sampling=False)
     raise ConfigError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
 
 
@@ -306,7 +308,8 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
         searcher = StudySearch(
             space=space.define_by_run, metric=study_metric(space), max_epochs=epochs,
             mode=[o.mode for o in space.objectives] if space.multi_objective else space.mode,
-            sampler=make_sampler(spec.sampler, spec.seed), storage=study_storage(spec.root), study_name=STUDY_NAME,
+            sampler=make_sampler(spec.sampler, spec.seed, spec.startup_trials), storage=study_storage(spec.root),
+            study_name=STUDY_NAME,
         )
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=min(spec.grace_period, epochs))
                      if spec.scheduler == "asha" else FIFOScheduler())
@@ -504,7 +507,8 @@ def run_sweep(spec: SweepSpec):
          "task": probe.method_cls.task.value, "protocol": protocol_name(probe),
          "trials": spec.trials, "epochs": spec.epochs, "workers": spec.workers,
          "gpus_per_worker": spec.gpus_per_worker, "seed": spec.seed, "resources": plan.as_dict(),
-         **({"scheduler": spec.scheduler, "sampler": spec.sampler} if spec.searches else
+         **({"scheduler": spec.scheduler, "sampler": spec.sampler, "startup_trials": spec.startup_trials}
+            if spec.searches else
             {"scheduler": spec.scheduler} if not spec.rows else {}),
          **({f"prerequisite/{pre.name}": prerequisite[pre.key]} if pre else {}),
          **({"rows": ",".join(spec.rows), "seeds": ",".join(map(str, spec.seeds))} if spec.rows else {})},
