@@ -58,5 +58,5 @@ def test_strategy_names():
     assert bench.parse_strategy("tpe+asha") == ("asha", "tpe", 10)
     assert bench.parse_strategy("gp+asha:4") == ("asha", "gp", 4)
     for bad in ("cmaes", "tpe+hyperband", "tpe:x"):
-        with pytest.raises(ValueError, match=re.escape(f"strategy {bad!r}"))::
+        with pytest.raises(ValueError, match=re.escape(f"strategy {bad!r}")):
             bench.parse_strategy(bad)
