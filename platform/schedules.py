@@ -50,8 +50,8 @@ class Schedule(BaseModel):
         delta: the increment of ``stairs`` (negative: down).
         unit: ``epochs``, or ``fraction``: ``warmup_epochs`` and ``step_epochs`` are fractions of the run.
 
-    Raises (at validation, as pydantic ``ValidationError``): ``unit: fraction`` with a warm-up or period
-    above 1; ``stairs`` whose ``delta`` moves away from its ``end``.
+    Raises (at validation, as pydantic ``ValidationError``): ``unit: fraction`` with a warm-up, or the period
+    of ``step`` / ``stairs``, above 1; ``stairs`` whose ``delta`` moves away from its ``end``.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -73,8 +73,8 @@ class Schedule(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Schedule":
-        if self.unit == "fraction":
-            for part in ("warmup_epochs", "step_epochs"):
+        if self.unit == "fraction":  # step_epochs matters to the shapes that step only
+            for part in ("warmup_epochs", *(("step_epochs",) if self.shape in ("step", "stairs") else ())):
                 if getattr(self, part) > 1:
                     raise ValueError(f"{part} ({getattr(self, part)}) must be <= 1 with unit=fraction (a fraction "
                                      f"of the run; unit=epochs counts epochs)")

@@ -170,8 +170,10 @@ def test_build_config_applies_recipe():
     exp = build_config("conclu", {}, {"method.num_prototypes": 16})
     assert exp.method.num_prototypes == 16
     lr = exp.optim.lr
-    assert (exp.optim.name, lr.start, lr.shape, lr.step_epochs, lr.gamma) == ("adamw", 1e-3, "step", 20, 0.7)
-    assert [lr.at(e, 60) for e in (0, 19.9, 20, 45)] == pytest.approx([1e-3, 1e-3, 7e-4, 4.9e-4])
+    assert (exp.optim.name, lr.start, lr.shape, lr.step_epochs, lr.gamma, lr.unit) == \
+        ("adamw", 1e-3, "step", 0.1, 0.7, "fraction")  # x0.7 every 20 epochs of the paper's 200
+    assert [lr.at(e, 200) for e in (0, 19.9, 20, 45)] == pytest.approx([1e-3, 1e-3, 7e-4, 4.9e-4])
+    assert [lr.at(e, 10) for e in (0, 0.99, 1, 2.25)] == pytest.approx([1e-3, 1e-3, 7e-4, 4.9e-4])
     assert exp.data.num_points == 2048
     aug = exp.data.augment
     assert (aug.scale_low, aug.scale_high, aug.translate, aug.jitter_sigma, aug.rotate_up) == (1, 1, 0, 0, False)

@@ -176,8 +176,10 @@ def test_build_config_applies_recipe():
     assert exp.method.n_local_crops == 4
     lr, wd = exp.optim.lr, exp.optim.weight_decay
     assert exp.optim.name == "adamw"
-    assert (lr.start, lr.end, lr.shape, lr.warmup_epochs, lr.warmup_start) == (1.25e-4, 1e-6, "cosine", 10, 0)
-    assert lr.at(5, 100) == pytest.approx(0.625e-4) and lr.at(100, 100) == pytest.approx(1e-6)
+    assert (lr.start, lr.end, lr.shape, lr.warmup_epochs, lr.warmup_start, lr.unit) == \
+        (1.25e-4, 1e-6, "cosine", 0.05, 0, "fraction")  # 10 warm-up epochs of a 200-epoch run
+    assert lr.at(5, 200) == pytest.approx(0.625e-4) and lr.at(200, 200) == pytest.approx(1e-6)
+    assert lr.at(0.25, 10) == pytest.approx(0.625e-4)  # the same proportions in a 10-epoch run
     assert (wd.start, wd.end, wd.shape) == (0.04, 0.4, "cosine") and wd.at(50, 100) == pytest.approx(0.22)
     assert exp.train.grad_clip == 3.0 and exp.data.num_points == 2048
     aug = exp.data.augment

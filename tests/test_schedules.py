@@ -85,11 +85,14 @@ def test_momentum_schedule_is_dinos_cosine():
 
 
 def test_a_schedule_given_in_part_or_as_a_number():
-    # a number sets start and keeps the rest of the recipe's schedule (conclu: step decay)
+    # a number sets start and keeps the rest of the recipe's schedule (conclu: x0.7 every tenth of the run)
     exp = build_config("conclu", {"optim": {"lr": 0.002}})
-    assert (exp.optim.lr.start, exp.optim.lr.shape, exp.optim.lr.step_epochs) == (0.002, "step", 20)
-    exp = build_config("conclu", {}, {"optim.lr": 0.003, "optim.lr.step_epochs": 5})
+    assert (exp.optim.lr.start, exp.optim.lr.shape, exp.optim.lr.step_epochs, exp.optim.lr.unit) == \
+        (0.002, "step", 0.1, "fraction")
+    exp = build_config("conclu", {}, {"optim.lr": 0.003, "optim.lr.step_epochs": 5, "optim.lr.unit": "epochs"})
     assert (exp.optim.lr.start, exp.optim.lr.shape, exp.optim.lr.step_epochs) == (0.003, "step", 5)
+    with pytest.raises(ConfigError, match=r"optim.lr.*step_epochs \(5.0\) must be <= 1 with unit=fraction"):
+        build_config("conclu", {}, {"optim.lr.step_epochs": 5})
     # a part over the default
     exp = build_config("cedr", {"method": {"lambda_con": {"shape": "linear"}}})
     assert (exp.method.lambda_con.start, exp.method.lambda_con.end, exp.method.lambda_con.shape) == (0.1, 0.2, "linear")
@@ -118,3 +121,14 @@ def test_schedule_values_walks_the_whole_config():
     assert set(values) == {"optim.lr", "optim.weight_decay", "method.lambda_con"}
     assert values["method.lambda_con"] == pytest.approx(0.15)
     assert values["optim.lr"] == pytest.approx(exp.optim.lr.at(2.0, 4))
+
+
+@pytest.mark.parametrize("method", ["cedr", "conclu", "dcglr", "scl", "amcontrast3d", "seg"])
+def test_every_recipe_decays_its_learning_rate_within_the_default_run(method):
+    """A recipe's warm-up and step period are kept in proportion to the run (issue 20 §3): at the default epoch
+    count the learning rate rises no longer than a fifth of the run, and ends lower than its peak."""
+    exp = build_config(method, {})
+    lr, epochs = exp.optim.lr, exp.train.epochs
+    values = [lr.at(e / 4, epochs) for e in range(4 * epochs + 1)]
+    peak = values.index(max(values)) / 4
+    assert peak <= epochs / 5 and values[-1] < max(values), (method, epochs, lr)
