@@ -326,6 +326,34 @@ def _schedule_starts(tree: dict[str, Any], schedules: list[str]) -> dict[str, An
     return out
 
 
+# The parts of a schedule that make up its shape (what naming `shape` resets); `start` and `end` are its values.
+_SHAPE_PARTS = ("warmup_epochs", "warmup_start", "step_epochs", "gamma", "delta", "unit")
+
+
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def _restart_shapes(merged: dict[str, Any], layer: dict[str, Any], schedules: list[str],
+                    dotted: bool = False) -> None:
+    """Where ``layer`` names a schedule's ``shape``, drop what the layers below gave the schedule's shape
+    parts (:data:`_SHAPE_PARTS`: warm-up, step period, factor, unit): they become the :class:`Schedule`
+    defaults (no warm-up, epochs) unless ``layer`` names them too; ``start`` and ``end`` are kept. So
+    ``{shape: constant, start: 0.3}`` is constant, whatever warm-up a recipe or default had. ``dotted``:
+    ``layer`` is ``--set`` overrides (``{"method.b_l.shape": ...}`` or ``{"method.b_l": {...}}``)."""
+    for key in schedules:
+        named = (f"{key}.shape" in layer or isinstance(layer.get(key), dict) and "shape" in layer[key]) if dotted \
+            else isinstance(_get_dotted(layer, key), dict) and "shape" in _get_dotted(layer, key)
+        if not named:
+            continue
+        below = _get_dotted(merged, key)
+        values = {k: v for k, v in below.items() if k in ("start", "end")} if isinstance(below, dict) else {}
+        set_dotted(merged, key, {**values, **{part: Schedule.model_fields[part].default for part in _SHAPE_PARTS}})
+
+
 def build_config(
     method: str,
     tree: dict[str, Any] | None = None,
@@ -355,10 +383,16 @@ def build_config(
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from None
     schedules = schedule_keys(method_cls)
-    merged = deep_merge(_schedule_starts(getattr(method_cls, "recipe", {}), schedules),
-                        _schedule_starts(tree or {}, schedules))
+    merged = _schedule_starts(getattr(method_cls, "recipe", {}), schedules)
+    tree = _schedule_starts(tree or {}, schedules)
+    _restart_shapes(merged, tree, schedules)
+    merged = deep_merge(merged, tree)
+    _restart_shapes(merged, overrides or {}, schedules, dotted=True)
     for key, value in (overrides or {}).items():
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if key in schedules and isinstance(value, dict):  # parts of a schedule over the layers below, as in a file
+            below = _get_dotted(merged, key)
+            value = {**(below if isinstance(below, dict) else {}), **value}
         set_dotted(merged, f"{key}.start" if key in schedules and is_number else key, value)
     merged.setdefault("method", {})
     if not isinstance(merged["method"], dict):

@@ -132,3 +132,27 @@ def test_every_recipe_decays_its_learning_rate_within_the_default_run(method):
     values = [lr.at(e / 4, epochs) for e in range(4 * epochs + 1)]
     peak = values.index(max(values)) / 4
     assert peak <= epochs / 5 and values[-1] < max(values), (method, epochs, lr)
+
+
+def test_naming_a_shape_resets_the_shape_parts_it_does_not_name():
+    """Issue 20 §3: ``{shape: constant, start: 0.3}`` is constant 0.3, although SCL's b_l default warms up over
+    300/512 of the run; a part without a shape keeps the rest; naming the parts too keeps them."""
+    default = build_config("scl", {}).method.b_l
+    assert default.warmup_epochs > 0 and default.unit == "fraction"
+    for overrides in ({"method.b_l": {"shape": "constant", "start": 0.3}},
+                      {"method.b_l.shape": "constant", "method.b_l.start": 0.3}):
+        b_l = build_config("scl", {}, overrides).method.b_l
+        assert [b_l.at(e, 10) for e in (0, 3, 9.9)] == [0.3, 0.3, 0.3], overrides
+        assert (b_l.warmup_epochs, b_l.unit, b_l.end) == (0.0, "epochs", default.end)
+    b_l = build_config("scl", {"method": {"b_l": {"shape": "constant", "start": 0.3}}}).method.b_l  # a file
+    assert (b_l.warmup_epochs, b_l.start) == (0.0, 0.3)
+    b_l = build_config("scl", {}, {"method.b_l.start": 0.1}).method.b_l  # no shape named: the warm-up stays
+    assert b_l.model_dump() == {**default.model_dump(), "start": 0.1}
+    b_l = build_config("scl", {}, {"method.b_l": {"start": 0.1}}).method.b_l  # a mapping without a shape, too
+    assert b_l.model_dump() == {**default.model_dump(), "start": 0.1}
+    b_l = build_config("scl", {}, {"method.b_l": {"shape": "linear", "end": 0.6, "warmup_epochs": 0.2,
+                                                  "unit": "fraction"}}).method.b_l
+    assert (b_l.start, b_l.warmup_epochs, b_l.unit) == (default.start, 0.2, "fraction")
+    # a recipe's warm-up (DCGLR's lr) goes with a new shape, its values stay
+    lr = build_config("dcglr", {}, {"optim.lr.shape": "linear"}).optim.lr
+    assert (lr.start, lr.end, lr.warmup_epochs, lr.unit) == (5e-4, 1e-6, 0.0, "epochs")
