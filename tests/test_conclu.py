@@ -23,6 +23,7 @@ from pointtune.methods.conclu import (
     resample_points,
     rotate_about_axis,
     sinkhorn_codes,
+    column_marginal_error,
     soft_assignments,
     swapped_prediction_loss,
 )
@@ -71,8 +72,15 @@ def _gamma_loop(q, C, tau) -> list[list[float]]:
     return out
 
 
-def _sinkhorn_loop(z, C, eps, iters) -> list[list[float]]:
-    """Eqs. 6-7 by plain (not log-domain) Sinkhorn-Knopp: columns to 1/J, then rows to 1/B; times B."""
+def _column_error_loop(S) -> float:
+    """max_j |column sum of S (rows summing to 1/B) x J - 1|."""
+    B, J = len(S), len(S[0])
+    return max(abs(sum(S[i][j] for i in range(B)) * J - 1.0) for j in range(J))
+
+
+def _sinkhorn_loop(z, C, eps, iters, tol=0.0) -> list[list[float]]:
+    """Eqs. 6-7 by plain (not log-domain) Sinkhorn-Knopp: columns to 1/J, then rows to 1/B, stopping after
+    ``iters`` iterations or once every column is within ``tol`` of 1/J; times B."""
     B, J = z.shape[0], C.shape[0]
     S = [[math.exp(-(2.0 - 2.0 * _cos(C[j], z[i])) / eps) for j in range(J)] for i in range(B)]
     for _ in range(iters):
@@ -83,6 +91,8 @@ def _sinkhorn_loop(z, C, eps, iters) -> list[list[float]]:
         for i in range(B):
             row = sum(S[i])
             S[i] = [x / (row * B) for x in S[i]]
+        if tol > 0 and _column_error_loop(S) <= tol:
+            break
     return [[x * B for x in row] for row in S]
 
 
@@ -121,7 +131,8 @@ def test_registered_and_contract_attributes():
     cfg = ConCluConfig()
     assert cfg.name == "conclu"
     assert cfg.backbone.name == "dgcnn" and cfg.backbone.kwargs() == {"k": 20, "emb_dims": 1024, "pooling": "max"}
-    assert (cfg.num_prototypes, cfg.temperature, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations) == (32, 0.01, 0.05, 3)
+    assert (cfg.num_prototypes, cfg.temperature, cfg.sinkhorn_epsilon) == (32, 0.01, 0.05)
+    assert (cfg.sinkhorn_iterations, cfg.sinkhorn_tolerance) == (10, 0.01)  # A7: a cap and a stop, not SwAV's 3
     assert (cfg.lambda_con, cfg.lambda_clu, cfg.lambda_orth, cfg.orth_reduction) == (1.0, 1.0, 1.0, "sum")
     assert cfg.swap is True and cfg.code_feature == "z"
     assert (cfg.projector_hidden, cfg.projection_dim, cfg.predictor_hidden, cfg.leaky_slope) == (1024, 256, 512, 0.2)
@@ -147,6 +158,7 @@ def test_dgcnn_backbone_defaults_to_max_pooling():
         {"crop_ratio": 0.0},
         {"sinkhorn_epsilon": 0.0},
         {"sinkhorn_iterations": 0},
+        {"sinkhorn_tolerance": -0.1},
         {"num_prototypes": 0},
         {"lambda_orth": -1.0},
         {"orth_reduction": "max"},
@@ -278,11 +290,30 @@ def test_sinkhorn_last_normalised_marginal_is_exact(iters):
     torch.testing.assert_close(codes.sum(1), torch.ones(7, dtype=DT), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("eps,iters", [(0.5, 3), (0.2, 10)])
-def test_sinkhorn_matches_plain_domain_loop(eps, iters):
+@pytest.mark.parametrize("eps,iters,tol", [(0.5, 3, 0.0), (0.2, 10, 0.0), (0.2, 50, 0.01), (0.05, 6, 0.05)])
+def test_sinkhorn_matches_plain_domain_loop(eps, iters, tol):
     z, C = _rand(6, 5, seed=13), _rand(4, 5, seed=14)
-    got = sinkhorn_codes(z, C, eps, iters)
-    torch.testing.assert_close(got, torch.tensor(_sinkhorn_loop(z, C, eps, iters), dtype=DT), rtol=1e-9, atol=1e-12)
+    got = sinkhorn_codes(z, C, eps, iters, tol)
+    want = torch.tensor(_sinkhorn_loop(z, C, eps, iters, tol), dtype=DT)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    assert float(column_marginal_error(got)) == pytest.approx(_column_error_loop((want / 6).tolist()), abs=1e-12)
+
+
+def test_sinkhorn_stops_at_its_tolerance_and_beats_three_iterations():
+    """Issue 20 §3: on projections at batch 64 and 32 prototypes with the paper's epsilon, SwAV's 3 iterations
+    leave a column several per cent off B/J; the defaults (tolerance 1 %, at most 10) stop as soon as every
+    column is within 1 %, or give the cap's result, and are closer in every case."""
+    gen = torch.Generator().manual_seed(0)
+    errors3, errors = [], []
+    for _ in range(8):
+        z, C = torch.randn(64, 16, generator=gen, dtype=DT), torch.randn(32, 16, generator=gen, dtype=DT)
+        three = sinkhorn_codes(z, C, 0.05, 3)
+        tol = sinkhorn_codes(z, C, 0.05, 10, 0.01)
+        errors3.append(float(column_marginal_error(three)))
+        errors.append(float(column_marginal_error(tol)))
+        stopped = next((k for k in range(1, 11) if column_marginal_error(sinkhorn_codes(z, C, 0.05, k)) <= 0.01), 10)
+        torch.testing.assert_close(tol, sinkhorn_codes(z, C, 0.05, stopped), rtol=0, atol=0)
+    assert sorted(errors3)[4] > 0.02 and all(e <= e3 for e, e3 in zip(errors, errors3)), (errors3, errors)
 
 
 def test_sinkhorn_no_gradient_and_prefers_nearest_prototype():
@@ -295,6 +326,8 @@ def test_sinkhorn_no_gradient_and_prefers_nearest_prototype():
         sinkhorn_codes(z, C, epsilon=0.0)
     with pytest.raises(ValueError):
         sinkhorn_codes(z, C, iterations=0)
+    with pytest.raises(ValueError, match="tolerance must be >= 0"):
+        sinkhorn_codes(z, C, tolerance=-1.0)
 
 
 def test_sinkhorn_equipartition_breaks_collapse():
@@ -358,15 +391,17 @@ def test_conclu_loss_eq10_matches_loops(extra):
     qa, qb, za, zb = (_rand(8, 5, seed=30 + s) for s in range(4))
     C = _rand(4, 5, seed=40)
     out = conclu_loss(qa, qb, za, zb, C, cfg)
-    for key in ("loss", "con", "swap", "orth", "proto_usage", "code_entropy"):
+    for key in ("loss", "con", "swap", "orth", "proto_usage", "code_entropy", "sinkhorn_marginal_err"):
         assert out[key].dim() == 0 and torch.isfinite(out[key]), key
     con = _con_loop(qa, qb, za, zb)
     lga = [[math.log(x) for x in row] for row in _gamma_loop(qa, C, cfg.temperature)]
     lgb = [[math.log(x) for x in row] for row in _gamma_loop(qb, C, cfg.temperature)]
     src_a, src_b = (za, zb) if cfg.code_feature == "z" else (qa, qb)
-    sa = _sinkhorn_loop(src_a, C, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
-    sb = _sinkhorn_loop(src_b, C, cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations)
+    solve = (cfg.sinkhorn_epsilon, cfg.sinkhorn_iterations, cfg.sinkhorn_tolerance)
+    sa, sb = _sinkhorn_loop(src_a, C, *solve), _sinkhorn_loop(src_b, C, *solve)
     swap = _swap_loop(lga, lgb, sa, sb, cfg.swap)
+    err = max(_column_error_loop([[x / 8 for x in row] for row in codes]) for codes in (sa, sb))
+    assert float(out["sinkhorn_marginal_err"]) == pytest.approx(err, rel=1e-6, abs=1e-12)
     orth = _orth_loop(C) / (1 if cfg.orth_reduction == "sum" else 16)
     assert float(out["con"]) == pytest.approx(con, rel=1e-9)
     assert float(out["swap"]) == pytest.approx(swap, rel=1e-7)
@@ -525,7 +560,7 @@ def test_module_forward_backward(extra):
     model.train()
     batch = _batch()
     out = model(batch, epoch=0, progress=0.3)
-    assert set(out) == {"loss", "con", "swap", "orth", "proto_usage", "code_entropy"}   # no logits
+    assert set(out) == {"loss", "con", "swap", "orth", "proto_usage", "code_entropy", "sinkhorn_marginal_err"}  # no logits
     for key, value in out.items():
         assert value.dim() == 0 and torch.isfinite(value), key
     out["loss"].backward()
