@@ -327,7 +327,7 @@ def _schedule_starts(tree: dict[str, Any], schedules: list[str]) -> dict[str, An
 
 
 # The parts of a schedule that make up its shape (what naming `shape` resets); `start` and `end` are its values.
-_SHAPE_PARTS = ("warmup_epochs", "warmup_start", "step_epochs", "gamma", "delta", "unit")
+_SHAPE_PARTS = ("warmup_epochs", "warmup_start", "step_epochs", "gamma", "delta", "milestones", "unit")
 
 
 def _get_dotted(tree: dict[str, Any], key: str) -> Any:
@@ -351,7 +351,24 @@ def _restart_shapes(merged: dict[str, Any], layer: dict[str, Any], schedules: li
             continue
         below = _get_dotted(merged, key)
         values = {k: v for k, v in below.items() if k in ("start", "end")} if isinstance(below, dict) else {}
-        set_dotted(merged, key, {**values, **{part: Schedule.model_fields[part].default for part in _SHAPE_PARTS}})
+        defaults = {part: Schedule.model_fields[part].get_default(call_default_factory=True) for part in _SHAPE_PARTS}
+        set_dotted(merged, key, {**values, **defaults})
+
+
+def _recipe(method_cls: type[Method], method: str, tree: dict[str, Any], overrides: dict[str, Any],
+            schedules: list[str], source: str) -> dict[str, Any]:
+    """The method's recipe, with the named recipe ``method.recipe`` (``overrides`` first, then ``tree``) merged
+    over it as a layer (a schedule whose shape it names starts afresh: :func:`_restart_shapes`). Raises
+    ConfigError naming ``method.recipe`` and the known names for an unknown one."""
+    name = overrides.get("method.recipe", _get_dotted(tree, "method.recipe"))
+    if name is None:
+        return method_cls.recipe
+    if name not in method_cls.recipes:
+        known = ", ".join(method_cls.recipes) or "none"
+        raise ConfigError(f"{source}: method.recipe: {name!r} is not a recipe of {method} (known: {known})")
+    base = copy.deepcopy(method_cls.recipe)
+    _restart_shapes(base, method_cls.recipes[name], schedules)
+    return deep_merge(base, method_cls.recipes[name])
 
 
 def build_config(
@@ -383,7 +400,7 @@ def build_config(
     except KeyError as err:
         raise ConfigError(str(err.args[0])) from None
     schedules = schedule_keys(method_cls)
-    merged = _schedule_starts(getattr(method_cls, "recipe", {}), schedules)
+    merged = _schedule_starts(_recipe(method_cls, method, tree or {}, overrides or {}, schedules, source), schedules)
     tree = _schedule_starts(tree or {}, schedules)
     _restart_shapes(merged, tree, schedules)
     merged = deep_merge(merged, tree)

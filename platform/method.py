@@ -103,6 +103,7 @@ class MethodConfig(WithSchedules):
     builds_backbone: ClassVar[bool] = True
     name: str
     backbone: BackboneConfig = BackboneConfig()
+    recipe: str | None = Field(None, description="a named recipe of the method (Method.recipes) over its default one")
 
     @model_validator(mode="before")
     @classmethod
@@ -171,6 +172,12 @@ class Method(nn.Module):
     #: directory, points the key at the copy and fills the architecture key, so that the run's config and
     #: checkpoints never depend on the original run.
     sources: ClassVar[dict[str, str | None]] = {}
+    #: The method's default settings beside its hyperparameters (optimizer, schedule, data), a nested config
+    #: under every run's own config.
+    recipe: ClassVar[dict[str, Any]] = {}
+    #: Other settings selectable by name with ``method.recipe`` (e.g. a paper's second dataset), each merged over
+    #: :attr:`recipe` (and under the run's own config).
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
     def prerequisite(cls, cfg: MethodConfig) -> Prerequisite | None:

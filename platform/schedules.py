@@ -3,9 +3,10 @@
 A :class:`Schedule` is a value of the run's progress: an optional linear warm-up from ``warmup_start`` to
 ``start`` over ``warmup_epochs``, then ``start`` held (``constant``), moved to ``end`` over the rest of the run
 (``linear``, ``cosine``: half a cosine, DINO's ``cosine_scheduler``), multiplied by ``gamma`` every
-``step_epochs`` epochs (``step``), or, after holding ``start`` for the warm-up, moved by ``delta`` every
-``step_epochs`` epochs until it reaches ``end`` (``stairs``: SCL's annealed hard-negative bounds). With
-``unit: fraction`` the warm-up and the step period are fractions of the run, so a schedule written for a
+``step_epochs`` epochs (``step``) or at each of its ``milestones`` (``multistep``), or, after holding ``start``
+for the warm-up, moved by ``delta`` every ``step_epochs`` epochs until it reaches ``end`` (``stairs``: SCL's
+annealed hard-negative bounds). With ``unit: fraction`` the warm-up, the step period and the milestones are
+fractions of the run, so a schedule written for a
 512-epoch paper run keeps its proportions in a 10-epoch proxy run. Every part is a config key, so a sweep
 searches a schedule's shape as well as its values: ``optim.lr.start``, ``optim.lr.warmup_epochs``,
 ``method.teacher_momentum.start``, ``method.lambda_con.shape``, ``method.b_l.step_epochs``.
@@ -39,14 +40,16 @@ class Schedule(BaseModel):
         end: value at the last step for ``linear`` and ``cosine``; the value ``stairs`` stops at; ``None``:
             ``start`` for ``linear`` / ``cosine`` (no change), no limit for ``stairs``. Ignored by
             ``constant`` and ``step``.
-        shape: ``constant``, ``linear``, ``cosine``, ``step`` or ``stairs``.
+        shape: ``constant``, ``linear``, ``cosine``, ``step``, ``multistep`` or ``stairs``.
         warmup_epochs: warm-up length (may be fractional): a linear ramp from ``warmup_start`` to ``start``;
             ``stairs`` holds ``start`` instead (no ramp, ``warmup_start`` unused).
         warmup_start: value at step 0 when ``warmup_epochs > 0`` (not ``stairs``).
         step_epochs: ``step``: multiply by ``gamma`` every ``step_epochs`` epochs (counted from 0);
             ``stairs``: add ``delta`` every ``step_epochs`` epochs after the warm-up (the first step at
             ``warmup_epochs + step_epochs``).
-        gamma: the factor of ``step``.
+        gamma: the factor of ``step`` and ``multistep``.
+        milestones: ``multistep``: the epochs (in ``unit``, ascending) at which the value is multiplied by
+            ``gamma`` (PyTorch's ``MultiStepLR``).
         delta: the increment of ``stairs`` (negative: down).
         unit: ``epochs``, or ``fraction``: ``warmup_epochs`` and ``step_epochs`` are fractions of the run.
 
@@ -58,15 +61,18 @@ class Schedule(BaseModel):
     start: float = Field(description="value after warm-up (a learning rate's peak)")
     end: float | None = Field(
         None, description="linear/cosine: value at the end of the run (null: start); stairs: the value it stops at")
-    shape: Literal["constant", "linear", "cosine", "step", "stairs"] = Field(
+    shape: Literal["constant", "linear", "cosine", "step", "multistep", "stairs"] = Field(
         "constant", description="constant | linear | cosine (start -> end after warm-up) | step (x gamma) | "
+                                "multistep (x gamma at each milestone) | "
                                 "stairs (+ delta every step_epochs after holding start for the warm-up)")
     warmup_epochs: float = Field(
         0.0, ge=0, description="warm-up: linear ramp from warmup_start to start (stairs: start held), in unit")
     warmup_start: float = Field(0.0, description="value at step 0 when warmup_epochs > 0 (not stairs)")
     step_epochs: float = Field(
         20, gt=0, description="step: epochs between multiplications by gamma; stairs: between steps of delta (in unit)")
-    gamma: float = Field(0.7, gt=0, description="step shape: factor applied every step_epochs epochs")
+    gamma: float = Field(0.7, gt=0, description="step / multistep: factor applied every step_epochs / at each milestone")
+    milestones: list[float] = Field(
+        default_factory=list, description="multistep: epochs (in unit, ascending) at which to multiply by gamma")
     delta: float = Field(0.0, description="stairs shape: added every step_epochs after the warm-up (negative: down)")
     unit: Literal["epochs", "fraction"] = Field(
         "epochs", description="unit of warmup_epochs and step_epochs: epochs | fraction of the run")
@@ -78,6 +84,10 @@ class Schedule(BaseModel):
                 if getattr(self, part) > 1:
                     raise ValueError(f"{part} ({getattr(self, part)}) must be <= 1 with unit=fraction (a fraction "
                                      f"of the run; unit=epochs counts epochs)")
+        if self.milestones != sorted(self.milestones) or any(m < 0 for m in self.milestones) or (
+                self.unit == "fraction" and any(m > 1 for m in self.milestones)):
+            raise ValueError(f"milestones {self.milestones} must ascend from 0"
+                             f"{' and be <= 1 with unit=fraction' if self.unit == 'fraction' else ''}")
         if self.shape == "stairs" and self.end is not None and self.delta * (self.end - self.start) < 0:
             raise ValueError(f"stairs: delta {self.delta} moves away from end {self.end} (start {self.start})")
         return self
@@ -105,6 +115,9 @@ class Schedule(BaseModel):
             return self.start
         if self.shape == "step":
             return self.start * self.gamma ** (math.floor((epoch + _EPS) / period) if period > 0 else 0)
+        if self.shape == "multistep":
+            scale = epochs if self.unit == "fraction" else 1
+            return self.start * self.gamma ** sum(epoch + _EPS >= m * scale for m in self.milestones)
         end = self.start if self.end is None else self.end
         span = epochs - warmup
         ratio = 1.0 if span <= 0 else min(1.0, (epoch - warmup) / span)
@@ -125,6 +138,8 @@ class Schedule(BaseModel):
             values.append(self.end if self.end is not None else math.copysign(math.inf, self.delta))
         elif self.shape == "step" and self.gamma != 1 and self.start != 0:
             values.append(0.0 if self.gamma < 1 else math.copysign(math.inf, self.start))
+        elif self.shape == "multistep":
+            values.append(self.start * self.gamma ** len(self.milestones))
         return min(values), max(values)
 
 

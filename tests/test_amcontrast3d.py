@@ -600,6 +600,13 @@ def test_segmentation_ce():
     assert none.item() == 0.0 and none.requires_grad
     with pytest.raises(ValueError, match="outside"):
         segmentation_ce(logits, torch.full_like(y, 4))
+    # Eq. 12 as printed (A5): - 1/(n C) sum_i sum_c y_ic log p_ic over the n labelled points, by a loop
+    logp = torch.log_softmax(logits, dim=-1)
+    pairs = [(b, i) for b in range(2) for i in range(10) if y[b, i] != IGN]
+    by_loop = -sum(logp[b, i, y[b, i]] for b, i in pairs) / (len(pairs) * 4)
+    torch.testing.assert_close(segmentation_ce(logits, y, normalization="paper"), by_loop)
+    with pytest.raises(ValueError, match="normalization must be 'mean' or 'paper'"):
+        segmentation_ce(logits, y, normalization="sum")
 
 
 def test_config_defaults_and_validation():
@@ -696,6 +703,32 @@ def test_method_without_contrast_is_the_ce_baseline_and_ignores_unlabelled_point
     moved = {**batch, "seg": batch["seg"].clone()}
     moved["seg"][:, 32:40] = IGN                                           # more ignored points: a different loss
     assert not torch.allclose(contrast(moved, 0, 0.0)["loss"], first)
+
+
+def test_ce_normalization_reaches_the_loss():
+    batch = _scene_batch()
+    mean = _method(**{"method.contrast": False}).eval()(batch, 0, 0.0)["ce"]
+    paper = _method(**{"method.contrast": False, "method.ce_normalization": "paper"}).eval()(batch, 0, 0.0)["ce"]
+    assert torch.allclose(paper, mean / 4, atol=1e-7)
+
+
+def test_scannet_recipe_by_name():
+    """A9: `method.recipe: scannet` gives the ScanNet setting in one key; the run's own keys still win."""
+    from pointtune.config import ConfigError, build_config
+
+    exp = build_config("amcontrast3d", overrides={"method.recipe": "scannet"})
+    lr = exp.optim.lr
+    assert (exp.method.temperature, exp.method.nu, exp.data.name, exp.method.recipe) == (0.5, 0.6, "scannet", "scannet")
+    assert (exp.optim.name, exp.optim.weight_decay.start, exp.train.grad_clip) == ("adamw", 1e-4, 10.0)  # shared
+    assert [lr.at(e, 100) for e in (0, 69, 70, 89, 90)] == pytest.approx([1e-3, 1e-3, 1e-4, 1e-4, 1e-5])
+    assert build_config("amcontrast3d", {"method": {"recipe": "scannet"}}).method.nu == 0.6   # in a file
+    assert build_config("amcontrast3d", overrides={"method.recipe": "scannet", "method.nu": 0.7}).method.nu == 0.7
+    default = build_config("amcontrast3d")
+    assert (default.method.temperature, default.data.name, default.optim.lr.shape) == (0.3, "s3dis", "cosine")
+    with pytest.raises(ConfigError, match=r"method.recipe: 'scanet' is not a recipe of amcontrast3d \(known: scannet\)"):
+        build_config("amcontrast3d", overrides={"method.recipe": "scanet"})
+    with pytest.raises(ConfigError, match=r"method.recipe: 'scannet' is not a recipe of cedr \(known: none\)"):
+        build_config("cedr", overrides={"method.recipe": "scannet"})
 
 
 def test_method_config_errors_name_the_key():

@@ -39,7 +39,7 @@ def test_values_are_what_a_run_gets():
     exp = build_config("conclu", overrides={"optim.lr": 0.002, "method.backbone.k": 16})
     rows = {r.key: r for r in config_rows(exp)}
     # the recipe's step decay is kept
-    assert rows["optim.lr"].default == "{start: 0.002, shape: step, step_epochs: 20, gamma: 0.7}"
+    assert rows["optim.lr"].default == "{start: 0.002, shape: step, step_epochs: 0.1, gamma: 0.7, unit: fraction}"
     assert rows["optim.name"].default == "adamw" and rows["optim.name"].type == "sgd|adamw"
     assert rows["method.backbone.k"].default == "16" and rows["method.backbone.pooling"].default == "max"
     assert rows["train.threads"].type == "int | null (>= 1)" and rows["train.threads"].default == "null"

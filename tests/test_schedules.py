@@ -104,7 +104,7 @@ def test_a_schedule_given_in_part_or_as_a_number():
     ({"optim.lr.end": -1}, "optim.lr: Value error, end must be >= 0"),
     ({"method.lambda_con": -0.5}, "method.lambda_con: Value error, start must be >= 0"),
     ({"optim.lr.shape": "exp"},
-     "optim.lr.shape: Input should be 'constant', 'linear', 'cosine', 'step' or 'stairs'"),
+     "optim.lr.shape: Input should be 'constant', 'linear', 'cosine', 'step', 'multistep' or 'stairs'"),
     ({"optim.lr.unit": "fraction", "optim.lr.warmup_epochs": 2},
      "optim.lr: Value error, warmup_epochs (2.0) must be <= 1 with unit=fraction"),
     ({"optim.lr.warmup": 3},
@@ -156,3 +156,22 @@ def test_naming_a_shape_resets_the_shape_parts_it_does_not_name():
     # a recipe's warm-up (DCGLR's lr) goes with a new shape, its values stay
     lr = build_config("dcglr", {}, {"optim.lr.shape": "linear"}).optim.lr
     assert (lr.start, lr.end, lr.warmup_epochs, lr.unit) == (5e-4, 1e-6, 0.0, "epochs")
+
+
+def test_multistep_is_pytorchs_multisteplr():
+    """``multistep``: x gamma at each milestone (PyTorch's MultiStepLR), in epochs or as fractions of the run."""
+    import torch
+
+    sched = Schedule(start=1e-3, shape="multistep", milestones=[70, 90], gamma=0.1)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    torch_sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[70, 90], gamma=0.1)
+    for epoch in range(100):
+        assert sched.at(epoch, 100) == pytest.approx(opt.param_groups[0]["lr"]), epoch
+        opt.step()
+        torch_sched.step()
+    frac = Schedule(start=1e-3, shape="multistep", milestones=[0.7, 0.9], gamma=0.1, unit="fraction")
+    assert [frac.at(e, 10) for e in (6.9, 7, 8.9, 9)] == pytest.approx([1e-3, 1e-4, 1e-4, 1e-5])
+    assert frac.value_range() == pytest.approx((1e-5, 1e-3))
+    for bad in ({"milestones": [90, 70]}, {"milestones": [0.7, 1.5], "unit": "fraction"}):
+        with pytest.raises(ValueError, match="milestones"):
+            Schedule(start=1.0, shape="multistep", **bad)
