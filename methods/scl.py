@@ -797,7 +797,8 @@ class SCL(Method):
         z, z_rot = self.g1(gather_points(f, idx)), self.g1(gather_points(f_rot, idx))   # (B, M, F)
         z_other = z.gather(1, other.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
         with torch.autocast(device_type=points.device.type, enabled=False):
-            z, z_rot, z_other = z.float(), z_rot.float(), z_other.float()
+            wide = torch.promote_types(z.dtype, torch.float32)           # half -> float32; float64 stays
+            z, z_rot, z_other = z.to(wide), z_rot.to(wide), z_other.to(wide)
             pos = self.disc(torch.cat([z, z_rot], dim=-1)).squeeze(-1)   # (B, M) logits, anchor first
             neg = self.disc(torch.cat([z, z_other], dim=-1)).squeeze(-1)
             loss = similarity_loss(pos, neg)
@@ -836,14 +837,15 @@ class SCL(Method):
             with torch.no_grad():
                 z = self.g1(gather_points(self.e1.forward_features(points, feats).point_features, idx))
                 with torch.autocast(device_type=points.device.type, enabled=False):
-                    s = self_similarity(z.float())
+                    s = self_similarity(z.to(torch.promote_types(z.dtype, torch.float32)))
                     mask, empty, fallback = select_negatives(s, b_l, b_u, cfg.threshold_mode, cfg.fallback_frac,
                                                              cfg.fallback_k)
         else:
             mask = off.expand(points.shape[0], m, m)
             empty = torch.zeros(points.shape[0], m, dtype=torch.bool, device=points.device)
         with torch.autocast(device_type=points.device.type, enabled=False):
-            a, p = a.float(), p.float()
+            wide = torch.promote_types(a.dtype, torch.float32)           # half -> float32; float64 stays
+            a, p = a.to(wide), p.to(wide)
             per_anchor, valid = info_nce(a, p, mask, cfg.temperature, cfg.normalize)
             loss = per_anchor[valid].mean() if bool(valid.any()) else (a.sum() + p.sum()) * 0.0
             ref = loss.detach()

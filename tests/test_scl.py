@@ -105,6 +105,18 @@ def test_stage1_forward_embed_and_encoder():
     assert model.ddp_options() == {"find_unused_parameters": False, "forward_sync_buffers": False}
 
 
+@pytest.mark.parametrize("stage", [1, 2])
+def test_a_float64_model_trains_in_float64(stage):
+    """Issue 20 §2: stage 1 cast its patch features to float32 before the float64 discriminator and failed;
+    stage 2 scored its loss in float32."""
+    torch.manual_seed(0)
+    model = SCL(SCLConfig.model_validate({**TINY, "stage": stage, "hard_negatives": False}), 0, 4).double()
+    batch = {**_batch(), "points": _batch()["points"].double()}
+    out = model(batch, 0, 0.0)
+    assert out["loss"].dtype == torch.float64 and torch.isfinite(out["loss"])
+    out["loss"].backward()
+
+
 def test_encoder_pools_point_features_by_their_mean():
     enc = SCLEncoder([8, 8, 8], 12, k=5, concat=True).eval()
     xyz = torch.randn(2, 40, 3, generator=_gen(1))
