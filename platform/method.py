@@ -52,7 +52,7 @@ POINT_INPUTS = {"normals": 3, "color": 3, "height": 1}
 class BackboneConfig(BaseModel):
     """Which backbone to build from the registry (``pointtune.backbones``) and its keyword arguments.
 
-    ``name`` is a registry key (``pointnet``, ``dgcnn``, ``pointnet2_ssg``); ``inputs`` names the per-point
+    ``name`` is a registry key (``pointnet``, ``dgcnn``, ``gbnet``, ``pointnet2_ssg``); ``inputs`` names the per-point
     features fed to it beside the coordinates, in this order (``normals``, ``color``, ``height``: keys of
     the batch, e.g. ``normals`` with ``data.use_normals=true``), which sets its ``in_features``; every other
     key is passed to the backbone's constructor, e.g. ``{name: dgcnn, k: 20, emb_dims: 1024}``.
@@ -61,7 +61,8 @@ class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(
         "dgcnn",
-        description="backbone registry key: pointnet, dgcnn, pointnet2_ssg, vit3d (its arguments are listed below it)")
+        description="backbone registry key: pointnet, dgcnn, gbnet, pointnet2_ssg, vit3d (its arguments are listed "
+                    "below it)")
     inputs: list[Literal["normals", "color", "height"]] = Field(
         [], description="per-point features fed beside the coordinates, in order: normals, color, height")
 

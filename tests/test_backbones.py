@@ -26,7 +26,7 @@ def cloud(b: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_names():
-    assert {"pointnet", "dgcnn", "pointnet2_ssg"} <= set(backbone_names())
+    assert {"pointnet", "dgcnn", "gbnet", "pointnet2_ssg"} <= set(backbone_names())
 
 
 @pytest.mark.parametrize(
@@ -60,6 +60,7 @@ def test_out_dims():
     assert build_backbone("pointnet").out_dim == 1024
     assert build_backbone("dgcnn", emb_dims=16).out_dim == 32
     assert build_backbone("dgcnn", emb_dims=16, pooling="max").out_dim == 16
+    assert build_backbone("gbnet", emb_dims=16, num_points=32).out_dim == 32  # max || avg
     assert build_backbone("pointnet2_ssg", width=0.125).out_dim == 1024
 
 
@@ -191,6 +192,7 @@ def test_forward_features_shapes(name, n):
 def test_point_dims():
     assert build_backbone("pointnet", emb_dims=32).point_dim == 32
     assert build_backbone("dgcnn", emb_dims=16).point_dim == 16  # out_dim is 32 (max || avg)
+    assert build_backbone("gbnet", emb_dims=16, num_points=32).point_dim == 16
     assert build_backbone("pointnet2_ssg", width=0.125, emb_dims=24).point_dim == 32  # 256 * 0.125
 
 

@@ -4,8 +4,9 @@ Every backbone is a :class:`Backbone`: ``forward(xyz, features=None)`` maps chan
 (plus optional extra per-point channels ``(B, N, in_features)``) to a global feature ``(B, out_dim)``;
 ``forward_features(xyz, features=None)`` returns a :class:`BackboneOutput` with that global feature and the
 per-point features ``(B, M, point_dim)`` at coordinates ``(B, M, 3)``. Registered names: ``pointnet``,
-``dgcnn``, ``pointnet2_ssg``, ``vit3d``, ``pointnext`` (segmentation encoder-decoder; its
-:meth:`~pointtune.backbones.pointnext.PointNeXt.forward_seg` gives per-point logits and every stage).
+``dgcnn``, ``gbnet`` (built for a fixed number of points, ``num_points``), ``pointnet2_ssg``, ``vit3d``,
+``pointnext`` (segmentation encoder-decoder; its :meth:`~pointtune.backbones.pointnext.PointNeXt.forward_seg`
+gives per-point logits and every stage).
 """
 
 from .base import Backbone, BackboneOutput
@@ -13,6 +14,7 @@ from .registry import backbone_factory, backbone_names, build_backbone, register
 from .head import ClassificationHead
 from .pointnet import PointNet
 from .dgcnn import DGCNN
+from .gbnet import GBNet
 from .pointnet2 import PointNet2SSG
 from .pointnext import PointNeXt, PointNeXtOutput
 from .vit import PointViT
@@ -22,6 +24,7 @@ __all__ = [
     "BackboneOutput",
     "ClassificationHead",
     "DGCNN",
+    "GBNet",
     "PointNet",
     "PointNet2SSG",
     "PointNeXt",

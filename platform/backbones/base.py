@@ -17,7 +17,7 @@ class BackboneOutput:
     Attributes:
         global_feature: ``(B, D)`` one vector per cloud, ``D = out_dim`` (what ``forward`` returns).
         point_features: ``(B, M, C)`` one vector per point of ``point_xyz``, ``C = point_dim``: the input
-            points (``M = N``) for PointNet and DGCNN, the centres of the last set-abstraction level for
+            points (``M = N``) for PointNet, DGCNN and GBNet, the centres of the last set-abstraction level for
             PointNet++.
         point_xyz: ``(B, M, 3)`` the coordinates ``point_features`` belong to.
         levels: hierarchical backbones only (PointNet++): the ``(xyz (B, M_s, 3), features (B, M_s, C_s))``

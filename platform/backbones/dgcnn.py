@@ -11,7 +11,7 @@ from ._util import check_features, check_non_negative_int, check_positive_int, c
 from .base import Backbone, BackboneOutput
 from .registry import register_backbone
 
-__all__ = ["DGCNN", "EdgeConv", "edge_features"]
+__all__ = ["DGCNN", "EdgeConv", "edge_features", "edge_mlp", "max_avg_pool", "point_mlp"]
 
 
 def edge_features(x: Tensor, k: int, graph: Tensor | None = None) -> Tensor:
@@ -41,15 +41,37 @@ def edge_features(x: Tensor, k: int, graph: Tensor | None = None) -> Tensor:
     return edge.permute(0, 3, 1, 2).contiguous()
 
 
+def edge_mlp(c_in: int, c_out: int, width: int = 1) -> nn.Sequential:
+    """Shared layer on edge features: ``Conv2d`` with kernel ``(1, width)`` (no bias) + BN + LeakyReLU(0.2),
+    ``(B, c_in, N, k) -> (B, c_out, N, k - width + 1)``. ``width=1`` is EdgeConv's ``h``, the same MLP on every
+    edge; ``width=k`` convolves across a point's ``k`` edges (sorted nearest first) into one vector, as GBNet's
+    ABEM does (:mod:`pointtune.backbones.gbnet`)."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, (1, width), bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)
+    )
+
+
+def point_mlp(c_in: int, c_out: int) -> nn.Sequential:
+    """Shared per-point layer: 1x1 ``Conv1d`` (no bias) + BN + LeakyReLU(0.2), ``(B, c_in, N) -> (B, c_out, N)``
+    (DGCNN's embedding of the concatenated EdgeConv outputs, also GBNet's)."""
+    return nn.Sequential(nn.Conv1d(c_in, c_out, 1, bias=False), nn.BatchNorm1d(c_out), nn.LeakyReLU(0.2))
+
+
+def max_avg_pool(x: Tensor) -> Tensor:
+    """DGCNN's global feature: max pooling over the points concatenated with average pooling,
+    ``(B, C, N) -> (B, 2C)`` (max first)."""
+    return torch.cat([x.amax(dim=-1), x.mean(dim=-1)], dim=1)
+
+
 class EdgeConv(nn.Module):
-    """One EdgeConv layer: ``h(x_i, x_j - x_i)`` as a 1x1 Conv2d + BN + LeakyReLU(0.2), max over the ``k``
-    edges. ``(B, C_in, N) -> (B, C_out, N)``; the optional ``graph`` ``(B, C', N)`` is the space the kNN graph
-    is built in (default: the input)."""
+    """One EdgeConv layer: ``h(x_i, x_j - x_i)`` as a 1x1 Conv2d + BN + LeakyReLU(0.2) (:func:`edge_mlp`), max
+    over the ``k`` edges. ``(B, C_in, N) -> (B, C_out, N)``; the optional ``graph`` ``(B, C', N)`` is the space
+    the kNN graph is built in (default: the input)."""
 
     def __init__(self, c_in: int, c_out: int, k: int):
         super().__init__()
         self.k = k
-        self.h = nn.Sequential(nn.Conv2d(2 * c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+        self.h = edge_mlp(2 * c_in, c_out)
 
     def forward(self, x: Tensor, graph: Tensor | None = None) -> Tensor:
         return self.h(edge_features(x, self.k, graph)).amax(dim=-1)
@@ -99,9 +121,7 @@ class DGCNN(Backbone):
             convs.append(EdgeConv(c_in, w, k))
             c_in = w
         self.edge_convs = nn.ModuleList(convs)
-        self.embed = nn.Sequential(
-            nn.Conv1d(sum(widths), emb_dims, 1, bias=False), nn.BatchNorm1d(emb_dims), nn.LeakyReLU(0.2)
-        )
+        self.embed = point_mlp(sum(widths), emb_dims)
         self.k = k
         self.emb_dims = emb_dims
         self.pooling = pooling
@@ -128,5 +148,5 @@ class DGCNN(Backbone):
             graph = None
             outs.append(x)
         x = self.embed(torch.cat(outs, dim=1))  # (B, emb_dims, N)
-        pooled = x.amax(dim=-1) if self.pooling == "max" else torch.cat([x.amax(dim=-1), x.mean(dim=-1)], dim=1)
+        pooled = x.amax(dim=-1) if self.pooling == "max" else max_avg_pool(x)
         return BackboneOutput(global_feature=pooled, point_features=x.transpose(1, 2), point_xyz=xyz)
