@@ -35,9 +35,10 @@ Readings taken (ids of ``shared/specs/dcglr.md`` section 6.2):
 * A3: ``view_points_mode='shared_ratio'`` (default): one ratio per view index per mini-batch, shared by every
   cloud, so each view has ``round(r N)`` points and the 3D-ViT's patch count follows it. ``'fixed'``: one ratio
   per cloud and view, every crop resampled to ``global_points`` / ``local_points`` (with repeats if needed),
-  for backbones that need a fixed size. Views whose sizes are equal by construction (fixed-size views, the
-  multi-resolution views) go through the encoder as one batch; the grouping depends on the config alone
-  (:func:`pointtune.views.view_groups`), so every data-parallel worker makes the same encoder calls.
+  for backbones that need a fixed size (PCT does not: its default centre counts are N/4 and N/8, spec 2.9).
+  Views whose sizes are equal by construction (fixed-size views, the multi-resolution views) go through the
+  encoder as one batch; the grouping depends on the config alone (:func:`pointtune.views.view_groups`), so
+  every data-parallel worker makes the same encoder calls.
 * A4: crops keep their coordinates; ``renormalize_crops`` re-centres and rescales each view into the unit sphere.
 * A5: no other augmentation, neither in the method nor in the :attr:`DCGLR.recipe` data pipeline.
 * A6: ``student_temperature`` tau_s = 0.1 (DINO).

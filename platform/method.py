@@ -61,8 +61,8 @@ class BackboneConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str = Field(
         "dgcnn",
-        description="backbone registry key: pointnet, dgcnn, gbnet, pointnet2_ssg, vit3d (its arguments are listed "
-                    "below it)")
+        description="backbone registry key: pointnet, dgcnn, gbnet, pointnet2_ssg, vit3d, pct (its arguments are "
+                    "listed below it)")
     inputs: list[Literal["normals", "color", "height"]] = Field(
         [], description="per-point features fed beside the coordinates, in order: normals, color, height")
 

@@ -16,6 +16,7 @@ SMALL = {
     "pointnet": {"emb_dims": 32},
     "dgcnn": {"k": 4, "emb_dims": 16},
     "pointnet2_ssg": {"npoints": (16, 8), "nsamples": (8, 8), "radii": (0.3, 0.6), "width": 0.125, "emb_dims": 24},
+    "pct": {"channels": 16, "emb_dims": 24, "nsample": 8},  # default npoints: N / 4 and N / 8 centres
 }
 
 
@@ -26,7 +27,7 @@ def cloud(b: int, n: int, seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_names():
-    assert {"pointnet", "dgcnn", "gbnet", "pointnet2_ssg"} <= set(backbone_names())
+    assert {"pointnet", "dgcnn", "gbnet", "pointnet2_ssg", "pct"} <= set(backbone_names())
 
 
 @pytest.mark.parametrize(
@@ -62,6 +63,8 @@ def test_out_dims():
     assert build_backbone("dgcnn", emb_dims=16, pooling="max").out_dim == 16
     assert build_backbone("gbnet", emb_dims=16, num_points=32).out_dim == 32  # max || avg
     assert build_backbone("pointnet2_ssg", width=0.125).out_dim == 1024
+    assert build_backbone("pct", **SMALL["pct"]).out_dim == 24
+    assert build_backbone("pct", **SMALL["pct"], pooling="maxavg").out_dim == 48
 
 
 def test_dgcnn_global_feature_is_max_concat_avg():
@@ -142,12 +145,20 @@ FIRST_LAYER = {  # the weight of each backbone's first layer, which sees the inp
     "pointnet": lambda m: m.mlp[0].weight,
     "dgcnn": lambda m: m.edge_convs[0].h[0].weight,
     "pointnet2_ssg": lambda m: m.sa1.mlp[0].weight,
+    "pct": lambda m: m.input_embed[0].linear.weight,
 }
 
 
+def first_level_points(name: str, kwargs: dict, n: int) -> int:
+    """Centres of the first level of a hierarchical backbone (PCT's default: N / 4)."""
+    return kwargs["npoints"][0] if name == "pointnet2_ssg" else n // 4
+
+
 def expected_points(name: str, kwargs: dict, n: int) -> int:
-    """M: per-point features at the N inputs, or at the last set-abstraction level's centres."""
-    return kwargs["npoints"][1] if name == "pointnet2_ssg" else n
+    """M: per-point features at the N inputs, or at the last level's centres (PCT's default: N / 8)."""
+    if name == "pointnet2_ssg":
+        return kwargs["npoints"][1]
+    return n // 8 if name == "pct" else n
 
 
 def warmed_up(name: str, kwargs: dict, in_features: int = 0) -> torch.nn.Module:
@@ -176,11 +187,12 @@ def test_forward_features_shapes(name, n):
     assert out.point_features.shape == (2, m, model.point_dim)
     assert out.point_xyz.shape == (2, m, 3)
     assert torch.isfinite(out.point_features).all()
-    if name == "pointnet2_ssg":
-        assert [tuple(x.shape) for x, _ in out.levels] == [(2, n, 3), (2, kwargs["npoints"][0], 3), (2, m, 3)]
+    if name in ("pointnet2_ssg", "pct"):
+        m1 = first_level_points(name, kwargs, n)
+        assert [tuple(x.shape) for x, _ in out.levels] == [(2, n, 3), (2, m1, 3), (2, m, 3)]
         assert out.levels[0][1] is None  # no extra input channels
         assert out.levels[-1][0] is out.point_xyz and out.levels[-1][1] is out.point_features
-        assert out.levels[1][1].shape[:2] == (2, kwargs["npoints"][0])
+        assert out.levels[1][1].shape[:2] == (2, m1)
         # the centres are input points (FPS), so the features sit at real coordinates
         dist = (out.point_xyz.unsqueeze(2) - xyz.unsqueeze(1)).abs().sum(-1).amin(-1)  # (B, M)
         assert (dist == 0).all()
@@ -194,6 +206,7 @@ def test_point_dims():
     assert build_backbone("dgcnn", emb_dims=16).point_dim == 16  # out_dim is 32 (max || avg)
     assert build_backbone("gbnet", emb_dims=16, num_points=32).point_dim == 16
     assert build_backbone("pointnet2_ssg", width=0.125, emb_dims=24).point_dim == 32  # 256 * 0.125
+    assert build_backbone("pct", **SMALL["pct"], pooling="maxavg").point_dim == 24  # out_dim is 48
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))
@@ -260,7 +273,7 @@ def test_in_features(name):
     assert out.point_features.shape == (2, m, model.point_dim)
     assert not torch.allclose(out.global_feature, other.global_feature)
     assert not torch.allclose(out.point_features, other.point_features)
-    if name == "pointnet2_ssg":
+    if name in ("pointnet2_ssg", "pct"):
         assert out.levels[0][1] is normals
     with pytest.raises(ValueError, match="without features"):
         model(xyz)

@@ -758,7 +758,7 @@ def test_search_space_conditions_backbone_arguments_on_the_backbone():
         assert 0.99 <= exp.method.teacher_momentum.start <= 0.9995
         assert 0.02 <= exp.method.teacher_temperature.start <= 0.07
         assert exp.method.teacher_temperature.warmup_start == 0.04
-    assert names == {"vit3d", "dgcnn"}
+    assert names == {"vit3d", "dgcnn", "pct"}
 
 
 def test_quick_search_space_trial_trains_a_step():

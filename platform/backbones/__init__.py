@@ -4,7 +4,7 @@ Every backbone is a :class:`Backbone`: ``forward(xyz, features=None)`` maps chan
 (plus optional extra per-point channels ``(B, N, in_features)``) to a global feature ``(B, out_dim)``;
 ``forward_features(xyz, features=None)`` returns a :class:`BackboneOutput` with that global feature and the
 per-point features ``(B, M, point_dim)`` at coordinates ``(B, M, 3)``. Registered names: ``pointnet``,
-``dgcnn``, ``gbnet`` (built for a fixed number of points, ``num_points``), ``pointnet2_ssg``, ``vit3d``,
+``dgcnn``, ``gbnet`` (built for a fixed number of points, ``num_points``), ``pointnet2_ssg``, ``vit3d``, ``pct``,
 ``pointnext`` (segmentation encoder-decoder; its :meth:`~pointtune.backbones.pointnext.PointNeXt.forward_seg`
 gives per-point logits and every stage).
 """
@@ -18,6 +18,7 @@ from .gbnet import GBNet
 from .pointnet2 import PointNet2SSG
 from .pointnext import PointNeXt, PointNeXtOutput
 from .vit import PointViT
+from .pct import PCT
 
 __all__ = [
     "Backbone",
@@ -25,6 +26,7 @@ __all__ = [
     "ClassificationHead",
     "DGCNN",
     "GBNet",
+    "PCT",
     "PointNet",
     "PointNet2SSG",
     "PointNeXt",

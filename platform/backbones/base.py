@@ -18,9 +18,9 @@ class BackboneOutput:
         global_feature: ``(B, D)`` one vector per cloud, ``D = out_dim`` (what ``forward`` returns).
         point_features: ``(B, M, C)`` one vector per point of ``point_xyz``, ``C = point_dim``: the input
             points (``M = N``) for PointNet, DGCNN and GBNet, the centres of the last set-abstraction level for
-            PointNet++.
+            PointNet++, of the last sampling stage for PCT.
         point_xyz: ``(B, M, 3)`` the coordinates ``point_features`` belong to.
-        levels: hierarchical backbones only (PointNet++): the ``(xyz (B, M_s, 3), features (B, M_s, C_s))``
+        levels: hierarchical backbones only (PointNet++, PCT): the ``(xyz (B, M_s, 3), features (B, M_s, C_s))``
             pair of every stage, finest first, for feature-propagation decoders; ``levels[0]`` is the input
             (its features are the extra input channels, or ``None``) and ``levels[-1]`` is
             ``(point_xyz, point_features)``. Empty for flat backbones.
