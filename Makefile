@@ -28,8 +28,12 @@ demo-modelnet: setup
 	  --dataset modelnet40 --data-root $(DATA)/modelnet40_subset \
 	  --set "data.classes=[airplane,bathtub,bench]" --output runs/demo-modelnet
 
+# Two test processes (pytest-xdist), each taking whole files (a module's fixtures run once): the Ray tests
+# spend much of their time starting processes and waiting on them, so two overlap well even on 2 cores.
+# TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: setup
-	$(BIN)/pytest -q -ra
+	$(BIN)/pytest -q -ra $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test-fast: setup
 	$(BIN)/pytest -q -ra -m "not slow"
