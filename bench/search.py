@@ -219,7 +219,7 @@ def plot(curves: dict[str, list[list[float]]], budget: int, target: float, path:
         ax.fill_between(xs, [min(c) for c in cols], [max(c) for c in cols], color=line.get_color(), alpha=0.15)
     ax.axhline(target, color="k", ls="--", lw=0.8, label=f"{BASELINE}'s final best (median)")
     ax.set(xlabel="cumulative trial-epochs", ylabel="best validation objective so far", xlim=(1, budget),
-           title="search strategies at an equal budget (median over search seeds, range shaded)")
+           title="search strategies at an equal budget\n(median over search seeds, range shaded)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
