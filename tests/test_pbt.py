@@ -144,6 +144,7 @@ def test_killed_pbt_sweep_is_finished_by_resume(tmp_path):
                              "--trials", "4", "--epochs", str(EPOCHS), "--scheduler", "pbt", "--output", str(out)],
                             out)
     assert not (out / "summary.csv").exists()
+    assert len(list(out.glob("tune/trial_*"))) == 4  # the population exists whole before its first report
     resumed = pointtune("resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     statuses = check_records(out, EPOCHS, study=False)

@@ -296,11 +296,14 @@ def _tuner_parts(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace):
 
     optuna.logging.set_verbosity(optuna.logging.INFO if spec.verbose else optuna.logging.WARNING)
     epochs = spec.epochs
-    # Tune's max_concurrent_trials does not reach a BasicVariantGenerator passed in: it is given here. Without it,
-    # every data-parallel trial's driver starts at once and all but one wait for their workers, then time out.
+    # Tune's max_concurrent_trials does not reach a BasicVariantGenerator passed in: a study gives it here. Without
+    # it, every data-parallel trial's driver starts at once and all but one wait for their workers, then time out.
+    # PBT's population must exist whole from the start (its trials are single-process: they wait for their CPUs
+    # while Tune pauses the others at each synchronisation point). Created two at a time, a killed 4-trial sweep
+    # held 2 trials, and on resume one of them was exploited into a config of the perturbed keys alone.
     limit = runtime.plan.max_concurrent
     if spec.scheduler == "pbt":
-        searcher = BasicVariantGenerator(random_state=spec.seed, max_concurrent=limit)
+        searcher = BasicVariantGenerator(random_state=spec.seed)
         scheduler = pbt_scheduler(space, spec.pbt_interval, epochs, spec.seed)
     elif spec.scheduler == "fifo":
         searcher, scheduler = BasicVariantGenerator(max_concurrent=limit), FIFOScheduler()
