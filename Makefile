@@ -28,10 +28,10 @@ demo-modelnet: setup
 	  --dataset modelnet40 --data-root $(DATA)/modelnet40_subset \
 	  --set "data.classes=[airplane,bathtub,bench]" --output runs/demo-modelnet
 
-# Two test processes (pytest-xdist), each taking whole files (a module's fixtures run once): the Ray tests
-# spend much of their time starting processes and waiting on them, so two overlap well even on 2 cores.
-# TEST_WORKERS=0 runs the suite in one process.
-TEST_WORKERS ?= 2
+# TEST_WORKERS=2 runs two test processes (pytest-xdist), each taking whole files (a module's fixtures run
+# once). Not the default yet: its one measured run (on a machine also running a benchmark) found two tests
+# that fail under that load (issue notes); the default is one process.
+TEST_WORKERS ?= 0
 test: setup
 	$(BIN)/pytest -q -ra $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-AGENT_WAIT_S = 60  # how long to wait for a job agent on a cluster that has just started
+AGENT_WAIT_S = 180  # how long to wait for a job agent on a cluster that has just started (60 s ran out under load)
 UPLOAD_EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", "*.egg-info", ".pytest_cache", ".whl"]
 
 
