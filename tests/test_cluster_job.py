@@ -33,11 +33,15 @@ def two_nodes():
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     for key in [k for k in os.environ if k.startswith("RAY_ADDRESS")]:
         os.environ.pop(key)
+    # Free ports for each node's dashboard agent (the job API's), not Ray's default 52365: another Ray instance
+    # on the machine holds that one, and an agent that cannot bind it leaves the cluster without a job agent.
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": True, "dashboard_port": _free_port(), "dashboard_host": "127.0.0.1"})
+        "num_cpus": 1, "include_dashboard": True, "dashboard_port": _free_port(), "dashboard_host": "127.0.0.1",
+        "dashboard_agent_listen_port": _free_port()})
     # Its own runtime-environment folder, as a second machine has: both nodes share this machine's Ray session
     # directory, and the worker's agent would otherwise unpack the job's files over the head's copy.
-    cluster.add_node(num_cpus=1, runtime_env_dir_name="runtime_resources_node2")
+    cluster.add_node(num_cpus=1, runtime_env_dir_name="runtime_resources_node2",
+                     dashboard_agent_listen_port=_free_port())
     cluster.wait_for_nodes()
     yield cluster, f"http://{cluster.head_node.address_info['webui_url']}"
     cluster.shutdown()
