@@ -310,31 +310,28 @@ def schedule_keys(method_cls: type[Method]) -> list[str]:
     return schedule_fields(ExperimentConfig) + schedule_fields(method_cls.Config, "method.")
 
 
+def _get_dotted(tree: dict[str, Any], key: str) -> Any:
+    """``tree[a][b][c]`` for ``key = "a.b.c"``; None where a part is missing or not a section."""
+    node: Any = tree
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def _schedule_starts(tree: dict[str, Any], schedules: list[str]) -> dict[str, Any]:
     """``tree`` with a number given for a schedule written as ``{start: number}``, so that merging it over
     another layer's schedule keeps that layer's other parts (``--set optim.lr=0.05`` over a recipe's
     warm-up)."""
     out = copy.deepcopy(tree)
     for key in schedules:
-        *sections, leaf = key.split(".")
-        node = out
-        for part in sections:
-            node = node.get(part) if isinstance(node, dict) else None
-        value = node.get(leaf) if isinstance(node, dict) else None
+        value = _get_dotted(out, key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            node[leaf] = {"start": value}
+            set_dotted(out, key, {"start": value})
     return out
 
 
 # The parts of a schedule that make up its shape (what naming `shape` resets); `start` and `end` are its values.
 _SHAPE_PARTS = ("warmup_epochs", "warmup_start", "step_epochs", "gamma", "delta", "milestones", "unit")
-
-
-def _get_dotted(tree: dict[str, Any], key: str) -> Any:
-    node: Any = tree
-    for part in key.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return node
 
 
 def _restart_shapes(merged: dict[str, Any], layer: dict[str, Any], schedules: list[str],
