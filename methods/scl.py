@@ -49,26 +49,35 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
 * A1: Definition 1's epsilon is not used; ``s`` of Eq. 5 is the operational score (higher: more similar).
 * A2, A3: ``num_patches`` M (default 32) and ``patch_k`` k (default 32) are their own fields; ``edgeconv_k``
   (paper: 20) is the EdgeConv neighbourhood of ``E1`` and ``E2``.
-* A4: the only positive is the dilated patch (Eq. 7); extra positives from the similarity network are not
-  implemented.
+* A4: the only positive is the dilated patch (Eq. 7). ``extra_positives_from_sim: true`` (off by default)
+  adds the other patches of the cloud that score above the interval (``s > b_u``; in quantile mode above the
+  upper quantile) as positives, with the multi-positive InfoNCE of :func:`info_nce` (the mean over an
+  anchor's positives, SupCon's L_out); logged: ``extra_pos_per_anchor``. None exists while the interval holds
+  every score (the warm-up).
 * Patches (spec 2.2): centres by farthest point sampling (:func:`pointtune.ops.fps`) from a random start point
   per cloud (``fps_start: random``; ``first``: point 0, as the ops' FPS); neighbours by
   :func:`pointtune.ops.knn` on xyz, sorted by distance, the centre itself excluded (a duplicate of it counts
   as a neighbour). Dilated positive: ranks 1, 1+d, ..., 1+(k-1)d of the ``k d`` nearest neighbours plus the
-  centre (``k + 1`` points, as the anchor). Patches index the points of the whole cloud: both encoders run
+  centre (``k + 1`` points, as the anchor); ``dilated_ranks: last`` takes the other reading of "every d-th",
+  ranks d, 2d, ..., kd. Patches index the points of the whole cloud: both encoders run
   on the whole cloud (unit-normalised by the data pipeline) and their point features are gathered per patch,
   so patch coordinates are never re-normalised (no patch is encoded on its own).
 * A5: the similar sample rotates the **whole cloud** about the origin, ``E1`` runs on the rotated cloud and
   the same point indices are gathered (rotation keeps correspondence; normals, when fed, rotate too).
   ``rotation: axis`` (default): an axis drawn from x, y, z, angle ``U(-rotation_deg, rotation_deg)``
   (default 180); ``up``: about ``up_axis``; ``so3``: an axis uniform on the sphere (every rotation reachable
-  at 180 degrees, not Haar-uniform). The original and rotated clouds go through ``E1`` as one batch. The
-  spec's optional ``per_patch`` rotation (a patch encoded on its own) is not implemented.
+  at 180 degrees, not Haar-uniform). The original and rotated clouds go through ``E1`` as one batch.
+  ``rot_mode: per_patch`` (the spec's option) instead cuts every patch out as a cloud of its own, centred on
+  its centroid (:func:`standalone_patches`; centred, so that the location of a patch tells ``D`` nothing),
+  rotates each patch by its own draw and encodes the patches alone, the dissimilar one included; stage 2
+  then scores its negatives on patches encoded alike, so ``rot_mode`` is one of the keys a stage-2 run must
+  share with its stage-1 run. It needs ``edgeconv_k <= patch_k + 1``.
 * A, B of Eq. 4: one similar and one dissimilar pair per anchor, ``A = B = B_clouds M``; the dissimilar patch
   ``j = (i + r) mod M`` with ``r ~ U{1..M-1}`` per anchor (any other patch, uniformly, never ``i``). ``D`` is
   ``Linear(2F, 1)`` on ``[anchor, other]`` (anchor first), a logit; Eq. 4 through ``BCEWithLogits``.
 * A6: ``G(X) = Linear(mean_{j in P_i} x_j)`` (a GCN layer on the patch's star graph with self-loops and
   symmetric normalisation reduces to it), with bias, no non-linearity; 32 -> 32 (G1), 256 -> 256 (G2).
+  ``projection_head: true`` puts the spec's optional 2-layer MLP after ``G2`` (:class:`ProjectionHead`).
 * A7: ``threshold_mode: absolute`` (default, the paper): ``b_l <= s <= b_u``. ``quantile``: per anchor, ``b_l``
   and ``b_u`` are quantile levels of ``{s(P_i, P_j)}_{j != i}``: the negatives are the ``j`` with
   ``v_(floor(b_l (n-1))) <= s_ij <= v_(ceil(b_u (n-1)))`` (``v`` the sorted scores, ``n = M - 1``), never empty.
@@ -80,7 +89,8 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
   When more than ``fallback_frac`` (0.5) of a batch's anchors are empty, each empty anchor takes the
   ``fallback_k`` (4) most similar other patches with ``s <= b_u`` (``fallback_k: 0``: never). Logged:
   ``no_negative_frac`` (anchors with no negative in the interval), ``dropped_frac`` (anchors still without
-  one, left out), ``fallback`` (1 when the fallback ran), ``neg_per_anchor`` (mean negatives per anchor).
+  one, left out), ``fallback`` (1 when the fallback ran), ``neg_per_anchor`` (mean negatives per anchor, the
+  other clouds' patches included with ``cross_cloud_negatives``).
   With no anchor left the loss is a zero still attached to ``E2``/``G2`` (every parameter gets a gradient).
 * A9: ``normalize: true`` (default) L2-normalises ``G2`` outputs (cosine similarity); ``false`` is Eq. 7's
   unnormalised dot product. ``temperature`` tau = 0.07.
@@ -97,7 +107,9 @@ Readings taken (ids of ``shared/specs/scl.md`` section 6; [REC] unless stated):
 * A16, A19: data and run length are config matters (ShapeNetPart ``data.variant=all`` for pretraining, judged
   by ``protocol.data``); the recipe sets 2048 points and no augmentation (the only transformation is the
   stage-1 rotation).
-* A17: negatives from the same cloud only. A18: ``s`` on the fly every step, under ``no_grad``, with the
+* A17: negatives from the same cloud only; ``cross_cloud_negatives: true`` adds every patch of the other
+  clouds of the batch (of one worker under data parallelism; no hard-negative interval: their scores are not
+  self-similarities). A18: ``s`` on the fly every step, under ``no_grad``, with the
   frozen eval-mode ``E1``/``G1``; not computed while the interval holds every score (``b_l <= 0``,
   ``b_u >= 1``, e.g. the warm-up), nor with ``hard_negatives: false`` (all other patches are negatives: the
   paper's "w/o HNS" ablation, Table 4; stage 2 then needs no stage-1 run).
@@ -134,6 +146,7 @@ __all__ = [
     "SCL",
     "SCLEncoder",
     "PatchAggregator",
+    "ProjectionHead",
     "sample_centres",
     "patch_indices",
     "random_rotation",
@@ -143,7 +156,10 @@ __all__ = [
     "negative_thresholds",
     "hard_negative_mask",
     "select_negatives",
+    "extra_positive_mask",
     "info_nce",
+    "rotate_clouds",
+    "standalone_patches",
     "check_stage1_run",
 ]
 
@@ -195,6 +211,9 @@ class SCLConfig(MethodConfig):
     patch_k: int = Field(32, ge=1, description="k, nearest neighbours of a centre in its patch, |P_i| = k + 1 (A3)")
     dilation: int = Field(
         2, ge=2, description="d, the positive keeps every d-th of the k d nearest neighbours (paper 2)")
+    dilated_ranks: Literal["first", "last"] = Field(
+        "first", description="the positive's neighbours: first: ranks 1, 1+d, ..., 1+(k-1)d (DeepGCN, official "
+                             "code) | last: ranks d, 2d, ..., kd")
     fps_start: Literal["random", "first"] = Field(
         "random", description="first FPS centre: a random point per cloud and step | point 0")
     # encoders (section 4.1.1, A11)
@@ -213,10 +232,21 @@ class SCLConfig(MethodConfig):
     rotation_deg: float = Field(
         180.0, gt=0, le=180, description="rotation angle drawn from U(-rotation_deg, rotation_deg) degrees (A5)")
     up_axis: Literal[0, 1, 2] = Field(1, description="rotation=up: the axis, 0 x, 1 y, 2 z")
+    rot_mode: Literal["whole_cloud", "per_patch"] = Field(
+        "whole_cloud", description="whole_cloud: rotate the cloud about the origin, E1 on whole clouds (A5) | "
+                                   "per_patch: each patch centred on its centroid and encoded on its own by E1, "
+                                   "in stage 1 and when stage 2 scores")
     # stage 2: contrast (Eq. 7)
     temperature: float = Field(0.07, gt=0, description="tau of Eq. 7 (not given; A9: 0.07)")
     normalize: bool = Field(
         True, description="L2-normalise the G2 embeddings (cosine, A9); false: Eq. 7's plain dot product")
+    projection_head: bool = Field(
+        False, description="a 2-layer MLP (Linear, ReLU, Linear; point_dim wide) after G2 (A6; the paper has none)")
+    extra_positives_from_sim: bool = Field(
+        False, description="patches scoring above the interval (s > b_u) are positives too, multi-positive "
+                           "InfoNCE (A4; paper: the dilated patch only)")
+    cross_cloud_negatives: bool = Field(
+        False, description="every patch of the batch's other clouds is a negative too (A17; paper: same cloud only)")
     # stage 2: hard negatives (Eq. 5, section 3.4-3.5, A7-A8)
     hard_negatives: bool = Field(
         True, description="negatives with s in [b_l, b_u] (false: every other patch, the w/o-HNS ablation)")
@@ -253,6 +283,12 @@ class SCLConfig(MethodConfig):
             given = self.backbone.name if self.backbone.name != "dgcnn" else sorted(self.backbone.model_extra)[0]
             raise ValueError(f"backbone: SCL builds its own DGCNN encoders (edgeconv_k, e1_widths, e2_widths, "
                              f"point_dim); only backbone.inputs may be set, got {given!r}")
+        if self.extra_positives_from_sim and not self.hard_negatives:
+            raise ValueError("extra_positives_from_sim: the extra positives are scored by the stage-1 network, "
+                             "which hard_negatives=false does not use; set hard_negatives=true")
+        if self.rot_mode == "per_patch" and self.patch_k + 1 < self.edgeconv_k:
+            raise ValueError(f"rot_mode: per_patch encodes a patch of patch_k + 1 = {self.patch_k + 1} points on "
+                             f"its own, fewer than edgeconv_k = {self.edgeconv_k}; raise patch_k or lower edgeconv_k")
         if self.stage == 1 and self.stage1_from is not None:
             raise ValueError("stage1_from is read by stage 2 only: set method.stage=2 to train the contrastive "
                              "network from it, or leave stage1_from unset")
@@ -357,6 +393,15 @@ class PatchAggregator(nn.Module):
         return self.linear(patch_features.mean(dim=-2))
 
 
+class ProjectionHead(nn.Sequential):
+    """The optional projection head after ``G2`` (A6, ``method.projection_head``; the paper has none): a
+    2-layer MLP ``Linear(C, C) -> ReLU -> Linear(C, C)`` as in SimCLR (Chen et al., ICML 2020), mapping
+    ``(..., C) -> (..., C)``. Downstream features are taken before it (``E2``'s)."""
+
+    def __init__(self, dim: int):
+        super().__init__(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+
 # --------------------------------------------------------------------------------------------------
 # Patches (Eq. 2, section 3.4) and similar / dissimilar samples (section 3.3)
 # --------------------------------------------------------------------------------------------------
@@ -393,21 +438,24 @@ def sample_centres(xyz: torch.Tensor, m: int, generator: torch.Generator | None 
 
 
 @torch.no_grad()
-def patch_indices(xyz: torch.Tensor, centres: torch.Tensor, patch_k: int,
-                  dilation: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def patch_indices(xyz: torch.Tensor, centres: torch.Tensor, patch_k: int, dilation: int = 1,
+                  ranks: str = "first") -> tuple[torch.Tensor, torch.Tensor]:
     """Anchor patches (Eq. 2) and their dilated positives (section 3.4), as point indices.
 
     The ``patch_k * dilation`` nearest neighbours of every centre (Euclidean, xyz; :func:`pointtune.ops.knn`)
     are sorted by distance, the centre itself excluded (a duplicate point of it counts as a neighbour). The
     anchor is the centre followed by the first ``patch_k`` of them; the dilated patch the centre followed by
-    ranks ``1, 1 + d, ..., 1 + (k - 1) d`` (1-based; ``nbrs[..., ::d]``). Both have ``k + 1`` points, the
-    centre first. ``dilation == 1`` gives the anchor twice.
+    one neighbour of every group of ``d`` consecutive ranks: the first, ranks ``1, 1 + d, ..., 1 + (k - 1) d``
+    (``ranks="first"``, 1-based; ``nbrs[..., ::d]``), or the last, ranks ``d, 2d, ..., kd``
+    (``ranks="last"``; ``nbrs[..., d-1::d]``). Both patches have ``k + 1`` points, the centre first.
+    ``dilation == 1`` gives the anchor twice.
 
     Args:
         xyz: ``(B, N, 3)``.
         centres: ``(B, M)`` int64 indices into ``N`` (:func:`sample_centres`).
         patch_k: k.
         dilation: d.
+        ranks: ``first`` or ``last`` (``method.dilated_ranks``).
 
     Returns:
         ``(anchor, dilated)``, each ``(B, M, k + 1)`` int64 indices into ``N``.
@@ -415,8 +463,9 @@ def patch_indices(xyz: torch.Tensor, centres: torch.Tensor, patch_k: int,
     Raises:
         ValueError: ``patch_k < 1``, ``dilation < 1`` or ``k d + 1 > N`` (naming the config keys).
     """
-    if patch_k < 1 or dilation < 1:
-        raise ValueError(f"patch_k and dilation must be >= 1, got {patch_k} and {dilation}")
+    if patch_k < 1 or dilation < 1 or ranks not in ("first", "last"):
+        raise ValueError(f"patch_k and dilation must be >= 1 and ranks first or last, got {patch_k}, {dilation} "
+                         f"and {ranks!r}")
     count = patch_k * dilation
     n = xyz.shape[1]
     if count + 1 > n:
@@ -428,7 +477,8 @@ def patch_indices(xyz: torch.Tensor, centres: torch.Tensor, patch_k: int,
     nbrs = cand.gather(-1, order)[..., :count]                           # (B, M, kd) without the centre
     centre = centres.unsqueeze(-1)
     anchor = torch.cat([centre, nbrs[..., :patch_k]], dim=-1)
-    dilated = torch.cat([centre, nbrs[..., ::dilation][..., :patch_k]], dim=-1)
+    first = 0 if ranks == "first" else dilation - 1
+    dilated = torch.cat([centre, nbrs[..., first::dilation][..., :patch_k]], dim=-1)
     return anchor, dilated
 
 
@@ -460,6 +510,37 @@ def random_rotation(b: int, mode: str = "axis", max_deg: float = 180.0, up_axis:
     skew = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=1).view(b, 3, 3)
     sin, cos = theta.sin().view(b, 1, 1), theta.cos().view(b, 1, 1)
     return eye + sin * skew + (1.0 - cos) * (skew @ skew)
+
+
+def rotate_clouds(clouds: dict[str, torch.Tensor], rot: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``clouds`` (a batch: ``points`` ``(B, N, 3)``, maybe ``normals`` ``(B, N, 3)`` and other per-point
+    inputs) with its points and normals rotated by ``rot`` ``(B, 3, 3)`` (:func:`random_rotation`), in
+    float32, returned in their own dtype; the other entries unchanged."""
+    out = dict(clouds)
+    for name in ("points", "normals"):
+        if name in clouds:
+            out[name] = (clouds[name].float() @ rot.transpose(1, 2)).to(clouds[name].dtype)
+    return out
+
+
+def standalone_patches(batch: dict[str, torch.Tensor], idx: torch.Tensor,
+                       inputs: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+    """Every patch as a cloud of its own (A5, ``rot_mode: per_patch``): the points ``idx`` ``(B, M, k + 1)`` of
+    ``batch["points"]`` ``(B, N, 3)``, centred on the patch's centroid, as ``points`` ``(B M, k + 1, 3)``
+    (cloud ``b``'s patch ``i`` at row ``b M + i``), and each per-point input named in ``inputs`` (e.g.
+    ``normals``) gathered alike, uncentred.
+
+    Raises:
+        KeyError: the batch lacks one of ``inputs`` (the message names ``method.backbone.inputs``).
+    """
+    missing = [name for name in inputs if name not in batch]
+    if missing:
+        raise KeyError(f"method.backbone.inputs: the batch has no {missing[0]!r}")
+    patches = gather_points(batch["points"], idx)                                 # (B, M, k + 1, 3)
+    out = {"points": (patches - patches.mean(dim=2, keepdim=True)).flatten(0, 1)}
+    for name in inputs:
+        out[name] = gather_points(batch[name], idx).flatten(0, 1)
+    return out
 
 
 def dissimilar_indices(b: int, m: int, generator: torch.Generator | None = None,
@@ -545,6 +626,16 @@ def hard_negative_mask(s: torch.Tensor, b_l: float, b_u: float, mode: str = "abs
     return (s >= lower) & (s <= upper) & ~eye
 
 
+def extra_positive_mask(s: torch.Tensor, b_l: float, b_u: float, mode: str = "absolute") -> torch.Tensor:
+    """Extra positives (A4, ``method.extra_positives_from_sim``): ``mask[b, i, j]`` is True when ``j != i`` and
+    ``s_ij`` lies *above* the upper threshold of :func:`negative_thresholds` (absolute: ``s_ij > b_u``): the
+    patches the similarity network judges more similar than any hard negative. ``(B, M, M)`` bool, disjoint
+    from the negatives of :func:`select_negatives` (fallback included: its patches have ``s <= b_u``)."""
+    _, upper = negative_thresholds(s, b_l, b_u, mode)
+    eye = torch.eye(s.shape[-1], dtype=torch.bool, device=s.device)
+    return (s > upper) & ~eye
+
+
 def select_negatives(s: torch.Tensor, b_l: float, b_u: float, mode: str = "absolute", fallback_frac: float = 0.5,
                      fallback_k: int = 4) -> tuple[torch.Tensor, torch.Tensor, bool]:
     """The negatives of every anchor with the empty-set rule of A8.
@@ -572,10 +663,22 @@ def select_negatives(s: torch.Tensor, b_l: float, b_u: float, mode: str = "absol
 
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, neg_mask: torch.Tensor, temperature: float,
-             normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+             normalize: bool = True, pos_mask: torch.Tensor | None = None,
+             cross_cloud: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 7 for every anchor patch: ``-log(f(i, i+) / (f(i, i+) + sum_{j in mask_i} f(i, j)))`` with
     ``f(i, j) = exp(a_i . a_j / tau)`` (``f(i, i+) = exp(a_i . p_i / tau)``); the negatives are the anchors'
     own (non-dilated) embeddings ``a_j`` of the same cloud.
+
+    Two extensions, each Eq. 7 itself when off:
+
+    * ``pos_mask`` (A4): patches ``j`` of the same cloud that are positives of anchor ``i`` beside its dilated
+      patch. With ``P_i = {i+} + {j: pos_mask_ij}`` the term is the mean over the positives (the multi-positive
+      InfoNCE "L_out" of Khosla et al., *Supervised Contrastive Learning*, NeurIPS 2020, Eq. 2)::
+
+          -1/|P_i| sum_{p in P_i} log( f(i, p) / (sum_{q in P_i} f(i, q) + sum_{j in mask_i} f(i, j)) )
+
+    * ``cross_cloud`` (A17): every patch of the batch's other clouds is a negative too (the sum over negatives
+      also runs over the ``(B - 1) M`` embeddings ``a_j`` of the other clouds).
 
     Args:
         anchor: ``(B, M, C)`` ``G2`` embeddings of the anchor patches.
@@ -583,34 +686,51 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, neg_mask: torch.Tenso
         neg_mask: ``(B, M, M)`` bool, ``[b, i, j]``: patch ``j`` is a negative of anchor ``i``.
         temperature: tau > 0.
         normalize: L2-normalise the embeddings first (cosine; A9).
+        pos_mask: ``(B, M, M)`` bool extra positives, disjoint from ``neg_mask``, or ``None``.
+        cross_cloud: add the other clouds' patches as negatives.
 
     Returns:
-        ``(loss (B, M), valid (B, M))``: each anchor's term (0 for an anchor without negatives) and whether it
-        has at least one negative.
+        ``(loss (B, M), valid (B, M))``: each anchor's term (0 for an anchor without negatives and extra
+        positives) and whether it has at least one negative.
 
     Raises:
-        ValueError: inconsistent shapes or ``temperature <= 0``.
+        ValueError: inconsistent shapes, ``temperature <= 0`` or a patch both a negative and a positive.
     """
-    if anchor.dim() != 3 or positive.shape != anchor.shape or neg_mask.shape != (*anchor.shape[:2], anchor.shape[1]):
-        raise ValueError(f"expected anchor and positive (B, M, C) and neg_mask (B, M, M), got {tuple(anchor.shape)}, "
-                         f"{tuple(positive.shape)} and {tuple(neg_mask.shape)}")
+    square = anchor.dim() == 3 and neg_mask.shape == (*anchor.shape[:2], anchor.shape[1])
+    if not square or positive.shape != anchor.shape or (pos_mask is not None and pos_mask.shape != neg_mask.shape):
+        raise ValueError(f"expected anchor and positive (B, M, C) and neg_mask, pos_mask (B, M, M), got "
+                         f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(neg_mask.shape)} and "
+                         f"{None if pos_mask is None else tuple(pos_mask.shape)}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    b, m = anchor.shape[:2]
+    if pos_mask is None:
+        pos_mask = torch.zeros_like(neg_mask)
+    if bool((pos_mask & neg_mask).any()):
+        raise ValueError("info_nce: a patch is both a negative and a positive of the same anchor")
     if normalize:
         anchor, positive = F.normalize(anchor, dim=-1), F.normalize(positive, dim=-1)
     pos = (anchor * positive).sum(dim=-1) / temperature                  # (B, M)
-    neg = (anchor @ anchor.transpose(-1, -2)) / temperature               # (B, M, M)
-    neg = neg.masked_fill(~neg_mask, float("-inf"))
-    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1)                  # (B, M, 1 + M)
-    return torch.logsumexp(logits, dim=-1) - pos, neg_mask.any(dim=-1)
+    if cross_cloud:                                                      # columns: every patch of the batch
+        sim = (anchor @ anchor.reshape(b * m, -1).T) / temperature       # (B, M, B M)
+        same = torch.eye(b, dtype=torch.bool, device=anchor.device).view(b, 1, b, 1)
+        neg_mask = torch.where(same, neg_mask.unsqueeze(2), True).reshape(b, m, b * m)
+        pos_mask = torch.where(same, pos_mask.unsqueeze(2), False).reshape(b, m, b * m)
+    else:
+        sim = (anchor @ anchor.transpose(-1, -2)) / temperature         # (B, M, M)
+    logits = torch.cat([pos.unsqueeze(-1), sim.masked_fill(~(neg_mask | pos_mask), float("-inf"))], dim=-1)
+    positives = pos + sim.masked_fill(~pos_mask, 0.0).sum(dim=-1)
+    count = 1 + pos_mask.sum(dim=-1)
+    return torch.logsumexp(logits, dim=-1) - positives / count, neg_mask.any(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------
 # Stage 1 network, for stage 2
 # --------------------------------------------------------------------------------------------------
 
-# The keys that build E1 / G1: stage 2 builds its frozen copy from its own values, which must be the stage-1 run's.
-_SIMILARITY_KEYS = ("e1_widths", "sim_dim", "edgeconv_k")
+# The keys that build E1 / G1 and say what they encode: stage 2 builds and runs its frozen copy from its own
+# values, which must be the stage-1 run's.
+_SIMILARITY_KEYS = ("e1_widths", "sim_dim", "edgeconv_k", "rot_mode")
 
 
 def check_stage1_run(source: Method, cfg: SCLConfig) -> None:
@@ -653,11 +773,12 @@ class SCL(Method):
       ``bce_similar`` / ``bce_dissimilar`` (the two sums of Eq. 4 per pair), ``sim_acc`` (pairs on the right side
       of ``D = 0.5``) and ``s_mean`` (mean Eq. 5 score of different patches of a cloud: where the absolute
       thresholds of stage 2 fall).
-    * Stage 2: ``e2`` (H = ``point_dim``) and ``g2``, trained with Eq. 7; ``e1`` / ``g1`` from
+    * Stage 2: ``e2`` (H = ``point_dim``), ``g2`` and ``head`` (:class:`ProjectionHead` with
+      ``projection_head``, an identity otherwise), trained with Eq. 7; ``e1`` / ``g1`` from
       ``stage1_from``, frozen (``requires_grad=False``, kept in eval mode by :meth:`train`), absent with
       ``hard_negatives=False``. ``forward`` returns ``loss``, ``b_l``, ``b_u``, ``neg_per_anchor``,
-      ``no_negative_frac``, ``dropped_frac``, ``fallback`` (A8) and ``pos_cos`` (mean cosine of the anchor
-      and positive embeddings).
+      ``no_negative_frac``, ``dropped_frac``, ``fallback`` (A8), ``pos_cos`` (mean cosine of the anchor
+      and positive embeddings) and, with ``extra_positives_from_sim``, ``extra_pos_per_anchor`` (A4).
 
     Data parallelism (:meth:`ddp_options`): every trainable parameter gets a gradient at every step (the
     loss without a valid anchor is a zero attached to them), so ``find_unused_parameters=False``; the frozen
@@ -695,7 +816,7 @@ class SCL(Method):
         return Prerequisite("stage1", {"method.stage": 1, "train.epochs": s1.epochs, "optim.lr": lr},
                             key="method.stage1_from", stand_in={"method.hard_negatives": False},
                             own_keys=("method.stage1", "method.rotation", "method.rotation_deg", "method.up_axis",
-                                      "method.e1_widths", "method.sim_dim"))
+                                      "method.e1_widths", "method.sim_dim", "method.rot_mode"))
 
     def __init__(self, cfg: SCLConfig, num_classes: int = 0, total_epochs: int = 1):
         super().__init__(cfg, num_classes, total_epochs)
@@ -705,6 +826,7 @@ class SCL(Method):
         if cfg.stage == 2:
             self.e2 = SCLEncoder(cfg.e2_widths, cfg.point_dim, cfg.edgeconv_k, concat=True, in_features=in_features)
             self.g2 = PatchAggregator(cfg.point_dim)
+            self.head = ProjectionHead(cfg.point_dim) if cfg.projection_head else nn.Identity()
         if cfg.stage == 1 or cfg.hard_negatives:
             self.e1 = SCLEncoder(cfg.e1_widths, cfg.sim_dim, cfg.edgeconv_k, concat=False, in_features=in_features)
             self.g1 = PatchAggregator(cfg.sim_dim)
@@ -784,17 +906,12 @@ class SCL(Method):
             xyz = points.float()
             centres = sample_centres(xyz, m, gen, cfg.fps_start == "random")
             idx, _ = patch_indices(xyz, centres, cfg.patch_k, 1)
-            rot = random_rotation(b, cfg.rotation, cfg.rotation_deg, cfg.up_axis, gen, points.device)
-            rotated = {**batch, "points": xyz @ rot.transpose(1, 2)}
-            if "normals" in batch and "normals" in cfg.backbone.inputs:
-                rotated["normals"] = batch["normals"].float() @ rot.transpose(1, 2)
+            clouds = self._similarity_clouds(batch, idx)      # whole clouds, or every patch on its own (A5)
+            rot = random_rotation(clouds["points"].shape[0], cfg.rotation, cfg.rotation_deg, cfg.up_axis, gen,
+                                  points.device)
+            rotated = rotate_clouds(clouds, rot)
             other = dissimilar_indices(b, m, gen, points.device)
-        feats, feats_rot = point_inputs(batch, cfg.backbone), point_inputs(rotated, cfg.backbone)
-        both = self.e1.forward_features(
-            torch.cat([points, rotated["points"].to(points.dtype)]),
-            None if feats is None else torch.cat([feats, feats_rot.to(feats.dtype)])).point_features
-        f, f_rot = both[:b], both[b:]                                      # (B, N, F) each
-        z, z_rot = self.g1(gather_points(f, idx)), self.g1(gather_points(f_rot, idx))   # (B, M, F)
+        z, z_rot = self._similarity_embeddings([clouds, rotated], idx)      # (B, M, F) each
         z_other = z.gather(1, other.unsqueeze(-1).expand(-1, -1, z.shape[-1]))
         with torch.autocast(device_type=points.device.type, enabled=False):
             wide = torch.promote_types(z.dtype, torch.float32)           # half -> float32; float64 stays
@@ -814,6 +931,25 @@ class SCL(Method):
                 }
         return out
 
+    def _similarity_clouds(self, batch: dict[str, torch.Tensor], idx: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What ``E1`` encodes (A5): the batch itself (``rot_mode: whole_cloud``) or each patch of ``idx``
+        ``(B, M, k + 1)`` as a cloud of its own (``per_patch``, :func:`standalone_patches`)."""
+        if self.cfg.rot_mode == "whole_cloud":
+            return batch
+        return standalone_patches(batch, idx, self.cfg.backbone.inputs)
+
+    def _similarity_embeddings(self, clouds: list[dict[str, torch.Tensor]], idx: torch.Tensor) -> list[torch.Tensor]:
+        """``G1`` embeddings ``(B, M, F)`` of the patches ``idx`` ``(B, M, k + 1)`` in each of ``clouds``
+        (batches of :meth:`_similarity_clouds`, alike in shape), ``E1`` run once on all of them."""
+        dtype = clouds[0]["points"].dtype
+        feats = [point_inputs(c, self.cfg.backbone) for c in clouds]
+        f = self.e1.forward_features(torch.cat([c["points"].to(dtype) for c in clouds]),
+                                     None if feats[0] is None else torch.cat(feats)).point_features
+        b, m = idx.shape[:2]
+        if self.cfg.rot_mode == "per_patch":                              # rows: the patches, (B M, k + 1, F)
+            return [self.g1(chunk).view(b, m, -1) for chunk in f.chunk(len(clouds))]
+        return [self.g1(gather_points(chunk, idx)) for chunk in f.chunk(len(clouds))]
+
     def _needs_scores(self, b_l: float, b_u: float) -> bool:
         # The interval holds every score (b_l <= 0, b_u >= 1, in either mode): all other patches are negatives.
         return self.frozen and not (b_l <= 0.0 and b_u >= 1.0)
@@ -826,39 +962,45 @@ class SCL(Method):
         with torch.no_grad(), torch.autocast(device_type=points.device.type, enabled=False):
             xyz = points.float()
             centres = sample_centres(xyz, m, gen, cfg.fps_start == "random")
-            idx, idx_dil = patch_indices(xyz, centres, cfg.patch_k, cfg.dilation)
+            idx, idx_dil = patch_indices(xyz, centres, cfg.patch_k, cfg.dilation, cfg.dilated_ranks)
         feats = point_inputs(batch, cfg.backbone)
         h = self.e2.forward_features(points, feats).point_features       # (B, N, H)
-        a, p = self.g2(gather_points(h, idx)), self.g2(gather_points(h, idx_dil))   # (B, M, H)
+        a = self.head(self.g2(gather_points(h, idx)))                     # (B, M, H)
+        p = self.head(self.g2(gather_points(h, idx_dil)))
         b_l, b_u = cfg.bounds_at(now, self.total_epochs)
         off = ~torch.eye(m, dtype=torch.bool, device=points.device)
-        fallback = False
+        fallback, extra = False, None
         if self._needs_scores(b_l, b_u):
             with torch.no_grad():
-                z = self.g1(gather_points(self.e1.forward_features(points, feats).point_features, idx))
+                z = self._similarity_embeddings([self._similarity_clouds(batch, idx)], idx)[0]
                 with torch.autocast(device_type=points.device.type, enabled=False):
                     s = self_similarity(z.to(torch.promote_types(z.dtype, torch.float32)))
                     mask, empty, fallback = select_negatives(s, b_l, b_u, cfg.threshold_mode, cfg.fallback_frac,
                                                              cfg.fallback_k)
-        else:
+                    if cfg.extra_positives_from_sim:
+                        extra = extra_positive_mask(s, b_l, b_u, cfg.threshold_mode)
+        else:   # every score lies in the interval: all other patches are negatives, none is above it
             mask = off.expand(points.shape[0], m, m)
             empty = torch.zeros(points.shape[0], m, dtype=torch.bool, device=points.device)
         with torch.autocast(device_type=points.device.type, enabled=False):
             wide = torch.promote_types(a.dtype, torch.float32)           # half -> float32; float64 stays
             a, p = a.to(wide), p.to(wide)
-            per_anchor, valid = info_nce(a, p, mask, cfg.temperature, cfg.normalize)
+            per_anchor, valid = info_nce(a, p, mask, cfg.temperature, cfg.normalize, extra,
+                                         cfg.cross_cloud_negatives)
             loss = per_anchor[valid].mean() if bool(valid.any()) else (a.sum() + p.sum()) * 0.0
             ref = loss.detach()
             out = {
                 "loss": loss,
                 "b_l": ref.new_tensor(b_l),
                 "b_u": ref.new_tensor(b_u),
-                "neg_per_anchor": mask.float().sum(dim=-1).mean(),
+                "neg_per_anchor": mask.float().sum(dim=-1).mean() + cfg.cross_cloud_negatives * (a.shape[0] - 1) * m,
                 "no_negative_frac": empty.float().mean(),
                 "dropped_frac": (~valid).float().mean(),
                 "fallback": ref.new_tensor(float(fallback)),
                 "pos_cos": F.cosine_similarity(a.detach(), p.detach(), dim=-1).mean(),
             }
+            if cfg.extra_positives_from_sim:
+                out["extra_pos_per_anchor"] = ref.new_tensor(0.0) if extra is None else extra.float().sum(-1).mean()
         return out
 
     def after_step(self, step: int, total_steps: int) -> None:

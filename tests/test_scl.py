@@ -16,16 +16,20 @@ from pointtune.methods.scl import (
     SCL,
     SCLConfig,
     SCLEncoder,
+    ProjectionHead,
     dissimilar_indices,
+    extra_positive_mask,
     hard_negative_mask,
     info_nce,
     negative_thresholds,
     patch_indices,
     random_rotation,
+    rotate_clouds,
     sample_centres,
     select_negatives,
     self_similarity,
     similarity_loss,
+    standalone_patches,
 )
 from pointtune.ops import fps
 from pointtune.train.checkpoint import CheckpointNotFoundError, save_state
@@ -181,6 +185,58 @@ def test_eq7_info_nce_brute_force(normalize):
     assert loss[0, 2].item() == 0.0 and not valid[0, 2]
 
 
+def _f(u: torch.Tensor, v: torch.Tensor, tau: float) -> float:
+    return math.exp(float(u @ v) / tau)
+
+
+@pytest.mark.parametrize("cross_cloud", [False, True])
+def test_eq7_with_extra_positives_and_cross_cloud_negatives_brute_force(cross_cloud):
+    """A4 (multi-positive InfoNCE: SupCon's L_out over P_i = {i+} + extra) and A17 (every patch of the other
+    clouds a negative), by a loop over the formula of info_nce's docstring."""
+    b, m, c, tau = 3, 5, 4, 0.2
+    a = torch.randn(b, m, c, generator=_gen(40), dtype=DT)
+    p = torch.randn(b, m, c, generator=_gen(41), dtype=DT)
+    r = torch.rand(b, m, m, generator=_gen(42))
+    eye = torch.eye(m, dtype=torch.bool)
+    neg, extra = (r < 0.4) & ~eye, (r > 0.7) & ~eye
+    neg[0, 1], extra[0, 1] = False, False                              # anchor (0, 1): positives only
+    loss, valid = info_nce(a, p, neg, tau, True, extra, cross_cloud)
+    an, pn = torch.nn.functional.normalize(a, dim=-1), torch.nn.functional.normalize(p, dim=-1)
+    for bb in range(b):
+        for i in range(m):
+            positives = [_f(an[bb, i], pn[bb, i], tau)] + [_f(an[bb, i], an[bb, j], tau) for j in range(m)
+                                                          if extra[bb, i, j]]
+            negatives = [_f(an[bb, i], an[bb, j], tau) for j in range(m) if neg[bb, i, j]]
+            if cross_cloud:
+                negatives += [_f(an[bb, i], an[o, j], tau) for o in range(b) if o != bb for j in range(m)]
+            denom = sum(positives) + sum(negatives)
+            expected = -sum(math.log(f / denom) for f in positives) / len(positives)
+            assert loss[bb, i].item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+            assert bool(valid[bb, i]) == (bool(negatives))
+    assert (loss[0, 1].item() == 0.0) != cross_cloud                   # alone, its own positive: -log 1
+    plain, _ = info_nce(a, p, neg, tau)
+    same, _ = info_nce(a, p, neg, tau, True, torch.zeros_like(neg), False)
+    assert torch.equal(plain, same)                                     # no extra positive: Eq. 7 itself
+    with pytest.raises(ValueError, match="both a negative and a positive"):
+        info_nce(a, p, neg, tau, True, neg, cross_cloud)
+
+
+def test_extra_positives_lie_above_the_interval_and_never_among_the_negatives():
+    s = torch.rand(2, 7, 7, generator=_gen(43))
+    s = (s + s.transpose(1, 2)) / 2
+    for mode, b_l, b_u in (("absolute", 0.3, 0.6), ("quantile", 0.2, 0.7)):
+        extra = extra_positive_mask(s, b_l, b_u, mode)
+        _, upper = negative_thresholds(s, b_l, b_u, mode)
+        for bb in range(2):
+            for i in range(7):
+                for j in range(7):
+                    assert bool(extra[bb, i, j]) == (j != i and s[bb, i, j].item() > upper[bb, i, 0].item())
+        for fallback_frac in (0.0, 1.0):                                # with and without the fallback
+            mask, _, _ = select_negatives(s, b_l, b_u, mode, fallback_frac, 3)
+            assert not (mask & extra).any()
+    assert extra_positive_mask(s, 0.3, 0.6).equal((s > 0.6) & ~torch.eye(7, dtype=torch.bool))
+
+
 def test_eq7_gradient_flows_through_negatives_but_not_masked_ones():
     a = torch.randn(1, 4, 3, generator=_gen(8), dtype=DT, requires_grad=True)
     p = torch.randn(1, 4, 3, generator=_gen(9), dtype=DT, requires_grad=True)
@@ -221,6 +277,18 @@ def test_anchor_and_dilated_patch_inside_a_line():
     anchor, dilated = patch_indices(_line(20, c), torch.tensor([[c, 0]]), patch_k=4, dilation=2)
     assert anchor[0, 0].tolist() == [10, 9, 11, 8, 12] and dilated[0, 0].tolist() == [10, 9, 8, 7, 6]
     assert anchor[0, 1].tolist() == [0, 1, 2, 3, 4] and dilated[0, 1].tolist() == [0, 1, 3, 5, 7]
+
+
+def test_dilated_patch_of_the_last_of_every_d_ranks():
+    _, dilated = patch_indices(_line(20), torch.tensor([[0]]), patch_k=3, dilation=2, ranks="last")
+    assert dilated.tolist() == [[[0, 2, 4, 6]]]                                    # ranks 2, 4, 6 of 6
+    _, dilated3 = patch_indices(_line(20), torch.tensor([[0]]), patch_k=3, dilation=3, ranks="last")
+    assert dilated3.tolist() == [[[0, 3, 6, 9]]]                                   # ranks 3, 6, 9 of 9
+    c = 10
+    _, dilated = patch_indices(_line(20, c), torch.tensor([[c]]), patch_k=2, dilation=2, ranks="last")
+    assert dilated.tolist() == [[[10, 11, 12]]]                  # by distance 9, 11, 8, 12: ranks 2 and 4
+    with pytest.raises(ValueError, match="ranks first or last"):
+        patch_indices(_line(20), torch.tensor([[0]]), 3, 2, ranks="middle")
 
 
 def test_patch_has_its_centre_once_and_a_duplicate_of_it_as_a_neighbour():
@@ -446,8 +514,9 @@ def test_stage2_loss_is_the_mean_over_anchors_with_negatives(tmp_path, monkeypat
     captured = {}
     real = scl.info_nce
 
-    def spy(a, p, mask, tau, normalize):
+    def spy(a, p, mask, tau, normalize, pos_mask, cross_cloud):
         captured.update(a=a, p=p, mask=mask)
+        assert pos_mask is None and cross_cloud is False                      # the paper's Eq. 7 by default
         return real(a, p, mask, tau, normalize)
 
     monkeypatch.setattr(scl, "info_nce", spy)
@@ -495,6 +564,11 @@ def test_stage2_without_hard_negatives_needs_no_stage1_run():
     ({"method.num_patches": 1}, "method.num_patches"),
     ({"method.stage": 3}, "method.stage"),
     ({"method.rotation_deg": 0}, "method.rotation_deg"),
+    ({"method.extra_positives_from_sim": True, "method.hard_negatives": False},
+     "extra_positives_from_sim: the extra positives are scored by the stage-1 network"),
+    ({"method.rot_mode": "per_patch", "method.patch_k": 8},
+     "rot_mode: per_patch encodes a patch of patch_k + 1 = 9 points on its own, fewer than edgeconv_k = 20"),
+    ({"method.dilated_ranks": "middle"}, "method.dilated_ranks"),
 ])
 def test_config_errors_are_one_line(overrides, fragment):
     with pytest.raises(ConfigError) as err:
@@ -574,6 +648,158 @@ def test_normals_are_fed_and_rotated_with_the_cloud():
 
 
 # --------------------------------------------------------------------------------------------------
+# Switches beyond the paper's reading: A4 extra positives, A5 per-patch rotation, A6 projection head,
+# A17 cross-cloud negatives, the dilated positive's other ranks
+# --------------------------------------------------------------------------------------------------
+
+PER_PATCH = {"rot_mode": "per_patch", "edgeconv_k": 4}      # patches of patch_k + 1 = 7 points, EdgeConv k <= 7
+
+
+def test_standalone_patches_are_the_patches_centred_on_their_centroids():
+    batch = _batch(b=2, n=40)
+    batch["normals"] = torch.randn(2, 40, 3, generator=_gen(50))
+    idx = torch.randint(0, 40, (2, 3, 5), generator=_gen(51))
+    out = standalone_patches(batch, idx, ["normals"])
+    assert out["points"].shape == (6, 5, 3) and out["normals"].shape == (6, 5, 3)
+    for b in range(2):
+        for i in range(3):
+            pts = batch["points"][b, idx[b, i]]
+            assert torch.allclose(out["points"][b * 3 + i], pts - pts.mean(dim=0))
+            assert torch.equal(out["normals"][b * 3 + i], batch["normals"][b, idx[b, i]])
+    assert set(standalone_patches(batch, idx)) == {"points"}
+    with pytest.raises(KeyError, match="method.backbone.inputs"):
+        standalone_patches({"points": batch["points"]}, idx, ["normals"])
+
+
+def test_rotate_clouds_turns_points_and_normals_only():
+    rot = random_rotation(2, "so3", 180.0, generator=_gen(52))
+    clouds = {"points": torch.randn(2, 9, 3, generator=_gen(53)), "normals": torch.randn(2, 9, 3, generator=_gen(54)),
+              "colors": torch.rand(2, 9, 3, generator=_gen(55))}
+    out = rotate_clouds(clouds, rot)
+    for b in range(2):
+        assert torch.allclose(out["points"][b], clouds["points"][b] @ rot[b].T, atol=1e-6)
+        assert torch.allclose(out["normals"][b], clouds["normals"][b] @ rot[b].T, atol=1e-6)
+    assert out["colors"] is clouds["colors"] and out["points"].dtype == torch.float32
+
+
+def test_per_patch_stage1_rotates_and_encodes_every_patch_on_its_own():
+    torch.manual_seed(0)
+    model = SCL(SCLConfig.model_validate({**TINY, **PER_PATCH}), 0, 4)
+    seen = []
+    original = model.e1.forward_features
+    model.e1.forward_features = lambda xyz, f: seen.append(xyz.detach()) or original(xyz, f)
+    out = model(_batch(b=4), 0, 0.0)
+    m, k1 = TINY["num_patches"], TINY["patch_k"] + 1
+    (xyz,) = seen                                                      # one E1 pass: patches and rotated copies
+    assert xyz.shape == (2 * 4 * m, k1, 3)
+    plain, rotated = xyz[:4 * m].double(), xyz[4 * m:].double()
+    assert torch.allclose(plain.mean(dim=1), torch.zeros(4 * m, 3, dtype=DT), atol=1e-6)   # centred
+    rot = torch.linalg.lstsq(plain, rotated).solution                  # (B M, 3, 3) = R^T of each patch
+    assert torch.allclose(plain @ rot, rotated, atol=1e-4)
+    assert torch.allclose(rot @ rot.transpose(1, 2), torch.eye(3, dtype=DT).expand_as(rot), atol=1e-4)
+    assert not torch.allclose(rot[0], rot[1], atol=1e-3)               # a rotation of its own per patch
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_per_patch_stage2_scores_patches_encoded_on_their_own(tmp_path, monkeypatch):
+    import pointtune.methods.scl as scl
+
+    _, path = _stage1_checkpoint(tmp_path / "s1", **PER_PATCH)
+    model = _stage2(path, total_epochs=1, b_u=0.9, **PER_PATCH)
+    patches, scored = [], []
+    real_patches, real_sim = scl.patch_indices, scl.self_similarity
+    monkeypatch.setattr(scl, "patch_indices", lambda *a: patches.append(real_patches(*a)) or patches[-1])
+    monkeypatch.setattr(scl, "self_similarity", lambda z: scored.append(z) or real_sim(z))
+    batch = _batch(b=3)
+    model.train()
+    model(batch, 0, 0.0)
+    idx = patches[0][0]
+    with torch.no_grad():
+        alone = standalone_patches(batch, idx)["points"]
+        expected = model.g1(model.e1.forward_features(alone).point_features).view(3, TINY["num_patches"], -1)
+    assert torch.allclose(scored[0], expected, atol=1e-6)
+    with pytest.raises(ConfigError) as err:                             # stage 2 must encode as stage 1 did
+        _stage2(path, edgeconv_k=4)
+    _one_line(err.value, "method.stage1_from: the stage-1 run has method.rot_mode=per_patch, this run whole_cloud")
+
+
+def test_projection_head_sits_between_g2_and_the_loss_and_off_the_encoder(monkeypatch):
+    import pointtune.methods.scl as scl
+
+    plain = SCL(SCLConfig.model_validate({**TINY, "stage": 2, "hard_negatives": False}), 0, 4)
+    assert isinstance(plain.head, torch.nn.Identity) and not any(k.startswith("head.") for k in plain.state_dict())
+    torch.manual_seed(1)
+    model = SCL(SCLConfig.model_validate({**TINY, "stage": 2, "hard_negatives": False, "projection_head": True}),
+                0, 4)
+    assert isinstance(model.head, ProjectionHead) and {"head.0.weight", "head.2.bias"} <= set(model.state_dict())
+    head_out, captured = [], {}
+    model.head.register_forward_hook(lambda mod, inp, out: head_out.append(out))
+    real = scl.info_nce
+    monkeypatch.setattr(scl, "info_nce", lambda a, p, *rest: captured.update(a=a, p=p) or real(a, p, *rest))
+    out = model(_batch(), 0, 0.0)
+    assert torch.equal(captured["a"], head_out[0]) and torch.equal(captured["p"], head_out[1])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    trainable = {id(p) for g in model.param_groups(0.0) for p in g["params"]}
+    assert {id(p) for p in model.head.parameters()} <= trainable
+    model.eval()
+    batch = _batch(b=2)
+    assert torch.equal(model.embed(batch), model.e2(batch["points"], None))   # downstream: before the head
+
+
+def test_stage2_extra_positives_come_from_the_similarity_network(tmp_path, monkeypatch):
+    import pointtune.methods.scl as scl
+
+    _, path = _stage1_checkpoint(tmp_path / "s1")
+    bounds = {"b_l": {"start": 0.2, "shape": "constant", "warmup_epochs": 0},
+              "b_u": {"start": 0.5, "shape": "constant", "warmup_epochs": 0}}
+    model = _stage2(path, total_epochs=1, extra_positives_from_sim=True, **bounds)
+    m = TINY["num_patches"]
+    s = torch.rand(4, m, m, generator=_gen(56))
+    monkeypatch.setattr(scl, "self_similarity", lambda z: s.clone())
+    captured = {}
+    real = scl.info_nce
+
+    def spy(a, p, mask, tau, normalize, pos_mask, cross_cloud):
+        captured.update(a=a, p=p, mask=mask, pos_mask=pos_mask)
+        return real(a, p, mask, tau, normalize, pos_mask, cross_cloud)
+
+    monkeypatch.setattr(scl, "info_nce", spy)
+    out = model(_batch(), 0, 0.0)
+    expected = extra_positive_mask(s, 0.2, 0.5)
+    assert torch.equal(captured["pos_mask"], expected) and expected.any()
+    assert out["extra_pos_per_anchor"].item() == pytest.approx(expected.float().sum(-1).mean().item())
+    per, valid = real(captured["a"].detach(), captured["p"].detach(), captured["mask"], 0.07, True, expected)
+    assert out["loss"].item() == pytest.approx(per[valid].mean().item(), rel=1e-6)
+    warm = _stage2(path, total_epochs=10, extra_positives_from_sim=True)      # warm-up: the interval is [0, 1]
+    out = warm(_batch(), 0, 0.0)
+    assert captured["pos_mask"] is None and out["extra_pos_per_anchor"] == 0
+
+
+def test_stage2_cross_cloud_negatives_and_the_last_ranks(monkeypatch):
+    import pointtune.methods.scl as scl
+
+    model = SCL(SCLConfig.model_validate({**TINY, "stage": 2, "hard_negatives": False, "cross_cloud_negatives": True,
+                                          "dilated_ranks": "last"}), 0, 4)
+    calls, captured = [], {}
+    real_patches, real_nce = scl.patch_indices, scl.info_nce
+    monkeypatch.setattr(scl, "patch_indices", lambda *a: calls.append(a) or real_patches(*a))
+
+    def spy(a, p, mask, tau, normalize, pos_mask, cross_cloud):
+        captured.update(a=a, p=p, mask=mask, cross_cloud=cross_cloud)
+        return real_nce(a, p, mask, tau, normalize, pos_mask, cross_cloud)
+
+    monkeypatch.setattr(scl, "info_nce", spy)
+    b, m = 3, TINY["num_patches"]
+    out = model(_batch(b=b), 0, 0.0)
+    assert calls[0][3:] == (TINY.get("dilation", 2), "last") and captured["cross_cloud"] is True
+    assert out["neg_per_anchor"].item() == (m - 1) + (b - 1) * m
+    per, _ = real_nce(captured["a"].detach(), captured["p"].detach(), captured["mask"], 0.07, True, None, True)
+    assert out["loss"].item() == pytest.approx(per.mean().item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
 # Search spaces and the CLI
 # --------------------------------------------------------------------------------------------------
 
@@ -588,7 +814,8 @@ def test_search_spaces_validate_for_stage2(space):
     assert loaded.method == "scl" and loaded.metric == "val/svm_acc" and loaded.mode == "max"
     assert params["method.stage"].value == 2 and "method.stage1_from" not in params
     assert {"method.temperature", "method.b_l.warmup_epochs", "method.b_l.step_epochs", "method.b_l.delta",
-            "method.b_u.delta", "method.threshold_mode"} <= set(loaded.searched())
+            "method.b_u.delta", "method.threshold_mode", "method.dilated_ranks", "method.extra_positives_from_sim",
+            "method.projection_head", "method.cross_cloud_negatives"} <= set(loaded.searched())
     assert params["method.b_u.step_epochs"].same_as == "method.b_l.step_epochs"
 
 
