@@ -814,7 +814,8 @@ class SCL(Method):
         lr = {"start": s1.lr, "shape": "step", "step_epochs": s1.lr_step, "gamma": s1.lr_gamma, "unit": "fraction",
               "warmup_epochs": 0.0}
         return Prerequisite("stage1", {"method.stage": 1, "train.epochs": s1.epochs, "optim.lr": lr},
-                            key="method.stage1_from", stand_in={"method.hard_negatives": False},
+                            key="method.stage1_from",
+                            stand_in={"method.hard_negatives": False, "method.extra_positives_from_sim": False},
                             own_keys=("method.stage1", "method.rotation", "method.rotation_deg", "method.up_axis",
                                       "method.e1_widths", "method.sim_dim", "method.rot_mode"))
 

@@ -835,6 +835,9 @@ def test_stage2_without_stage1_from_plans_its_stage1_run():
     assert plan_prerequisite(then) is None
     for given in ({"method.stage": 1}, {"method.hard_negatives": False}, {"method.stage1_from": "/x"}):
         assert plan_prerequisite(build_config("scl", overrides=given)) is None
+    # extra positives need the scores: the stand-in (no stage-1 network) drops them, the real run keeps them
+    pre = plan_prerequisite(build_config("scl", overrides={"method.extra_positives_from_sim": True}))
+    assert not pre.stand_in.method.extra_positives_from_sim and pre.then("runs/s1").method.extra_positives_from_sim
 
 
 def test_a_sweep_hands_its_trials_absolute_stage1_paths(tmp_path, monkeypatch):
