@@ -21,14 +21,16 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 
 import yaml
 from pathlib import Path
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
-from pointtune.config import ConfigError, config_from_file, plan_prerequisite
+from pointtune.config import ConfigError, config_from_file, load_yaml, plan_prerequisite
 from pointtune.search.spec import SAMPLERS, SCHEDULERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -112,14 +114,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     SCL's stage 2 without ``--from``) trains that one in ``<run dir>/<name>`` before it, both preflighted
     first; rerunning the command resumes either.
     """
-    from pointtune.preflight import check_gpus, check_numbers, check_tracking_uri, preflight
+    from pointtune.preflight import check_gpus, check_numbers, check_tracking_uri
+    from pointtune.train.debug import read_back
     from pointtune.train.launch import train
 
+    began = time.time()
     check_numbers(vars(args), "train")
     check_tracking_uri(args.mlflow_uri)
     if args.gpu:
         check_gpus(args.workers, 1.0, f"--gpu --workers {args.workers}" if args.workers else "--gpu")
+    if args.fast_dev_run and args.epochs is not None:
+        raise ConfigError("--fast-dev-run trains one short epoch; drop --epochs (or use --limit-batches N --epochs E)")
     sets = [*args.set, *_data_overrides(args)]
+    if args.limit_batches is not None:
+        sets.append(f"train.limit_batches={args.limit_batches}")
     if args.from_:
         from pointtune.method import get_method
         from pointtune.search.best import resolve_checkpoint
@@ -132,10 +140,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"[pointtune] --from: {key} = {checkpoint}")
         sets.append(f"{key}={checkpoint}")
     exp = config_from_file(args.method, args.config, sets)
-    pre = plan_prerequisite(exp)
-    for checked in ([pre.config, pre.stand_in] if pre else [exp]):
-        preflight(checked, workers=args.workers)
-    run_dir = _run_dir(args, "train", args.method)
+    given = any(o.split("=", 1)[0].strip() in ("train.batch_size", "train") for o in args.set) or (
+        args.config and "batch_size" in (load_yaml(args.config).get("train") or {}))
+    exp, pre = _preflight_train(exp, args, adapt_batch=not given)
+    scratch = args.fast_dev_run and not args.output
+    run_dir = Path(tempfile.mkdtemp(prefix="pointtune-fast-dev-run-")) if scratch else _run_dir(args, "train",
+                                                                                                 args.method)
     options = dict(workers=args.workers, use_gpu=args.gpu, mlflow_uri=args.mlflow_uri, progress=not args.no_progress)
     if pre:
         print(f"[pointtune] {args.method} trains its {pre.name} run first: {run_dir / pre.name} "
@@ -143,6 +153,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(pre.config, run_dir / pre.name, **options)
         exp = pre.then(run_dir / pre.name)
     summary = train(exp, run_dir, **options)
+    if args.fast_dev_run:
+        checkpoint = read_back(run_dir)
+        print(f"[pointtune] fast-dev-run passed in {time.time() - began:.0f} s: {exp.train.limit_batches} training "
+              f"batches of {exp.train.batch_size}, every judged split on {exp.train.limit_batches * exp.train.batch_size}"
+              f" items, checkpoint written and read back ({checkpoint})"
+              + ("; the temporary run directory is removed" if scratch else ""), flush=True)
+        if scratch:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        return 0
     test = summary["test"]
     headline = next((k for k in ("OA", "svm_acc") if k in test), next(iter(test), None))
     tested = f", test {headline} {test[headline]:.4f} (epoch {int(test['epoch'])})" if headline else ""
@@ -150,6 +169,37 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"[pointtune] done: {summary['epochs']} epochs in {summary['wall_s']:.0f} s, best {summary['objective']} "
           f"{best}{tested}")
     return 0
+
+
+def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
+    """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train. A
+    ``train.batch_size`` the user did not give (``adapt_batch``) that exceeds the training items a worker gets
+    is lowered to what fits, with one printed line. Returns ``(experiment, planned prerequisite or None)``.
+
+    Raises:
+        ConfigError, DatasetError: a failed preflight (:func:`pointtune.preflight.preflight`).
+    """
+    from pointtune.config import build_config
+    from pointtune.preflight import BatchTooLargeError, preflight
+    from pointtune.train.debug import fast_dev_prerequisite, fast_dev_run
+
+    if args.fast_dev_run:
+        exp = fast_dev_run(exp)
+    while True:
+        pre = plan_prerequisite(exp)
+        if pre and args.fast_dev_run:
+            pre = fast_dev_prerequisite(pre)
+        try:
+            for checked in ([pre.config, pre.stand_in] if pre else [exp]):
+                preflight(checked, workers=args.workers)
+            return exp, pre
+        except BatchTooLargeError as err:
+            if not adapt_batch or not err.fits or err.fits >= exp.train.batch_size:
+                raise
+            print(f"[pointtune] train.batch_size {exp.train.batch_size} -> {err.fits}: each of the "
+                  f"{max(args.workers, 1)} worker(s) gets only {err.fits} training items of this dataset "
+                  f"(--set train.batch_size=N to choose)", flush=True)
+            exp = build_config(exp.method.name, exp.to_dict(), {"train.batch_size": err.fits}, source="--set")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -396,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="0: in-process local debug mode (default); N: N data-parallel Ray Train workers")
     train.add_argument("--gpu", action="store_true", help="one GPU per worker (local mode: the first GPU)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    debug = train.add_mutually_exclusive_group()
+    debug.add_argument("--fast-dev-run", action="store_true",
+                       help="check a config or code change in seconds: 2 batches of 2, every split judged on 4 "
+                       "items, a checkpoint written and read back (a temporary run directory unless --output)")
+    debug.add_argument("--limit-batches", type=int, metavar="N",
+                       help="train N batches per epoch and judge N x batch_size items per split (train.limit_batches)")
     train.add_argument("--from", dest="from_", metavar="SWEEP_DIR|RUN_DIR|CHECKPOINT",
                        help="finetune: the pretrained encoder (a sweep's best trial, a run's best checkpoint); "
                        "scl: the stage-1 run, so that only stage 2 trains")

@@ -53,7 +53,8 @@ class TrainConfig(BaseModel):
     ``checkpoint_every`` is in epochs: a checkpoint is also written whenever the objective improves and at
     the last epoch, so the best model and the end of the run are always kept.
     ``epochs: 0`` trains nothing and judges the initial model with the protocol: the random-initialisation
-    baseline of self-supervised methods. ``threads``: torch threads of each CPU worker; ``None``: the CPUs a
+    baseline of self-supervised methods. ``limit_batches`` (``--limit-batches``, ``--fast-dev-run``) cuts
+    every epoch and every judged split short, to check a config or a code change in seconds. ``threads``: torch threads of each CPU worker; ``None``: the CPUs a
     Ray worker holds, all cores in local mode. A sweep records the value its trials used in their configs (and so in ``best_config.yaml``), since
     the thread count changes floating-point results.
     """
@@ -75,6 +76,10 @@ class TrainConfig(BaseModel):
     threads: int | None = Field(
         None, ge=1,
         description="torch threads per CPU worker (null: the worker's CPUs, all cores locally; recorded by sweeps)")
+    limit_batches: int | None = Field(
+        None, ge=1,
+        description="debugging: train on the first N batches of every epoch and judge on N x batch_size items of "
+                    "each split, spread over the classes (scenes: N x batch_size scenes) (null: all)")
 
 
 class ExperimentConfig(BaseModel):

@@ -38,6 +38,7 @@ from pointtune.data import DatasetBundle, DatasetError
 
 __all__ = [
     "TRACKING_SCHEMES",
+    "BatchTooLargeError",
     "PreflightResult",
     "check_numbers",
     "check_tracking_uri",
@@ -57,7 +58,7 @@ _FILE_SCHEMES = ("", "file")
 _MIN_INT = {
     "sweep": {"trials": 1, "epochs": 1, "workers": 1, "max_concurrent": 1, "grace_period": 1, "seed": 0,
               "pbt_interval": 1, "startup_trials": 0},
-    "train": {"epochs": 0, "workers": 0},
+    "train": {"epochs": 0, "workers": 0, "limit_batches": 1},
 }
 _SEED_MAX = 2**32 - 1  # numpy's (hence Optuna's TPE) seed range
 
@@ -197,6 +198,16 @@ def check_gpus(workers: int, gpus_per_worker: float, flags: str) -> None:
                       f"has {have} (this machine: {why})")
 
 
+class BatchTooLargeError(ConfigError):
+    """``train.batch_size`` exceeds the training items each worker gets, with ``train.drop_last`` (every epoch
+    would be empty). ``fits``: the largest batch size that gives every worker one full batch (0 when a worker
+    gets fewer than 2 items, too few for BatchNorm)."""
+
+    def __init__(self, message: str, fits: int):
+        super().__init__(message)
+        self.fits = fits
+
+
 @dataclass
 class PreflightResult:
     """What :func:`preflight` built and learnt.
@@ -257,11 +268,11 @@ def _check_splits(exp: ExperimentConfig, data: DatasetBundle, workers: int) -> N
     unit = "item" if scenes else "cloud"
     of = f" ({len(data.train.scenes)} scene(s) x data.loop {data.train.loop})" if scenes else ""
     if exp.train.drop_last and per_worker < batch:
-        raise ConfigError(
+        raise BatchTooLargeError(
             f"train.batch_size: {batch} {unit}s per worker, but each of the {world} worker(s) gets {per_worker} of "
             f"the {n} training {unit}s{of}; with train.drop_last every epoch would be empty"
-            + ("; lower train.batch_size or raise data.loop" if scenes else "")
-        )
+            + ("; lower train.batch_size or raise data.loop" if scenes else ""),
+            fits=min(n // world, batch) if n // world >= 2 else 0)
     if not exp.train.drop_last and per_worker % batch == 1:
         raise ConfigError(
             f"train.drop_last: false leaves a last batch of 1 {unit} ({per_worker} {unit}s per worker, "

@@ -602,3 +602,27 @@ def test_point_cloud_dataset_without_transform():
     assert int(item["index"]) == 17 and int(item["label"]) == 3 and item["normals"].shape == (4, 3)
     with pytest.raises(IndexError):
         ds[18]
+
+
+def test_limited_datasets_keep_their_streams_and_spread_over_the_classes(shared_data):
+    """``limited(n)`` (train.limit_batches): point clouds take the first cloud of every class, then the
+    second...; scene datasets their first scenes; both keep transform, streams and crops."""
+    from pointtune.data import PointCloudDataset, PointCloudSet
+    from pointtune.data.scene_dataset import SceneDataset
+    from pointtune.data.scenes import read_scannet
+
+    labels = np.array([2, 2, 0, 1, 2, 0, 1, 1])
+    pcs = PointCloudSet(np.random.default_rng(0).normal(size=(8, 16, 3)).astype(np.float32), labels, ["a", "b", "c"])
+    full = PointCloudDataset(pcs, None, train=True, seed=7)
+    cut = full.limited(5)
+    # first of each class: 2 (a), 3 (b), 0 (c); then the second of each: 5 (a), 6 (b)
+    assert [int(cut[i]["label"]) for i in range(len(cut))] == [2, 0, 1, 0, 1]
+    assert np.array_equal(cut.pcs.points, pcs.points[[0, 2, 3, 5, 6]]) and cut.train and cut.seed == 7
+    assert len(full.limited(100)) == 8
+    with pytest.raises(ValueError, match="count must be >= 1"):
+        full.limited(0)
+    scenes = read_scannet(shared_data / "scannet_subset")
+    ds = SceneDataset(scenes, None, voxel_size=0.05, max_points=2048, train=False, loop=2, seed=3)
+    one = ds.limited(1)
+    assert one.scenes.names == scenes.names[:1] and len(one) == 2 and one.max_points == 2048
+    assert torch.equal(one[0]["points"], ds[0]["points"])

@@ -152,3 +152,26 @@ def test_resumed_at_its_last_epoch_the_run_reports_what_that_checkpoint_recorded
     run_loop(LoopConfig(exp, "val/OA", "max"), again)
     assert again.reports == [(first.reports[-1][0], True)]
     assert "test/OA" in again.reports[0][0] and again.reports[0][0]["epoch"] == 2
+
+
+def test_limit_batches_cuts_every_epoch_and_every_judged_split(monkeypatch):
+    """train.limit_batches: N optimizer steps per epoch (the schedules count N per epoch) and every split the
+    protocol judges cut to N x batch_size items, spread over the classes."""
+    from pointtune.methods.cedr import CEDR
+    import pointtune.train.loop as loop
+
+    steps, judged = [], []
+    monkeypatch.setattr(CEDR, "after_step", lambda self, step, total: steps.append((step, total)), raising=False)
+    real = loop.evaluate
+    monkeypatch.setattr(loop, "evaluate", lambda method, splits, *a, **k: judged.append(
+        {name: [int(ds[i]["label"]) for i in range(len(ds))] for name, ds in splits.items()}) or real(
+        method, splits, *a, **k))
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 2, "train.limit_batches": 3, "train.batch_size": 4})
+    session = Recorder()
+    run_loop(LoopConfig(exp, "val/OA", "max"), session)
+    assert steps == [(s, 6) for s in range(1, 7)]                      # 3 steps an epoch of the 2, not 128 / 4
+    assert len(judged) == 3                                            # val after each epoch, then test
+    for splits in judged:
+        labels = splits["eval"]
+        assert len(labels) == 12 and len(set(labels)) == 8            # 3 x 4 items, every class, then again
+    assert {"val/OA", "test/OA"} <= set(session.reports[-1][0])

@@ -56,3 +56,43 @@ def test_zero_epochs_judges_the_untrained_model(tmp_path):
     assert record["epoch"] == 0 and 0 <= record["val/OA"] <= 1 and record["test/epoch"] == 0
     assert not any(k.startswith("train/") for k in record)  # nothing was trained
     assert "epoch 0 (untrained)" in proc.stdout
+
+
+def test_fast_dev_run_checks_a_whole_run_in_seconds_and_leaves_nothing(tmp_path, monkeypatch):
+    """--fast-dev-run: one epoch of 2 batches of 2, a checkpoint written and read back, the temporary run
+    directory removed; with --output the run stays, cut short; --epochs with it is refused in one line."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))                       # where the temporary run directory goes
+    proc = pointtune("train", "cedr", "--fast-dev-run", "--no-progress", "--set", "method.backbone.name=pointnet")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("[pointtune] fast-dev-run passed in") and "2 training batches of 2" in last, last
+    assert "checkpoint written and read back" in last and "temporary run directory is removed" in last
+    assert not list(tmp_path.glob("pointtune-fast-dev-run-*"))
+    out = tmp_path / "kept"
+    proc = pointtune("train", "cedr", "--fast-dev-run", "--no-progress", "--output", str(out),
+                     "--set", "method.backbone.name=pointnet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1] and "val/OA" in epochs[0]
+    config = load_state(out / "checkpoints" / "best")["experiment"]["train"]
+    assert (config["limit_batches"], config["batch_size"], config["epochs"]) == (2, 2, 1)
+    bad = pointtune("train", "cedr", "--fast-dev-run", "--epochs", "3")
+    assert bad.returncode == 2 and "--fast-dev-run trains one short epoch; drop --epochs" in bad.stderr
+
+
+def test_a_default_batch_larger_than_the_data_is_lowered_with_one_line(shared_data, tmp_path):
+    """The ShapeNetPart sample's split variant has 14 training clouds: the default batch of 32 becomes 14, said
+    in one line; a batch the user set is refused instead (one line, exit 2)."""
+    from helpers import real
+
+    data = ["--dataset", "shapenetpart", "--data-root", str(real(shared_data / "shapenetpart_subset")),
+            "--set", "data.variant=split", "--set", "data.num_points=256"]
+    proc = pointtune("train", "cedr", "--limit-batches", "1", "--epochs", "1", "--no-progress", *data,
+                     "--set", "method.backbone.name=pointnet", "--output", str(tmp_path / "run"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[pointtune] train.batch_size 32 -> 14: each of the 1 worker(s) gets only 14 training items" in proc.stdout
+    assert load_state(tmp_path / "run" / "checkpoints" / "best")["experiment"]["train"]["batch_size"] == 14
+    bad = pointtune("train", "cedr", "--epochs", "1", *data, "--set", "train.batch_size=32",
+                    "--output", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "train.batch_size: 32 clouds per worker" in bad.stderr, bad.stderr
+    assert not (tmp_path / "bad").exists()

@@ -102,6 +102,24 @@ class PointCloudDataset(Dataset, ItemStreams):
         """Number of clouds ``M``."""
         return len(self.pcs)
 
+    def limited(self, count: int) -> PointCloudDataset:
+        """The same dataset (transform, streams) over ``min(count, M)`` of its clouds, spread over the
+        classes: the first cloud of every class (in label order), then the second, and so on, each in index
+        order (``train.limit_batches``: a few items that still hold several classes).
+
+        Raises:
+            ValueError: ``count < 1``.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        labels = np.asarray(self.labels)
+        rank = np.zeros(len(labels), dtype=np.int64)              # how many earlier clouds share the class
+        for label in np.unique(labels):
+            members = np.flatnonzero(labels == label)
+            rank[members] = np.arange(len(members))
+        order = np.lexsort((labels, rank))[:count]                # by rank, then label
+        return PointCloudDataset(self.pcs.subset(np.sort(order)), self.transform, self.train, self.seed)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` (``0 <= index < M``; negative indices count from the end) as a dict of tensors.
 

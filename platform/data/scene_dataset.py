@@ -101,6 +101,19 @@ class SceneDataset(Dataset, ItemStreams):
         """``loop * len(scenes)``."""
         return self.loop * len(self.scenes)
 
+    def limited(self, count: int) -> SceneDataset:
+        """The same dataset (transform, crops, ``loop``, streams) over its first ``min(count, len(scenes))``
+        scenes (``train.limit_batches``).
+
+        Raises:
+            ValueError: ``count < 1``.
+        """
+        if count < 1:
+            raise ValueError(f"count must be >= 1, got {count}")
+        return SceneDataset(self.scenes.subset(range(min(count, len(self.scenes)))), self.transform,
+                            voxel_size=self.voxel_size, max_points=self.max_points, train=self.train, loop=self.loop,
+                            seed=self.seed)
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         """Item ``index`` (negative counts from the end); see the class docstring.
 

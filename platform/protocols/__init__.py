@@ -164,6 +164,16 @@ class EvalSplits:
         """``len(class_names)``."""
         return len(self.class_names)
 
+    def limited(self, count: int) -> EvalSplits:
+        """Each split cut to ``count`` items spread over the classes (``limited`` of the point-cloud and scene
+        datasets; ``train.limit_batches``).
+
+        Raises:
+            ValueError: ``count < 1``.
+        """
+        return EvalSplits(self.fit.limited(count), self.val.limited(count),
+                          None if self.test is None else self.test.limited(count), self.class_names, self.source)
+
 
 def build_eval_splits(exp: ExperimentConfig, data: DatasetBundle | None = None) -> EvalSplits:
     """The splits ``exp`` is judged on: those of ``protocol.data`` when set (fit = its training split, val =

@@ -108,13 +108,17 @@ def _train_one_epoch(
     model.train()
     use_amp = exp.train.amp and device.type == "cuda"
     steps, epochs = len(loader), exp.train.epochs
+    if exp.train.limit_batches is not None:
+        steps = min(steps, exp.train.limit_batches)
     sums: dict[str, float] = {}
     batches = loader
     if show_progress:
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", leave=False, dynamic_ncols=True)
+        batches = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", total=steps, leave=False, dynamic_ncols=True)
     for i, batch in enumerate(batches):
+        if i == steps:  # train.limit_batches
+            break
         step = epoch * steps + i
         apply_schedules(optimizer, exp.optim, step, steps, epochs)
         batch = to_device(batch, device)
@@ -306,6 +310,8 @@ def _setup(loop: LoopConfig, session) -> _Run:
     seed_everything(exp.train.seed)
     data = build_datasets(exp.data)
     judged = build_eval_splits(exp, data)  # the training dataset's splits, or protocol.data's own
+    if exp.train.limit_batches is not None:
+        judged = judged.limited(exp.train.limit_batches * exp.train.batch_size)
     if session.rank == 0:
         own = judged.source == "data"
         _describe_splits(f"data {exp.data.name}", {"train": data.train, "val": data.val, "test": data.test},
