@@ -262,3 +262,10 @@ def test_pointcept_s3dis_layout_is_read_directly(shared_data, tmp_path):
     scenes = read_s3dis(tmp_path)
     assert scenes.names == ["Area_1_hallway_1"]
     np.testing.assert_array_equal(scenes[0]["segment"], room["segment"])
+
+
+def test_s3dis_sample_annotations_give_the_sample_npy_rows(shared_data, tmp_path):
+    sample = shared_data / "s3dis_subset"
+    prepare("s3dis", sample, tmp_path, progress=False)
+    for room in ("conferenceRoom_1", "hallway_1"):
+        np.testing.assert_array_equal(np.load(tmp_path / f"Area_1_{room}.npy"), np.load(sample / f"Area_1_{room}.npy"))

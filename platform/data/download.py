@@ -1,22 +1,19 @@
 """``pointtune data download``: fetch a dataset whose licence allows a direct download.
 
-=============  ============================================================  ==========================================
-dataset        source                                                         access
-=============  ============================================================  ==========================================
-modelnet40     http://modelnet.cs.princeton.edu/ModelNet40.zip (raw .off)     direct; Princeton ModelNet terms
-               then ``pointtune data prepare modelnet40``                     (academic use); SHA-256 not yet verified
-modelnet10     http://3dvision.princeton.edu/projects/2014/3DShapeNets/       direct; as above; SHA-256 not yet verified
-               ModelNet10.zip
-scannet        https://github.com/ScanNet/ScanNet#scannet-data                on request: sign the ScanNet Terms of Use
-                                                                              (http://kaldir.vc.in.tum.de/scannet/
-                                                                              ScanNet_TOS.pdf), mail scannet@googlegroups.com
-s3dis          http://buildingparser.stanford.edu/dataset.html                on request: the form on that page
-                                                                              (Stanford terms)
-scanobjectnn   https://hkust-vgd.github.io/scanobjectnn/                      on request: agree to the terms of use
-                                                                              linked there to get the link
-shapenet       https://shapenet.org/ (ShapeNetCore, and ShapeNetPart's        on request: register and accept the
-               shapenetcore_partanno_segmentation_benchmark_v0_normal)        ShapeNet terms of use
-=============  ============================================================  ==========================================
+==============  =====================================================================  ==========================
+dataset         where                                                                  access
+==============  =====================================================================  ==========================
+modelnet40      http://modelnet.cs.princeton.edu/ModelNet40.zip (.off meshes; then     direct (Princeton ModelNet
+                ``pointtune data prepare modelnet40``)                                 terms, research use);
+                                                                                       SHA-256 unverified
+modelnet10      http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip  direct; SHA-256 unverified
+scannet         sign http://kaldir.vc.in.tum.de/scannet/ScanNet_TOS.pdf, mail it to    on request
+                scannet@googlegroups.com (https://github.com/ScanNet/ScanNet)
+s3dis           the form at http://buildingparser.stanford.edu/dataset.html            on request
+scanobjectnn    the terms of use at https://hkust-vgd.github.io/scanobjectnn/          on request
+shapenet        register at https://shapenet.org/ (ShapeNetCore; ShapeNetPart's        on request
+                shapenetcore_partanno_segmentation_benchmark_v0_normal)
+==============  =====================================================================  ==========================
 
 No SHA-256 of these archives is published by their authors, so :data:`DOWNLOADS` records ``None``: the download
 is then *unverified* and the command prints the SHA-256 it computed; pass it back with ``--sha256`` (or put it
@@ -74,6 +71,7 @@ ON_REQUEST = {
     "scanobjectnn": "agree to the terms of use at https://hkust-vgd.github.io/scanobjectnn/ to get the download link",
     "shapenet": "register at https://shapenet.org/ and accept the ShapeNet terms of use (ShapeNetCore, ShapeNetPart)",
 }
+ON_REQUEST["shapenetpart"] = ON_REQUEST["shapenet"]
 
 
 def sha256_of(path: Path) -> str:
@@ -195,9 +193,11 @@ def download_dataset(dataset: str, out: str | Path, sha256: str | None = None, p
     target = out / archive.filename
     expected = sha256 or archive.sha256
     digest, verified = download_file(archive.url, target, expected, progress)
+    extracted = ""
     if target.suffix == ".zip":
         _extract(target, out)
+        extracted = f", extracted into {out}"
     check = ("verified" if verified else "UNVERIFIED: no published checksum; pass --sha256 " + digest +
              " to verify a later download")
-    return [f"[pointtune] data download {dataset}: {target} (SHA-256 {digest}, {check}), extracted into {out}",
+    return [f"[pointtune] data download {dataset}: {target} (SHA-256 {digest}, {check}){extracted}",
             f"[pointtune] next: {archive.then.format(out=out)}"]

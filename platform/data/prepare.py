@@ -1,18 +1,15 @@
 """``pointtune data prepare``: a dataset's raw release to the layout pointtune's readers take.
 
-======================  =================================================  ==========================================
-dataset                 raw input (``--raw``)                               written under ``--out``
-======================  =================================================  ==========================================
-``scannet``             ScanNet v2 ``[scans/]<scene>/`` (:mod:`.raw_scannet`) ``<scene>_vert.npy``, ``_sem_label.npy``,
-                                                                            ``_ins_label.npy`` (:data:`SCANNET_LAYOUT`)
-``s3dis``               ``[Stanford3dDataset_v1.2_Aligned_Version/]Area_<a>/   ``Area_<a>_<room>.npy``
-                        <room>/Annotations/`` (:mod:`.raw_s3dis`)            (:data:`S3DIS_NPY_LAYOUT`)
-``modelnet40``          ``[ModelNet40/]<class>/{train,test}/*.off``          ``modelnet40_ply_hdf5_2048`` layout
-                        (:mod:`.raw_modelnet`)                               (:data:`~pointtune.data.modelnet.H5_LAYOUT`)
-======================  =================================================  ==========================================
+* ``scannet``: ScanNet v2 ``[scans/]<scene>/`` meshes and annotations to ``<scene>_vert.npy``,
+  ``<scene>_sem_label.npy`` and ``<scene>_ins_label.npy`` (:data:`~pointtune.data.scenes.SCANNET_LAYOUT`;
+  :mod:`pointtune.data.raw_scannet`).
+* ``s3dis``: ``[Stanford3dDataset_v1.2_Aligned_Version/]Area_<a>/<room>/Annotations/`` to ``Area_<a>_<room>.npy``
+  (:data:`~pointtune.data.scenes.S3DIS_NPY_LAYOUT`; :mod:`pointtune.data.raw_s3dis`).
+* ``modelnet40``: ``[ModelNet40/]<class>/{train,test}/*.off`` meshes sampled to the ``modelnet40_ply_hdf5_2048``
+  layout (:data:`~pointtune.data.modelnet.H5_LAYOUT`; :mod:`pointtune.data.raw_modelnet`).
 
 Every run is resumable: each item (scene, room, shape) is written under a temporary name and renamed when
-complete (:func:`save_npy`), and a rerun skips the items whose final files exist. A progress bar counts items;
+complete (:func:`save_npy`), and a rerun skips the items whose final file exists. A progress bar counts items;
 the last line says what was written. Pointcept's preprocessed ScanNet and S3DIS need no preparing: the readers
 take them as they are (:data:`~pointtune.data.scenes.POINTCEPT_LAYOUT`).
 """

@@ -109,7 +109,8 @@ def _read_json(path: Path, key: str) -> object:
         raise DatasetError(f"{path}: JSON without the key {key!r}") from None
 
 
-def _aggregation_labels(segs_path: Path, agg_path: Path, n: int, label_map: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
+def _aggregation_labels(segs_path: Path, agg_path: Path, n: int,
+                        label_map: dict[str, int]) -> tuple[np.ndarray, np.ndarray]:
     """``(nyu40, instance)`` ``(n,)`` uint32 per vertex from the over-segmentation and the aggregation."""
     seg_indices = np.asarray(_read_json(segs_path, "segIndices"))
     if seg_indices.shape != (n,) or not np.issubdtype(seg_indices.dtype, np.integer):
@@ -156,8 +157,10 @@ def read_scannet_raw_scene(scene_dir: Path, label_map_path: Path) -> dict[str, n
     label = read_ply_vertices(labels_ply, ("label",))[:, 0]
     if len(label) != n:
         raise DatasetError(f"{labels_ply}: {len(label)} vertices, but {mesh.name} has {n}")
-    if label.min() < 0 or label.max() > 40:
-        raise DatasetError(f"{labels_ply}: vertex label {int(label.max())} is not a NYU40 id 0..40")
+    bad = np.flatnonzero((label < 0) | (label > 40))
+    if bad.size:
+        raise DatasetError(f"{labels_ply}: vertex {bad[0]} has label {label[bad[0]]:g}, not a NYU40 id 0..40 (give "
+                           "the scene its segs.json and aggregation.json to map raw categories instead)")
     return {"vert": vert, "sem_label": label.astype(np.uint32)}
 
 

@@ -108,7 +108,7 @@ POINTCEPT_LAYOUT = (
 POINTCEPT_COORD = "coord.npy"
 #: Pointcept's ScanNet split directories read here: its ``train`` scenes and its ``val`` scenes (the official
 #: lists; ``test`` is unlabelled and not read).
-POINTCEPT_SCANNET_SPLITS = {"train": "train", "val": "val"}
+POINTCEPT_SCANNET_SPLITS = ("train", "val")
 
 _S3DIS_TXT_ROW = "6 numbers per line: x y z r g b"
 _ANNOTATION = re.compile(r"^([A-Za-z]+)_(\d+)\.txt$")
@@ -633,13 +633,14 @@ def _scene_file(root: Path, scene: str, suffixes: tuple[str, ...]) -> Path | Non
 
 def _pointcept_scenes(root: Path, split: str) -> list[str]:
     """Names of the scene directories of ``root/<split>/`` that hold ``coord.npy`` (Pointcept's layout)."""
-    return sorted((p.parent.name for p in root.glob(f"{split}/*/{POINTCEPT_COORD}")), key=lambda s: natural_key(Path(s)))
+    names = (p.parent.name for p in root.glob(f"{split}/*/{POINTCEPT_COORD}"))
+    return sorted(names, key=lambda s: natural_key(Path(s)))
 
 
 def _pointcept_scene_dir(root: Path, scene: str) -> Path | None:
     """``root/<split>/<scene>`` of Pointcept's layout for the first split of :data:`POINTCEPT_SCANNET_SPLITS`
     holding it, or ``None``."""
-    for split in POINTCEPT_SCANNET_SPLITS.values():
+    for split in POINTCEPT_SCANNET_SPLITS:
         if (root / split / scene / POINTCEPT_COORD).is_file():
             return root / split / scene
     return None
@@ -653,7 +654,7 @@ def scannet_layout(root: str | Path) -> str:
         DatasetError: ``root`` is not a directory.
     """
     root = require_dir(root, SCANNET_LAYOUT)
-    if any(next(root.glob(f"{s}/*/{POINTCEPT_COORD}"), None) for s in POINTCEPT_SCANNET_SPLITS.values()):
+    if any(next(root.glob(f"{s}/*/{POINTCEPT_COORD}"), None) for s in POINTCEPT_SCANNET_SPLITS):
         return "pointcept"
     return "arrays" if any(next(root.glob(f"*{s}"), None) for s in _VERT_SUFFIXES) else "none"
 
@@ -718,7 +719,7 @@ def scannet_scene_names(root: str | Path) -> list[str]:
     names = set()
     for suffix in _VERT_SUFFIXES:
         names.update(p.name[: -len(suffix)] for p in root.glob(f"*{suffix}"))
-    for split in POINTCEPT_SCANNET_SPLITS.values():
+    for split in POINTCEPT_SCANNET_SPLITS:
         names.update(_pointcept_scenes(root, split))
     return sorted(names, key=lambda s: natural_key(Path(s)))
 
@@ -807,7 +808,7 @@ def scannet_splits(root: str | Path, val_fraction: float = 0.1, test_fraction: f
     if present:
         train_names, test_names = _split_list(lists["train"]), _split_list(lists["val"])
     elif pointcept:
-        train_names, test_names = (_pointcept_scenes(root, s) for s in POINTCEPT_SCANNET_SPLITS.values())
+        train_names, test_names = (_pointcept_scenes(root, s) for s in POINTCEPT_SCANNET_SPLITS)
     if present or pointcept:
         kept, val = seeded_scene_split(len(train_names), val_fraction, seed)
     else:
