@@ -68,7 +68,7 @@ def read_off(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not counts:
         if not body:
             raise DatasetError(f"{path}: OFF header without the counts 'V F E'")
-        (count_line, counts), body = body[0], body[1:]
+        (_, counts), body = body[0], body[1:]
     try:
         n_vert, n_face = int(counts[0]), int(counts[1])
     except (ValueError, IndexError):
