@@ -10,6 +10,7 @@
     pointtune ui RUN_OR_SWEEP_DIR [--port 5000]
     pointtune robustness RUN_DIR [--jitter 0.01,...] [--points 1024,...] [--output DIR]   (SCL Figs. 3-4)
     pointtune submit --address http://HEAD:8265 -- sweep cedr ...   (a Ray job running this checkout's code)
+    pointtune data {prepare,download,inspect} ...   (datasets into pointtune's layouts: pointtune.data.command)
 
 Bad input (unknown method or dataset, invalid config or search space, missing data, a trial shape that
 does not fit the cluster) prints one ``pointtune: error: ...`` line and exits with status 2 before
@@ -553,6 +554,9 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
     submit.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the pointtune command")
     submit.set_defaults(func=cmd_submit)
+
+    from pointtune.data.command import add_data_parser
+    add_data_parser(sub)
     return parser
 
 

@@ -24,7 +24,11 @@ Public API::
 Scenes (``s3dis``, ``scannet``): readers and splits in :mod:`pointtune.data.scenes` (``SceneSet``,
 ``IGNORE_INDEX`` = -1), dict-sample transforms in :mod:`pointtune.data.scene_transforms`, fixed-size items in
 :mod:`pointtune.data.scene_dataset` (``SceneDataset``, ``collate_scenes``); ``build_datasets`` returns them
-as a ``DatasetBundle`` with ``kind="scenes"``.
+as a ``DatasetBundle`` with ``kind="scenes"``; Pointcept's preprocessed scenes are read as they are.
+
+Getting the full datasets (the ``pointtune data`` command, :mod:`pointtune.data.command`): raw releases to these
+layouts in :mod:`pointtune.data.prepare`, downloads in :mod:`pointtune.data.download`, a report of a dataset
+directory in :mod:`pointtune.data.inspection`.
 """
 
 from pointtune.data.errors import DatasetError

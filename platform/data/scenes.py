@@ -9,7 +9,7 @@ Every reader returns *scene samples*: plain dicts of numpy arrays, row-aligned, 
     segment  (N,)   int64     semantic class in [0, C) of the dataset's class list, or IGNORE_INDEX (-1)
     instance (N,)   int64     optional: instance id (S3DIS: the annotation file's index within its room,
                               ScanNet: the ``_ins_label`` id as stored, 0 = none); absent when unknown
-    normal   (N, 3) float32   optional unit normals (neither layout here has them)
+    normal   (N, 3) float32   optional unit normals (only Pointcept's layout has them)
 
 :class:`SceneSet` holds named scenes (in memory, or loaded on access with ``lazy=True``) with their class
 names. :func:`s3dis_splits` and :func:`scannet_splits` give ``(train, val, test)`` scene sets; the validation
@@ -42,7 +42,12 @@ __all__ = [
     "SCANNET20_NYU40_IDS",
     "NYU40_TO_SCANNET20",
     "SCANNET_LAYOUT",
+    "POINTCEPT_LAYOUT",
     "SceneSet",
+    "read_pointcept_scene",
+    "read_s3dis_room_pointcept",
+    "s3dis_layout",
+    "scannet_layout",
     "read_s3dis_room_txt",
     "read_s3dis_room_npy",
     "read_s3dis",
@@ -94,6 +99,16 @@ SCANNET_LAYOUT = (
     "ScanNet v2 per-scene arrays <scene>_vert.npy (N, 6) x y z r g b and <scene>_sem_label.npy (N,) NYU40 "
     "ids (or the _vert_all / _sem_label_all / _ins_label_all names), optional scannetv2_{train,val}.txt"
 )
+
+POINTCEPT_LAYOUT = (
+    "Pointcept's preprocessed layout <split>/<scene>/coord.npy (N, 3), color.npy (N, 3) 0..255, segment20.npy "
+    "(ScanNet) or segment.npy (N,) class ids with -1 ignored, optional normal.npy (N, 3) and instance.npy (N,)"
+)
+#: The file marking a directory as one scene of :data:`POINTCEPT_LAYOUT`.
+POINTCEPT_COORD = "coord.npy"
+#: Pointcept's ScanNet split directories read here: its ``train`` scenes and its ``val`` scenes (the official
+#: lists; ``test`` is unlabelled and not read).
+POINTCEPT_SCANNET_SPLITS = ("train", "val")
 
 _S3DIS_TXT_ROW = "6 numbers per line: x y z r g b"
 _ANNOTATION = re.compile(r"^([A-Za-z]+)_(\d+)\.txt$")
@@ -328,8 +343,8 @@ def _load_npy(path: Path, what: str) -> np.ndarray:
         raise DatasetError(f"{path}: cannot read a .npy array ({what}): {_one_line(err)}") from None
 
 
-def _check_integer_labels(path: Path, labels: np.ndarray, high: int, what: str) -> np.ndarray:
-    """``labels`` as int64 if every value is an integer in ``[0, high]``; else DatasetError naming the first
+def _check_integer_labels(path: Path, labels: np.ndarray, high: int, what: str, low: int = 0) -> np.ndarray:
+    """``labels`` as int64 if every value is an integer in ``[low, high]``; else DatasetError naming the first
     bad row of ``path``."""
     if labels.dtype.kind not in "iub" and labels.size:
         bad = ~np.isfinite(labels) | (labels != np.round(labels))
@@ -337,10 +352,10 @@ def _check_integer_labels(path: Path, labels: np.ndarray, high: int, what: str) 
             row = int(np.flatnonzero(bad)[0])
             raise DatasetError(f"{path}: row {row} has {what} {labels[row]!r}, not an integer")
     as_int = labels.astype(np.int64)
-    bad = (as_int < 0) | (as_int > high)
+    bad = (as_int < low) | (as_int > high)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{path}: row {row} has {what} {as_int[row]}, expected 0..{high}")
+        raise DatasetError(f"{path}: row {row} has {what} {as_int[row]}, expected {low}..{high}")
     return as_int
 
 
@@ -367,9 +382,94 @@ def read_s3dis_room_npy(path: str | Path) -> Scene:
     return _make_scene(path, rows[:, :3], rows[:, 3:6], segment)
 
 
+# ------------------------------------------------------------------------------------------------ Pointcept
+
+
+def _pointcept_array(path: Path, n: int | None, columns: int | None, what: str) -> np.ndarray:
+    """A numeric ``.npy`` array of shape ``(n, columns)`` (``columns=None``: ``(n,)`` or ``(n, 1)``, returned
+    flat; ``n=None``: any ``n >= 1``); DatasetError naming ``path`` otherwise."""
+    array = _load_npy(path, what)
+    rows = array.shape[0] if array.ndim else 0
+    want = (n if n is not None else rows)
+    shapes = ((want, columns),) if columns is not None else ((want,), (want, 1))
+    if array.shape not in shapes or rows == 0 or not np.issubdtype(array.dtype, np.number):
+        raise DatasetError(f"{path}: array of {array.dtype} {array.shape}, expected {what}")
+    return array if columns is not None else array.reshape(want)
+
+
+def read_pointcept_scene(scene_dir: str | Path, segment_files: Sequence[str], num_classes: int) -> Scene:
+    """Read one scene of Pointcept's preprocessed layout (:data:`POINTCEPT_LAYOUT`; Wu et al., Pointcept).
+
+    Layout of ``scene_dir``: ``coord.npy`` (N, 3) metres, ``color.npy`` (N, 3) 0..255 (any numeric dtype), the
+    first existing of ``segment_files`` (N,) or (N, 1) class ids in ``[0, num_classes)`` with -1 for ignored
+    points, optional ``normal.npy`` (N, 3) and ``instance.npy`` (N,) (-1 = none, as Pointcept stores it).
+
+    Returns:
+        A sample (module docstring) with ``normal`` and ``instance`` when their files exist.
+
+    Raises:
+        DatasetError: a missing directory, ``coord.npy``, ``color.npy`` or segment file, an unreadable array, a
+            wrong shape, a class id that is not an integer in ``-1..num_classes-1`` (naming the row), or a
+            non-finite value.
+    """
+    scene_dir = require_dir(scene_dir, POINTCEPT_LAYOUT)
+    coord_path = scene_dir / POINTCEPT_COORD
+    coord = _pointcept_array(coord_path, None, 3, "(N, 3) x y z")
+    n = coord.shape[0]
+    color = _pointcept_array(scene_dir / "color.npy", n, 3, f"({n}, 3) r g b like {POINTCEPT_COORD}")
+    seg_path = next((scene_dir / f for f in segment_files if (scene_dir / f).is_file()), scene_dir / segment_files[0])
+    segment = _pointcept_array(seg_path, n, None, f"({n},) class ids ({' or '.join(segment_files)})")
+    segment = _check_integer_labels(seg_path, segment, num_classes - 1, "class id", low=IGNORE_INDEX)
+    instance = None
+    if (scene_dir / "instance.npy").is_file():
+        instance = _pointcept_array(scene_dir / "instance.npy", n, None, f"({n},) instance ids")
+        if not np.issubdtype(instance.dtype, np.integer):
+            raise DatasetError(f"{scene_dir / 'instance.npy'}: array of {instance.dtype}, expected integer ids")
+    scene = _make_scene(coord_path, coord, color, segment, instance)
+    if (scene_dir / "normal.npy").is_file():
+        normal = _pointcept_array(scene_dir / "normal.npy", n, 3, f"({n}, 3) unit normals")
+        scene["normal"] = np.ascontiguousarray(normal, dtype=np.float32)
+    return scene
+
+
+def read_s3dis_room_pointcept(room: str | Path) -> Scene:
+    """Read one S3DIS room of Pointcept's layout, ``Area_<a>/<room>/{coord,color,segment}.npy``
+    (:func:`read_pointcept_scene` with ``segment.npy`` in :data:`S3DIS_CLASSES` order; coordinates as
+    Pointcept stored them, rotated to the room's alignment angle when its preprocessing was asked to).
+
+    Raises:
+        DatasetError: as :func:`read_pointcept_scene`.
+    """
+    return read_pointcept_scene(room, ("segment.npy",), len(S3DIS_CLASSES))
+
+
 # --------------------------------------------------------------------------------------------- S3DIS areas
 
 S3DIS_LAYOUTS = ("auto", "npy", "txt")
+
+
+def _room_reader(room: Path, layout: str) -> Callable[[], Scene]:
+    """The reader of one room directory: Pointcept's arrays when ``layout`` is ``auto`` and the room holds
+    ``coord.npy``, else the annotation files."""
+    if layout == "auto" and (room / POINTCEPT_COORD).is_file():
+        return functools.partial(read_s3dis_room_pointcept, room)
+    return functools.partial(read_s3dis_room_txt, room)
+
+
+def s3dis_layout(root: str | Path, area: int) -> str:
+    """The layout ``layout="auto"`` reads for ``area`` under ``root``: ``'npy'`` (``Area_<a>_<room>.npy``
+    files), ``'pointcept'`` (room directories holding ``coord.npy``), ``'txt'`` (annotation directories) or
+    ``'none'`` (no such area).
+
+    Raises:
+        DatasetError: ``root`` is not a directory.
+    """
+    root = require_dir(root, f"{S3DIS_TXT_LAYOUT} or {S3DIS_NPY_LAYOUT}")
+    if next(root.glob(f"Area_{area}_*.npy"), None) is not None:
+        return "npy"
+    if next(root.glob(f"Area_{area}/*/{POINTCEPT_COORD}"), None) is not None:
+        return "pointcept"
+    return "txt" if (root / f"Area_{area}").is_dir() else "none"
 
 
 def _s3dis_rooms(root: Path, area: int, layout: str) -> list[tuple[str, Callable[[], Scene]]]:
@@ -387,7 +487,7 @@ def _s3dis_rooms(root: Path, area: int, layout: str) -> list[tuple[str, Callable
     rooms = sorted((p for p in area_dir.iterdir() if p.is_dir()), key=natural_key)
     if not rooms:
         raise DatasetError(f"{area_dir}: holds no room directories (expected {S3DIS_TXT_LAYOUT})")
-    return [(f"Area_{area}_{p.name}", functools.partial(read_s3dis_room_txt, p)) for p in rooms]
+    return [(f"Area_{area}_{p.name}", _room_reader(p, layout)) for p in rooms]
 
 
 def s3dis_areas(root: str | Path) -> list[int]:
@@ -414,7 +514,8 @@ def read_s3dis(root: str | Path, areas: Sequence[int] | None = None, layout: str
             ``Area_<a>_<room>.npy`` files (:func:`read_s3dis_room_npy`).
         areas: area numbers, read in this order; ``None``: every area present (:func:`s3dis_areas`).
         layout: ``'npy'``, ``'txt'`` (the annotation layout) or ``'auto'`` (default): per area, its ``.npy``
-            files when it has any, else its annotation directories.
+            files when it has any, else its room directories, each read as Pointcept's layout
+            (:func:`read_s3dis_room_pointcept`) when it holds ``coord.npy``, else as annotations.
         lazy: read each room on access instead of now (the full dataset, 271 rooms and about 270 million points,
             takes about 9 GB in memory; lazy reading suits the ``.npy`` layout).
 
@@ -530,8 +631,36 @@ def _scene_file(root: Path, scene: str, suffixes: tuple[str, ...]) -> Path | Non
     return None
 
 
+def _pointcept_scenes(root: Path, split: str) -> list[str]:
+    """Names of the scene directories of ``root/<split>/`` that hold ``coord.npy`` (Pointcept's layout)."""
+    names = (p.parent.name for p in root.glob(f"{split}/*/{POINTCEPT_COORD}"))
+    return sorted(names, key=lambda s: natural_key(Path(s)))
+
+
+def _pointcept_scene_dir(root: Path, scene: str) -> Path | None:
+    """``root/<split>/<scene>`` of Pointcept's layout for the first split of :data:`POINTCEPT_SCANNET_SPLITS`
+    holding it, or ``None``."""
+    for split in POINTCEPT_SCANNET_SPLITS:
+        if (root / split / scene / POINTCEPT_COORD).is_file():
+            return root / split / scene
+    return None
+
+
+def scannet_layout(root: str | Path) -> str:
+    """The layout of the ScanNet copy under ``root``: ``'pointcept'`` (:data:`POINTCEPT_LAYOUT`: ``train/`` or
+    ``val/`` scene directories holding ``coord.npy``), ``'arrays'`` (:data:`SCANNET_LAYOUT`) or ``'none'``.
+
+    Raises:
+        DatasetError: ``root`` is not a directory.
+    """
+    root = require_dir(root, SCANNET_LAYOUT)
+    if any(next(root.glob(f"{s}/*/{POINTCEPT_COORD}"), None) for s in POINTCEPT_SCANNET_SPLITS):
+        return "pointcept"
+    return "arrays" if any(next(root.glob(f"*{s}"), None) for s in _VERT_SUFFIXES) else "none"
+
+
 def read_scannet_scene(root: str | Path, scene: str) -> Scene:
-    """Read one ScanNet v2 scene from its per-scene arrays.
+    """Read one ScanNet v2 scene from its per-scene arrays, or from Pointcept's layout.
 
     Layout under ``root`` (either suffix; the ``_all`` names are the pointtune sample's, every mesh vertex)::
 
@@ -542,6 +671,10 @@ def read_scannet_scene(root: str | Path, scene: str) -> Scene:
     NYU40 ids map to the 20 benchmark classes with :data:`NYU40_TO_SCANNET20`; 0 and the other 20 NYU40
     classes become :data:`IGNORE_INDEX`.
 
+    When ``root/train/<scene>/`` or ``root/val/<scene>/`` holds ``coord.npy`` (Pointcept's layout,
+    :data:`POINTCEPT_LAYOUT`), that directory is read with :func:`read_pointcept_scene`: ``segment20.npy``
+    (already the 20 classes, -1 ignored; else ``segment.npy``), with ``normal`` and ``instance`` when present.
+
     Returns:
         A sample (module docstring): ``coord``, ``color`` in [0, 255], ``segment`` in 0..19 or -1, and
         ``instance`` when the instance file exists.
@@ -551,6 +684,9 @@ def read_scannet_scene(root: str | Path, scene: str) -> Scene:
             not ``(N, 6)``; a label array that is not ``N`` integers; an id outside 0..40 (naming the row).
     """
     root = require_dir(root, SCANNET_LAYOUT)
+    pointcept = _pointcept_scene_dir(root, scene)
+    if pointcept is not None:
+        return read_pointcept_scene(pointcept, ("segment20.npy", "segment.npy"), len(SCANNET20_CLASSES))
     vert_path = _scene_file(root, scene, _VERT_SUFFIXES) or root / f"{scene}{_VERT_SUFFIXES[0]}"
     sem_path = _scene_file(root, scene, _SEM_SUFFIXES) or root / f"{scene}{_SEM_SUFFIXES[0]}"
     vert = _load_npy(vert_path, f"scene {scene}'s (N, 6) x y z r g b vertices ({SCANNET_LAYOUT})")
@@ -574,7 +710,7 @@ def read_scannet_scene(root: str | Path, scene: str) -> Scene:
 
 def scannet_scene_names(root: str | Path) -> list[str]:
     """Sorted names of every scene with a vertex file (``<scene>_vert.npy`` or ``<scene>_vert_all.npy``)
-    under ``root``.
+    under ``root``, and of every scene directory of Pointcept's ``train/`` and ``val/``.
 
     Raises:
         DatasetError: ``root`` is not a directory.
@@ -583,6 +719,8 @@ def scannet_scene_names(root: str | Path) -> list[str]:
     names = set()
     for suffix in _VERT_SUFFIXES:
         names.update(p.name[: -len(suffix)] for p in root.glob(f"*{suffix}"))
+    for split in POINTCEPT_SCANNET_SPLITS:
+        names.update(_pointcept_scenes(root, split))
     return sorted(names, key=lambda s: natural_key(Path(s)))
 
 
@@ -613,7 +751,7 @@ def read_scannet(root: str | Path, scenes: Sequence[str] | None = None, lazy: bo
     scenes = [str(s) for s in scenes]
     if lazy:
         for scene in scenes:
-            if _scene_file(root, scene, _VERT_SUFFIXES) is None:
+            if _scene_file(root, scene, _VERT_SUFFIXES) is None and _pointcept_scene_dir(root, scene) is None:
                 require_file(root / f"{scene}{_VERT_SUFFIXES[0]}", f"scene {scene}'s vertices ({SCANNET_LAYOUT})")
         return SceneSet(scenes, [functools.partial(read_scannet_scene, root, s) for s in scenes], SCANNET20_CLASSES)
     return SceneSet(scenes, [read_scannet_scene(root, s) for s in scenes], SCANNET20_CLASSES)
@@ -639,6 +777,9 @@ def scannet_splits(root: str | Path, val_fraction: float = 0.1, test_fraction: f
     hidden), train = the official train scenes minus a seeded validation share (:func:`seeded_scene_split`
     with ``val_fraction``, stream 0) used for model selection, so the reported split is never used to select.
 
+    Pointcept's layout without the lists: its ``train/`` scenes are the official train scenes and its ``val/``
+    scenes the official val scenes, split as above.
+
     Without both lists (e.g. the pointtune sample): every scene found is split by pointtune, seeded, and a
     line is printed saying so: ``test_fraction`` of the scenes (at least one when > 0; 0: no test split) to
     test (stream 1), then ``val_fraction`` of the rest to validation (stream 0).
@@ -663,8 +804,12 @@ def scannet_splits(root: str | Path, val_fraction: float = 0.1, test_fraction: f
     if len(present) == 1:
         missing = next(path for path in lists.values() if not path.is_file())
         require_file(missing, "the official ScanNet split list beside " + lists[present[0]].name)
+    pointcept = not present and scannet_layout(root) == "pointcept"
     if present:
         train_names, test_names = _split_list(lists["train"]), _split_list(lists["val"])
+    elif pointcept:
+        train_names, test_names = (_pointcept_scenes(root, s) for s in POINTCEPT_SCANNET_SPLITS)
+    if present or pointcept:
         kept, val = seeded_scene_split(len(train_names), val_fraction, seed)
     else:
         names = scannet_scene_names(root)

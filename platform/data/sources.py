@@ -22,6 +22,7 @@ from pointtune.data.scenes import (
     SceneSet,
     s3dis_areas,
     s3dis_splits,
+    scannet_layout,
     scannet_scene_names,
     scannet_splits,
 )
@@ -317,7 +318,8 @@ def load_scannet(cfg: DataConfig) -> tuple[SceneSet, SceneSet, SceneSet]:
     """ScanNet v2 per-scene arrays under ``data.root`` (:data:`~pointtune.data.scenes.SCANNET_LAYOUT`), split by
     :func:`~pointtune.data.scenes.scannet_splits`.
 
-    With ``scannetv2_train.txt`` and ``scannetv2_val.txt``: test = the official val scenes, validation =
+    With ``scannetv2_train.txt`` and ``scannetv2_val.txt`` (or Pointcept's ``train/`` and ``val/`` directories,
+    :data:`~pointtune.data.scenes.POINTCEPT_LAYOUT`): test = the official val scenes, validation =
     ``data.val_fraction`` of the official train scenes (seeded by ``data.split_seed``), train = the rest. Without
     them (e.g. the pointtune sample): :data:`SCANNET_TEST_FRACTION` of the scenes to test, then
     ``data.val_fraction`` of the rest to validation, seeded; a copy of fewer than
@@ -332,7 +334,8 @@ def load_scannet(cfg: DataConfig) -> tuple[SceneSet, SceneSet, SceneSet]:
             no scene, or any reader error (naming the file).
     """
     root = require_root(cfg, SCANNET_LAYOUT)
-    official = any((root / name).is_file() for name in SCANNET_SPLIT_FILES.values())
+    lists = any((root / name).is_file() for name in SCANNET_SPLIT_FILES.values())
+    official = lists or scannet_layout(root) == "pointcept"
     names = [] if official else scannet_scene_names(root)
     test_fraction = SCANNET_TEST_FRACTION if official or len(names) >= SCANNET_MIN_SCENES_FOR_TEST else 0.0
     train, val, test = scannet_splits(root, cfg.val_fraction, test_fraction, cfg.split_seed, cfg.lazy,
@@ -341,7 +344,8 @@ def load_scannet(cfg: DataConfig) -> tuple[SceneSet, SceneSet, SceneSet]:
         raise _no_validation(cfg, len(train), "scenes", "give more scenes")
     seeded = f"seeded by data.split_seed={cfg.split_seed}"
     if official:
-        print(f"[pointtune] data scannet under {root}: the official lists: {len(train)} train and {len(val)} "
+        where = "the official lists" if lists else "Pointcept's train/ and val/ (the official lists)"
+        print(f"[pointtune] data scannet under {root}: {where}: {len(train)} train and {len(val)} "
               f"validation scenes (data.val_fraction={cfg.val_fraction:g} of {SCANNET_SPLIT_FILES['train']}, "
               f"{seeded}), {len(test)} test scenes ({SCANNET_SPLIT_FILES['val']})", flush=True)
     else:
