@@ -38,8 +38,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
 # The flags of `resources()` in build_parser: SweepSpec fields every sweep and study of a command gets.
-RESOURCE_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "max_concurrent", "address", "storage",
-                  "wait_for_resources", "worker_start_timeout", "verbose")
+RESOURCE_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "memory_per_worker", "max_concurrent", "address",
+                  "storage", "wait_for_resources", "worker_start_timeout", "verbose")
 
 
 def default_space_file(method: str) -> Path:
@@ -173,9 +173,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
-    """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train. A
-    ``train.batch_size`` the user did not give (``adapt_batch``) that exceeds the training items a worker gets
-    is lowered to what fits, with one printed line. Returns ``(experiment, planned prerequisite or None)``.
+    """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, then
+    print the run's memory estimate per worker. A ``train.batch_size`` the user did not give (``adapt_batch``)
+    that exceeds the training items a worker gets is lowered to what fits, with one printed line. Returns
+    ``(experiment, planned prerequisite or None)``.
 
     Raises:
         ConfigError, DatasetError: a failed preflight (:func:`pointtune.preflight.preflight`).
@@ -192,7 +193,8 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
             pre = fast_dev_prerequisite(pre)
         try:
             for checked in ([pre.config, pre.stand_in] if pre else [exp]):
-                preflight(checked, workers=args.workers)
+                result = preflight(checked, workers=args.workers)
+            print(result.describe_memory(exp.train.batch_size), flush=True)
             return exp, pre
         except BatchTooLargeError as err:
             if not adapt_batch or not err.fits or err.fits >= exp.train.batch_size:
@@ -218,7 +220,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     spec = SweepSpec(
         method=args.method, space_file=str(space), sweep_dir=str(_run_dir(args, "sweeps", args.method)),
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-        cpus_per_worker=args.cpus_per_worker, max_concurrent=args.max_concurrent, seed=args.seed,
+        cpus_per_worker=args.cpus_per_worker, memory_per_worker=args.memory_per_worker,
+        max_concurrent=args.max_concurrent, seed=args.seed,
         address=args.address, storage=args.storage, mlflow_uri=args.mlflow_uri, grace_period=args.grace_period,
         scheduler=args.scheduler, sampler=args.sampler, startup_trials=args.startup_trials,
         pbt_interval=args.pbt_interval, wait_for_resources=args.wait_for_resources,
@@ -266,7 +269,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     spec = SweepSpec(
         method=method, space_file="", sweep_dir=str(out), epochs=epochs, workers=args.workers,
         gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker,
-        max_concurrent=args.max_concurrent, address=args.address, storage=storage, mlflow_uri=mlflow_uri,
+        memory_per_worker=args.memory_per_worker, max_concurrent=args.max_concurrent, address=args.address,
+        storage=storage, mlflow_uri=mlflow_uri,
         wait_for_resources=args.wait_for_resources, worker_start_timeout=args.worker_start_timeout,
         verbose=args.verbose, overrides=yaml.safe_load(yaml.safe_dump(overrides)),
         of=str(Path(args.sweep_dir).resolve()) if args.sweep_dir else None,
@@ -431,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--workers", type=int, default=1, help="Ray Train workers per trial (default 1)")
         p.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; fractions allowed")
         p.add_argument("--cpus-per-worker", type=float, help="CPUs per worker (default: shared evenly)")
+        p.add_argument("--memory-per-worker", type=float, metavar="GB",
+                       help="memory per worker, planned like CPUs (Ray's memory resource): no node gets more "
+                       "workers than fit (default: not planned; preflight's estimate warns)")
         p.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as fit)")
         p.add_argument("--address", help="Ray cluster address (default: start a local instance)")
         p.add_argument("--storage", help="shared storage for checkpoints and Tune state, e.g. s3://bucket/path")

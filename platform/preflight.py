@@ -35,11 +35,13 @@ from urllib.parse import urlparse
 
 from pointtune.config import ConfigError, ExperimentConfig, build_config
 from pointtune.data import DatasetBundle, DatasetError
+from pointtune.memory import peak_bytes, reset_peak, rss_bytes
 
 __all__ = [
     "TRACKING_SCHEMES",
     "BatchTooLargeError",
     "PreflightResult",
+    "TINY_BATCH",
     "check_numbers",
     "check_tracking_uri",
     "check_gpus",
@@ -72,7 +74,8 @@ def check_numbers(values: Mapping[str, Any], command: str, source: str | None = 
 
     Sweep: ``trials``, ``workers``, ``grace_period`` >= 1; ``startup_trials`` >= 0; ``epochs``, ``max_concurrent`` >= 1 when not
     None; ``seed`` in ``[0, 2**32 - 1]``; ``gpus_per_worker`` >= 0, a fraction <= 1 or a whole number;
-    ``cpus_per_worker`` > 0, a fraction < 1 or a whole number, when not None; ``wait_for_resources`` >= 0
+    ``cpus_per_worker`` > 0, a fraction < 1 or a whole number, when not None; ``memory_per_worker`` > 0 (GB)
+    when not None; ``wait_for_resources`` >= 0
     and ``worker_start_timeout`` > 0 (seconds) when present. Train: ``workers`` >= 0 (0 = in-process),
     ``epochs`` >= 1 when not None. Other keys are ignored.
 
@@ -107,6 +110,10 @@ def check_numbers(values: Mapping[str, Any], command: str, source: str | None = 
             raise ConfigError(f"{_flag(key, source)} must be {'> 0' if positive else '>= 0'}, got {value:g}")
         if value > 1 and not float(value).is_integer():  # Ray accepts fractions only below one
             raise ConfigError(f"{_flag(key, source)} must be a fraction <= 1 or a whole number, got {value:g}")
+    memory = values.get("memory_per_worker")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, (int, float))
+                               or not math.isfinite(memory) or memory <= 0):
+        raise ConfigError(f"{_flag('memory_per_worker', source)} must be a number of GB > 0, got {memory!r}")
     for key, positive in (("wait_for_resources", False), ("worker_start_timeout", True)):
         value = values.get(key)
         if value is None:
@@ -217,11 +224,32 @@ class PreflightResult:
         loss_terms: keys of the method's ``forward`` output on the tiny batch (``loss``, the loss terms,
             ``logits`` if any); the loop logs each scalar one as ``train/<key>``.
         seconds: wall time of the whole check.
+        held_bytes: what the process held before the training step: libraries, datasets, the model (CPU RSS).
+        step_bytes: the training step's peak above ``held_bytes`` (forward and backward on ``TINY_BATCH``
+            items: activations and gradients).
+        optimizer_bytes: the optimizer's state for the model's trainable parameters (SGD momentum: one copy;
+            AdamW: two).
     """
 
     data: DatasetBundle
     loss_terms: tuple[str, ...]
     seconds: float
+    held_bytes: int = 0
+    step_bytes: int = 0
+    optimizer_bytes: int = 0
+
+    def memory_per_worker(self, batch_size: int) -> int:
+        """Estimated bytes a CPU worker holds when it trains at ``batch_size``: what it holds, the step's peak
+        scaled linearly from ``TINY_BATCH`` items (activations grow with the batch), and the optimizer state.
+        An estimate: the allocator may keep more, and a GPU worker's device memory is another matter."""
+        return self.held_bytes + self.step_bytes * batch_size // TINY_BATCH + self.optimizer_bytes
+
+    def describe_memory(self, batch_size: int) -> str:
+        """One line: the estimate at ``batch_size`` and what it was scaled from."""
+        gb = 1e9
+        return (f"[pointtune] memory: ~{self.memory_per_worker(batch_size) / gb:.1f} GB per worker at train.batch_size "
+                f"{batch_size} (preflight: a training step on {TINY_BATCH} items took {self.step_bytes / 1e6:.0f} MB "
+                f"above the {self.held_bytes / gb:.1f} GB held; CPU memory, scaled linearly)")
 
 
 def _culprit(err: BaseException) -> str:
@@ -329,6 +357,9 @@ def _check_reported(exp: ExperimentConfig, protocol, judged, objectives: list[st
                               f"{protocol.name} protocol skips {', '.join(skipped)}")
 
 
+TINY_BATCH = 2  # items of the training step preflight runs
+
+
 def _tiny_batch(dataset, indices: list[int]) -> dict:
     from torch.utils.data import default_collate
 
@@ -350,8 +381,9 @@ def preflight(
     method with the training dataset's number of classes (the architecture of a run it starts from, e.g.
     ``method.pretrained``'s, read from that run's checkpoint: :func:`pointtune.train.sources.resolve_sources`
     without copying it) and warm-start it from those runs (:meth:`Method.warm_start
-    <pointtune.method.Method.warm_start>`: the checks of a source run); run one ``forward`` in train mode on 2 training
-    clouds (of different classes where possible) and the protocol's hook (:meth:`Protocol.check_output
+    <pointtune.method.Method.warm_start>`: the checks of a source run); run one ``forward`` and its backward in train mode on
+    2 training clouds (of different classes where possible), measuring the step's memory
+    (:meth:`PreflightResult.memory_per_worker`), and the protocol's hook (:meth:`Protocol.check_output
     <pointtune.protocols.Protocol.check_output>`: ``predict`` ``(1, K)`` logits, or ``embed`` ``(1, D)``) in
     eval mode on 1 validation cloud of the judged splits. The global torch RNG state and the training set's
     augmentation streams are left as they were. Check that the protocol reports something on the
@@ -428,10 +460,16 @@ def preflight(
             raise ConfigError(f"{_culprit(err)}: cannot build the model: {_one_line(err)} "
                               f"(preflight: {context})") from err
         method.train()
+        held = rss_bytes()
+        reset_peak()
         try:
             out = method(batch, 0, 0.0)
             if not isinstance(out, dict) or "loss" not in out:
                 raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
+            if out["loss"].requires_grad:
+                out["loss"].backward()
+            step = max(0, peak_bytes() - held)
+            method.zero_grad(set_to_none=True)
             method.eval()
             with torch.no_grad():
                 protocol.check_output(method, probe, judged.num_classes)
@@ -449,7 +487,9 @@ def preflight(
     for metric in objectives:
         check_objective(metric, cls.task, "objective.metric", judged.class_names, list(loss_terms),
                         protocol=protocol.name, protocol_cfg=exp.protocol)
-    return PreflightResult(data, loss_terms, time.perf_counter() - began)
+    trainable = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
+    moments = 2 if exp.optim.name == "adamw" else 1
+    return PreflightResult(data, loss_terms, time.perf_counter() - began, held, step, moments * trainable)
 
 
 def load_sweep_yaml_checked(

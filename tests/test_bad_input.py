@@ -69,6 +69,8 @@ CASES = [
     ("sweep-max-concurrent-0", ["sweep", "cedr", "--max-concurrent", "0"], ["--max-concurrent", "got 0"]),
     ("sweep-gpus-negative", ["sweep", "cedr", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "got -1"]),
     ("sweep-cpus-negative", ["sweep", "cedr", "--cpus-per-worker", "-2"], ["--cpus-per-worker", "got -2"]),
+    ("sweep-memory-0", ["sweep", "cedr", "--memory-per-worker", "0"], ["--memory-per-worker", "GB > 0", "got 0"]),
+    ("train-limit-batches-0", ["train", "cedr", "--limit-batches", "0"], ["--limit-batches", "got 0"]),
     ("train-workers-negative", ["train", "cedr", "--workers", "-1"], ["--workers", "got -1"]),
     # 4. tracking URI
     ("mlflow-uri-scheme", ["train", "cedr", "--mlflow-uri", "bogus://nowhere"], ["--mlflow-uri", "bogus://nowhere",
@@ -318,6 +320,7 @@ def test_declared_protocol_metrics_are_what_the_protocols_return(task):
     ({"seed": 2**32}, "--seed must be in [0, 4294967295]"),
     ({"gpus_per_worker": 1.5}, "--gpus-per-worker must be a fraction <= 1 or a whole number, got 1.5"),
     ({"cpus_per_worker": 0}, "--cpus-per-worker must be > 0"),
+    ({"memory_per_worker": -2.5}, "--memory-per-worker must be a number of GB > 0, got -2.5"),
     ({"wait_for_resources": -1}, "--wait-for-resources must be a number of seconds >= 0"),
     ({"epochs": 0}, "--epochs must be an integer >= 1, got 0"),
 ])
@@ -406,6 +409,25 @@ def test_preflight_passes_tiny_configs_and_reports_loss_terms():
     conclu = build_config("conclu", overrides={**TINY, "method.view_points": 64, "method.projector_hidden": 32,
                                                 "method.projection_dim": 16, "method.predictor_hidden": 16})
     assert "loss" in preflight(conclu, objective="val/svm_acc").loss_terms
+
+
+def test_preflight_measures_a_training_step_and_scales_it_to_the_batch():
+    """The memory estimate per worker: what the process held, the step's peak (forward and backward on 2
+    items: activations and gradients) scaled linearly to the batch, and the optimizer's state."""
+    from pointtune.preflight import TINY_BATCH
+
+    exp = build_config("cedr", overrides={**TINY, "method.backbone.name": "dgcnn", "method.backbone.emb_dims": 256,
+                                          "data.num_points": 512})
+    result = preflight(exp)
+    assert result.held_bytes > 50e6 and result.step_bytes > 1e6          # torch alone holds more than 50 MB
+    params = sum(p.numel() for p in exp.method_cls(exp.method, 8, 1).parameters())
+    assert result.optimizer_bytes == params * 4                      # SGD momentum, float32
+    at = result.memory_per_worker
+    assert at(2 * TINY_BATCH) - at(TINY_BATCH) == result.step_bytes
+    assert at(32) == result.held_bytes + 16 * result.step_bytes + result.optimizer_bytes
+    line = result.describe_memory(32)
+    assert line.startswith(f"[pointtune] memory: ~{at(32) / 1e9:.1f} GB per worker at train.batch_size 32") and \
+        "\n" not in line
 
 
 @pytest.mark.parametrize("overrides,error,fragment", [

@@ -98,3 +98,31 @@ def test_plans_include_the_nodes_an_autoscaler_may_add():
     plan = plan_resources(nodes, workers=1, gpus_per_worker=1, trials=8)
     assert plan.max_concurrent == 3 and plan.cpus_per_worker == 4
     assert addable_nodes({}) == []
+
+
+def test_memory_is_planned_like_cpus():
+    """--memory-per-worker: Ray's memory resource in every worker's bundle, and no node gets more workers than
+    its memory holds (16 CPUs but 24 GB: three 8-GB single-process trials, not sixteen)."""
+    big = node(16, memory=24e9)
+    plan = plan_resources([big], workers=1, trials=10, memory_per_worker=8)
+    assert plan.max_concurrent == 3 and plan.worker_bundle()["memory"] == 8e9 and _placed(plan, [big])
+    assert not fits([big], plan.bundles() * 4)
+    dp = plan_resources([node(8, memory=20e9), node(8, memory=20e9)], workers=2, trials=4, memory_per_worker=6)
+    assert dp.max_concurrent == 3                                     # 3 workers of 6 GB a node, 2 a trial
+    assert [b.get("memory", 0) for b in dp.bundles()] == [0, 6e9, 6e9]   # the driver holds no memory
+    assert "memory" not in plan_resources([big], workers=1, trials=2).worker_bundle()   # not planned by default
+    with pytest.raises(ResourceError, match=r"one trial needs .*'memory': 30000000000.0.*16 CPU/0 GPU/24.0 GB"):
+        plan_resources([big], workers=1, trials=1, memory_per_worker=30)
+    with pytest.raises(ResourceError, match="--memory-per-worker must be a number of GB > 0"):
+        plan_resources([big], workers=1, memory_per_worker=0)
+
+
+def test_memory_warning_when_the_estimate_does_not_fit():
+    from pointtune.search.resources import memory_warning
+
+    nodes = [node(16, memory=24e9)]
+    plan = plan_resources(nodes, workers=2, trials=8)                 # 7 trials of 2 x 1 CPU at once
+    assert memory_warning(plan, nodes, 1e9) is None                   # 14 GB of 24
+    text = memory_warning(plan, nodes, 4e9)                           # 56 GB of 24
+    assert text.startswith("[pointtune] warning: 7 trial(s) x 2 worker(s) x ~4.0 GB") and "--memory-per-worker 4" in text
+    assert memory_warning(plan_resources(nodes, workers=1, trials=1), nodes, 30e9) is not None   # one too big

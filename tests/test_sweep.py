@@ -5,6 +5,7 @@ an unrelated Ray instance."""
 import csv
 
 import pytest
+import yaml
 
 from helpers import check_records, mlflow_runs, pointtune, start_other_ray, stop_ray_instance, write_space
 from pointtune.config import config_from_file
@@ -180,6 +181,17 @@ def test_best_config_retrains_to_the_same_numbers(sweep, tmp_path):
         assert len(retrained) == EPOCHS and swept and retrained[:len(swept)] == swept, key
 
 
+def test_memory_no_node_has_is_refused_in_one_line(tmp_path):
+    """--memory-per-worker larger than any node's memory: one line naming the request and the nodes, exit 2,
+    no trial (Ray started to see the nodes)."""
+    proc = pointtune("sweep", "cedr", "--space", str(_space(tmp_path)), "--trials", "1", "--epochs", "1",
+                     "--memory-per-worker", "100000", "--output", str(tmp_path / "run"))
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("pointtune: error: one trial needs") and "'memory': 100000000000000.0" in last and " GB" in last, last
+    assert not (tmp_path / "run" / "summary.csv").exists()
+
+
 def test_sweep_without_early_stopping_and_another_sampler(tmp_path):
     """``--scheduler none --sampler random``: every trial trains all its epochs, Optuna records them COMPLETE,
     the records agree with Tune, and the parent run names the scheduler and sampler."""
@@ -187,8 +199,13 @@ def test_sweep_without_early_stopping_and_another_sampler(tmp_path):
 
     out = tmp_path / "run"
     proc = pointtune("sweep", "cedr", "--space", str(_space(tmp_path)), "--trials", "3", "--epochs", "2",
-                     "--scheduler", "none", "--sampler", "random", "--seed", "5", "--output", str(out))
+                     "--scheduler", "none", "--sampler", "random", "--seed", "5", "--output", str(out),
+                     "--memory-per-worker", "0.5")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # memory planned like CPUs: preflight's estimate printed, every trial's bundle holds 0.5 GB of Ray's memory
+    assert "[pointtune] memory: ~" in proc.stdout and "GB per worker at train.batch_size" in proc.stdout
+    runtime = yaml.safe_load((out / "runtime.yaml").read_text())
+    assert runtime["resources"]["memory_per_worker"] == 0.5e9
     statuses = check_records(out, 2)
     assert list(statuses.values()) == ["FINISHED"] * 3
     assert "stopped early" not in proc.stdout and "3 trials: 3 finished, 0 failed" in proc.stdout

@@ -15,6 +15,7 @@ per worker when the user did not, and raises before anything starts when one tri
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 DRIVER_CPUS = 0.1  # a data-parallel trial's driver only waits on trainer.fit()
@@ -31,8 +32,9 @@ class ResourceError(ValueError):
 class TrialResources:
     """Resources of one trial and how many such trials run at once.
 
-    ``workers`` Train workers of ``cpus_per_worker`` CPUs and ``gpus_per_worker`` GPUs each; a data-parallel
-    trial's driver holds ``driver_cpus`` CPUs, or ``DRIVER_SLIVER`` of ``driver_resource`` when set.
+    ``workers`` Train workers of ``cpus_per_worker`` CPUs, ``gpus_per_worker`` GPUs and ``memory_per_worker``
+    bytes of Ray's ``memory`` resource (0: not planned) each; a data-parallel trial's driver holds
+    ``driver_cpus`` CPUs, or ``DRIVER_SLIVER`` of ``driver_resource`` when set.
     """
 
     workers: int
@@ -41,6 +43,7 @@ class TrialResources:
     driver_cpus: float
     max_concurrent: int
     driver_resource: str | None = None
+    memory_per_worker: float = 0.0
 
     @property
     def single_process(self) -> bool:
@@ -48,8 +51,9 @@ class TrialResources:
         return self.workers == 1
 
     def worker_bundle(self) -> dict[str, float]:
-        """What one worker holds, e.g. ``{"CPU": 1.0}`` or ``{"CPU": 4.0, "GPU": 1.0}``."""
-        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {})}
+        """What one worker holds, e.g. ``{"CPU": 1.0}`` or ``{"CPU": 4.0, "GPU": 1.0, "memory": 8e9}``."""
+        return {"CPU": self.cpus_per_worker, **({"GPU": self.gpus_per_worker} if self.gpus_per_worker else {}),
+                **({"memory": self.memory_per_worker} if self.memory_per_worker else {})}
 
     def trial_bundle(self) -> dict[str, float]:
         """What the Tune trial itself holds: the worker (single-process) or the driver (data-parallel)."""
@@ -80,7 +84,7 @@ def fits(nodes: list[dict[str, float]], bundles: list[dict[str, float]]) -> bool
         bundles: resource requests, e.g. ``[{"CPU": 0.1}, {"CPU": 1, "GPU": 0.5}]``.
     """
     free = [dict(n) for n in nodes]
-    for bundle in sorted(bundles, key=lambda b: (b.get("GPU", 0), b.get("CPU", 0)), reverse=True):
+    for bundle in sorted(bundles, key=lambda b: (b.get("GPU", 0), b.get("CPU", 0), b.get("memory", 0)), reverse=True):
         candidates = [n for n in free if all(n.get(k, 0.0) + 1e-9 >= v for k, v in bundle.items())]
         if not candidates:
             return False
@@ -98,7 +102,7 @@ def _cpu_grid(nodes: list[dict[str, float]]) -> list[float]:
 
 
 def _describe(nodes: list[dict[str, float]]) -> str:
-    shown = [f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU" for n in nodes[:6]]
+    shown = [f"{n.get('CPU', 0):g} CPU/{n.get('GPU', 0):g} GPU/{n.get('memory', 0) / 1e9:.1f} GB" for n in nodes[:6]]
     return f"{len(nodes)} node(s): " + ", ".join(shown) + (" ..." if len(nodes) > 6 else "")
 
 
@@ -109,6 +113,7 @@ def plan_resources(
     max_concurrent: int | None = None,
     trials: int = 1,
     cpus_per_worker: float | None = None,
+    memory_per_worker: float | None = None,
 ) -> TrialResources:
     """Choose per-trial resources for ``trials`` trials of ``workers`` workers each, node by node.
 
@@ -118,6 +123,8 @@ def plan_resources(
         gpus_per_worker: GPUs per worker; fractions (0.5) let several workers share a GPU.
         max_concurrent: trials at once; default as many as fit with one CPU per worker, at most ``trials``.
         cpus_per_worker: CPUs per worker; default the most that lets ``max_concurrent`` trials fit.
+        memory_per_worker: GB of Ray's ``memory`` resource per worker (a node's ``memory`` is what Ray lets
+            tasks reserve on it); None: memory is not planned.
 
     Raises:
         ResourceError: a bad count, or one trial (or ``max_concurrent`` trials) cannot be placed on the
@@ -129,6 +136,8 @@ def plan_resources(
         raise ResourceError(f"--gpus-per-worker must be a fraction <= 1 or a whole number, got {gpus_per_worker}")
     if cpus_per_worker is not None and (cpus_per_worker <= 0 or (cpus_per_worker > 1 and not float(cpus_per_worker).is_integer())):
         raise ResourceError(f"--cpus-per-worker must be a fraction < 1 or a whole number, got {cpus_per_worker}")
+    if memory_per_worker is not None and not memory_per_worker > 0:
+        raise ResourceError(f"--memory-per-worker must be a number of GB > 0, got {memory_per_worker}")
     if max_concurrent is not None and max_concurrent < 1:
         raise ResourceError(f"--max-concurrent must be >= 1, got {max_concurrent}")
     if not nodes or max(n.get("CPU", 0.0) for n in nodes) <= 0:
@@ -141,7 +150,7 @@ def plan_resources(
 
     def shape(cpus: float, concurrent: int) -> TrialResources:
         return TrialResources(workers, cpus, gpus_per_worker, 0.0 if driver_resource else DRIVER_CPUS, concurrent,
-                              driver_resource)
+                              driver_resource, (memory_per_worker or 0.0) * 1e9)
 
     def capacity(cpus: float) -> int:
         """How many trials of ``cpus`` per worker fit at once (at most ``trials``)."""
@@ -171,3 +180,23 @@ def plan_resources(
                             f"{_describe(nodes)} hold at most {capacity(lowest)} at once")
     return shape(chosen, target)
 
+
+
+def memory_warning(plan: TrialResources, nodes: list[dict[str, float]], per_worker: float) -> str | None:
+    """A warning when ``plan`` runs more workers at once than the nodes' memory holds at ``per_worker`` bytes
+    each (preflight's estimate, :meth:`pointtune.preflight.PreflightResult.memory_per_worker`), for a sweep
+    that does not plan memory (no ``--memory-per-worker``); None when they fit.
+
+    The check is on the cluster's total of Ray's ``memory`` resource (and on its largest node for one worker):
+    Ray may still pack several workers onto one node whose memory they exceed, which only planning memory
+    prevents.
+    """
+    running = plan.max_concurrent * plan.workers
+    total = sum(n.get("memory", 0.0) for n in nodes)
+    largest = max((n.get("memory", 0.0) for n in nodes), default=0.0)
+    if running * per_worker <= total and per_worker <= largest:
+        return None
+    return (f"[pointtune] warning: {plan.max_concurrent} trial(s) x {plan.workers} worker(s) x ~{per_worker / 1e9:.1f} "
+            f"GB (preflight's estimate) may not fit the {total / 1e9:.1f} GB Ray can give on {_describe(nodes)}; "
+            f"workers killed by Ray's memory monitor fail their trials: lower --max-concurrent, or pass "
+            f"--memory-per-worker {math.ceil(per_worker / 1e8) / 10:g} so that Ray places only what fits")

@@ -44,6 +44,7 @@ class SweepSpec:
     run to the end. ``of``: the sweep a study was made from (its directory), if any. ``sampler``: the Optuna
     sampler of ``asha`` and ``none`` sweeps (:data:`SAMPLERS`, :func:`pointtune.search.sweep.make_sampler`);
     ``startup_trials``: how many random trials a model-based sampler (TPE, GP) draws before it models the results.
+    ``memory_per_worker``: GB of Ray's ``memory`` resource each worker holds (None: memory is not planned).
     """
 
     method: str
@@ -54,6 +55,7 @@ class SweepSpec:
     workers: int = 1
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
+    memory_per_worker: float | None = None
     max_concurrent: int | None = None
     seed: int = 0
     address: str | None = None

@@ -93,7 +93,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrerequisite | None]:
+def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrerequisite | None, int]:
     """Validate everything that can be validated before Ray starts: the space, the numbers, one trial config,
     the data, and one forward pass of the model it builds (:func:`pointtune.preflight.preflight`).
 
@@ -101,7 +101,8 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
         The spec as the sweep records it (relative path ``--set`` values made absolute, the trials' epoch
         count filled in), the space, and the run every trial needs first (SCL's stage 1 when no
         ``method.stage1_from`` is given: :func:`pointtune.config.plan_prerequisite`), which is then preflighted
-        too, with the trial config's stand-in; None when there is none.
+        too, with the trial config's stand-in; None when there is none; and preflight's memory estimate per
+        worker (bytes) at the largest batch size a trial can get (printed).
 
     Raises:
         ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
@@ -122,7 +123,8 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
         raise ConfigError(f"{space.source}: train.epochs: the epoch count is the sweep's budget (--epochs), not a "
                           "searched value")
     if spec.rows:
-        return _prepare_study(spec, space), space, None
+        spec, memory = _prepare_study(spec, space)
+        return spec, space, None, memory
     probe = trial_config(spec, space.first_corner(), space)
     spec = replace(spec, overrides=_absolute_paths(spec.overrides, probe), epochs=probe.train.epochs)
     _check_epochs(spec)
@@ -134,9 +136,20 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
         _check_prerequisite(space, pre)
         preflight(pre.config, workers=0)
     probe_pre = plan_prerequisite(probe)
-    preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers,
-              objective=[o.metric for o in space.objectives])
-    return spec, space, pre
+    checked = preflight(probe_pre.stand_in if probe_pre else probe, workers=spec.workers,
+                        objective=[o.metric for o in space.objectives])
+    batch = _largest_batch(space, probe)
+    print(checked.describe_memory(batch), flush=True)
+    return spec, space, pre, checked.memory_per_worker(batch)
+
+
+def _largest_batch(space: SearchSpace, probe) -> int:
+    """The largest ``train.batch_size`` a trial can get: the space's highest choice or bound when it searches
+    it, else the probe trial's."""
+    param = next((p for p in space.params if p.key == "train.batch_size" and p.type not in ("fixed", "same")), None)
+    if param is None:
+        return probe.train.batch_size
+    return int(max(param.choices) if param.choices else param.high)
 
 
 def _check_epochs(spec: SweepSpec) -> None:
@@ -145,10 +158,11 @@ def _check_epochs(spec: SweepSpec) -> None:
                           "untrained baseline)")
 
 
-def _prepare_study(spec: SweepSpec, space: SearchSpace) -> SweepSpec:
+def _prepare_study(spec: SweepSpec, space: SearchSpace) -> tuple[SweepSpec, int]:
     """A seed study's checks: every row builds a valid config whose model runs one forward pass, and needs no
     run trained first (its config names its stage-1 or pretrained run already). Returns the spec with the
-    epoch count filled in (the first row's when not given).
+    epoch count filled in (the first row's when not given) and the largest row's memory estimate per worker
+    (bytes; printed).
 
     Raises:
         ConfigError: a row's config is invalid or needs a prerequisite run (names the row).
@@ -158,13 +172,16 @@ def _prepare_study(spec: SweepSpec, space: SearchSpace) -> SweepSpec:
     probes = {name: trial_config(spec, {ROW_KEY: name, **space.first_corner()}, space) for name in spec.rows}
     spec = replace(spec, epochs=spec.epochs if spec.epochs is not None else next(iter(probes.values())).train.epochs)
     _check_epochs(spec)
+    estimates = {}
     for name, probe in probes.items():
         pre = plan_prerequisite(probe)
         if pre is not None:
             raise ConfigError(f"study row {name}: {pre.key}: this config needs its {pre.name} run first; train it "
                               f"and pass its directory (--set {pre.key}=DIR)")
-        preflight(probe, workers=spec.workers, objective=space.metric)
-    return spec
+        checked = preflight(probe, workers=spec.workers, objective=space.metric)
+        estimates[checked.memory_per_worker(probe.train.batch_size)] = checked.describe_memory(probe.train.batch_size)
+    print(estimates[max(estimates)], flush=True)
+    return spec, max(estimates)
 
 
 def _absolute_paths(overrides: dict[str, Any], probe) -> dict[str, Any]:
@@ -337,13 +354,14 @@ def _plan_when_ready(spec: SweepSpec):
 
     def plan():
         return plan_resources(planning_nodes(node_resources(), addable), spec.workers, spec.gpus_per_worker,
-                              spec.max_concurrent, spec.trials, spec.cpus_per_worker)
+                              spec.max_concurrent, spec.trials, spec.cpus_per_worker, spec.memory_per_worker)
 
     if spec.wait_for_resources <= 0:
         return plan()
     from ray.autoscaler.sdk import request_resources
 
-    worker = {"CPU": spec.cpus_per_worker or 1, **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {})}
+    worker = {"CPU": spec.cpus_per_worker or 1, **({"GPU": spec.gpus_per_worker} if spec.gpus_per_worker else {}),
+              **({"memory": spec.memory_per_worker * 1e9} if spec.memory_per_worker else {})}
     request_resources(bundles=[worker] * spec.workers * (spec.max_concurrent or 1))
     deadline = time.time() + spec.wait_for_resources
     while True:
@@ -485,8 +503,9 @@ def run_sweep(spec: SweepSpec):
     from pointtune import tracking
     from pointtune.cluster import init_ray, node_resources
     from pointtune.protocols import protocol_name
+    from pointtune.search.resources import memory_warning
 
-    spec, space, pre = prepare_sweep(spec)
+    spec, space, pre, memory = prepare_sweep(spec)
     decided = _train_prerequisite(spec, pre) if pre is not None else {}
     prerequisite = dict(decided)
     if not spec.rows:  # a study's rows name their sources already (a sweep's rows: the sweep's copies)
@@ -495,6 +514,9 @@ def run_sweep(spec: SweepSpec):
              verbose=spec.verbose)
     plan = _plan_when_ready(spec)
     _check_tracking(spec, len(node_resources()))
+    warning = None if spec.memory_per_worker else memory_warning(plan, node_resources(), memory)
+    if warning:
+        print(warning, flush=True)
     layout = spec.layout
     spec.root.mkdir(parents=True, exist_ok=True)
     layout.space.write_text(yaml.safe_dump(_resolved_space(spec), sort_keys=False))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import resource
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader
 
 from pointtune.config import ExperimentConfig, OptimConfig
 from pointtune.data import build_datasets, describe_split
+from pointtune.memory import peak_bytes, reset_peak
 from pointtune.method import Method
 from pointtune.objective import BestEpoch
 from pointtune.protocols import build_eval_splits, evaluate, to_device
@@ -286,6 +286,7 @@ def run_loop(loop: LoopConfig, session) -> None:
                    num_workers=exp.train.loader_workers, persistent_workers=exp.train.loader_workers > 0))
     for epoch in range(run.start_epoch, exp.train.epochs):
         began = time.time()
+        reset_peak(run.session.device)
         metrics = _train_epoch(run, model, loader, epoch)
         final = epoch == exp.train.epochs - 1
         evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
@@ -413,14 +414,10 @@ def _test(run: _Run, metrics: dict[str, float], improved: bool, epoch: int) -> N
 def _costs(run: _Run, seconds: float) -> dict[str, float]:
     """What the epoch cost: ``cost/epoch_s`` (wall seconds of training and validation; the test scoring after
     the last epoch is not counted), ``cost/params`` (the method's parameter count) and ``cost/peak_memory_mb``
-    (MiB: the peak GPU memory PyTorch allocated on this worker's device, or the peak resident memory of this
-    process on the CPU, since it started)."""
-    if run.session.device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(run.session.device) / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    (MiB: the most this worker held during the epoch's training and validation: GPU memory PyTorch allocated
+    on its device, or on the CPU its process's resident memory; :mod:`pointtune.memory`)."""
     return {"cost/epoch_s": seconds, "cost/params": float(sum(p.numel() for p in run.method.parameters())),
-            "cost/peak_memory_mb": peak}
+            "cost/peak_memory_mb": peak_bytes(run.session.device) / 2**20}
 
 
 def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, improved: bool,
