@@ -156,9 +156,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     summary = train(exp, run_dir, **options)
     if args.fast_dev_run:
         checkpoint = read_back(run_dir)
-        print(f"[pointtune] fast-dev-run passed in {time.time() - began:.0f} s: {exp.train.limit_batches} training "
-              f"batches of {exp.train.batch_size}, every judged split on {exp.train.limit_batches * exp.train.batch_size}"
-              f" items, checkpoint written and read back ({checkpoint})"
+        n = exp.train.limit_batches
+        print(f"[pointtune] fast-dev-run passed in {time.time() - began:.0f} s: {n} training batch{'es' * (n > 1)} of "
+              f"{exp.train.batch_size}, every judged split on {n * exp.train.batch_size} items, checkpoint written "
+              f"and read back ({checkpoint})"
               + ("; the temporary run directory is removed" if scratch else ""), flush=True)
         if scratch:
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -174,7 +175,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
     """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, then
-    print the run's memory estimate per worker. A ``train.batch_size`` the user did not give (``adapt_batch``)
+    print the run's memory estimate per worker (not for ``--fast-dev-run``, whose own step is the check). A ``train.batch_size`` the user did not give (``adapt_batch``)
     that exceeds the training items a worker gets is lowered to what fits, with one printed line. Returns
     ``(experiment, planned prerequisite or None)``.
 
@@ -192,9 +193,10 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
         if pre and args.fast_dev_run:
             pre = fast_dev_prerequisite(pre)
         try:
-            for checked in ([pre.config, pre.stand_in] if pre else [exp]):
-                result = preflight(checked, workers=args.workers)
-            print(result.describe_memory(exp.train.batch_size), flush=True)
+            for checked in ([pre.config, pre.stand_in] if pre else [exp]):  # --fast-dev-run trains its own step
+                result = preflight(checked, workers=args.workers, backward=not args.fast_dev_run)
+            if not args.fast_dev_run:
+                print(result.describe_memory(exp.train.batch_size), flush=True)
             return exp, pre
         except BatchTooLargeError as err:
             if not adapt_batch or not err.fits or err.fits >= exp.train.batch_size:
@@ -456,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     debug = train.add_mutually_exclusive_group()
     debug.add_argument("--fast-dev-run", action="store_true",
-                       help="check a config or code change in seconds: 2 batches of 2, every split judged on 4 "
+                       help="check a config or code change in seconds: 1 batch of 2, every split judged on 2 "
                        "items, a checkpoint written and read back (a temporary run directory unless --output)")
     debug.add_argument("--limit-batches", type=int, metavar="N",
                        help="train N batches per epoch and judge N x batch_size items per split (train.limit_batches)")

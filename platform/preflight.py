@@ -368,7 +368,7 @@ def _tiny_batch(dataset, indices: list[int]) -> dict:
 
 def preflight(
     exp: ExperimentConfig, workers: int = 1, objective: str | Sequence[str] | None = None,
-    data: DatasetBundle | None = None
+    data: DatasetBundle | None = None, backward: bool = True,
 ) -> PreflightResult:
     """Check that ``exp`` can train, on the CPU, in about a second, before any run directory, Ray or MLflow.
 
@@ -403,6 +403,8 @@ def preflight(
         objective: a metric name such as ``val/OA`` (a search space's objective), the metrics of a list of
             objectives, or None.
         data: datasets already built from ``exp.data``, if any.
+        backward: run the training step's backward too (its memory is then measured; without it the memory
+            figures of the result cover the forward pass alone).
 
     Returns:
         :class:`PreflightResult` with the datasets, the forward pass's output keys and the time taken.
@@ -466,7 +468,7 @@ def preflight(
             out = method(batch, 0, 0.0)
             if not isinstance(out, dict) or "loss" not in out:
                 raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
-            if out["loss"].requires_grad:
+            if backward and out["loss"].requires_grad:
                 out["loss"].backward()
             step = max(0, peak_bytes() - held)
             method.zero_grad(set_to_none=True)

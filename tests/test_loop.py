@@ -175,3 +175,18 @@ def test_limit_batches_cuts_every_epoch_and_every_judged_split(monkeypatch):
         labels = splits["eval"]
         assert len(labels) == 12 and len(set(labels)) == 8            # 3 x 4 items, every class, then again
     assert {"val/OA", "test/OA"} <= set(session.reports[-1][0])
+
+
+def test_fast_dev_run_settings_include_the_protocols_quick_ones():
+    """--fast-dev-run: one batch of 2, judged splits cut alike, and the protocol's own quick settings
+    (scene_seg: the split's crops, no whole-scene votes; part_seg: 2 head epochs); other keys untouched."""
+    from pointtune.train.debug import FAST_DEV_RUN, fast_dev_run
+
+    exp = fast_dev_run(build_config("amcontrast3d", overrides={"optim.lr": 0.01}))
+    assert (exp.train.epochs, exp.train.limit_batches, exp.train.batch_size) == (
+        FAST_DEV_RUN["train.epochs"], FAST_DEV_RUN["train.limit_batches"], FAST_DEV_RUN["train.batch_size"])
+    assert (exp.protocol.whole, exp.protocol.val, exp.protocol.render) == (False, "crops", 1)
+    assert exp.optim.lr.start == 0.01
+    seg = fast_dev_run(build_config("scl", overrides={"protocol.name": "part_seg", "protocol.head": "5fc"}))
+    assert (seg.protocol.epochs, seg.protocol.head) == (2, "5fc")
+    assert fast_dev_run(build_config("cedr")).protocol == build_config("cedr").protocol   # nothing to cut

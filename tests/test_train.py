@@ -59,13 +59,13 @@ def test_zero_epochs_judges_the_untrained_model(tmp_path):
 
 
 def test_fast_dev_run_checks_a_whole_run_in_seconds_and_leaves_nothing(tmp_path, monkeypatch):
-    """--fast-dev-run: one epoch of 2 batches of 2, a checkpoint written and read back, the temporary run
+    """--fast-dev-run: one epoch of 1 batch of 2, a checkpoint written and read back, the temporary run
     directory removed; with --output the run stays, cut short; --epochs with it is refused in one line."""
     monkeypatch.setenv("TMPDIR", str(tmp_path))                       # where the temporary run directory goes
     proc = pointtune("train", "cedr", "--fast-dev-run", "--no-progress", "--set", "method.backbone.name=pointnet")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith("[pointtune] fast-dev-run passed in") and "2 training batches of 2" in last, last
+    assert last.startswith("[pointtune] fast-dev-run passed in") and "1 training batch of 2" in last, last
     assert "checkpoint written and read back" in last and "temporary run directory is removed" in last
     assert not list(tmp_path.glob("pointtune-fast-dev-run-*"))
     out = tmp_path / "kept"
@@ -75,7 +75,7 @@ def test_fast_dev_run_checks_a_whole_run_in_seconds_and_leaves_nothing(tmp_path,
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1] and "val/OA" in epochs[0]
     config = load_state(out / "checkpoints" / "best")["experiment"]["train"]
-    assert (config["limit_batches"], config["batch_size"], config["epochs"]) == (2, 2, 1)
+    assert (config["limit_batches"], config["batch_size"], config["epochs"]) == (1, 2, 1)
     bad = pointtune("train", "cedr", "--fast-dev-run", "--epochs", "3")
     assert bad.returncode == 2 and "--fast-dev-run trains one short epoch; drop --epochs" in bad.stderr
 

@@ -115,6 +115,8 @@ class Protocol:
         per_class: its confusion matrix gives ``acc/<class name>`` for every class present.
         own_data: whether ``protocol.data`` (a dataset of its own, other classes) makes sense for it; the
             classification protocol scores the method's own classifier, so it does not.
+        fast: settings (keys of :attr:`Config`) that ``pointtune train --fast-dev-run`` puts over the run's,
+            so that the protocol runs its code paths in seconds (e.g. fewer head epochs).
     """
 
     Config: ClassVar[type[ProtocolConfig]] = ProtocolConfig
@@ -124,6 +126,7 @@ class Protocol:
     mode: ClassVar[str] = "max"
     per_class: ClassVar[bool] = True
     own_data: ClassVar[bool] = True
+    fast: ClassVar[dict[str, Any]] = {}
 
     def settings(self, cfg: ProtocolConfig | None = None) -> ProtocolConfig:
         """``cfg`` checked to be this protocol's settings (an instance of :attr:`Config`), or the default

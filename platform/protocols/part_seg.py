@@ -466,6 +466,7 @@ class PartSegmentation(Protocol):
     tasks = frozenset({Task.PRETRAIN, Task.CLASSIFICATION})
     splits = ("fit", "eval")
     per_class = False
+    fast = {"epochs": 2}  # --fast-dev-run: two head epochs
 
     def metrics(self, cfg: PartSegConfig) -> tuple[str, ...]:
         """``("ins_miou", "cls_miou", "seg_fit_shapes", "seg_head_loss")`` (``iou/<category>`` besides)."""

@@ -288,6 +288,7 @@ class SceneSegmentation(Protocol):
     splits = ("eval",)
     per_class = False  # iou/<class> instead of acc/<class>
     own_data = False   # it scores the method's own classifier, on the classes it was trained on
+    fast = {"whole": False, "val": "crops", "render": 1}  # --fast-dev-run: the split's own crops, one render
 
     def metrics(self, cfg: SceneSegConfig) -> tuple[str, ...]:
         """``("mIoU", "OA", "mAcc")`` (``iou/<class>`` for every class present besides)."""
