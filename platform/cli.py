@@ -351,12 +351,32 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(f"{err}: not a pointtune run or sweep directory with a SQLite MLflow store") from None
     if moved:
         print(f"[pointtune] {root} was moved: its artifact locations now point at {root / tracking.ARTIFACTS_DIR}")
-    print(f"[pointtune] MLflow UI on http://{args.host}:{args.port}/#/experiments "
-          f"(each experiment opens on its runs table; Ctrl-C stops it)", flush=True)
+    port = _free_port(args.host, args.port)
+    base = f"http://{args.host}:{port}"
+    print(f"[pointtune] MLflow UI on {base} (Ctrl-C stops it); the runs tables:", flush=True)
+    for experiment_id, name in tracking.experiments(f"sqlite:///{root}/mlflow.db"):
+        print(f"[pointtune]   {name}: {base}/#/experiments/{experiment_id}?workflowType=machine_learning", flush=True)
     mlflow = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-           "--host", args.host, "--port", str(args.port)]
+           "--host", args.host, "--port", str(port)]
     return subprocess.call(cmd)
+
+
+def _free_port(host: str, port: int) -> int:
+    """``port`` if nothing listens on ``host:port``; ``port`` 0: a free port the system picks.
+
+    Raises:
+        ConfigError: the port is taken (one line naming it and what to do).
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as err:
+            raise ConfigError(f"--port {port}: {host}:{port} is not free ({err.strerror}; another MLflow UI?); pass "
+                              f"another --port, or --port 0 for any free one") from None
+        return probe.getsockname()[1]
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -541,18 +561,18 @@ def build_parser() -> argparse.ArgumentParser:
     robust.set_defaults(func=cmd_robustness)
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep or study")
-    resume.add_argument("sweep_dir")
+    resume.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the directory of the interrupted sweep or study")
     resume.set_defaults(func=cmd_resume)
 
     best = sub.add_parser("best", help="print the best trial of a sweep and write its config")
-    best.add_argument("sweep_dir")
+    best.add_argument("sweep_dir", metavar="SWEEP_DIR", help="a sweep (or study) directory")
     best.add_argument("--output", help="where to write the config (default <sweep_dir>/best_config.yaml)")
     best.set_defaults(func=cmd_best)
 
     ui = sub.add_parser("ui", help="open the MLflow UI of a run or sweep directory (also after moving it)")
-    ui.add_argument("run_dir")
-    ui.add_argument("--host", default="127.0.0.1")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("run_dir", metavar="RUN_OR_SWEEP_DIR", help="a pointtune run, sweep, study or compare directory")
+    ui.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000, help="port (default 5000; 0: any free port)")
     ui.set_defaults(func=cmd_ui)
 
     submit = sub.add_parser("submit", help="run a pointtune command as a Ray job, with this checkout's code",

@@ -93,6 +93,15 @@ def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
     return _retry(client.create_experiment, name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
+def experiments(uri: str) -> list[tuple[str, str]]:
+    """``(id, name)`` of every experiment of the store at ``uri`` that holds a run, oldest first (MLflow's
+    empty ``Default`` experiment left out)."""
+    client = _client(uri)
+    found = _retry(client.search_experiments)
+    with_runs = [e for e in found if _retry(client.search_runs, [e.experiment_id], max_results=1)]
+    return [(e.experiment_id, e.name) for e in sorted(with_runs, key=lambda e: int(e.experiment_id))]
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested dict as ``{"dotted.key": leaf}`` (what MLflow params and ``--set`` keys look like)."""
     flat: dict[str, Any] = {}

@@ -96,3 +96,25 @@ def test_a_default_batch_larger_than_the_data_is_lowered_with_one_line(shared_da
                     "--output", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "train.batch_size: 32 clouds per worker" in bad.stderr, bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_ui_names_each_runs_table_and_refuses_a_taken_port(tmp_path):
+    """pointtune ui: a port in use is one line and exit 2 before MLflow starts (it used to print the URL, fail
+    inside MLflow and exit 0); the experiments' links open on their runs tables."""
+    import socket
+
+    from pointtune import tracking
+
+    out = tmp_path / "run"
+    assert pointtune("train", "cedr", "--epochs", "0", "--output", str(out), *tiny_sets()).returncode == 0
+    [(experiment_id, name)] = tracking.experiments(f"sqlite:///{out}/mlflow.db")
+    assert name == "pointtune-cedr"
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        proc = pointtune("ui", str(out), "--port", str(port))
+    assert proc.returncode == 2 and "\n" not in proc.stderr.strip(), proc.stderr
+    assert proc.stderr.startswith(f"pointtune: error: --port {port}: 127.0.0.1:{port} is not free") and \
+        "--port 0" in proc.stderr
+    assert "MLflow UI on" not in proc.stdout
