@@ -72,7 +72,8 @@ def in_ray_job() -> bool:
 
 
 def _run_dir(args: argparse.Namespace, kind: str, method: str) -> Path:
-    """``--output``, else a new directory named after the method, dataset and time.
+    """``--output``, else a new directory named after the method, the dataset (``--dataset``, the ``--config``
+    file's ``data.name``, or the default ``synthetic``) and the time.
 
     A Ray job's working directory is a temporary copy that Ray deletes, so inside a job a relative
     ``--output`` is refused and the default goes to ``--storage`` (a local or NFS path) or, for object
@@ -81,7 +82,10 @@ def _run_dir(args: argparse.Namespace, kind: str, method: str) -> Path:
     Raises:
         ConfigError: a relative ``--output`` inside a Ray job.
     """
-    name = f"{method}-{args.dataset or 'default'}-{time.strftime('%Y%m%d-%H%M%S')}"
+    config = getattr(args, "config", None)
+    config = config[0] if isinstance(config, list) and config else config
+    named = ((load_yaml(config).get("data") or {}).get("name") if config else None) or "synthetic"
+    name = f"{method}-{args.dataset or named}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.output:
         if in_ray_job() and not Path(args.output).is_absolute():
             raise ConfigError(f"--output {args.output}: inside a Ray job the working directory is deleted when the "
