@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 import difflib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
@@ -144,7 +145,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not raw.strip():
         return key.strip(), None
     try:
-        return key.strip(), yaml.safe_load(raw)
+        return key.strip(), yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ConfigError(
@@ -176,8 +177,19 @@ def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading ``1e-3``, ``1.0e6`` and ``5E+4`` as floats: YAML 1.2 numbers that YAML 1.1
+    (PyYAML) reads as strings, a learning rate or a bound written the usual way failing later as a type error."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping.
+    """Read a YAML mapping (numbers in exponent notation, ``1e-3``, are floats).
 
     Raises:
         ConfigError: missing file, invalid YAML, or a top level that is not a mapping; names the file.
@@ -186,7 +198,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: invalid YAML ({str(err).splitlines()[0]})") from None
     if data is None:

@@ -7,6 +7,7 @@ one-line message naming the flag, file, key or value at fault; the CLI prints it
 * :func:`check_numbers`: the CLI's numbers (``--trials``, ``--workers``, ``--seed``, ...) or the same
   fields of a ``sweep.yaml``.
 * :func:`check_tracking_uri`: ``--mlflow-uri`` (or ``$MLFLOW_TRACKING_URI``) has a scheme MLflow tracks to.
+* :func:`check_storage`: ``--storage`` is a path or a URI of a filesystem Ray Tune writes to.
 * :func:`check_gpus`: GPUs asked of the local machine exist (CUDA build of torch, visible devices).
 * :func:`preflight`: the datasets build, the splits can feed the loop, and the method builds on the CPU,
   warm-starts from the runs it starts from (``method.pretrained``, ``method.stage1_from``) and runs one training
@@ -44,6 +45,7 @@ __all__ = [
     "TINY_BATCH",
     "check_numbers",
     "check_tracking_uri",
+    "check_storage",
     "check_gpus",
     "preflight",
     "load_sweep_yaml_checked",
@@ -168,6 +170,27 @@ def check_tracking_uri(uri: str | None) -> None:
             raise ConfigError(f"{what} {uri!r}: directory {target.parent} does not exist")
         if target.is_dir():
             raise ConfigError(f"{what} {uri!r}: {target} is a directory, not a database file")
+
+
+# Schemes of the filesystems Ray Tune's storage_path goes through (pyarrow.fs): a local path has none.
+STORAGE_SCHEMES = ("file", "s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss", "mock")
+
+
+def check_storage(uri: str | None) -> None:
+    """Check ``--storage`` without contacting it: a local path (made absolute later) or a URI of a filesystem
+    Ray Tune can write to (:data:`STORAGE_SCHEMES`) with a bucket or host.
+
+    Raises:
+        ConfigError: an unknown scheme or a URI without a bucket; names ``--storage`` and the URI.
+    """
+    if not uri or "://" not in uri:
+        return
+    parsed = urlparse(uri)
+    if parsed.scheme.lower() not in STORAGE_SCHEMES:
+        raise ConfigError(f"--storage {uri!r}: unknown filesystem {parsed.scheme!r}; Ray Tune writes to a local or "
+                          f"NFS path or to {', '.join(s + '://' for s in STORAGE_SCHEMES if s != 'mock')}")
+    if parsed.scheme.lower() not in ("file", "mock") and not parsed.netloc:
+        raise ConfigError(f"--storage {uri!r}: no bucket or host (e.g. s3://my-bucket/pointtune)")
 
 
 def check_gpus(workers: int, gpus_per_worker: float, flags: str) -> None:

@@ -70,6 +70,12 @@ CASES = [
     ("sweep-gpus-negative", ["sweep", "cedr", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "got -1"]),
     ("sweep-cpus-negative", ["sweep", "cedr", "--cpus-per-worker", "-2"], ["--cpus-per-worker", "got -2"]),
     ("sweep-memory-0", ["sweep", "cedr", "--memory-per-worker", "0"], ["--memory-per-worker", "GB > 0", "got 0"]),
+    ("sweep-storage-scheme", ["sweep", "cedr", "--storage", "foo://bar"], ["--storage 'foo://bar'",
+                                                                        "unknown filesystem 'foo'"]),
+    ("sweep-pbt-one-trial", ["sweep", "dcglr", "--space", "search_spaces/dcglr_quick.yaml", "--scheduler", "pbt",
+                             "--trials", "1", "--epochs", "4"], ["--trials 1", "at least 2 trials"]),
+    ("sweep-pbt-interval", ["sweep", "dcglr", "--space", "search_spaces/dcglr_quick.yaml", "--scheduler", "pbt",
+                            "--epochs", "2", "--pbt-interval", "2"], ["--pbt-interval 2", "never reach"]),
     ("train-limit-batches-0", ["train", "cedr", "--limit-batches", "0"], ["--limit-batches", "got 0"]),
     ("train-workers-negative", ["train", "cedr", "--workers", "-1"], ["--workers", "got -1"]),
     # 4. tracking URI

@@ -92,6 +92,8 @@ def _write(tmp_path: Path, body: str) -> Path:
      "same: 'as' must name a parameter defined before it, got 'optim.weight_decay.start'"),
     ("  optim.lr.start: {type: float, low: 0.1, high: 0.2}\n  method.use_eaa: {type: same, as: optim.lr.start}\n",
      "method.use_eaa"),
+    ("  optim.lr: {type: float, low: 0.01, high: 0.1}\n  optim.lr.start: {type: float, low: 0.1, high: 0.2}\n",
+     "optim.lr.start: a part of optim.lr, which the space also sets; give optim.lr whole or its parts, not both"),
 ])
 def test_bad_spaces_fail_with_file_and_key(tmp_path, body, match):
     path = _write(tmp_path, body)
@@ -128,3 +130,17 @@ def test_extends_overrides_and_deletes(tmp_path):
     space = load_search_space(tmp_path / "child.yaml")
     assert [p.key for p in space.params] == ["optim.lr", "method.lambda_con"]
     assert space.params[0].type == "fixed"
+
+
+def test_numbers_in_exponent_notation_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1.0e-4 and 5e-3 as strings; spaces, config files and --set read them as floats."""
+    from pointtune.config import config_from_file
+
+    space = load_search_space(_write(tmp_path, "  optim.lr: {type: float, low: 1.0e-4, high: 5e-3, log: true}\n"
+                                               "  method.temperature: {type: categorical, choices: [1e-1, 2E-1]}\n"))
+    lr, tau = space.params
+    assert (lr.low, lr.high) == (1e-4, 5e-3) and tau.choices == (0.1, 0.2)
+    config = tmp_path / "config.yaml"
+    config.write_text("optim:\n  lr: 1e-3\n  weight_decay: 1.0e6\n")
+    exp = config_from_file("cedr", config, ["train.grad_clip=1E+1"])
+    assert (exp.optim.lr.start, exp.optim.weight_decay.start, exp.train.grad_clip) == (1e-3, 1e6, 10.0)

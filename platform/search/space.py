@@ -371,6 +371,11 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     params: dict[str, Param] = {}
     for key, spec in raw.items():
         params[key] = _parse_param(source, key, spec, params)
+    for key in params:  # optim.lr and optim.lr.start: which one a trial trains with would depend on the order
+        part = next((other for other in params if other.startswith(key + ".")), None)
+        if part:
+            raise ConfigError(f"{source}: {part}: a part of {key}, which the space also sets; give {key} whole or "
+                              f"its parts, not both")
     space = SearchSpace(name, objectives, tuple(params.values()), source)
     _check_against_schema(space)
     return space

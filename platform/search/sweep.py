@@ -107,9 +107,10 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
     Raises:
         ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
     """
-    from pointtune.preflight import check_numbers, check_tracking_uri, preflight
+    from pointtune.preflight import check_numbers, check_storage, check_tracking_uri, preflight
 
     check_numbers(asdict(spec), "sweep")
+    check_storage(spec.storage)
     if spec.scheduler not in (*SCHEDULERS, "fifo") or (spec.scheduler == "fifo") != bool(spec.rows):
         raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
     if spec.sampler not in SAMPLERS:
@@ -253,13 +254,19 @@ def _copy_sources(spec: SweepSpec, space: SearchSpace, decided: dict[str, Any]) 
 
 
 def _check_pbt(spec: SweepSpec, space: SearchSpace, probe) -> None:
-    """PBT needs one objective, single-process trials and a checkpoint at every perturbation
-    (``--pbt-interval``)."""
+    """PBT needs a population (2+ trials), one objective, single-process trials, a perturbation before the last
+    epoch and a checkpoint at every perturbation (``--pbt-interval``)."""
     from pointtune.search.pbt import pbt_scheduler
 
     if space.multi_objective:
         raise ConfigError(f"{space.source}: objective: --scheduler pbt ranks the population by one metric; give one "
                           f"objective or use --scheduler asha")
+    if spec.trials < 2:
+        raise ConfigError(f"--trials {spec.trials}: --scheduler pbt exploits the better trials of a population; "
+                          f"give at least 2 trials")
+    if spec.pbt_interval >= spec.epochs:
+        raise ConfigError(f"--pbt-interval {spec.pbt_interval}: PBT perturbs every --pbt-interval epochs, which "
+                          f"trials of --epochs {spec.epochs} never reach; give an interval below the epochs")
     pbt_scheduler(space, spec.pbt_interval, spec.epochs)  # the space marks what to perturb, consistently
     if spec.workers > 1:
         raise ConfigError("--scheduler pbt: trials exploit each other's checkpoints through Tune, which "
@@ -581,10 +588,10 @@ def resume_sweep(sweep_dir: str | Path):
     spec = SweepSpec.load(sweep_dir)
     runtime = SweepRuntime.load(spec.layout)
     space = spec.space()
+    if not tune.Tuner.can_restore(spec.layout.tune):  # a file check: refused before Ray starts
+        raise ConfigError(f"{sweep_dir}: no Tune experiment state at {spec.layout.tune} to resume")
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
-    if not tune.Tuner.can_restore(spec.layout.tune):
-        raise ConfigError(f"{sweep_dir}: no Tune experiment state at {spec.layout.tune} to resume")
     print(f"[pointtune] resuming sweep {spec.root}", flush=True)
     results = _tune(spec, runtime, space, restore=True)
     return _finish(spec, runtime, space, results)
