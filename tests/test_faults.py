@@ -129,6 +129,9 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     print(f"resume took {time.time() - began:.1f} s")
     statuses = check_records(out, 2)
     assert len(statuses) == 2
+    _, runs = mlflow_runs(out)
+    parent = next(r for r in runs if r.data.tags.get("pointtune.kind") == "sweep")
+    assert parent.info.status == "FINISHED" and parent.data.tags["pointtune.status"] == "FINISHED"   # issue 22 §4
 
 
 def _train_workers(driver: int) -> list[int]:

@@ -388,7 +388,9 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
                              {f"best/{space.metric}": done[0].best}, 0)
         tracking.set_tags(uri, runtime.parent_run_id, {"pointtune.best_trial": done[0].trial_id,
                                                        "pointtune.best_run": done[0].mlflow_run_id or "-"})
-    tracking.end_run(uri, runtime.parent_run_id, "FINISHED" if done else "FAILED")
+    status = "FINISHED" if done else "FAILED"
+    tracking.set_tags(uri, runtime.parent_run_id, {"pointtune.status": status})  # replaces a resumed INTERRUPTED
+    tracking.end_run(uri, runtime.parent_run_id, status)
     counts = {s: sum(r.status == s for r in rows) for s in ("FINISHED", "STOPPED", "FAILED")}
     print("\n" + table)
     stopped = "" if spec.rows or spec.scheduler == "none" else \
