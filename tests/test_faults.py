@@ -127,6 +127,8 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     resumed = pointtune("resume", str(out))
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     print(f"resume took {time.time() - began:.1f} s")
+    for noise in ("Trial status:", "result ─", "Reporting training result"):  # the sweep's quiet console too
+        assert noise not in resumed.stdout + resumed.stderr, noise
     statuses = check_records(out, 2)
     assert len(statuses) == 2
     _, runs = mlflow_runs(out)

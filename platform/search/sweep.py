@@ -471,6 +471,7 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     tolerate_actor_deaths()  # a trial whose actor died (e.g. killed by the memory monitor) fails alone
     searcher, scheduler, trainable, callbacks = _tuner_parts(spec, runtime, space)
+    reporter = _reporter(spec, space)  # sets the quiet console's environment: a restored Tuner needs it too
     if restore:
         tuner = tune.Tuner.restore(spec.layout.tune, trainable=trainable, resume_errored=True)
     else:
@@ -487,7 +488,7 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
             run_config=tune.RunConfig(
                 name=spec.layout.TUNE_NAME, storage_path=spec.storage_path, verbose=2 if spec.verbose else 1,
                 callbacks=callbacks, failure_config=tune.FailureConfig(max_failures=0),
-                progress_reporter=_reporter(spec, space),
+                progress_reporter=reporter,
                 checkpoint_config=_checkpoint_config(spec, space),
             ),
         )
