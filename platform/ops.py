@@ -1,9 +1,10 @@
 """Point-cloud primitives in pure PyTorch (and NumPy): sampling, neighbour search, interpolation, gathering.
 
-Every function is batched over a leading batch dimension ``B``, works on any device and dtype the input
-lives on, and uses no Python loop over the batch. Clouds are channels-last: ``(B, N, 3)`` coordinates,
-``(B, N, C)`` features. Coordinates and radii are in the units of the input (pointtune normalises object
-clouds into the unit sphere, so a radius of ``0.2`` is a fifth of the cloud's radius; scenes stay in metres).
+Every function is batched over a leading batch dimension ``B`` and works on any device and dtype the input
+lives on; only the k-d tree searches (CPU, below) loop over the batch, one tree per cloud. Clouds are
+channels-last: ``(B, N, 3)`` coordinates, ``(B, N, C)`` features. Coordinates and radii are in the units of
+the input (pointtune normalises object clouds into the unit sphere, so a radius of ``0.2`` is a fifth of the
+cloud's radius; scenes stay in metres).
 
 Index computations (:func:`fps`, :func:`knn`, :func:`ball_query`, :func:`three_nn`) run under
 ``torch.no_grad``: their outputs are integer indices (and distances), which carry no gradient; gradients flow
@@ -35,6 +36,40 @@ int32 ball-query candidates pay for it). Features (``C > 3``, DGCNN's dynamic gr
 expansion (:func:`square_distance`) per block; there the chunked and dense versions can differ in the last bit,
 i.e. only between neighbours whose distances tie to within float rounding. Setting :data:`EXACT_MAX_CHANNELS`
 to 0 gives the matmul for every input.
+
+Neighbour search on the CPU: k-d tree
+-------------------------------------
+The brute force costs ``O(M N)`` per cloud: on this 2-core CPU the blocked kNN took 3.8 s for the 16
+nearest of 6,144 centres among 24,576 points and 15.4 s at 16,384 among 65,536, where SciPy's ``cKDTree``
+takes 0.03-0.09 s. So :func:`knn`, :func:`three_nn` and :func:`ball_query` answer CPU float32/float64
+coordinates (``1 <= C <=`` :data:`EXACT_MAX_CHANNELS`) with a k-d tree (``scipy.spatial.cKDTree``, Bentley
+1975: ``O(N log N)`` to build, about ``O(log N + k)`` per query; :mod:`pointtune.kdtree`) when a cloud has at
+least :data:`TREE_MIN_PAIRS` (1 Mi) query-reference pairs. CUDA tensors, half precision, features (DGCNN's
+dynamic graph, ``C > 3``) and small clouds keep the blocked brute force. The keyword ``search`` (``auto``,
+the default; ``kdtree``; ``brute``) forces either; the tests run every coordinate case on both.
+
+Both searches return the same indices and bit-identical distances, because the tree only *proposes*
+candidates and the brute force's kernel and rules rank them:
+
+* kNN (and ``three_nn``): the tree's ``k + 2`` nearest in float64. A query is settled when its last
+  candidate is farther than ``(1 + 2**-16)`` times its ``k``-th squared distance (plus 1e-30 for underflow):
+  the margin is above twice the worst relative rounding of the float32 kernel (5 roundings of ``2**-24``),
+  so every point the float32 ranking could put among its ``k`` is a candidate. Unsettled queries (exact ties,
+  duplicates) are asked again with twice the width; past ``budget // 4`` candidates they go to the brute force.
+* Ball query: every point within ``sqrt((1 + 2**-16) r**2)``, in index order, then the brute force's own
+  test ``d2 < radius**2`` in the input's dtype and its slot and padding rule (the shared ``_ball_slots``);
+  an empty ball takes the nearest point by the kNN above (``argmin``'s lowest index among ties).
+* One tie rule: squared distance, then index, also for the points tied at the ``k``-th distance. ``topk``
+  leaves those unspecified (and CPU and CUDA differ), so the brute force redoes, with one more int32 pass, the
+  rows where such a tie straddles the cut.
+
+The candidates' distances come from the same kernel function (``_exact_sq_dist``) in NumPy: the same
+correctly rounded operations in the same order give the same bits, single-threaded. Interleaving many small
+torch calls with SciPy's threads made torch wait on its own thread pool (40x slower per call on this shared
+2-core machine). Threads: every tree query uses SciPy's ``workers = torch.get_num_threads()``, so
+``torch.set_num_threads`` bounds both libraries; trees are built one after the other.
+
+COST_TABLE
 
 Farthest point sampling: what was chosen and why
 ------------------------------------------------
@@ -246,16 +281,18 @@ def _select_k(d2: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The ``k`` nearest of every row of a ``(B, rows, N)`` brute-force block, by :func:`_rank`'s rule.
 
     ``topk`` leaves the choice among points tied at the ``k``-th distance unspecified; rows where such a tie
-    straddles the cut (more than ``k`` distances at most the ``k``-th) are redone by an int32 key that puts
+    straddles the cut (the ``k + 1``-th distance equals the ``k``-th) are redone by an int32 key that puts
     the closer points first, then the tied ones in index order.
     """
-    values, indices = d2.topk(k, dim=-1, largest=False, sorted=False)
-    kth = values.amax(-1, keepdim=True)
-    straddled = (d2 <= kth).sum(-1) > k
-    if bool(straddled.any()):
-        rows, cut, n = d2[straddled], kth[straddled], d2.shape[-1]
+    n = d2.shape[-1]
+    values, indices = d2.topk(min(k + 1, n), dim=-1, largest=False, sorted=True)
+    straddled = values[..., k] == values[..., k - 1] if k < n else None
+    values, indices = values[..., :k].contiguous(), indices[..., :k].contiguous()
+    if straddled is not None and bool(straddled.any()):
+        rows, cut = d2[straddled], values[straddled][:, k - 1 : k]
         order = torch.arange(n, dtype=torch.int32, device=d2.device)
-        key = torch.where(rows < cut, order - n, torch.where(rows == cut, order, n))
+        key = torch.where(rows < cut, order - n, order)  # closer: negative; tied: the index; farther: n
+        key.masked_fill_(rows > cut, n)
         first = key.topk(k, dim=-1, largest=False).values
         picked = torch.where(first < 0, first + n, first).long()
         indices[straddled] = picked
