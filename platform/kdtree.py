@@ -26,11 +26,26 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["KNN_MARGIN", "build", "knn_candidates", "ball_candidates"]
+__all__ = ["KNN_MARGIN", "build", "check_finite", "knn_candidates", "ball_candidates"]
 
 #: Neighbours asked beyond ``k`` in the first kNN round. A row whose ``(k + margin)``-th candidate is not
 #: clearly farther than its ``k``-th (exact ties, duplicates) is asked again with twice the width.
 KNN_MARGIN: int = 2
+
+
+def check_finite(name: str, points: np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name``, the value and its point if a coordinate is NaN or infinite.
+
+    Args:
+        name: what the points are, for the message (``points``, ``queries``).
+        points: ``(N, C)`` coordinates.
+
+    Raises:
+        ValueError: a non-finite coordinate.
+    """
+    if not np.isfinite(points).all():
+        where = np.argwhere(~np.isfinite(points))[0]
+        raise ValueError(f"k-d tree: {name} must be finite, got {points[tuple(where)]} at point {where[0]}")
 
 
 def build(points: np.ndarray) -> cKDTree:
@@ -45,9 +60,7 @@ def build(points: np.ndarray) -> cKDTree:
     Raises:
         ValueError: a non-finite coordinate (NaN or infinity), naming the offending value's position.
     """
-    if not np.isfinite(points).all():
-        where = np.argwhere(~np.isfinite(points))[0]
-        raise ValueError(f"k-d tree: coordinates must be finite, got {points[tuple(where)]} at point {where[0]}")
+    check_finite("points", points)
     return cKDTree(points)
 
 
@@ -76,7 +89,11 @@ def knn_candidates(
         ``(rows, cand)``: ``rows`` an int64 array of query indices, ``cand`` their ``(len(rows), w)`` int64
         candidate indices into ``N`` (distinct per row, ``k <= w <= N``), or ``None``. Every query index is
         yielded exactly once.
+
+    Raises:
+        ValueError: a non-finite query coordinate.
     """
+    check_finite("queries", query)
     n = tree.n
     pending = np.arange(len(query))
     width = min(k + KNN_MARGIN, n)
@@ -117,7 +134,11 @@ def ball_candidates(
     Yields:
         ``(rows, counts, flat)``: a contiguous range of query indices, their ball sizes, and the concatenated
         balls (int64 indices into ``N``, ascending within each ball). Every query index is yielded once.
+
+    Raises:
+        ValueError: a non-finite query coordinate.
     """
+    check_finite("queries", query)
     reach = float(np.sqrt(radius2 * (1.0 + slack) + floor))
     rows = max(1, max_entries // max(1, tree.n))
     for start in range(0, len(query), rows):

@@ -12,7 +12,8 @@ through :func:`gather_points`, :func:`group` and :func:`three_interpolate` inste
 
 Scaling to scenes (24k-64k points per sample)
 ---------------------------------------------
-:func:`knn`, :func:`ball_query` and :func:`three_nn` never hold more than ``budget`` query-to-reference
+The brute-force :func:`knn`, :func:`ball_query` and :func:`three_nn` (``search='brute'``; on the CPU,
+coordinates go to the k-d tree below instead) never hold more than ``budget`` query-to-reference
 distances at once (keyword ``budget``, default :data:`DISTANCE_BUDGET` = 64 Mi entries, 256 MiB in float32):
 the queries are cut into blocks of ``max(1, budget // (B * N))`` rows, so the peak memory is
 ``O(B * rows * N)`` instead of ``O(B * M * N)``. Inputs with ``B * M * N <= budget`` (every classification
@@ -69,7 +70,24 @@ torch calls with SciPy's threads made torch wait on its own thread pool (40x slo
 2-core machine). Threads: every tree query uses SciPy's ``workers = torch.get_num_threads()``, so
 ``torch.set_num_threads`` bounds both libraries; trees are built one after the other.
 
-COST_TABLE
+Cost (``bench/ops.py``, synthetic room, M = N/4 FPS centres, B = 1, 2 torch threads, this 2-core CPU
+shared with other jobs, load average 2.2-3.4; ``scipy`` is raw ``cKDTree`` with its tree built in the call,
+``workers=2``):
+
+========== ====== ========= =========== ======= ==========
+op         N      k-d tree  brute force scipy   tree/scipy
+========== ====== ========= =========== ======= ==========
+knn k=16   24,576 KNN24     BKNN24      SKNN24  RKNN24
+knn k=16   65,536 KNN65     BKNN65      SKNN65  RKNN65
+ball 0.2 m 24,576 BALL24    BBALL24     SBALL24 RBALL24
+ball 0.2 m 65,536 BALL65    BBALL65     SBALL65 RBALL65
+three_nn   24,576 TNN24     BTNN24      STNN24  RTNN24
+three_nn   65,536 TNN65     BTNN65      STNN65  RTNN65
+========== ====== ========= =========== ======= ==========
+
+The tree's extra time over raw SciPy is its own work: ``k + 2`` neighbours instead of ``k``, the finiteness
+check, ranking the candidates with the exact kernel, and for the ball query index-sorted balls cut into
+blocks of ``budget // 4 // N`` centres. Memory: a few MiB against ~0.5 GiB for the blocked brute force.
 
 Farthest point sampling: what was chosen and why
 ------------------------------------------------
@@ -267,10 +285,16 @@ def _pair_sq_dist(query: np.ndarray, ref: np.ndarray, cand: np.ndarray) -> np.nd
 def _rank(d2: Array, idx: Array, k: int) -> tuple[Array, Array]:
     """The ``k`` smallest of ``(..., w)`` candidates ordered by ``(squared distance, index)``: nearest first,
     exact ties to the lower index (the one tie rule of both searches). ``idx`` holds distinct indices per row;
-    torch tensors or NumPy arrays."""
+    torch tensors, or ``(R, w)`` NumPy arrays (the k-d tree's candidates, which come nearest first: rows whose
+    distances strictly increase are already in order, only the others are sorted)."""
     if isinstance(d2, np.ndarray):
-        order = np.lexsort((idx, d2), axis=-1)[..., :k]
-        return np.take_along_axis(d2, order, -1), np.take_along_axis(idx, order, -1)
+        values, indices = d2[:, :k].copy(), idx[:, :k].copy()
+        unsorted = ~(np.diff(d2, axis=-1) > 0).all(-1)
+        if unsorted.any():
+            order = np.lexsort((idx[unsorted], d2[unsorted]), axis=-1)[:, :k]
+            values[unsorted] = np.take_along_axis(d2[unsorted], order, -1)
+            indices[unsorted] = np.take_along_axis(idx[unsorted], order, -1)
+        return values, indices
     by_index = idx.argsort(dim=-1)
     d2, idx = d2.gather(-1, by_index), idx.gather(-1, by_index)
     order = d2.sort(dim=-1, stable=True).indices[..., :k]
@@ -535,7 +559,7 @@ def knn(
 
     Args:
         query: ``(B, M, C)`` floating point.
-        ref: ``(B, N, C)`` floating point, same ``B`` and ``C``; finite for the k-d tree.
+        ref: ``(B, N, C)`` floating point, same ``B`` and ``C``; both finite for the k-d tree.
         k: neighbours per query, ``1 <= k <= N``.
         budget: brute force: most distances held at once (queries are processed in blocks of
             ``budget // (B * N)`` rows, at least one); ``None``: all ``B * M * N`` at once. Peak memory about
@@ -551,7 +575,7 @@ def knn(
         TypeError: non-floating inputs, a non-int ``k`` or ``budget``.
         ValueError: inputs not 3-D, mismatched batch size or channel count, ``k < 1``, ``k > N``,
             ``budget < 1``, an unknown ``search``, ``search='kdtree'`` for input other than CPU
-            float32/float64 coordinates, or non-finite reference coordinates on the k-d tree.
+            float32/float64 coordinates, or non-finite coordinates on the k-d tree.
     """
     return _knn(query, ref, k, budget, "knn", search)[1]
 
@@ -726,7 +750,7 @@ def ball_query(
     not depend on ``budget`` or ``search``.
 
     Args:
-        xyz: ``(B, N, 3)`` points to search, ``N >= 1``; finite for the k-d tree.
+        xyz: ``(B, N, 3)`` points to search, ``N >= 1``; finite for the k-d tree, as ``new_xyz``.
         new_xyz: ``(B, M, 3)`` ball centres (usually an FPS subset of ``xyz``).
         radius: ball radius, in the units of ``xyz``, ``> 0``.
         k: slots per centre (``nsample``), ``>= 1``.

@@ -529,8 +529,12 @@ def test_kdtree_batches_strides_grad_and_degenerate_clouds():
     assert ball_query(xyz, xyz[:, :0], 0.1, 3, search="kdtree").shape == (4, 0, 3)
     bad = xyz.detach().clone()
     bad[1, 17, 2] = float("nan")
-    with pytest.raises(ValueError, match="finite"):
-        knn(bad, bad, 3, search="kdtree")
+    with pytest.raises(ValueError, match="points must be finite, got nan at point 17"):
+        knn(xyz, bad, 3, search="kdtree")
+    with pytest.raises(ValueError, match="queries must be finite"):
+        knn(bad, xyz, 3, search="kdtree")
+    with pytest.raises(ValueError, match="queries must be finite"):
+        ball_query(xyz, bad, 0.1, 3, search="kdtree")
 
 
 def test_search_dispatch(monkeypatch):
