@@ -30,7 +30,7 @@ __all__ = ["KNN_MARGIN", "build", "check_finite", "knn_candidates", "ball_candid
 
 #: Neighbours asked beyond ``k`` in the first kNN round. A row whose ``(k + margin)``-th candidate is not
 #: clearly farther than its ``k``-th (exact ties, duplicates) is asked again with twice the width.
-KNN_MARGIN: int = 2
+KNN_MARGIN: int = 1
 
 
 def check_finite(name: str, points: np.ndarray) -> None:

@@ -52,7 +52,7 @@ the default; ``kdtree``; ``brute``) forces either; the tests run every coordinat
 Both searches return the same indices and bit-identical distances, because the tree only *proposes*
 candidates and the brute force's kernel and rules rank them:
 
-* kNN (and ``three_nn``): the tree's ``k + 2`` nearest in float64. A query is settled when its last
+* kNN (and ``three_nn``): the tree's ``k + 1`` nearest in float64. A query is settled when its last
   candidate is farther than ``(1 + 2**-16)`` times its ``k``-th squared distance (plus 1e-30 for underflow):
   the margin is above twice the worst relative rounding of the float32 kernel (5 roundings of ``2**-24``),
   so every point the float32 ranking could put among its ``k`` is a candidate. Unsettled queries (exact ties,
@@ -85,7 +85,7 @@ three_nn   24,576 TNN24     BTNN24      STNN24  RTNN24
 three_nn   65,536 TNN65     BTNN65      STNN65  RTNN65
 ========== ====== ========= =========== ======= ==========
 
-The tree's extra time over raw SciPy is its own work: ``k + 2`` neighbours instead of ``k``, the finiteness
+The tree's extra time over raw SciPy is its own work: ``k + 1`` neighbours instead of ``k``, the finiteness
 check, ranking the candidates with the exact kernel, and for the ball query index-sorted balls cut into
 blocks of ``budget // 4 // N`` centres. Memory: a few MiB against ~0.5 GiB for the blocked brute force.
 
