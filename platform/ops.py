@@ -70,24 +70,27 @@ torch calls with SciPy's threads made torch wait on its own thread pool (40x slo
 2-core machine). Threads: every tree query uses SciPy's ``workers = torch.get_num_threads()``, so
 ``torch.set_num_threads`` bounds both libraries; trees are built one after the other.
 
-Cost (``bench/ops.py``, synthetic room, M = N/4 FPS centres, B = 1, 2 torch threads, this 2-core CPU
-shared with other jobs, load average 2.2-3.4; ``scipy`` is raw ``cKDTree`` with its tree built in the call,
-``workers=2``):
+Cost (``bench/ops.py --sizes 24576 65536``: synthetic room, M = N/4 FPS centres, B = 1, 2 torch threads,
+this 2-core CPU shared with other jobs at load average 3.9-5.3; ``scipy`` is raw ``cKDTree``, tree built in
+the call, ``workers=2``; seconds, median of up to 3 calls in a fresh process):
 
-========== ====== ========= =========== ======= ==========
-op         N      k-d tree  brute force scipy   tree/scipy
-========== ====== ========= =========== ======= ==========
-knn k=16   24,576 KNN24     BKNN24      SKNN24  RKNN24
-knn k=16   65,536 KNN65     BKNN65      SKNN65  RKNN65
-ball 0.2 m 24,576 BALL24    BBALL24     SBALL24 RBALL24
-ball 0.2 m 65,536 BALL65    BBALL65     SBALL65 RBALL65
-three_nn   24,576 TNN24     BTNN24      STNN24  RTNN24
-three_nn   65,536 TNN65     BTNN65      STNN65  RTNN65
-========== ====== ========= =========== ======= ==========
+========== ====== ======== ========================= ===== ==========
+op         N      k-d tree blocked brute force (MiB) scipy tree/scipy
+========== ====== ======== ========================= ===== ==========
+knn k=16   24,576 0.044    2.30 (515)                0.038 1.2
+knn k=16   65,536 0.145    15.4 (516)                0.092 1.6
+ball 0.2 m 24,576 0.102    2.63 (578)                0.035 2.9
+ball 0.2 m 65,536 0.567    20.3 (581)                0.222 2.6
+three_nn   24,576 0.043    2.30 (514)                0.019 2.3
+three_nn   65,536 0.187    13.7 (514)                0.094 2.0
+========== ====== ======== ========================= ===== ==========
+
+An earlier run at load 2.2-2.9 gave tree/scipy 2.2, 1.6, 2.3, 1.3, 1.5, 1.7 for the same rows: the ratios
+move with the load; the tree's memory stays at 5-20 MiB.
 
 The tree's extra time over raw SciPy is its own work: ``k + 1`` neighbours instead of ``k``, the finiteness
-check, ranking the candidates with the exact kernel, and for the ball query index-sorted balls cut into
-blocks of ``budget // 4 // N`` centres. Memory: a few MiB against ~0.5 GiB for the blocked brute force.
+check, ranking the candidates with the exact kernel, and for the ball query index-sorted balls in blocks of
+``budget // 4 // N`` centres (9 SciPy calls at 24k points, 64 at 64k, where raw SciPy makes one).
 
 Farthest point sampling: what was chosen and why
 ------------------------------------------------
@@ -251,8 +254,9 @@ def _use_tree(search: str, who: str, query: Tensor, ref: Tensor) -> bool:
 
 
 def _tree_entries(budget: int | None) -> int:
-    """Most k-d tree candidates held at once for a ``budget`` of brute-force distances: a candidate costs about
-    4 distances (SciPy's float64 distance and int64 index, the gathered coordinates, its squared distance)."""
+    """Most k-d tree candidates held at once for a ``budget`` of brute-force distances: a kNN candidate costs
+    about 4 distances (SciPy's float64 distance and int64 index, the gathered coordinates, its squared
+    distance); a ball candidate more (~80 bytes, SciPy returns Python lists; see :func:`ball_query`)."""
     return sys.maxsize if budget is None else max(1, budget // 4)
 
 
@@ -756,7 +760,9 @@ def ball_query(
         k: slots per centre (``nsample``), ``>= 1``.
         budget: brute force: as in :func:`knn`; peak memory about 9 bytes per held distance in float32 (the
             block and its int32 candidates; measured 580 MiB at the default, against ~20 bytes per distance
-            before). k-d tree: at most ``budget // 4`` candidates (centres x largest ball) at once.
+            before). k-d tree: blocks of ``max(1, budget // (4 N))`` centres, so at most ``budget // 4``
+            candidates at once, ~80 bytes each with SciPy's Python lists (a few MiB for scene-scale balls;
+            up to ~1.3 GiB at the default budget only if every ball holds the whole cloud).
         search: as in :func:`knn`.
 
     Returns:
