@@ -1,4 +1,4 @@
-"""Time and peak memory of the point-cloud ops at scene scale, blocked (the default) against the dense version.
+"""Time and peak memory of the point-cloud ops at scene scale: k-d tree, blocked and dense brute force, raw SciPy.
 
 For every cloud size (``--sizes``, default 4096, 24576 and 65536 points; batch 1, plus batch 2 at the first
 size) a synthetic room is sampled (floor, ceiling and four walls of an 8 x 6 x 3 m room, 1 cm jitter, in
@@ -10,12 +10,19 @@ op by op, with ``M = N / 4`` centres from FPS:
 * ``ball_query``: ``ball_query(xyz, centres, radius, 32)`` (``--radius``, default 0.2 m);
 * ``three_nn``: ``three_nn(xyz, centres)`` (feature propagation from the centres back to every point);
 
-each of the last three blocked (``budget`` = :data:`pointtune.ops.DISTANCE_BUDGET`, or ``--budget``) and dense
-(``budget=None``: one ``(B, M, N)`` block). A dense run whose estimated peak exceeds ``--dense-limit-gib``
-(default 4 GiB; 64k points need ~8-16 GiB) is skipped and noted instead of run. ``knn`` also gets a third
-column, ``matmul``: the code it replaced (``square_distance`` + ``topk``, one block), to compare the exact
-difference kernel with the matmul expansion. The reference FPS loop runs ``--fps-reference-steps`` samples
-(default 1024) and its time is scaled to ``N/4`` samples (every step costs the same ``O(N)``; marked ``*``).
+each of the last three on the k-d tree (``search='kdtree'``, what ``search='auto'`` picks for these CPU
+clouds), blocked brute force (``search='brute'``, ``budget`` = :data:`pointtune.ops.DISTANCE_BUDGET`, or
+``--budget``) and dense brute force (``budget=None``: one ``(B, M, N)`` block), plus ``scipy``: raw
+``scipy.spatial.cKDTree`` on the same float32 arrays, tree built inside the timed call, ``workers`` = torch's
+thread count (``knn``: ``cKDTree(xyz).query(centres, k)``; ``ball_query``: ``query_ball_point(centres,
+radius)``, its Python lists of every point in the ball, not the 32 slots; ``three_nn``:
+``cKDTree(centres).query(xyz, 3)``): the floor the tree column is measured against. A dense run whose
+estimated peak exceeds ``--dense-limit-gib`` (default 4 GiB; 64k points need ~8-16 GiB) is skipped and noted
+instead of run. ``knn`` also gets a ``matmul`` column: the code the blocked search replaced
+(``square_distance`` + ``topk``, one block), to compare the exact difference kernel with the matmul
+expansion. ``fps`` has the bucketed kernel in the ``blocked`` column. The reference FPS loop runs
+``--fps-reference-steps`` samples (default 1024) and its time is scaled to ``N/4`` samples (every step costs
+the same ``O(N)``; marked ``*``).
 
 Every measurement runs in a fresh subprocess: it builds the inputs, warms the op up on a tiny cloud, then
 calls it once for memory and again (up to ``--repeats`` calls, within ~5 s) for time. Peak memory is the
@@ -41,6 +48,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OPS = ("fps", "knn", "ball_query", "three_nn")
+#: Variants measured per op (columns of the table).
+VARIANTS = {"fps": ("blocked", "dense"), "knn": ("kdtree", "blocked", "dense", "matmul", "scipy"),
+            "ball_query": ("kdtree", "blocked", "dense", "scipy"), "three_nn": ("kdtree", "blocked", "dense", "scipy")}
 # Conservative bytes per held distance entry of the dense version (float32), to decide what to skip.
 DENSE_BYTES_PER_ENTRY = {"knn": 12, "three_nn": 12, "ball_query": 16}
 
@@ -71,6 +81,21 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
+def raw_scipy(op: str, xyz, centres, k: int, radius: float) -> None:
+    """The op's neighbour search with ``scipy.spatial.cKDTree`` alone, one tree per cloud (built here)."""
+    import torch
+    from scipy.spatial import cKDTree
+
+    workers = torch.get_num_threads()
+    for x, c in zip(xyz.numpy(), centres.numpy()):
+        if op == "knn":
+            cKDTree(x).query(c, k, workers=workers)
+        elif op == "ball_query":
+            cKDTree(x).query_ball_point(c, radius, workers=workers)
+        else:
+            cKDTree(c).query(x, 3, workers=workers)
+
+
 def child(spec: dict) -> dict:
     """One measurement (run in its own process): ``{"seconds": [...], "peak_mib": ..., ...}``."""
     import torch
@@ -80,7 +105,8 @@ def child(spec: dict) -> dict:
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     b, n, op, variant = spec["batch"], spec["n"], spec["op"], spec["variant"]
-    budget = spec["budget"] if variant == "blocked" else None
+    budget = None if variant == "dense" else spec["budget"]
+    search = "kdtree" if variant == "kdtree" else "brute"
     xyz = room(n, b)
     m = n // 4
     centres = ops.gather_points(xyz, ops.fps(xyz, m))
@@ -88,11 +114,13 @@ def child(spec: dict) -> dict:
     calls = {
         "fps": lambda x, c: (ops.fps_reference if variant == "dense" else ops.fps)(x, min(steps, c.shape[1])),
         "knn": lambda x, c: (ops.square_distance(c, x).topk(spec["k"], dim=-1, largest=False).indices
-                             if variant == "matmul" else ops.knn(c, x, spec["k"], budget=budget)),
-        "ball_query": lambda x, c: ops.ball_query(x, c, spec["radius"], 32, budget=budget),
-        "three_nn": lambda x, c: ops.three_nn(x, c, budget=budget),
+                             if variant == "matmul" else ops.knn(c, x, spec["k"], budget=budget, search=search)),
+        "ball_query": lambda x, c: ops.ball_query(x, c, spec["radius"], 32, budget=budget, search=search),
+        "three_nn": lambda x, c: ops.three_nn(x, c, budget=budget, search=search),
     }
     call = calls[op]
+    if variant == "scipy":
+        call = lambda x, c: raw_scipy(op, x, c, spec["k"], spec["radius"])  # noqa: E731
     call(xyz[:, :256], centres[:, :64])  # warm-up: libraries, thread pools
     before_rss, before_peak = rss_kib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     began = time.perf_counter()
@@ -169,10 +197,10 @@ def main() -> None:
         for op in args.ops:
             entries = b * m * n
             row = {"op": op, "batch": b, "n": n, "m": m, "entries": entries}
-            for variant in ("blocked", "dense") + (("matmul",) if op == "knn" else ()):
+            for variant in VARIANTS[op]:
                 est_gib = entries * DENSE_BYTES_PER_ENTRY.get(op, 0) / 2**30
                 label = f"{op} B={b} N={n} {variant}"
-                if variant != "blocked" and est_gib > args.dense_limit_gib:
+                if variant in ("dense", "matmul") and est_gib > args.dense_limit_gib:
                     row[variant] = {"skipped": f"estimated peak {est_gib:.1f} GiB > --dense-limit-gib "
                                                f"{args.dense_limit_gib:g}"}
                     print(f"[bench] {label}: skipped ({row[variant]['skipped']})", flush=True)
@@ -194,9 +222,10 @@ def main() -> None:
     print(f"\nsynthetic room, M = N/4 FPS centres, knn k={args.k}, ball query r={args.radius:g} m x 32, "
           f"budget {budget / 2**20:g} Mi distances; {after['cpus']} CPUs, {after['torch_threads']} torch threads, "
           f"torch {after['torch']}; load avg {before['load_avg'][0]:.1f} before, {after['load_avg'][0]:.1f} after")
-    print("dense: fps = the dense greedy torch loop (ops.fps_reference, * = scaled from its first "
-          f"{args.fps_reference_steps} steps); others = budget=None, one (B, M, N) block; matmul (knn only) = "
-          "the previous knn, square_distance + topk")
+    print("kdtree: search='kdtree'; blocked: search='brute' (fps: the bucketed kernel); dense: fps = the dense "
+          f"greedy torch loop (ops.fps_reference, * = scaled from its first {args.fps_reference_steps} steps), "
+          "others = search='brute', budget=None, one (B, M, N) block; matmul (knn only) = the previous knn, "
+          "square_distance + topk; scipy = raw cKDTree, tree built in the call (ball_query: its lists)")
 
     def cell(res, width):
         if res is None:
@@ -207,15 +236,21 @@ def main() -> None:
         seconds = f"{res['median_s']:.3f}{star}"
         return f"{seconds:>{width}}{res['peak_mib']:>7.0f}"
 
-    print(f"{'op':<11}{'B':>2}{'N':>7}{'M':>7}{'blocks':>7}{'blocked s':>11}{'MiB':>7}{'dense s':>10}{'MiB':>7}"
-          f"{'matmul s':>10}{'MiB':>7}{'dense/blk':>10}")
+    def ratio(num, den):
+        if num is None or den is None or "skipped" in num or "skipped" in den:
+            return f"{'-':>9}"
+        return f"{num['median_s'] / den['median_s']:>9.1f}"
+
+    print(f"{'op':<11}{'B':>2}{'N':>7}{'M':>7}{'blocks':>7}{'kdtree s':>10}{'MiB':>7}{'blocked s':>11}{'MiB':>7}"
+          f"{'dense s':>10}{'MiB':>7}{'matmul s':>10}{'MiB':>7}{'scipy s':>9}{'MiB':>7}{'dense/blk':>10}"
+          f"{'blk/kd':>9}{'kd/scipy':>9}")
     for row in rows:
-        blk, den = row["blocked"], row["dense"]
-        ratio = "-" if "skipped" in den else f"{den['median_s'] / blk['median_s']:.1f}"
-        print(f"{row['op']:<11}{row['batch']:>2}{row['n']:>7}{row['m']:>7}{blk['blocks']:>7}{cell(blk, 11)}"
-              f"{cell(den, 10)}{cell(row.get('matmul'), 10)}{ratio:>10}")
+        blk, den, kd, sp = row["blocked"], row["dense"], row.get("kdtree"), row.get("scipy")
+        print(f"{row['op']:<11}{row['batch']:>2}{row['n']:>7}{row['m']:>7}{blk['blocks']:>7}{cell(kd, 10)}"
+              f"{cell(blk, 11)}{cell(den, 10)}{cell(row.get('matmul'), 10)}{cell(sp, 9)}{ratio(den, blk):>10}"
+              f"{ratio(blk, kd)}{ratio(kd, sp)}")
     print("MiB: peak RSS above the RSS just before the call (getrusage ru_maxrss, fresh process per "
-          "measurement); s: median wall-clock; dense/blk: time ratio")
+          "measurement); s: median wall-clock; dense/blk, blk/kd, kd/scipy: time ratios")
     for r in rows:
         for variant in ("dense", "matmul"):
             if "skipped" in r.get(variant, {}):

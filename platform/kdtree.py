@@ -1,0 +1,148 @@
+"""Candidate neighbours from a k-d tree: the CPU search of :func:`pointtune.ops.knn`, ``ball_query``, ``three_nn``.
+
+The tree (SciPy's ``cKDTree``, Bentley 1975, built per cloud in ``O(N log N)``) only *proposes*
+candidates; :mod:`pointtune.ops` then ranks them with the same float arithmetic and tie rule as its
+brute-force search, so both searches return identical indices and distances. For that the candidate sets
+must contain every point the brute force could pick, whatever its rounding: the tree measures squared
+distances in float64, the brute force in the input's precision (float32 usually), which may differ from
+the exact value by a relative error ``delta`` (about ``5 * 2**-24`` for float32, see ``ops._TREE_SLACK``).
+So each function here returns a superset, defined by a relative ``slack > 2 * delta`` on squared
+distances (plus a tiny absolute ``floor`` for results that underflow):
+
+* :func:`knn_candidates`: for every query, all points whose squared distance is at most
+  ``(1 + slack) * D_k + floor``, ``D_k`` the ``k``-th smallest squared distance. Whatever float rounding
+  the ranking uses, its ``k`` smallest (ties included) are among them.
+* :func:`ball_candidates`: for every query, all points whose squared distance is at most
+  ``(1 + slack) * radius2 + floor``, in index order.
+
+Both work on a block of queries of one cloud and use ``workers`` threads (SciPy's ``workers``).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+__all__ = ["KNN_MARGIN", "build", "check_finite", "knn_candidates", "ball_candidates"]
+
+#: Neighbours asked beyond ``k`` in the first kNN round. A row whose ``(k + margin)``-th candidate is not
+#: clearly farther than its ``k``-th (exact ties, duplicates) is asked again with twice the width.
+KNN_MARGIN: int = 1
+
+
+def check_finite(name: str, points: np.ndarray) -> None:
+    """Raise ``ValueError`` naming ``name``, the value and its point if a coordinate is NaN or infinite.
+
+    Args:
+        name: what the points are, for the message (``points``, ``queries``).
+        points: ``(N, C)`` coordinates.
+
+    Raises:
+        ValueError: a non-finite coordinate.
+    """
+    if not np.isfinite(points).all():
+        where = np.argwhere(~np.isfinite(points))[0]
+        raise ValueError(f"k-d tree: {name} must be finite, got {points[tuple(where)]} at point {where[0]}")
+
+
+def build(points: np.ndarray) -> cKDTree:
+    """A k-d tree over one cloud.
+
+    Args:
+        points: ``(N, C)`` coordinates (any float dtype; SciPy stores them as float64).
+
+    Returns:
+        The ``cKDTree`` (``tree.n == N``).
+
+    Raises:
+        ValueError: a non-finite coordinate (NaN or infinity), naming the offending value's position.
+    """
+    check_finite("points", points)
+    return cKDTree(points)
+
+
+def knn_candidates(
+    tree: cKDTree, query: np.ndarray, k: int, slack: float, floor: float, workers: int, max_entries: int
+) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Candidate sets for the ``k`` nearest neighbours of every query, in rounds of growing width.
+
+    Round one asks the tree for ``k + KNN_MARGIN`` neighbours; a row is settled when its last candidate is
+    farther than ``(1 + slack) * D_k + floor`` (then every point within that bound is a candidate). Unsettled
+    rows are asked again with twice the width, until the width is ``N`` (every point) or the round would
+    hold more than ``max_entries`` candidates; rows still unsettled then (heavy exact ties, e.g. many
+    duplicates of one point) are yielded with ``None`` for the caller's brute force.
+
+    Args:
+        tree: from :func:`build`, ``N >= k`` points.
+        query: ``(M, C)`` query coordinates.
+        k: neighbours wanted, ``1 <= k <= N``.
+        slack: relative margin on squared distances (module docstring).
+        floor: absolute margin on squared distances (squared input units).
+        workers: threads for SciPy.
+        max_entries: most candidates (rows x width) asked of the tree in a widened round (the first round,
+            ``k + KNN_MARGIN`` wide, always runs).
+
+    Yields:
+        ``(rows, cand)``: ``rows`` an int64 array of query indices, ``cand`` their ``(len(rows), w)`` int64
+        candidate indices into ``N`` (distinct per row, ``k <= w <= N``), or ``None``. Every query index is
+        yielded exactly once.
+
+    Raises:
+        ValueError: a non-finite query coordinate.
+    """
+    check_finite("queries", query)
+    n = tree.n
+    pending = np.arange(len(query))
+    width = min(k + KNN_MARGIN, n)
+    while pending.size:
+        if width > k + KNN_MARGIN and pending.size * width > max_entries:
+            yield pending, None
+            return
+        dist, cand = tree.query(query[pending], k=width, workers=workers)
+        dist, cand = dist.reshape(len(pending), width), cand.reshape(len(pending), width)
+        if width == n:
+            yield pending, cand
+            return
+        settled = dist[:, -1] ** 2 > dist[:, k - 1] ** 2 * (1.0 + slack) + floor
+        if settled.any():
+            yield pending[settled], cand[settled]
+        pending = pending[~settled]
+        width = min(2 * width, n)
+
+
+def ball_candidates(
+    tree: cKDTree, query: np.ndarray, radius2: float, slack: float, floor: float, workers: int, max_entries: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Every point within ``sqrt((1 + slack) * radius2 + floor)`` of every query, in blocks of queries.
+
+    A block has ``max(1, max_entries // N)`` queries, so it holds at most ``max_entries`` candidates (or one
+    query's ``N``) whatever the balls' sizes; its balls come from ``query_ball_point`` as index-sorted lists,
+    flattened into one array.
+
+    Args:
+        tree: from :func:`build`.
+        query: ``(M, C)`` ball centres.
+        radius2: squared radius, squared input units, ``> 0``.
+        slack: relative margin on squared distances (module docstring).
+        floor: absolute margin on squared distances.
+        workers: threads for SciPy.
+        max_entries: most candidates per block (see above).
+
+    Yields:
+        ``(rows, counts, flat)``: a contiguous range of query indices, their ball sizes, and the concatenated
+        balls (int64 indices into ``N``, ascending within each ball). Every query index is yielded once.
+
+    Raises:
+        ValueError: a non-finite query coordinate.
+    """
+    check_finite("queries", query)
+    reach = float(np.sqrt(radius2 * (1.0 + slack) + floor))
+    rows = max(1, max_entries // max(1, tree.n))
+    for start in range(0, len(query), rows):
+        balls = tree.query_ball_point(query[start : start + rows], reach, workers=workers, return_sorted=True)
+        counts = np.fromiter(map(len, balls), dtype=np.int64, count=len(balls))
+        flat = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=int(counts.sum()))
+        yield np.arange(start, start + len(balls)), counts, flat
