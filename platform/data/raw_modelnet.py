@@ -29,7 +29,7 @@ import numpy as np
 
 from pointtune.data._io import natural_key
 from pointtune.data.errors import DatasetError
-from pointtune.data.prepare import PrepareItem, PrepareReport, run_items, save_npy
+from pointtune.data.staged import PrepareItem, PrepareReport, run_items, save_npy
 
 __all__ = ["SHAPES_PER_H5", "read_off", "sample_mesh", "prepare_modelnet40"]
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from pointtune.data._io import natural_key
 from pointtune.data.errors import DatasetError
-from pointtune.data.prepare import PrepareItem, PrepareReport, note, run_items, save_npy
+from pointtune.data.staged import PrepareItem, PrepareReport, note, run_items, save_npy
 from pointtune.data.scenes import S3DIS_TXT_LAYOUT, _annotation_class
 
 __all__ = ["RAW_S3DIS_DIR", "MAX_BAD_LINES", "read_annotation", "read_raw_room", "prepare_s3dis"]

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pointtune.data.errors import DatasetError
-from pointtune.data.prepare import PrepareItem, PrepareReport, note, run_items, save_npy
+from pointtune.data.staged import PrepareItem, PrepareReport, note, run_items, save_npy
 from pointtune.data.scenes import SCANNET_SPLIT_FILES
 
 __all__ = ["LABEL_MAP_FILE", "read_label_map", "read_ply_vertices", "read_scannet_raw_scene", "prepare_scannet"]
