@@ -127,6 +127,9 @@ def test_study_search_tells_every_objective_and_prunes_stopped_trials(tmp_path):
     assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.user_attrs["stopped_at_epoch"] == 1
     assert stopped.user_attrs["last_value"] == [0.2, 50.0]
     assert done.intermediate_values == stopped.intermediate_values == {}
+    assert search._ot_study.metric_names == ["best/val/OA", "best/cost/params"]   # optuna-dashboard's labels
+    single = StudySearch(space=space.define_by_run, metric="val/OA", mode="max", max_epochs=2)
+    assert single._ot_study.metric_names == ["val/OA"]
 
 
 @pytest.mark.slow

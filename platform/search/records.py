@@ -283,6 +283,14 @@ class StudySearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._reported: dict[str, set[int]] = {}  # epochs already reported, per Tune trial
 
+    def _setup_study(self, mode):
+        """``OptunaSearch``'s study, its objectives named after the metrics (optuna-dashboard and
+        ``study.metric_names`` show ``val/OA``, not "Objective 0")."""
+        super()._setup_study(mode)
+        names = self._metric if isinstance(self._metric, list) else [self._metric]
+        if self._ot_study.metric_names != names:
+            self._ot_study.set_metric_names(names)
+
     def suggest(self, trial_id: str):
         """Ask Optuna for a trial; tag it with the Tune trial id and hand its number to the config."""
         config = super().suggest(trial_id)

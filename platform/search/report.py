@@ -214,8 +214,8 @@ def plot_study(sweep_dir: Path, space: SearchSpace) -> list[Path]:
         except (RuntimeError, ValueError) as err:  # e.g. importances undefined for the sampled values
             print(f"[pointtune] parameter importances skipped: {err}")
         else:
-            ax.set_title(f"Hyperparameter importances over the {len(complete)} complete trials "
-                         f"({len(study.trials) - len(complete)} pruned or failed left out)")
+            ax.set_title(f"Hyperparameter importances over the {len(complete)} complete trials "  # replaces Optuna's
+                         f"({len(study.trials) - len(complete)} pruned or failed left out)", loc="left")
             out = sweep_dir / "param_importances.png"
             ax.figure.savefig(out, dpi=120, bbox_inches="tight")
             plt.close(ax.figure)
