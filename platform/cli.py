@@ -66,6 +66,16 @@ def _data_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def recorded_path(path: Path) -> str:
+    """How ``sweep.yaml`` and the MLflow parent run name a file the command read: relative to the working
+    directory when it lies under it (``search_spaces/cedr.yaml``: the checkout's file, also inside a Ray job,
+    whose working directory is a temporary copy of the checkout), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
 def in_ray_job() -> bool:
     """Whether this process is the driver of a Ray job (``ray job submit`` / ``pointtune submit``)."""
     return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
@@ -224,7 +234,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = dict(parse_override(o) for o in [*args.set, *_data_overrides(args)])
     overrides.pop("train.epochs", None)
     spec = SweepSpec(
-        method=args.method, space_file=str(space), sweep_dir=str(_run_dir(args, "sweeps", args.method)),
+        method=args.method, space_file=recorded_path(space), sweep_dir=str(_run_dir(args, "sweeps", args.method)),
         trials=args.trials, epochs=args.epochs, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker, memory_per_worker=args.memory_per_worker,
         max_concurrent=args.max_concurrent, seed=args.seed,

@@ -459,3 +459,17 @@ def test_preflight_objective_needs_a_reported_loss_term():
     exp = build_config("cedr", overrides=TINY)
     with pytest.raises(ConfigError, match=r"objective.metric: 'train/swap'.*train/scc"):
         preflight(exp, objective="train/swap")
+
+
+def test_recorded_paths_are_relative_to_the_checkout(tmp_path, monkeypatch):
+    """sweep.yaml and the parent run's search_space name the space inside the working directory relative to
+    it (inside a Ray job that directory is a temporary copy: its absolute path would be recorded otherwise)."""
+    from pointtune.cli import recorded_path
+
+    (tmp_path / "search_spaces").mkdir()
+    space = tmp_path / "search_spaces" / "cedr.yaml"
+    space.write_text("method: cedr\n")
+    monkeypatch.chdir(tmp_path)
+    assert recorded_path(space) == "search_spaces/cedr.yaml"
+    elsewhere = tmp_path.parent / "space.yaml"
+    assert recorded_path(elsewhere) == str(elsewhere.resolve())
