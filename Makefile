@@ -13,7 +13,7 @@ $(BIN)/pointtune: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[test,dashboard,data]"
+	$(BIN)/pip install -q -e ".[test,dashboard,data]" -c clusters/constraints.txt
 	touch $@
 
 setup: $(BIN)/pointtune
