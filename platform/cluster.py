@@ -73,6 +73,21 @@ def probe_address(address: str, timeout_s: float = 5.0) -> str:
     return f"{host}:{port}"
 
 
+def starts_local(address: str | None) -> bool:
+    """Whether :func:`init_ray` with ``address`` starts a Ray instance on this machine (no address, not inside
+    a Ray job), so that this machine's CPUs and GPUs are the whole cluster."""
+    return address is None and "RAY_JOB_CONFIG_JSON_ENV_VAR" not in os.environ
+
+
+def local_node() -> dict[str, float]:
+    """The CPUs and GPUs a local Ray instance will see on this machine (``os.cpu_count()``, as Ray counts them
+    without a cgroup quota; CUDA devices torch sees), for planning before Ray starts; memory is left out."""
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return {"CPU": float(os.cpu_count() or 1), **({"GPU": float(gpus)} if gpus else {})}
+
+
 def init_ray(
     address: str | None = None,
     *,

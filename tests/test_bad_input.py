@@ -70,6 +70,8 @@ CASES = [
     ("sweep-gpus-negative", ["sweep", "cedr", "--gpus-per-worker", "-1"], ["--gpus-per-worker", "got -1"]),
     ("sweep-cpus-negative", ["sweep", "cedr", "--cpus-per-worker", "-2"], ["--cpus-per-worker", "got -2"]),
     ("sweep-memory-0", ["sweep", "cedr", "--memory-per-worker", "0"], ["--memory-per-worker", "GB > 0", "got 0"]),
+    ("sweep-max-concurrent-too-many", ["sweep", "cedr", "--workers", "2", "--max-concurrent", "1000",
+                                       "--trials", "1000"], ["--max-concurrent 1000 trials of 2 workers do not fit"]),
     ("sweep-storage-scheme", ["sweep", "cedr", "--storage", "foo://bar"], ["--storage 'foo://bar'",
                                                                         "unknown filesystem 'foo'"]),
     ("sweep-pbt-one-trial", ["sweep", "dcglr", "--space", "search_spaces/dcglr_quick.yaml", "--scheduler", "pbt",

@@ -106,11 +106,17 @@ def prepare_sweep(spec: SweepSpec) -> tuple[SweepSpec, SearchSpace, PlannedPrere
 
     Raises:
         ConfigError, DatasetError: bad space, config, dataset or model; nothing has been started.
+        ResourceError: on a local instance (no ``--address``), a trial shape this machine cannot hold.
     """
+    from pointtune.cluster import local_node, starts_local
     from pointtune.preflight import check_numbers, check_storage, check_tracking_uri, preflight
+    from pointtune.search.resources import plan_resources
 
     check_numbers(asdict(spec), "sweep")
     check_storage(spec.storage)
+    if starts_local(spec.address):  # this machine is the whole cluster: a shape that cannot fit is refused now
+        plan_resources([local_node()], spec.workers, spec.gpus_per_worker, spec.max_concurrent, spec.trials,
+                       spec.cpus_per_worker)
     if spec.scheduler not in (*SCHEDULERS, "fifo") or (spec.scheduler == "fifo") != bool(spec.rows):
         raise ConfigError(f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {spec.scheduler!r}")
     if spec.sampler not in SAMPLERS:
