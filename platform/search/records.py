@@ -204,12 +204,25 @@ class MlflowRecorder(Callback):
 
     def _log_best(self, trial, run_id: str) -> None:
         """The checkpoint of the epoch the trial's loop selected (``best/epoch``), its config, its validation
-        confusion matrix, feature spectrum and scene renders as the run's artifacts."""
+        confusion matrix, feature spectrum and scene renders as the run's artifacts.
+
+        Only checkpoints of epochs Tune received count: a worker killed after Ray Train kept its checkpoint but
+        before Tune got that epoch's result leaves a checkpoint (and, on a tie, a selection) that no record
+        holds; then nothing is logged and ``pointtune.artifacts`` says why."""
         from pointtune.train.artifacts import log_checkpoint_artifacts
         from pointtune.train.checkpoint import best_checkpoint, checkpoints_of
 
+        received = (trial.last_result or {}).get("epoch")
         for _ in range(3):
-            best = best_checkpoint(checkpoints_of(self.spec.layout.trial_dirs(trial.trial_id, trial.path)))
+            kept = checkpoints_of(self.spec.layout.trial_dirs(trial.trial_id, trial.path))
+            known = [k for k in kept if received is None or k.metrics.get("epoch", 0) <= received]
+            if kept and not known:
+                epochs = sorted(int(k.metrics.get("epoch", 0)) for k in kept)
+                tracking.set_tags(self._uri, run_id, {"pointtune.artifacts": (
+                    f"not logged: the kept checkpoint is of epoch {epochs[-1]}, whose result Tune never received "
+                    f"(the trial ended after epoch {received})")})
+                return
+            best = best_checkpoint(known)
             if best is None:
                 return
             try:
