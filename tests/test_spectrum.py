@@ -217,7 +217,7 @@ def test_a_best_checkpoint_removed_while_copied_does_not_fail_the_trial(tmp_path
 
     recorder = records.MlflowRecorder(SweepSpec("conclu", "x", str(tmp_path), epochs=2),
                                       SweepRuntime({}, "sqlite:///unused", "0", "parent"), "val/svm_acc", "max")
-    trial = SimpleNamespace(trial_id="t1", path=str(tmp_path))
+    trial = SimpleNamespace(trial_id="t1", path=str(tmp_path), last_result={"epoch": 1})
     recorder._log_best(trial, "run")
     assert "best_checkpoint" in logged and not tags
     listings = iter([gone] * 3)
