@@ -2,6 +2,7 @@
 diagnostics from the method, and no stale validation values on epochs that do not evaluate."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,6 +153,43 @@ def test_resumed_at_its_last_epoch_the_run_reports_what_that_checkpoint_recorded
     run_loop(LoopConfig(exp, "val/OA", "max"), again)
     assert again.reports == [(first.reports[-1][0], True)]
     assert "test/OA" in again.reports[0][0] and again.reports[0][0]["epoch"] == 2
+
+
+def test_a_restored_copy_is_private_and_the_loop_deletes_it(tmp_path):
+    """Each process restores from its own copy of the checkpoint (two workers sharing Ray's default directory
+    copied it under each other's feet: a 2-worker trial resumed at its last epoch failed in CI); the loop
+    deletes that copy once loaded, or reports it as its own when the run is complete."""
+    from ray.train import Checkpoint
+
+    from pointtune.train.session import private_copy
+
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 1})
+    first = Recorder(keep=True)
+    run_loop(LoopConfig(exp, "val/OA", "max"), first)
+    checkpoint = Checkpoint.from_directory(str(first.checkpoints[1]))
+    copies = [private_copy(checkpoint), private_copy(checkpoint)]
+    assert private_copy(None) is None and copies[0] != copies[1]
+    for copy in copies:
+        assert (Path(copy) / "state.pt").read_bytes() == (first.checkpoints[1] / "state.pt").read_bytes()
+    flags = []
+
+    class Restored(Recorder):
+        def checkpoint_dir(self):
+            return copies.pop(0)
+
+        def report(self, metrics, checkpoint, owned=False):
+            flags.append(owned)
+            super().report(metrics, checkpoint, owned)
+
+    longer = build_config("cedr", overrides={**TINY, "train.epochs": 2})
+    kept = copies[0]
+    go_on = Restored()
+    run_loop(LoopConfig(longer, "val/OA", "max"), go_on)
+    assert [m["epoch"] for m, _ in go_on.reports] == [2] and not Path(kept).exists()  # loaded, then deleted
+    kept, flags[:] = copies[0], []
+    complete = Restored()
+    run_loop(LoopConfig(exp, "val/OA", "max"), complete)
+    assert complete.reports == [(first.reports[-1][0], True)] and flags == [True] and not Path(kept).exists()
 
 
 def test_limit_batches_cuts_every_epoch_and_every_judged_split(monkeypatch):

@@ -115,7 +115,8 @@ def test_every_row_and_seed_runs_once(study):
     runs = _csv(out / "runs.csv")
     assert sorted((r["row"], r["seed"]) for r in runs) == sorted(
         (row, seed) for row in ("reference", "top1", "top2") for seed in ("0", "1"))
-    assert all(r["status"] == "FINISHED" and r["epochs"] == str(EPOCHS) for r in runs)
+    assert all(r["status"] == "FINISHED" and r["epochs"] == str(EPOCHS) for r in runs), [
+        (r["row"], r["seed"], r["status"], r["epochs"], r["error"]) for r in runs]
     # top1 is the sweep's best trial, as it trained; the reference is the sweep's config without the search
     spec = SweepSpec.load(out)
     best = yaml.safe_load((sweep / "best_config.yaml").read_text())

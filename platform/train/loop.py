@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -272,8 +273,10 @@ def run_loop(loop: LoopConfig, session) -> None:
         # through it every record) has it; nothing is trained.
         if run.rank == 0:
             print("[pointtune] that is the last epoch: the run is complete", flush=True)
-        metrics, resume_dir = restored
-        session.report(metrics, resume_dir if run.rank == 0 else None)
+        metrics, resume_dir, owned = restored
+        session.report(metrics, resume_dir if run.rank == 0 else None, owned)
+        if owned and run.rank != 0:
+            shutil.rmtree(resume_dir, ignore_errors=True)
         return
     if exp.train.epochs == 0:
         _judge_untrained(run)
@@ -332,11 +335,13 @@ def _setup(loop: LoopConfig, session) -> _Run:
                 BestEpoch(loop.metric, loop.mode, secondary=tuple(loop.secondary)), local=local)
 
 
-def _resume(run: _Run) -> tuple[dict[str, float], Path] | None:
+def _resume(run: _Run) -> tuple[dict[str, float], Path, bool] | None:
     """Restore the session's checkpoint (or, in local mode, ``<local_dir>/latest``): weights, optimizer,
     scaler, RNG states, the epoch to start from and the model selection with the selected epoch's weights.
-    Returns the restored epoch's metrics and the checkpoint directory, or ``None`` on a fresh start."""
+    Returns the restored epoch's metrics, the checkpoint directory and whether it is the session's private
+    copy (deleted here unless the run is complete and reports it again), or ``None`` on a fresh start."""
     resume_dir = run.session.checkpoint_dir()
+    owned = resume_dir is not None
     if resume_dir is None and run.local is not None and (run.local.latest / "state.pt").is_file():
         resume_dir = run.local.latest
     if resume_dir is None:
@@ -353,8 +358,10 @@ def _resume(run: _Run) -> tuple[dict[str, float], Path] | None:
     if run.best_weights is None and run.best.epoch == run.start_epoch:
         run.best_weights = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
     if run.rank == 0:
-        print(f"[pointtune] resumed after epoch {run.start_epoch} ({resume_dir})", flush=True)
-    return dict(state.get("metrics") or {"epoch": run.start_epoch}), Path(resume_dir)
+        print(f"[pointtune] resumed after epoch {run.start_epoch}" + ("" if owned else f" ({resume_dir})"), flush=True)
+    if owned and run.start_epoch < run.exp.train.epochs:
+        shutil.rmtree(resume_dir, ignore_errors=True)
+    return dict(state.get("metrics") or {"epoch": run.start_epoch}), Path(resume_dir), owned
 
 
 def _judge_untrained(run: _Run) -> None:

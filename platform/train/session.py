@@ -16,12 +16,26 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 EXPERIMENT_KEY = "experiment"  # a sweep trial's first result: its experiment as JSON (:class:`Announcing`)
+
+
+def private_copy(checkpoint) -> str | None:
+    """Copy a ``ray.train.Checkpoint`` (``None``: nothing) into a new temporary directory of this process
+    alone and return its path; the caller deletes it when done.
+
+    Ray's default target is one directory per checkpoint, shared by every worker on the node: a worker that
+    arrives after another has finished copying copies the files again, under the first one's feet while it
+    reads or uploads them (a data-parallel trial resumed at its last epoch failed so in CI).
+    """
+    if checkpoint is None:
+        return None
+    return checkpoint.to_directory(tempfile.mkdtemp(prefix="pointtune-restored-"))
 
 
 class TrainSession:
@@ -44,11 +58,11 @@ class TrainSession:
             torch.set_num_threads(max(1, math.floor(cpus_per_worker)))
 
     def checkpoint_dir(self) -> str | None:
-        """Local directory of the checkpoint to resume from (``None``: start fresh)."""
+        """A private local copy of the checkpoint to resume from, which the caller owns (``None``: start
+        fresh); see :func:`private_copy`."""
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        return checkpoint.to_directory() if checkpoint is not None else None
+        return private_copy(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, owned: bool = False) -> None:
         """Send one epoch's metrics (and, from rank 0, the checkpoint directory) to Ray Train.
@@ -96,11 +110,11 @@ class TuneSession:
         torch.set_num_threads(max(1, math.floor(cpus)))
 
     def checkpoint_dir(self) -> str | None:
-        """Local directory of the checkpoint Tune restored this trial from (``None``: start fresh)."""
+        """A private local copy of the checkpoint Tune restored this trial from, which the caller owns
+        (``None``: start fresh); see :func:`private_copy`."""
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        return checkpoint.to_directory() if checkpoint is not None else None
+        return private_copy(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint: Path | None, owned: bool = False) -> None:
         """Send one epoch's metrics (and the checkpoint directory, if one was written) to Tune, which copies
