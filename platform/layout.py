@@ -175,11 +175,6 @@ class SweepDir:
         return [tune_trial_path or join(self.tune, trial_name(trial_id)), join(self.train, trial_name(trial_id))]
 
     @property
-    def pbt_exploits(self) -> str:
-        """Tune's PBT log of exploits (``pbt_global.txt``)."""
-        return join(self.tune, "pbt_global.txt")
-
-    @property
     def summary_csv(self) -> Path:
         return self.root / "summary.csv"
 

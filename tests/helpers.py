@@ -103,7 +103,10 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     - the run is FINISHED (all epochs), KILLED with ``pointtune.stopped_by`` (ASHA) or FAILED with
       ``pointtune.failure``; no failure tag otherwise; it ended within seconds of the trial's last result;
     - the Optuna trial is COMPLETE with the last value, PRUNED with the epoch it reached, or FAIL, its
-      intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run;
+      intermediate values are the per-epoch objective, and it names the Tune trial and the MLflow run; one
+      per Tune trial, besides those the study's ``superseded`` attribute replaced;
+    - the run keeps no tag of an outcome it no longer has (``pointtune.stopped_by`` on a finished run);
+    - no ``progress.csv`` (``result.json`` is the trial's one record of results);
     - summary.csv names the same Optuna trial and MLflow run; params are logged once (no ``sampled.*``);
     - the run's params are the config the trial built and trained with (its first result carries it), and
       the ``config.yaml`` artifact (the best checkpoint's) is that config;
@@ -132,14 +135,21 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             if r.data.tags.get("pointtune.kind") == "trial" and r.data.tags.get("pointtune.status") != "LOST"
             and r.data.tags.get("mlflow.parentRunId") == parent}
     if study:
-        trials = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
-        # A failed trial that resume finished is recorded again; the failed record names its successor.
-        studied = {t.user_attrs["tune_trial_id"]: t for t in trials
-                   if "lost" not in t.user_attrs and "superseded_by" not in t.user_attrs}
+        optuna_study = optuna.load_study(study_name="pointtune", storage=f"sqlite:///{sweep_dir}/optuna.db")
+        trials = optuna_study.trials
+        # A trial Optuna closed that Tune carried on (a FAIL trial resume finished, a PRUNED one resume trained
+        # on) is recorded again: the study's attribute `superseded` links the old number to the new one.
+        superseded = {int(old): new for old, new in optuna_study.user_attrs.get("superseded", {}).items()}
+        assert all(trials[new].user_attrs["resumes"] == old for old, new in superseded.items()), superseded
+        current = [t for t in trials if "lost" not in t.user_attrs and t.number not in superseded]
+        studied = {t.user_attrs["tune_trial_id"]: t for t in current}
+        assert len(studied) == len(current), "one Optuna trial per Tune trial"
     else:
         assert not (sweep_dir / "optuna.db").exists()
     summary = {row["trial_id"]: row for row in csv.DictReader((sweep_dir / "summary.csv").open())}
     results = tune_results(sweep_dir, tune_dir)
+    # one per-trial record of results, restored on resume: Tune's progress.csv, which it is not, is not written
+    assert not list((tune_dir or sweep_dir / "tune").glob("*/progress.csv"))
     assert set(runs) == set(results) == set(studied if study else runs) == set(summary), (set(runs), set(results))
     statuses = {}
     for trial_id, (result, df) in results.items():
@@ -169,6 +179,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
         if result.error is not None:
             status = "FAILED"
             assert run.info.status == "FAILED" and tags["pointtune.failure"], tags
+            assert "pointtune.stopped_by" not in tags, tags
             assert not study or ot.state == optuna.trial.TrialState.FAIL
         elif last_epoch < epochs:
             status = "STOPPED"
@@ -178,7 +189,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
             assert "pointtune.failure" not in tags
         else:
             status = "FINISHED"
-            assert run.info.status == "FINISHED" and "pointtune.failure" not in tags, tags
+            assert run.info.status == "FINISHED" and not {"pointtune.failure", "pointtune.stopped_by"} & set(tags), tags
             if study:
                 told, expected = (ot.values, selected) if others else ([ot.value], [received[-1][1]])
                 assert ot.state == optuna.trial.TrialState.COMPLETE and all(

@@ -192,6 +192,28 @@ def test_a_restored_copy_is_private_and_the_loop_deletes_it(tmp_path):
     assert complete.reports == [(first.reports[-1][0], True)] and flags == [True] and not Path(kept).exists()
 
 
+def test_a_trial_that_resumes_another_trials_checkpoint_reports_the_exploit_once():
+    """PBT's exploit, as the trial itself records it (it survives a killed driver): the checkpoint names the
+    trial that wrote it; resumed from another trial's, the next epoch carries pbt/exploit = 1 and the donor;
+    resumed from its own, nothing."""
+    exp = build_config("cedr", overrides={**TINY, "train.epochs": 1})
+    donor = Recorder(keep=True)
+    run_loop(LoopConfig(exp, "val/OA", "max", trial_id="donor"), donor)
+    written = donor.checkpoints[1]
+
+    class Restored(Recorder):
+        def checkpoint_dir(self):
+            return str(shutil.copytree(written, written.with_name(written.name + f"-{len(self.reports)}-{id(self)}")))
+
+    longer = build_config("cedr", overrides={**TINY, "train.epochs": 3})
+    for trial_id, flagged in (("target", [1.0, None]), ("donor", [None, None])):
+        session = Restored()
+        run_loop(LoopConfig(longer, "val/OA", "max", trial_id=trial_id), session)
+        assert [m["epoch"] for m, _ in session.reports] == [2, 3]
+        assert [m.get("pbt/exploit") for m, _ in session.reports] == flagged
+        assert [m.get("pbt/donor") for m, _ in session.reports] == [None if f is None else "donor" for f in flagged]
+
+
 def test_limit_batches_cuts_every_epoch_and_every_judged_split(monkeypatch):
     """train.limit_batches: N optimizer steps per epoch (the schedules count N per epoch) and every split the
     protocol judges cut to N x batch_size items, spread over the classes."""

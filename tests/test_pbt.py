@@ -114,8 +114,6 @@ def test_pbt_sweep_exploits_and_records_what_it_followed(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     statuses = check_records(out, EPOCHS, study=False)
     assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 4    # PBT stops nobody
-    exploits = [json.loads(line) for line in (out / "tune" / "pbt_global.txt").read_text().splitlines()]
-    assert exploits and f"PBT: {len(exploits)} exploit(s)" in proc.stdout
     client, runs = mlflow_runs(out)
     trials = {r.data.tags["pointtune.trial_id"]: r for r in runs if r.data.tags.get("pointtune.kind") == "trial"}
     exploited = 0
@@ -131,7 +129,8 @@ def test_pbt_sweep_exploits_and_records_what_it_followed(tmp_path):
                 params = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)}
                           for k in ("param/optim.lr.start", "param/method.temperature")}
                 assert any(p[epoch] != p[epoch - 1] for p in params.values())
-    assert exploited >= 1
+    assert exploited >= 1 and _exploits_reported(out) == exploited
+    assert f"PBT: {exploited} exploit(s)" in proc.stdout
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert len({r["trial_id"] for r in rows}) == 4 and all(r["optuna_trial"] == "" for r in rows)
 
@@ -149,3 +148,19 @@ def test_killed_pbt_sweep_is_finished_by_resume(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-5000:]
     statuses = check_records(out, EPOCHS, study=False)
     assert len(statuses) == 4 and set(statuses.values()) == {"FINISHED"}
+    # the exploits made before the kill count too: each trial reported its own (Tune's pbt_global.txt lost them)
+    client, runs = mlflow_runs(out)
+    flagged = sum(m.value for r in runs if r.data.tags.get("pointtune.kind") == "trial"
+                  for m in client.get_metric_history(r.info.run_id, "pbt/exploit"))
+    assert flagged == _exploits_reported(out) and f"PBT: {int(flagged)} exploit(s)" in resumed.stdout
+
+
+def _exploits_reported(out) -> int:
+    """The exploits the trials of sweep ``out`` reported (epochs with ``pbt/exploit`` = 1 in Tune's result.json),
+    each naming a donor that is another trial of the sweep."""
+    trials = {p.parent.name.removeprefix("trial_"): [json.loads(line) for line in p.read_text().splitlines()]
+              for p in out.glob("tune/trial_*/result.json")}
+    exploits = {(trial_id, r["epoch"], r["pbt/donor"]) for trial_id, results in trials.items() for r in results
+                if r.get("pbt/exploit") == 1}  # an epoch a resumed trial reported again is one exploit
+    assert all(donor in trials and donor != trial_id for trial_id, _, donor in exploits), exploits
+    return len(exploits)

@@ -36,6 +36,8 @@ from pointtune.train.session import EXPERIMENT_KEY
 # Result keys that are pointtune metrics (Tune adds its own bookkeeping: pid, hostname, time_total_s, ...).
 METRIC_PREFIXES = ("train/", "val/", "test/", "best/", "cost/", "sched/")
 METRIC_KEYS = ("epoch", "lr")
+# A trial run's tags that say how its trial ended: moved aside (``<tag>.previous``) when resume restarts it.
+OUTCOME_TAGS = ("pointtune.status", "pointtune.failure", "pointtune.stopped_by", "pointtune.artifacts")
 
 
 def metric_items(result: dict[str, Any]) -> dict[str, float]:
@@ -113,7 +115,6 @@ class MlflowRecorder(Callback):
         self.spec, self.runtime, self.metric, self.mode = spec, runtime, metric, mode
         self.run_ids: dict[str, str] = {}
         self.logged: dict[str, set[int]] = {}  # the epochs each trial's run holds
-        self.configs: dict[str, dict[str, Any]] = {}  # PBT: the config each trial last reported under
 
     @property
     def _uri(self) -> str:
@@ -135,8 +136,8 @@ class MlflowRecorder(Callback):
         """Open (or, after a restart, reopen) the trial's child run. Its params come with the trial's first
         result (:meth:`on_trial_result`): the trial builds its config, the driver does not build it again."""
         existing = self.find_run(trial.trial_id)
-        if existing:  # restarted (resume): a failure it had is superseded by what happens now
-            tracking.reopen_run(self._uri, existing, superseded=("pointtune.failure", "pointtune.status"))
+        if existing:  # restarted (resume): how it ended before (a failure, ASHA's stop) is superseded by what happens now
+            tracking.reopen_run(self._uri, existing, superseded=OUTCOME_TAGS)
             run_id = existing
         else:
             run_id = tracking.start_run(
@@ -157,8 +158,10 @@ class MlflowRecorder(Callback):
         """Log the trial's config as the run's params when its first result brings it, and the epoch Tune just
         received, at step ``epoch``, once: an epoch the run already holds (a trial
         restarted by ``resume`` from before its first checkpoint reports it again) is not logged twice. Under
-        PBT also the values of the sampled parameters the trial ran with (``param/<key>``) and ``pbt/exploit`` =
-        1 where they changed since its previous epoch (it copied another trial)."""
+        PBT also the values of the sampled parameters the epoch ran with (``param/<key>``: the config of the
+        result, not the trial's, which the scheduler may have changed already) and ``pbt/exploit`` = 1 where the
+        trial had just resumed from another trial's checkpoint (the loop says so:
+        :class:`~pointtune.train.loop.LoopConfig` ``trial_id``)."""
         metrics = metric_items(result)
         run_id = self._run_id(trial)
         if EXPERIMENT_KEY in result and not tracking.has_params(self._uri, run_id):
@@ -168,12 +171,10 @@ class MlflowRecorder(Callback):
         if "epoch" not in metrics or int(metrics["epoch"]) in self.logged[trial.trial_id]:
             return
         if self.spec.scheduler == "pbt":
-            params = sampled_params(trial.config)
+            params = sampled_params(result.get("config") or trial.config)
             metrics.update({f"param/{k}": float(v) for k, v in params.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
-            previous = self.configs.get(trial.trial_id)
-            metrics["pbt/exploit"] = float(previous is not None and previous != params)
-            self.configs[trial.trial_id] = params
+            metrics["pbt/exploit"] = float(result.get("pbt/exploit", 0.0))
         tracking.log_metrics(self._target(run_id), metrics, step=int(metrics["epoch"]))
         self.logged[trial.trial_id].add(int(metrics["epoch"]))
 

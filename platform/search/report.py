@@ -287,6 +287,10 @@ LOST = ("started before the sweep was interrupted, after Tune last saved its sta
         "no resume can continue it (its sampled values are tried again as a new trial if Optuna suggests them)")
 
 
+SUPERSEDED = "superseded"  # the study's user attribute {old trial number: new trial number} (reconcile_study)
+_OUTCOME_ATTRS = ("failure", "stopped_at_epoch", "last_value")  # what a record says of how its trial ended
+
+
 def reconcile_study(spec, space: SearchSpace, rows: list[TrialSummary]) -> None:
     """Make the Optuna study say, once every trial has ended, what Tune received (the source of truth):
 
@@ -295,9 +299,12 @@ def reconcile_study(spec, space: SearchSpace, rows: list[TrialSummary]) -> None:
     * one whose Tune trial ended (a resumed run whose results the searcher did not see): its missing
       per-epoch values, then COMPLETE with the last value, or PRUNED with the epoch it reached (several
       objectives: no per-epoch values, and the values of :func:`~pointtune.search.records.study_metric`);
-    * a FAIL trial whose Tune trial ``resume`` then finished: an Optuna trial cannot leave FAIL, so the study
-      gets a new trial with the same parameters, every epoch's value and the outcome, ``resumes`` = the old
-      number; the old one gets ``superseded_by`` and ``row.optuna_trial`` becomes the new number.
+    * a trial Optuna closed that Tune then carried on (``resume`` finished a FAIL trial, or trained on a trial
+      ASHA had PRUNED when the driver was killed before Tune saved that decision): a closed Optuna trial
+      cannot change, so the study gets a new trial with the same parameters, every epoch's value and what
+      Tune says happened, ``resumes`` = the old number. Optuna refuses attributes on a closed trial, so the
+      link from old to new is the study's user attribute ``superseded`` ({old: new}); ``row.optuna_trial``
+      becomes the new number.
     """
     import optuna
     from optuna.trial import TrialState
@@ -305,39 +312,54 @@ def reconcile_study(spec, space: SearchSpace, rows: list[TrialSummary]) -> None:
     storage = study_storage(spec.root)
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage)
     study_id = storage.get_study_id_from_name(STUDY_NAME)
+    superseded = dict(study.user_attrs.get(SUPERSEDED, {}))
     by_tune = {r.trial_id: r for r in rows}
     for trial in study.get_trials(deepcopy=False):
-        if "superseded_by" in trial.user_attrs or trial.state not in (TrialState.RUNNING, TrialState.FAIL):
+        if str(trial.number) in superseded or trial.state not in (TrialState.RUNNING, TrialState.FAIL,
+                                                                  TrialState.PRUNED):
             continue
         row = by_tune.get(trial.user_attrs.get("tune_trial_id"))
-        if row is None or row.status == "FAILED":
-            if trial.state == TrialState.RUNNING:
-                key, reason = ("lost", LOST) if row is None else ("failure", row.error or "failed")
-                set_study_attr(str(spec.root), trial.number, key, reason)
-                study.tell(trial.number, state=TrialState.FAIL)
+        if trial.state == TrialState.RUNNING and (row is None or row.status == "FAILED"):
+            key, reason = ("lost", LOST) if row is None else ("failure", row.error or "failed")
+            set_study_attr(str(spec.root), trial.number, key, reason)
+            study.tell(trial.number, state=TrialState.FAIL)
+            continue
+        if row is None or (trial.state != TrialState.RUNNING and _agrees(trial, row)):
             continue
         last = _told(row, space)
-        outcome = TrialState.PRUNED if row.status == "STOPPED" else TrialState.COMPLETE
-        attrs = {"stopped_at_epoch": row.epochs, **({"last_value": last} if last is not None else {})} \
+        outcome = {"FAILED": TrialState.FAIL, "STOPPED": TrialState.PRUNED}.get(row.status, TrialState.COMPLETE)
+        attrs = {"failure": row.error or "failed"} if outcome == TrialState.FAIL else \
+            {"stopped_at_epoch": row.epochs, **({"last_value": last} if last is not None else {})} \
             if outcome == TrialState.PRUNED else {}
+        told = last if outcome == TrialState.COMPLETE else None
+        history = {} if space.multi_objective else dict(row.history)
         if trial.state == TrialState.RUNNING:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
-            for step, value in sorted(row.history.items()):
-                if step not in trial.intermediate_values and not space.multi_objective:
+            for step, value in sorted(history.items()):
+                if step not in trial.intermediate_values:
                     storage.set_trial_intermediate_value(trial_id, step, value)
             for key, value in attrs.items():
                 set_study_attr(str(spec.root), trial.number, key, value)
-            study.tell(trial.number, last if outcome == TrialState.COMPLETE else None, state=outcome)
+            study.tell(trial.number, told, state=outcome)
             continue
-        told = last if outcome == TrialState.COMPLETE else None
         study.add_trial(optuna.trial.create_trial(
             state=outcome, **({"values": told} if space.multi_objective else {"value": told}), params=trial.params,
-            distributions=trial.distributions, intermediate_values={} if space.multi_objective else dict(row.history),
-            user_attrs={**{k: v for k, v in trial.user_attrs.items() if k != "failure"}, **attrs,
+            distributions=trial.distributions, intermediate_values=history,
+            user_attrs={**{k: v for k, v in trial.user_attrs.items() if k not in _OUTCOME_ATTRS}, **attrs,
                         "resumes": trial.number},
         ))
         row.optuna_trial = max(t.number for t in study.get_trials(deepcopy=False))
-        set_study_attr(str(spec.root), trial.number, "superseded_by", row.optuna_trial)
+        superseded[str(trial.number)] = row.optuna_trial
+        study.set_user_attr(SUPERSEDED, superseded)
+
+
+def _agrees(trial, row: TrialSummary) -> bool:
+    """Whether a closed Optuna trial (FAIL or PRUNED) says what Tune says of its trial (``row``)."""
+    from optuna.trial import TrialState
+
+    if trial.state == TrialState.FAIL:
+        return row.status == "FAILED"
+    return row.status == "STOPPED" and trial.user_attrs.get("stopped_at_epoch") == row.epochs
 
 
 def _told(row: TrialSummary, space: SearchSpace) -> float | list[float] | None:
@@ -417,23 +439,19 @@ def finalize(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, results
     else:
         print(f"[pointtune] MLflow runs: {ui_url(runtime)}")
     if spec.scheduler == "pbt":
-        exploits = sum(1 for _ in _pbt_exploits(spec))
+        exploits = sum(_pbt_exploits(result) for result in results)
         print(f"[pointtune] PBT: {exploits} exploit(s); each trial's param/* and sched/* per epoch are in MLflow")
     elif spec.searches:
         print(f"[pointtune] Optuna study: optuna-dashboard {layout.optuna_url}")
     return rows
 
 
-def _pbt_exploits(spec):
-    """The exploits Tune's PBT logged (``pbt_global.txt``: one JSON list per exploit: the target's and the
-    donor's trial tags, their training iterations, the donor's config and the target's new config)."""
-    import json
-
-    path = Path(spec.layout.pbt_exploits)
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                yield json.loads(line)
+def _pbt_exploits(result) -> int:
+    """How many times a PBT trial (a Tune ``Result``) resumed from another trial's checkpoint: its epochs with
+    ``pbt/exploit`` = 1, which the trial's loop reports itself (Tune's ``pbt_global.txt`` loses the exploits
+    made before a driver was killed; an epoch a resumed trial reported again counts once)."""
+    df = result.metrics_dataframe
+    return 0 if df is None or "pbt/exploit" not in df else int(df.loc[df["pbt/exploit"] == 1, "epoch"].nunique())
 
 
 def _write_csv(rows: list[TrialSummary], path: Path, space: SearchSpace) -> None:

@@ -53,12 +53,13 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
     exp = trial_config(spec, config, space, runtime)
     if exp.train.threads is None:  # recorded, so that `pointtune train --config` reuses it
         exp.train.threads = max(1, int(plan.cpus_per_worker))
+    trial_id = tune.get_context().get_trial_id()
     loop = LoopConfig(exp, space.metric, space.mode, secondary=space.secondary, cpus_per_worker=plan.cpus_per_worker,
-                      verbose=spec.verbose, announce=True)
+                      verbose=spec.verbose, announce=True, trial_id=trial_id)
     if plan.single_process:
         tune_trial_loop(loop)
         return
-    _fit_data_parallel(spec, plan, loop, tune.get_context().get_trial_id())
+    _fit_data_parallel(spec, plan, loop, trial_id)
 
 
 def _fit_data_parallel(spec: SweepSpec, plan: TrialResources, loop, trial_id: str) -> None:
@@ -475,6 +476,9 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
     # Epochs that do not evaluate report no val/* value (train.eval_every); the objective was checked against
     # what the protocol reports before Ray started.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    # A trial's one record of results is result.json, restored on resume (records.TrialResultLog); Tune's own
+    # progress.csv and TensorBoard files are not, and held only the epochs after a restart.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     tolerate_actor_deaths()  # a trial whose actor died (e.g. killed by the memory monitor) fails alone
     searcher, scheduler, trainable, callbacks = _tuner_parts(spec, runtime, space)
     reporter = _reporter(spec, space)  # sets the quiet console's environment: a restored Tuner needs it too

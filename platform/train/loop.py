@@ -61,6 +61,10 @@ class LoopConfig:
         metrics_file: ``pointtune train``: rank 0 appends each epoch's metrics there as a JSON line.
         announce: sweep trials: rank 0's first report carries the experiment (``experiment``, JSON) for the
             driver's MLflow params (:class:`~pointtune.train.session.Announcing`).
+        trial_id: sweep trials: the Tune trial id, written into every checkpoint. A trial that resumes from a
+            checkpoint another trial wrote (a PBT exploit) reports ``pbt/exploit`` = 1 and ``pbt/donor`` (that
+            trial's id) with its next epoch: a record kept by the trials themselves, which survives a killed
+            driver.
     """
 
     experiment: ExperimentConfig
@@ -74,6 +78,7 @@ class LoopConfig:
     verbose: bool = False
     metrics_file: str | None = None
     announce: bool = False
+    trial_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, for ``TorchTrainer(train_loop_config=...)``."""
@@ -228,6 +233,7 @@ class _Run:
     best_weights: dict[str, torch.Tensor] | None = None
     local: LocalCheckpoints | None = None
     start_epoch: int = 0
+    donor: str | None = None  # the trial whose checkpoint this one resumed from (PBT), until its next report
 
     @property
     def exp(self) -> ExperimentConfig:
@@ -291,6 +297,9 @@ def run_loop(loop: LoopConfig, session) -> None:
         began = time.time()
         reset_peak(run.session.device)
         metrics = _train_epoch(run, model, loader, epoch)
+        if run.donor is not None:
+            metrics.update({"pbt/exploit": 1.0, "pbt/donor": run.donor})
+            run.donor = None
         final = epoch == exp.train.epochs - 1
         evaluated = (epoch + 1) % exp.train.eval_every == 0 or final
         confusion, arrays = None, {}
@@ -355,6 +364,8 @@ def _resume(run: _Run) -> tuple[dict[str, float], Path, bool] | None:
     run.best.value, run.best.epoch = state["best"], state.get("best_epoch")
     run.best.secondary_values = dict(state.get("best_secondary") or {})
     run.best_weights = state.get("best_model")  # None when the checkpoint's own epoch is the selected one
+    if run.loop.trial_id is not None and state.get("trial_id") not in (None, run.loop.trial_id):
+        run.donor = state["trial_id"]
     if run.best_weights is None and run.best.epoch == run.start_epoch:
         run.best_weights = {k: v.detach().clone() for k, v in run.method.state_dict().items()}
     if run.rank == 0:
@@ -447,6 +458,7 @@ def _report(run: _Run, metrics: dict[str, float], epoch: int, *, keep: bool, imp
             # the selected epoch's weights, when this checkpoint is not that epoch: a resumed run tests on them
             "best_model": None if improved else run.best_weights,
             "rng": rng_state(), "experiment": exp.to_dict(), "metrics": metrics, "class_names": run.data.class_names,
+            "trial_id": run.loop.trial_id,
         }
         staged = save_state(Path(tempfile.mkdtemp(prefix="pointtune-ckpt-", dir=run.local.root if run.local else None)),
                             state)

@@ -1,0 +1,111 @@
+"""The Optuna study reconciled with what Tune received (issue 22 §1, §2): trials Optuna closed that Tune then
+carried on (a PRUNED trial that resume trained to the end, a FAIL trial that resume finished) are recorded
+again, linked from the study's attributes, and trials on which both agree are left alone."""
+
+from types import SimpleNamespace
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from pointtune.search.report import SUPERSEDED, TrialSummary, reconcile_study
+from pointtune.search.spec import STUDY_NAME, study_storage
+
+LR = {"optim.lr": FloatDistribution(0.01, 0.2, log=True)}
+FULL = {1: 0.2, 2: 0.3, 3: 0.4, 4: 0.5}
+
+
+def _closed(state, tune_id, lr, value=None, steps=None, **attrs):
+    return create_trial(state=state, value=value, params={"optim.lr": lr}, distributions=LR,
+                        intermediate_values=steps or {}, user_attrs={"tune_trial_id": tune_id, **attrs})
+
+
+def _row(tune_id, status, history, error=None):
+    return TrialSummary(trial_id=tune_id, status=status, params={}, epochs=max(history), best=max(history.values()),
+                        history=dict(history), error=error)
+
+
+def test_closed_trials_that_tune_carried_on_are_recorded_again_and_linked(tmp_path):
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(tmp_path), direction="maximize")
+    # 0: ASHA pruned it after epoch 1, the driver was killed before Tune saved that, resume trained it to epoch 4
+    study.add_trial(_closed(TrialState.PRUNED, "a", 0.1, steps={1: 0.2}, stopped_at_epoch=1, last_value=0.2,
+                            mlflow_run_id="run-a"))
+    study.add_trial(_closed(TrialState.PRUNED, "b", 0.02, steps={1: 0.1}, stopped_at_epoch=1))  # Tune agrees
+    # 2: failed (a worker killed), then resume finished it
+    study.add_trial(_closed(TrialState.FAIL, "c", 0.05, steps={1: 0.2, 2: 0.3}, failure="worker died"))
+    study.add_trial(_closed(TrialState.FAIL, "d", 0.03, failure="NaN loss"))  # Tune agrees
+    study.add_trial(_closed(TrialState.COMPLETE, "f", 0.15, value=0.45, steps={1: 0.45}))
+    running = study.ask(LR)  # 5: the searcher never saw its end (a resumed run)
+    running.set_user_attr("tune_trial_id", "e")
+    rows = [_row("a", "FINISHED", FULL), _row("b", "STOPPED", {1: 0.1}), _row("c", "FINISHED", FULL),
+            _row("d", "FAILED", {1: 0.1}, error="NaN loss"), _row("e", "STOPPED", {1: 0.3, 2: 0.35}),
+            _row("f", "FINISHED", {1: 0.45})]
+    spec = SimpleNamespace(root=tmp_path)
+    space = SimpleNamespace(multi_objective=False)
+
+    reconcile_study(spec, space, rows)
+    trials = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path)).get_trials()
+    assert [t.state for t in trials[:6]] == [TrialState.PRUNED, TrialState.PRUNED, TrialState.FAIL, TrialState.FAIL,
+                                              TrialState.COMPLETE, TrialState.PRUNED]
+    assert trials[5].user_attrs["stopped_at_epoch"] == 2 and trials[5].intermediate_values == {1: 0.3, 2: 0.35}
+    assert len(trials) == 8
+    for new, old in ((trials[6], trials[0]), (trials[7], trials[2])):
+        assert new.state == TrialState.COMPLETE and new.value == 0.5 and new.intermediate_values == FULL
+        assert new.params == old.params and new.user_attrs["resumes"] == old.number
+        assert new.user_attrs["tune_trial_id"] == old.user_attrs["tune_trial_id"]
+        assert not {"stopped_at_epoch", "last_value", "failure"} & set(new.user_attrs)  # the old outcome is gone
+    assert trials[6].user_attrs["mlflow_run_id"] == "run-a"
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path))
+    assert study.user_attrs[SUPERSEDED] == {"0": 6, "2": 7}
+    assert [r.optuna_trial for r in rows] == [6, None, 7, None, None, None]
+    assert study.best_trial.number == 6  # Optuna's best is the trial that trained to the end, as summary.csv says
+
+    reconcile_study(spec, space, rows)  # a second pass (a sweep resumed again) changes nothing
+    assert len(study.get_trials()) == 8 and study.user_attrs[SUPERSEDED] == {"0": 6, "2": 7}
+
+
+def test_a_pruned_trial_that_resume_trained_until_it_failed_is_recorded_as_failed(tmp_path):
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(tmp_path), direction="maximize")
+    study.add_trial(_closed(TrialState.PRUNED, "a", 0.1, steps={1: 0.2}, stopped_at_epoch=1))
+    rows = [_row("a", "FAILED", {1: 0.2, 2: 0.25}, error="RuntimeError: worker died")]
+    reconcile_study(SimpleNamespace(root=tmp_path), SimpleNamespace(multi_objective=False), rows)
+    old, new = study.get_trials()
+    assert new.state == TrialState.FAIL and new.user_attrs["failure"] == "RuntimeError: worker died"
+    assert new.intermediate_values == {1: 0.2, 2: 0.25} and "stopped_at_epoch" not in new.user_attrs
+    assert study.user_attrs[SUPERSEDED] == {"0": 1}
+
+
+def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch_once(tmp_path):
+    """A run that ASHA stopped in a killed driver, whose trial resume then trains on: its old outcome
+    (``pointtune.status``, ``pointtune.stopped_by``) moves to ``<tag>.previous``; the epoch it holds already is
+    not logged again, the next ones are."""
+    from mlflow.tracking import MlflowClient
+
+    from pointtune import tracking
+    from pointtune.search.records import MlflowRecorder
+    from pointtune.search.spec import SweepRuntime, SweepSpec
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = tracking.start_run(uri, experiment, "sweep", {}, {})
+    run_id = tracking.start_run(uri, experiment, "trial_t1", {tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: "t1",
+                                                              tracking.KIND_TAG: "trial"}, {})
+    tracking.log_metrics({"tracking_uri": uri, "run_id": run_id}, {"epoch": 1, "val/OA": 0.2}, step=1)
+    stopped = "ASHA stopped it after epoch 1 of 4 (val/OA = 0.2000)"
+    tracking.set_tags(uri, run_id, {"pointtune.status": "STOPPED", "pointtune.stopped_by": stopped})
+    tracking.end_run(uri, run_id, "KILLED")
+
+    recorder = MlflowRecorder(SweepSpec("cedr", "x", str(tmp_path), epochs=4),
+                              SweepRuntime({}, uri, experiment, parent), "val/OA", "max")
+    trial = SimpleNamespace(trial_id="t1", config={})
+    recorder.on_trial_start(0, [], trial)
+    for epoch, value in ((1, 0.25), (2, 0.3)):  # resume reports epoch 1 again (restored before its checkpoint)
+        recorder.on_trial_result(0, [], trial, {"epoch": epoch, "val/OA": value})
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING"
+    assert run.data.tags["pointtune.stopped_by.previous"] == stopped
+    assert run.data.tags["pointtune.status.previous"] == "STOPPED"
+    assert not {"pointtune.stopped_by", "pointtune.status"} & set(run.data.tags)
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/OA")] == [(1, 0.2), (2, 0.3)]
