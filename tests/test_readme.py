@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -32,7 +31,7 @@ pytestmark = pytest.mark.slow
 def readme_commands(text: str) -> list[tuple[int, list[str]]]:
     """``(line number, argv after 'pointtune')`` of every pointtune command in the fenced code blocks of
     ``text`` (a README), continuation lines joined and ``#`` comments dropped."""
-    commands, block, start = [], None, 0
+    commands, block = [], None
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip().startswith("```"):
             block = [] if block is None else None
