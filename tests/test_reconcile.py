@@ -1,14 +1,19 @@
-"""The Optuna study reconciled with what Tune received (issue 22 §1, §2): trials Optuna closed that Tune then
-carried on (a PRUNED trial that resume trained to the end, a FAIL trial that resume finished) are recorded
-again, linked from the study's attributes, and trials on which both agree are left alone."""
+"""The records reconciled with what Tune received after a fault (issue 22 §1, §2): trials Optuna closed that
+Tune then carried on (a PRUNED trial that resume trained to the end, a FAIL trial that resume finished) are
+recorded again, linked from the study's attributes, and trials on which both agree are left alone; a restarted
+run's old outcome moves aside; a searcher state cut short by a kill is rebuilt from the study."""
 
+import re
 from types import SimpleNamespace
 
 import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from helpers import write_space
+from pointtune.search.records import StudySearch
 from pointtune.search.report import SUPERSEDED, TrialSummary, reconcile_study
+from pointtune.search.space import load_search_space
 from pointtune.search.spec import STUDY_NAME, study_storage
 
 LR = {"optim.lr": FloatDistribution(0.01, 0.2, log=True)}
@@ -109,3 +114,40 @@ def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch
     assert run.data.tags["pointtune.status.previous"] == "STOPPED"
     assert not {"pointtune.stopped_by", "pointtune.status"} & set(run.data.tags)
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/OA")] == [(1, 0.2), (2, 0.3)]
+
+
+def test_a_searcher_state_cut_short_by_a_kill_is_rebuilt_from_the_study(tmp_path, capsys):
+    """The driver killed while Tune copied the searcher's pickle: `resume` rebuilds the searcher's trials from
+    the Optuna study (the running one goes on with its values, the closed one stays closed) instead of failing
+    with EOFError; an intact file restores as it was."""
+    space = load_search_space(write_space(tmp_path / "space.yaml", {
+        "optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}}))
+
+    def searcher():
+        return StudySearch(space=space.define_by_run, metric="val/OA", mode="max", max_epochs=2,
+                           storage=study_storage(tmp_path), study_name=STUDY_NAME,
+                           sampler=optuna.samplers.RandomSampler(seed=0))
+
+    first = searcher()
+    for trial_id in ("running", "done"):
+        first.suggest(trial_id)
+        first.on_trial_result(trial_id, {"epoch": 1, "val/OA": 0.5})
+    first.on_trial_complete("done", {"epoch": 2, "val/OA": 0.6})
+    saved = tmp_path / "searcher-state.pkl"
+    first.save(str(saved))
+    intact = searcher()
+    intact.restore(str(saved))
+    assert set(intact._ot_trials) == {"running", "done"} and intact._completed_trials == {"done"}
+
+    saved.write_bytes(saved.read_bytes()[: saved.stat().st_size // 2])
+    again = searcher()
+    again.restore(str(saved))
+    assert re.search(r"searcher-state.pkl: unreadable \(.*\); the searcher's state is rebuilt from the Optuna study",
+                     capsys.readouterr().out)
+    assert set(again._ot_trials) == {"running"} and again._completed_trials == {"done"}
+    again.on_trial_result("running", {"epoch": 1, "val/OA": 0.5})  # reported again after the restart: once
+    again.on_trial_complete("running", {"epoch": 2, "val/OA": 0.7})
+    trials = {t.user_attrs["tune_trial_id"]: t for t in again._ot_study.get_trials()}
+    assert trials["running"].state == TrialState.COMPLETE and trials["running"].value == 0.7
+    assert trials["running"].intermediate_values == {1: 0.5, 2: 0.7}
+    assert trials["done"].value == 0.6 and len(trials) == 2

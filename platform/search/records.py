@@ -305,6 +305,34 @@ class StudySearch(OptunaSearch):
         if self._ot_study.metric_names != names:
             self._ot_study.set_metric_names(names)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the searcher Tune saved; a file cut short (the driver killed while Tune copied its state to
+        the storage) is rebuilt from the Optuna study instead, which holds every trial with its Tune trial id:
+        the ones still RUNNING are the trials Tune may continue, the others are closed. Raises nothing else
+        than ``OptunaSearch.restore`` does."""
+        import pickle
+
+        try:
+            super().restore(checkpoint_path)
+        except (EOFError, pickle.UnpicklingError) as err:
+            print(f"[pointtune] {checkpoint_path}: unreadable ({type(err).__name__}: {err}); the searcher's state "
+                  "is rebuilt from the Optuna study", flush=True)
+            self._rebuild_from_study()
+
+    def _rebuild_from_study(self) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            tune_id = frozen.user_attrs.get("tune_trial_id")
+            if tune_id is None:
+                continue
+            if frozen.state == TrialState.RUNNING:
+                self._ot_trials[tune_id] = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                self._reported[tune_id] = set(frozen.intermediate_values)
+            else:
+                self._completed_trials.add(tune_id)
+
     def suggest(self, trial_id: str):
         """Ask Optuna for a trial; tag it with the Tune trial id and hand its number to the config."""
         config = super().suggest(trial_id)
