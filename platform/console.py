@@ -13,8 +13,9 @@ text:
   level only: security is whatever Ray, ``RAY_AUTH_MODE`` or the cluster decide);
 - Ray's INFO lines of a job submission (packaging and uploading the checkout) and its warnings about file
   sizes (a job that cannot be uploaded still fails with Ray's error);
-- in trial actors and Ray Train workers, Ray's INFO lines and the ``Exception ignored ... SystemExit: 1``
-  traceback Python prints when Ray's SIGTERM handler (a worker being stopped) fires inside a weakref callback.
+- in every worker process (trial actors, Ray Train's workers: :func:`worker_runtime_env`), Ray's INFO lines
+  and the ``Exception ignored ... SystemExit: 1`` traceback Python prints when Ray's SIGTERM handler (a worker
+  being stopped) fires inside a weakref callback.
 
 ``--verbose`` leaves all of it as Ray, Tune and MLflow print it. The environment variables must be set before
 ``ray`` and ``mlflow`` are imported (both read them then): :func:`quiet_driver` is the first thing such a
@@ -72,6 +73,18 @@ def quiet_worker(verbose: bool) -> None:
     for name in ("ray", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
     sys.unraisablehook = _unraisable_unless_stopping
+
+
+def quiet_worker_process() -> None:
+    """Ray's ``worker_process_setup_hook`` of a quiet command (:func:`worker_runtime_env`): :func:`quiet_worker`
+    in every worker process as it starts, before Tune restores a trial ("Restored on ... from checkpoint")."""
+    quiet_worker(False)
+
+
+def worker_runtime_env(verbose: bool) -> dict:
+    """The part of a Ray job's runtime environment that quiets its workers: Ray's documented way to set up
+    every worker process's logging (``{"worker_process_setup_hook": ...}``); ``{}`` with ``verbose``."""
+    return {} if verbose else {"worker_process_setup_hook": f"{__name__}.quiet_worker_process"}
 
 
 def _unraisable_unless_stopping(unraisable) -> None:

@@ -309,11 +309,11 @@ def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300, notes:
     return proc
 
 
-def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
+def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> tuple[str, str]:
     """SIGKILL the driver of the sweep ``cmd`` once it has reported (:func:`sweep_until_reported`) and its
     ``pointtune.reaper`` has noted every process it had started (the Ray instance, its trial actors and Train
     workers), as a crash or the OOM killer would; assert that they are all gone within 120 s: killed by the
-    reaper, not by the test."""
+    reaper, not by the test. Returns what the driver printed until then (stdout, stderr)."""
     import signal
 
     from pointtune.reaper import descendants
@@ -329,8 +329,9 @@ def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> 
 
     wait_until(noted, "the reaper to note every process of the sweep")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    printed = proc.communicate()
     wait_until(lambda: not any(running(p) for p in family), f"the killed sweep's processes {sorted(family)} to end")
+    return printed
 
 
 def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:

@@ -43,10 +43,8 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
     """
     from ray import tune
 
-    from pointtune.console import quiet_worker
     from pointtune.train.loop import LoopConfig, tune_trial_loop
 
-    quiet_worker(spec.verbose)
     space = spec.space()
     plan = runtime.plan
     exp = trial_config(spec, config, space, runtime)
