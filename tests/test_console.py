@@ -11,30 +11,10 @@ import textwrap
 
 import pytest
 
-from helpers import kill_after_first_report, pointtune, tiny_sets, write_space
+from helpers import kill_after_first_report, offending, pointtune, tiny_sets, write_space
 
-# A line Ray forwards from a trial actor or a Train worker starts with "(run_trial pid=123)" (", ip=..." on
-# another node), coloured.
-RAY_PREFIX = r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=\S+)?\)(\x1b\[0m)? "
-ALLOWED = [re.compile(kind) for kind in (
-    r"",
-    r"\[pointtune\] .*",
-    RAY_PREFIX + r"\[pointtune\] .*",
-    # Tune's status box (pointtune.search.status.StatusTable) and its trial table
-    r"== Status ==", r"Current time: .*", r"Using (AsyncHyperBand|FIFO scheduling algorithm)\b.*", r"Bracket: .*",
-    r"Logical resource usage: .*", r"Memory usage on this node: .*", r"Number of trials: .*",
-    r"[+|].*",  # Tune's trial table; a study's table
-    # the summary table: its header and one row per trial
-    r"trial +optuna +status .*", r"[0-9a-f]{5,8}(_\d{5})? +\S+ +(FINISHED|STOPPED|FAILED) .*",
-)]
 # A line Ray's logging prints: "2026-01-01 12:00:00,000\tINFO worker.py:1 -- ..."
 RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) \S+\.py:\d+ -- ")
-
-
-def offending(*outputs: str) -> list[str]:
-    """The lines of ``outputs`` that are of no allowed kind."""
-    return [line for text in outputs for line in text.splitlines()
-            if not any(kind.fullmatch(line) for kind in ALLOWED)]
 
 
 def _space(tmp_path):
