@@ -38,9 +38,9 @@ from pointtune.search.spec import SAMPLERS, SCHEDULERS
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
-# The flags of `resources()` in build_parser: SweepSpec fields every sweep and study of a command gets.
 VERBOSE_HELP = ("show everything Ray, Tune, Optuna and MLflow print (by default their notices and INFO lines are "
                 "quieted: pointtune.console)")
+# The flags of `resources()` in build_parser: SweepSpec fields every sweep and study of a command gets.
 RESOURCE_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "memory_per_worker", "max_concurrent", "address",
                   "storage", "wait_for_resources", "worker_start_timeout", "verbose")
 

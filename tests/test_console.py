@@ -124,3 +124,16 @@ def test_stopped_worker_prints_no_traceback_unless_verbose(verbose):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ValueError: a real one" in proc.stderr
     assert ("SystemExit" in proc.stderr) == verbose, proc.stderr
+
+
+@pytest.mark.parametrize("world_size, terminal, shown", [(1, True, True), (1, False, False), (2, True, False)])
+def test_progress_bar_only_for_one_process_on_a_terminal(monkeypatch, world_size, terminal, shown):
+    """A data-parallel worker, or any process whose stderr is not a terminal (a Ray worker's is a file), prints
+    per-epoch lines only: each redraw of a bar would be a line of its own there."""
+    from types import SimpleNamespace
+
+    from pointtune.train.loop import _shows_progress
+
+    monkeypatch.setattr(sys, "stderr", SimpleNamespace(isatty=lambda: terminal))
+    run = SimpleNamespace(loop=SimpleNamespace(progress=True), session=SimpleNamespace(world_size=world_size))
+    assert _shows_progress(run) == shown

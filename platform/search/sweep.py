@@ -487,7 +487,8 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
                 num_samples=1 if spec.scheduler == "fifo" else spec.trials,  # a study: its grid once
                 # PBT's and a study's BasicVariantGenerator hold their limit (_tuner_parts); Tune ignores this
                 # one for them, with a warning
-                max_concurrent_trials=None if isinstance(searcher, BasicVariantGenerator) else runtime.plan.max_concurrent,
+                max_concurrent_trials=(None if isinstance(searcher, BasicVariantGenerator)
+                                       else runtime.plan.max_concurrent),
                 metric=space.metric, mode=space.mode,
                 reuse_actors=runtime.plan.single_process,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,

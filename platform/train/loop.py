@@ -381,10 +381,11 @@ def _judge_untrained(run: _Run) -> None:
 
 
 def _shows_progress(run: _Run) -> bool:
-    """Whether this process draws the per-batch progress bar: asked for (``progress``), one process training
-    alone, and a terminal to redraw it on. Elsewhere (a Ray worker's stdout is a file that Ray forwards line by
-    line, prefixed with the worker's pid) every update would be a line: the per-epoch lines say enough."""
-    return run.loop.progress and run.session.world_size == 1 and sys.stdout.isatty()
+    """Whether this process draws the per-batch progress bar (tqdm, on stderr): asked for (``progress``), one
+    process training alone, and a terminal to redraw it on. Elsewhere (a Ray worker's output is a file that Ray
+    forwards line by line, prefixed with the worker's pid) every update would be a line: the per-epoch lines
+    say enough."""
+    return run.loop.progress and run.session.world_size == 1 and sys.stderr.isatty()
 
 
 def _train_epoch(run: _Run, model: torch.nn.Module, loader, epoch: int) -> dict[str, float]:
