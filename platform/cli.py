@@ -31,12 +31,15 @@ import yaml
 from pathlib import Path
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
+from pointtune.console import quiet_driver
 from pointtune.config import ConfigError, config_from_file, load_yaml, plan_prerequisite
 from pointtune.search.spec import SAMPLERS, SCHEDULERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's status for a process stopped by SIGINT
+VERBOSE_HELP = ("show everything Ray, Tune, Optuna and MLflow print (by default their notices and INFO lines are "
+                "quieted: pointtune.console)")
 # The flags of `resources()` in build_parser: SweepSpec fields every sweep and study of a command gets.
 RESOURCE_FLAGS = ("workers", "gpus_per_worker", "cpus_per_worker", "memory_per_worker", "max_concurrent", "address",
                   "storage", "wait_for_resources", "worker_start_timeout", "verbose")
@@ -224,6 +227,7 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``pointtune sweep``: Ray Tune + Optuna TPE + ASHA over the method's search space (numbers, tracking URI,
     space, config, data and model are checked by :func:`~pointtune.search.sweep.prepare_sweep` before Ray)."""
+    quiet_driver(args.verbose)
     import yaml
 
     from pointtune.config import load_yaml, parse_override
@@ -251,6 +255,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     """``pointtune study``: a seed study of a sweep's top configs and/or config files
     (:mod:`pointtune.search.study`), run like a sweep (:func:`~pointtune.search.sweep.run_sweep`)."""
+    quiet_driver(args.verbose)
     import yaml
 
     from pointtune.config import parse_override
@@ -299,6 +304,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """``pointtune compare SPEC.yaml``: entries side by side at an equal budget (:mod:`pointtune.search.compare`),
     in ``--output`` (default ``runs/compare/<name>``, so that the same command resumes it). Exit status 0 when
     every entry has a finished run, else 1."""
+    quiet_driver(args.verbose)
     from pointtune.search.compare import load_compare, run_compare
 
     spec = load_compare(args.spec)
@@ -333,10 +339,14 @@ def _sweep_status(rows) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """``pointtune resume SWEEP_DIR``: finish an interrupted sweep."""
+    """``pointtune resume SWEEP_DIR``: finish an interrupted sweep (``--verbose``, or the sweep's own: Ray's
+    and Optuna's log lines)."""
+    from pointtune.search.spec import SweepSpec
     from pointtune.search.sweep import resume_sweep
 
-    return _sweep_status(resume_sweep(args.sweep_dir))
+    verbose = args.verbose or SweepSpec.load(args.sweep_dir).verbose
+    quiet_driver(verbose)
+    return _sweep_status(resume_sweep(args.sweep_dir, verbose=verbose))
 
 
 def _store_dir(root: Path) -> Path:
@@ -395,10 +405,11 @@ def _free_port(host: str, port: int) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """``pointtune submit -- COMMAND``: run a pointtune command as a Ray job with this checkout's code."""
+    quiet_driver(args.verbose)
     from pointtune.submit import submit
 
     command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
-    return submit(args.address, command, wait=not args.no_wait)
+    return submit(args.address, command, wait=not args.no_wait, verbose=args.verbose)
 
 
 def cmd_best(args: argparse.Namespace) -> int:
@@ -482,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--worker-start-timeout", type=float, default=DEFAULT_WORKER_START_TIMEOUT_S,
                        metavar="SECONDS", help="a data-parallel trial whose workers cannot be placed within this "
                        f"long fails (default {DEFAULT_WORKER_START_TIMEOUT_S:g})")
-        p.add_argument("--verbose", action="store_true", help="show Ray's and Optuna's own log lines")
+        p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
 
     train = sub.add_parser("train", help="train one method (local debug mode by default)")
     common(train)
@@ -576,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     resume = sub.add_parser("resume", help="finish an interrupted sweep or study")
     resume.add_argument("sweep_dir", metavar="SWEEP_DIR", help="the directory of the interrupted sweep or study")
+    resume.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     resume.set_defaults(func=cmd_resume)
 
     best = sub.add_parser("best", help="print the best trial of a sweep and write its config")
@@ -595,6 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the cluster's dashboard / job API (default http://127.0.0.1:8265, the "
                         "`ray dashboard` tunnel)")
     submit.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
+    submit.add_argument("--verbose", action="store_true", help="show Ray's lines of packaging and uploading the "
+                        "checkout (give the submitted command its own --verbose for the job's)")
     submit.add_argument("command_line", nargs=argparse.REMAINDER, help="-- then the pointtune command")
     submit.set_defaults(func=cmd_submit)
 

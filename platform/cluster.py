@@ -108,13 +108,15 @@ def init_ray(
             State API whenever Tune can stop a multi-worker trial; single-process trials do without it.
         worker_start_timeout_s: a Train worker group that cannot be placed within this many seconds fails
             its trial (instead of Ray Train's default of retrying for ever).
-        verbose: keep Ray's own INFO lines on the console.
+        verbose: keep Ray's own INFO lines on the console (else every worker process is quieted:
+            :func:`pointtune.console.worker_runtime_env`).
 
     Raises:
         ConfigError: ``address`` names a cluster that does not answer.
     """
     import ray
 
+    from pointtune.console import worker_runtime_env
     from pointtune.reaper import start_reaper
 
     env = {**TRAIN_ENV, "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S": f"{worker_start_timeout_s:g}"}
@@ -132,7 +134,7 @@ def init_ray(
         # before Ray starts: a kill during ray.init is covered too, but for what started in the last scan.
         start_reaper()
         ray.init(address="local", include_dashboard=dashboard, logging_level=level, log_to_driver=True,
-                 configure_logging=True)
+                 configure_logging=True, runtime_env=worker_runtime_env(verbose))
         gcs = ray.get_runtime_context().gcs_address
         os.environ["RAY_ADDRESS"] = gcs
         return gcs
@@ -144,7 +146,7 @@ def init_ray(
         address = probe_address(address)
     os.environ.update(env)
     ray.init(address=address, logging_level=level, log_to_driver=True,
-             runtime_env={"env_vars": {**env, "RAY_ADDRESS": address}})
+             runtime_env={"env_vars": {**env, "RAY_ADDRESS": address}, **worker_runtime_env(verbose)})
     gcs = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = gcs
     return gcs

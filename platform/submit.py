@@ -30,7 +30,8 @@ def stage_package(target: Path) -> Path:
     return package
 
 
-def submit(address: str, command: list[str], wait: bool = True, env: dict[str, str] | None = None) -> int:
+def submit(address: str, command: list[str], wait: bool = True, env: dict[str, str] | None = None,
+           verbose: bool = False) -> int:
     """Submit ``python -m pointtune.cli COMMAND`` to the cluster whose dashboard is at ``address``.
 
     Args:
@@ -38,6 +39,8 @@ def submit(address: str, command: list[str], wait: bool = True, env: dict[str, s
         command: the pointtune command line, e.g. ``["sweep", "cedr", "--trials", "8"]``.
         wait: follow the job's output until it ends.
         env: extra environment variables for the job.
+        verbose: show Ray's lines of packaging and uploading the checkout
+            (:func:`pointtune.console.quiet_job_submission`).
 
     Returns:
         0 if the job succeeded (or was submitted, with ``wait=False``), else 1.
@@ -50,7 +53,9 @@ def submit(address: str, command: list[str], wait: bool = True, env: dict[str, s
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from pointtune.config import ConfigError
+    from pointtune.console import quiet_job_submission
 
+    quiet_job_submission(verbose)
     if not command:
         raise ConfigError("pointtune submit: name the command to run, e.g. `pointtune submit -- sweep cedr ...`")
     try:

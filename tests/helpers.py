@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,30 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, SHARED_DATA, TINY
+
+# A line Ray forwards from a trial actor or a Train worker starts with "(run_trial pid=123)" (", ip=..." on
+# another node), coloured.
+RAY_PREFIX = r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=\S+)?\)(\x1b\[0m)? "
+# The console contract (pointtune.console): every line a sweep, study or resume prints without --verbose is of
+# one of these kinds.
+CONSOLE_KINDS = [re.compile(kind) for kind in (
+    r"",
+    r"\[pointtune\] .*",
+    RAY_PREFIX + r"\[pointtune\] .*",
+    # Tune's status box (pointtune.search.status.StatusTable) and its trial table
+    r"== Status ==", r"Current time: .*", r"Using (AsyncHyperBand|FIFO scheduling algorithm)\b.*", r"Bracket: .*",
+    r"PopulationBasedTraining: .*", r"Logical resource usage: .*", r"Memory usage on this node: .*",
+    r"Number of trials: .*",
+    r"[+|].*",  # Tune's trial table; a study's table
+    # the summary table: its header and one row per trial
+    r"trial +optuna +status .*", r"[0-9a-f]{5,8}(_\d{5})? +\S+ +(FINISHED|STOPPED|FAILED) .*",
+)]
+
+
+def offending(*outputs: str) -> list[str]:
+    """The lines of ``outputs`` (a command's stdout, stderr) that are of none of the :data:`CONSOLE_KINDS`."""
+    return [line for text in outputs for line in text.splitlines()
+            if not any(kind.fullmatch(line) for kind in CONSOLE_KINDS)]
 
 
 def tiny_sets(**extra) -> list[str]:
@@ -320,11 +345,11 @@ def sweep_until_reported(cmd: list[str], out: Path, timeout: float = 300, notes:
     return proc
 
 
-def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> None:
+def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> tuple[str, str]:
     """SIGKILL the driver of the sweep ``cmd`` once it has reported (:func:`sweep_until_reported`) and its
     ``pointtune.reaper`` has noted every process it had started (the Ray instance, its trial actors and Train
     workers), as a crash or the OOM killer would; assert that they are all gone within 120 s: killed by the
-    reaper, not by the test."""
+    reaper, not by the test. Returns what the driver printed until then (stdout, stderr)."""
     import signal
 
     from pointtune.reaper import descendants
@@ -340,8 +365,9 @@ def kill_after_first_report(cmd: list[str], out: Path, timeout: float = 300) -> 
 
     wait_until(noted, "the reaper to note every process of the sweep")
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    printed = proc.communicate()
     wait_until(lambda: not any(running(p) for p in family), f"the killed sweep's processes {sorted(family)} to end")
+    return printed
 
 
 def start_other_ray(tmp_path: Path, num_cpus: int = 1) -> str:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, write_space
+from helpers import check_records, kill_after_first_report, mlflow_runs, offending, pointtune, write_space
 from pointtune.config import ConfigError
 from pointtune.search.pbt import pbt_scheduler
 from pointtune.search.space import load_search_space
@@ -114,6 +114,10 @@ def test_pbt_sweep_exploits_and_records_what_it_followed(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     statuses = check_records(out, EPOCHS, study=False)
     assert set(statuses.values()) == {"FINISHED"} and len(statuses) == 4    # PBT stops nobody
+    assert offending(proc.stdout, proc.stderr) == []  # the console contract (test_console), PBT's box included
+    started = [line for line in proc.stdout.splitlines() if line.startswith("[pointtune] trial ")
+               and " started " in line]
+    assert len(started) == len(set(started)) == 4  # once per trial, though PBT restarts trials at every exploit
     client, runs = mlflow_runs(out)
     trials = {r.data.tags["pointtune.trial_id"]: r for r in runs if r.data.tags.get("pointtune.kind") == "trial"}
     exploited = 0

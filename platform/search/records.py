@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray.tune import Callback
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.search.optuna import OptunaSearch
@@ -133,8 +135,10 @@ class MlflowRecorder(Callback):
         return tracking.find_child_run(self._uri, self.runtime.experiment_id, self.runtime.parent_run_id, trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        """Open (or, after a restart, reopen) the trial's child run. Its params come with the trial's first
-        result (:meth:`on_trial_result`): the trial builds its config, the driver does not build it again."""
+        """Open (or, after a restart, reopen) the trial's child run and say so once per trial (PBT starts a
+        trial again at every exploit). Its params come with the trial's first result (:meth:`on_trial_result`):
+        the trial builds its config, the driver does not build it again."""
+        announced = trial.trial_id in self.run_ids  # PBT restarts a trial (from its own or another's checkpoint)
         existing = self.find_run(trial.trial_id)
         if existing:  # restarted (resume): how it ended before (a failure, ASHA's stop) is superseded by what happens now
             tracking.reopen_run(self._uri, existing, superseded=OUTCOME_TAGS)
@@ -152,7 +156,8 @@ class MlflowRecorder(Callback):
         self.logged[trial.trial_id] = tracking.logged_steps(self._uri, run_id) if existing else set()
         if OPTUNA_KEY in trial.config:
             set_study_attr(self.spec.sweep_dir, trial.config[OPTUNA_KEY], "mlflow_run_id", run_id)
-        print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
+        if not announced:
+            print(f"[pointtune] trial {trial.trial_id} started (MLflow run {run_id})", flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         """Log the trial's config as the run's params when its first result brings it, and the epoch Tune just
@@ -303,7 +308,9 @@ class StudySearch(OptunaSearch):
         super()._setup_study(mode)
         names = self._metric if isinstance(self._metric, list) else [self._metric]
         if self._ot_study.metric_names != names:
-            self._ot_study.set_metric_names(names)
+            with warnings.catch_warnings():  # experimental since Optuna 3.2, used knowingly: not the user's concern
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names(names)
 
     def restore(self, checkpoint_path: str) -> None:
         """Restore the searcher Tune saved; a file cut short (the driver killed while Tune copied its state to

@@ -13,7 +13,6 @@ runtime record, a trial's config) is :mod:`pointtune.search.spec`'s.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import time
@@ -46,8 +45,6 @@ def run_trial(config: dict[str, Any], spec: SweepSpec, runtime: SweepRuntime) ->
 
     from pointtune.train.loop import LoopConfig, tune_trial_loop
 
-    if not spec.verbose:
-        logging.getLogger("ray").setLevel(logging.WARNING)  # e.g. "Checkpoint successfully created" per epoch
     space = spec.space()
     plan = runtime.plan
     exp = trial_config(spec, config, space, runtime)
@@ -417,17 +414,17 @@ def _trial_name(trial) -> str:
 
 def _reporter(spec: SweepSpec, space: SearchSpace):
     """The console of a sweep: Tune's trial table (status, epoch, objective, searched values) every 30 s
-    or when a trial changes state, instead of a metric dump per report (``--verbose`` keeps Tune's own)."""
-    from ray import tune
-
+    or when a trial changes state (:class:`~pointtune.search.status.StatusTable`), instead of a metric dump per
+    report (``--verbose`` keeps Tune's own reporter); the rest of the contract is :mod:`pointtune.console`'s."""
     from pointtune.search.report import short_names
+    from pointtune.search.status import StatusTable
 
     if spec.verbose:
         return None
     perturbed = [p.key for p in space.params if p.perturb is not None]
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # the classic table reporter; the new engine prints every result
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    return tune.CLIReporter(
+    return StatusTable(
         metric_columns={"epoch": "epoch", **{o.metric: o.metric for o in space.objectives}},
         # the sampled values: summary.csv, MLflow, Optuna; PBT's perturbed ones change, so they are shown
         parameter_columns=(dict(zip(perturbed, short_names(perturbed))) if spec.scheduler == "pbt"
@@ -470,6 +467,7 @@ def _param_space(spec: SweepSpec, space: SearchSpace) -> dict[str, Any] | None:
 def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: bool):
     """Run (or restore and finish) the Tuner; always withdraw the autoscaler request afterwards."""
     from ray import tune
+    from ray.tune.search import BasicVariantGenerator
 
     from pointtune.search.actor_deaths import tolerate_actor_deaths
 
@@ -491,7 +489,11 @@ def _tune(spec: SweepSpec, runtime: SweepRuntime, space: SearchSpace, restore: b
             tune_config=tune.TuneConfig(
                 search_alg=searcher, scheduler=scheduler,
                 num_samples=1 if spec.scheduler == "fifo" else spec.trials,  # a study: its grid once
-                max_concurrent_trials=runtime.plan.max_concurrent, metric=space.metric, mode=space.mode,
+                # PBT's and a study's BasicVariantGenerator hold their limit (_tuner_parts); Tune ignores this
+                # one for them, with a warning
+                max_concurrent_trials=(None if isinstance(searcher, BasicVariantGenerator)
+                                       else runtime.plan.max_concurrent),
+                metric=space.metric, mode=space.mode,
                 reuse_actors=runtime.plan.single_process,
                 trial_name_creator=_trial_name, trial_dirname_creator=_trial_name,
             ),
@@ -583,8 +585,9 @@ def _study_tags(spec: SweepSpec, uri: str) -> dict[str, str]:
     return tags
 
 
-def resume_sweep(sweep_dir: str | Path):
-    """Finish an interrupted sweep: ``Tuner.restore`` (errored trials resumed), then finalize.
+def resume_sweep(sweep_dir: str | Path, verbose: bool = False):
+    """Finish an interrupted sweep: ``Tuner.restore`` (errored trials resumed), then finalize; ``verbose``:
+    Ray's, Tune's and Optuna's own lines on the console even if the sweep ran without ``--verbose``.
 
     Returns:
         The trial summaries, best first.
@@ -597,6 +600,7 @@ def resume_sweep(sweep_dir: str | Path):
     from pointtune.cluster import init_ray
 
     spec = SweepSpec.load(sweep_dir)
+    spec = replace(spec, verbose=spec.verbose or verbose)
     runtime = SweepRuntime.load(spec.layout)
     space = spec.space()
     if not tune.Tuner.can_restore(spec.layout.tune):  # a file check: refused before Ray starts

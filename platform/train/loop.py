@@ -20,6 +20,7 @@ import contextlib
 import json
 import random
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -55,7 +56,7 @@ class LoopConfig:
         mlflow: ``pointtune train`` only: ``{tracking_uri, run_id}``; rank 0 logs each epoch there before
             reporting it. Sweeps log from the Tune driver instead, exactly what Tune received.
         local_dir: local mode: where ``latest`` and ``best`` checkpoints are kept (Ray keeps none there).
-        progress: show a progress bar (rank 0).
+        progress: show a progress bar where it can be redrawn (one process, a terminal: :func:`_shows_progress`).
         cpus_per_worker: CPUs a worker holds; a CPU worker uses that many torch threads.
         verbose: keep Ray Train's INFO lines (e.g. every report's full metrics) on the console.
         metrics_file: ``pointtune train``: rank 0 appends each epoch's metrics there as a JSON line.
@@ -390,6 +391,14 @@ def _judge_untrained(run: _Run) -> None:
     run.session.report(metrics, None)
 
 
+def _shows_progress(run: _Run) -> bool:
+    """Whether this process draws the per-batch progress bar (tqdm, on stderr): asked for (``progress``), one
+    process training alone, and a terminal to redraw it on. Elsewhere (a Ray worker's output is a file that Ray
+    forwards line by line, prefixed with the worker's pid) every update would be a line: the per-epoch lines
+    say enough."""
+    return run.loop.progress and run.session.world_size == 1 and sys.stderr.isatty()
+
+
 def _train_epoch(run: _Run, model: torch.nn.Module, loader, epoch: int) -> dict[str, float]:
     """One epoch of training; returns ``epoch`` (1-based), ``lr``, the schedules the epoch followed (at its
     start: what PBT mutated is visible epoch by epoch) as ``sched/<key>`` and the epoch means of the method's
@@ -399,7 +408,7 @@ def _train_epoch(run: _Run, model: torch.nn.Module, loader, epoch: int) -> dict[
         loader.sampler.set_epoch(epoch)
     run.data.train.set_epoch(epoch)
     stats = _train_one_epoch(model, run.method, loader, run.optimizer, run.scaler, exp, epoch, run.session.device,
-                             run.loop.progress and run.rank == 0)
+                             _shows_progress(run))
     metrics: dict[str, float] = {"epoch": epoch + 1, "lr": run.optimizer.param_groups[0]["lr"]}
     metrics.update({f"sched/{k}": v for k, v in schedule_values(exp, epoch, exp.train.epochs).items()})
     metrics.update({f"train/{k}": v for k, v in stats.items()})

@@ -13,7 +13,6 @@ Two runners, one loop (:func:`pointtune.train.loop.run_loop`):
 
 from __future__ import annotations
 
-import logging
 import math
 import shutil
 import tempfile
@@ -45,12 +44,9 @@ class TrainSession:
         import ray.train
         from ray.train.torch import get_device
 
-        if not verbose:  # Ray Train logs every report's full metrics at INFO (workers: under its file's path)
-            from ray.train.v2._internal.execution import context as train_context
+        from pointtune.console import quiet_worker
 
-            for name in ("ray.train", train_context.__file__):
-                logging.getLogger(name).setLevel(logging.WARNING)
-
+        quiet_worker(verbose)
         ctx = ray.train.get_context()
         self.rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
         self.device = get_device()
