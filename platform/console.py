@@ -13,6 +13,11 @@ text:
   level only: security is whatever Ray, ``RAY_AUTH_MODE`` or the cluster decide);
 - Ray's INFO lines of a job submission (packaging and uploading the checkout) and its warnings about file
   sizes (a job that cannot be uploaded still fails with Ray's error);
+- Tune's own lines on Ctrl-C ("Stop signal received ...", "Trials did not complete: [...]", "Resume experiment
+  with: Tuner.restore(...)"): pointtune says in one line what was saved and that ``pointtune resume DIR``
+  finishes the sweep, which Tune's ``Tuner.restore`` would not do (records, summary); the one place text is
+  filtered, by the messages' first words (:class:`_TuneInterruptNotices`), since they share their logger with
+  Tune's errors;
 - in every worker process (trial actors, Ray Train's workers: :func:`worker_runtime_env`), Ray's INFO lines
   and the ``Exception ignored ... SystemExit: 1`` traceback Python prints when Ray's SIGTERM handler (a worker
   being stopped) fires inside a weakref callback.
@@ -32,6 +37,9 @@ import sys
 QUIET_ENV = {"RAY_DEDUP_LOGS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
 # Ray's notice that token authentication is on (Ray 2.60 logs it at WARNING for every local instance).
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+# Tune's logger of tune.run, and the first words of its notices of a run stopped by Ctrl-C.
+TUNE_LOGGER = "ray.tune.tune"
+TUNE_INTERRUPT_NOTICES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
 # What a job submission logs: the client's steps at INFO (its module sets that level when imported) and the
 # packaging of the working directory and py_modules (INFO, and WARNING for large files).
 JOB_SUBMISSION_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
@@ -50,6 +58,16 @@ def quiet_driver(verbose: bool) -> None:
         os.environ.setdefault(key, value)
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
+    tune_logger = logging.getLogger(TUNE_LOGGER)
+    if not any(isinstance(f, _TuneInterruptNotices) for f in tune_logger.filters):
+        tune_logger.addFilter(_TuneInterruptNotices())
+
+
+class _TuneInterruptNotices(logging.Filter):
+    """Drops Tune's notices of an interrupted run (:data:`TUNE_INTERRUPT_NOTICES`); keeps every other record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(TUNE_INTERRUPT_NOTICES)
 
 
 def quiet_job_submission(verbose: bool) -> None:

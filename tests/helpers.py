@@ -20,6 +20,7 @@ RAY_PREFIX = r"(\x1b\[\d+m)?\(\w+ pid=\d+(, ip=\S+)?\)(\x1b\[0m)? "
 CONSOLE_KINDS = [re.compile(kind) for kind in (
     r"",
     r"\[pointtune\] .*",
+    r"pointtune: .*",  # the one line of an error or an interrupted sweep (exit 2, 130)
     RAY_PREFIX + r"\[pointtune\] .*",
     # Tune's status box (pointtune.search.status.StatusTable) and its trial table
     r"== Status ==", r"Current time: .*", r"Using (AsyncHyperBand|FIFO scheduling algorithm)\b.*", r"Bracket: .*",

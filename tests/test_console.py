@@ -137,3 +137,26 @@ def test_progress_bar_only_for_one_process_on_a_terminal(monkeypatch, world_size
     monkeypatch.setattr(sys, "stderr", SimpleNamespace(isatty=lambda: terminal))
     run = SimpleNamespace(loop=SimpleNamespace(progress=True), session=SimpleNamespace(world_size=world_size))
     assert _shows_progress(run) == shown
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_tune_interrupt_notices_are_quiet_unless_verbose(verbose):
+    """Ctrl-C: Tune's own notices (its Tuner.restore hint among them, which would not finish pointtune's
+    records) are not printed; pointtune's line says how to resume. Tune's other lines on that logger are."""
+    proc = _run_python(f"""
+        import logging
+        from pointtune.console import quiet_driver
+
+        quiet_driver({verbose})
+        import ray.tune.tune  # Ray's own logging setup, as in a sweep
+        log = logging.getLogger("ray.tune.tune")
+        log.warning("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune run.")
+        log.error("Trials did not complete: %s", ["trial_1"])
+        log.warning("Experiment has been interrupted, but the most recent state was saved.\\nResume experiment "
+                    "with: Tuner.restore(path=...)")
+        log.error("Trial trial_2 errored")
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Trial trial_2 errored" in proc.stderr
+    for notice in ("Stop signal received", "Trials did not complete", "Tuner.restore"):
+        assert (notice in proc.stderr) == verbose, proc.stderr

@@ -11,7 +11,7 @@ import optuna
 import pytest
 
 from conftest import REPO
-from helpers import (check_records, kill_after_first_report, mlflow_runs, pointtune, scaled, sweep_until_reported,
+from helpers import (check_records, kill_after_first_report, mlflow_runs, offending, pointtune, scaled, sweep_until_reported,
                      wait_until, write_space)
 
 
@@ -112,6 +112,7 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     print(f"first report after {reported - began:.1f} s; stopped {time.time() - reported:.1f} s after SIGINT")
     assert proc.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert f"pointtune resume {out}" in stderr
+    assert offending(stdout, stderr) == []  # the console contract: Tune's Ctrl-C notices included
     assert not (out / "summary.csv").exists() and not (out / "best_config.yaml").exists()
     _, runs = mlflow_runs(out)
     parent = next(r for r in runs if r.data.tags.get("pointtune.kind") == "sweep")
