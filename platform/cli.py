@@ -379,7 +379,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{port}"
     print(f"[pointtune] MLflow UI on {base} (Ctrl-C stops it); the runs tables:", flush=True)
     for experiment_id, name in tracking.experiments(f"sqlite:///{root}/mlflow.db"):
-        print(f"[pointtune]   {name}: {base}/#/experiments/{experiment_id}?workflowType=machine_learning", flush=True)
+        print(f"[pointtune]   {name}: {tracking.runs_table_url(base, experiment_id)}", flush=True)
     mlflow = Path(sys.executable).with_name("mlflow")
     cmd = [str(mlflow) if mlflow.exists() else "mlflow", "ui", "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
            "--host", args.host, "--port", str(port)]

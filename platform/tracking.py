@@ -93,6 +93,13 @@ def ensure_experiment(uri: str, name: str, run_dir: str | Path) -> str:
     return _retry(client.create_experiment, name, artifact_location=location, tags=dict([EXPERIMENT_KIND]))
 
 
+def runs_table_url(base: str, experiment_id: str) -> str:
+    """The MLflow UI link that opens the experiment's runs table: MLflow 3 opens an experiment clicked in its
+    list on the GenAI overview, ``workflowType=machine_learning`` on the runs table (checked in Chromium:
+    ``bench/ui_check.py``)."""
+    return f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
 def experiments(uri: str) -> list[tuple[str, str]]:
     """``(id, name)`` of every experiment of the store at ``uri`` that holds a run, oldest first (MLflow's
     empty ``Default`` experiment left out)."""

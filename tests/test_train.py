@@ -109,6 +109,8 @@ def test_ui_names_each_runs_table_and_refuses_a_taken_port(tmp_path):
     assert pointtune("train", "cedr", "--epochs", "0", "--output", str(out), *tiny_sets()).returncode == 0
     [(experiment_id, name)] = tracking.experiments(f"sqlite:///{out}/mlflow.db")
     assert name == "pointtune-cedr"
+    assert tracking.runs_table_url("http://h:1", experiment_id) == \
+        f"http://h:1/#/experiments/{experiment_id}?workflowType=machine_learning"
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))
         held.listen()

@@ -279,8 +279,9 @@ def ui_url(runtime: SweepRuntime, run_id: str | None = None, port: int = 5000) -
     ``mlflow ui`` (port 5000) or the sweep's tracking server."""
     uri = runtime.tracking_uri or ""
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{port}"
-    path = f"#/experiments/{runtime.experiment_id}"
-    return f"{base}/{path}/runs/{run_id}" if run_id else f"{base}/{path}?workflowType=machine_learning"
+    if run_id:
+        return f"{base}/#/experiments/{runtime.experiment_id}/runs/{run_id}"
+    return tracking.runs_table_url(base, runtime.experiment_id)
 
 
 LOST = ("started before the sweep was interrupted, after Tune last saved its state: Tune does not know it, so "
