@@ -151,3 +151,41 @@ def test_a_searcher_state_cut_short_by_a_kill_is_rebuilt_from_the_study(tmp_path
     assert trials["running"].state == TrialState.COMPLETE and trials["running"].value == 0.7
     assert trials["running"].intermediate_values == {1: 0.5, 2: 0.7}
     assert trials["done"].value == 0.6 and len(trials) == 2
+
+
+def test_a_tune_state_cut_short_by_a_kill_is_repaired_before_resume(tmp_path, monkeypatch):
+    """The driver killed while Tune wrote its experiment state (CI: `resume` then failed with a JSONDecodeError):
+    the newest state file is replaced by Tune's complete staging copy under Ray's session directory; without
+    one it is set aside for the previous session's state; with neither, one line names the file."""
+    import json
+
+    import pytest
+
+    from pointtune.config import ConfigError
+    from pointtune.search.tune_state import repair_experiment_state
+
+    tune_dir = tmp_path / "sweep" / "tune"
+    tune_dir.mkdir(parents=True)
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "raytmp"))
+    staging = tmp_path / "raytmp" / "ray" / "session_1" / "artifacts" / "2026-12-07_16-39-00" / "tune" / "driver_artifacts"
+    staging.mkdir(parents=True)
+    whole = json.dumps({"trial_data": [], "runner_data": {"x": 1}})
+    state = tune_dir / "experiment_state-2026-12-07_16-39-00.json"
+
+    state.write_text(whole)
+    assert repair_experiment_state(tune_dir) is None and state.read_text() == whole  # whole: untouched
+    assert repair_experiment_state(tmp_path / "remote-or-missing") is None
+
+    state.write_text(whole[:10])                                                      # cut short by the kill
+    (staging / state.name).write_text(whole)
+    assert "restored from Tune's copy" in repair_experiment_state(tune_dir) and state.read_text() == whole
+
+    state.write_text("")
+    (staging / state.name).write_text("")                                             # both cut short
+    with pytest.raises(ConfigError, match=f"{state.name}: Tune's experiment state was cut short"):
+        repair_experiment_state(tune_dir)
+    older = tune_dir / "experiment_state-2026-12-07_15-00-00.json"
+    older.write_text(whole)
+    assert "resuming from the previous state, " + older.name in repair_experiment_state(tune_dir)
+    assert not state.exists() and state.with_name(state.name + ".cut-short").exists()
+    assert repair_experiment_state(tune_dir) is None

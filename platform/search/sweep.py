@@ -593,11 +593,13 @@ def resume_sweep(sweep_dir: str | Path, verbose: bool = False):
         The trial summaries, best first.
 
     Raises:
-        ConfigError: not a sweep directory, or no Tune state to restore.
+        ConfigError: not a sweep directory, or no Tune state to restore (none, or the only one cut short by a
+            kill: :func:`~pointtune.search.tune_state.repair_experiment_state`).
     """
     from ray import tune
 
     from pointtune.cluster import init_ray
+    from pointtune.search.tune_state import repair_experiment_state
 
     spec = SweepSpec.load(sweep_dir)
     spec = replace(spec, verbose=spec.verbose or verbose)
@@ -605,6 +607,9 @@ def resume_sweep(sweep_dir: str | Path, verbose: bool = False):
     space = spec.space()
     if not tune.Tuner.can_restore(spec.layout.tune):  # a file check: refused before Ray starts
         raise ConfigError(f"{sweep_dir}: no Tune experiment state at {spec.layout.tune} to resume")
+    repaired = repair_experiment_state(spec.layout.tune)
+    if repaired:
+        print(f"[pointtune] {repaired}", flush=True)
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
     print(f"[pointtune] resuming sweep {spec.root}", flush=True)
