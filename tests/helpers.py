@@ -152,6 +152,8 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
     import yaml
     from mlflow.tracking import MlflowClient
 
+    from pointtune.search.report import SUPERSEDED
+
     client = MlflowClient(tracking_uri=tracking_uri or f"sqlite:///{sweep_dir}/mlflow.db")
     experiments = [e.experiment_id for e in client.search_experiments()]
     # Runs and Optuna trials marked lost (started after Tune last saved its state, then interrupted) are
@@ -165,7 +167,7 @@ def check_records(sweep_dir: Path, epochs: int, metric: str = "val/OA", tune_dir
         trials = optuna_study.trials
         # A trial Optuna closed that Tune carried on (a FAIL trial resume finished, a PRUNED one resume trained
         # on) is recorded again: the study's attribute `superseded` links the old number to the new one.
-        superseded = {int(old): new for old, new in optuna_study.user_attrs.get("superseded", {}).items()}
+        superseded = {int(old): new for old, new in optuna_study.user_attrs.get(SUPERSEDED, {}).items()}
         assert all(trials[new].user_attrs["resumes"] == old for old, new in superseded.items()), superseded
         current = [t for t in trials if "lost" not in t.user_attrs and t.number not in superseded]
         studied = {t.user_attrs["tune_trial_id"]: t for t in current}

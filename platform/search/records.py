@@ -327,7 +327,6 @@ class StudySearch(OptunaSearch):
             self._rebuild_from_study()
 
     def _rebuild_from_study(self) -> None:
-        import optuna
         from optuna.trial import TrialState
 
         for frozen in self._ot_study.get_trials(deepcopy=False):
