@@ -81,6 +81,33 @@ def test_a_pruned_trial_that_resume_trained_until_it_failed_is_recorded_as_faile
     assert study.user_attrs[SUPERSEDED] == {"0": 1}
 
 
+def test_a_multi_objective_study_is_told_each_objective_at_the_selected_epoch(tmp_path):
+    """Several objectives: a trial that ASHA pruned and resume trained on, and a trial whose end the searcher
+    never saw, are told every objective's value at the selected epoch (``row.values``), with no per-epoch
+    values (Optuna keeps none for several objectives); a PRUNED outcome keeps its values."""
+    study = optuna.create_study(study_name=STUDY_NAME, storage=study_storage(tmp_path),
+                                directions=["maximize", "minimize"])
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"optim.lr": 0.1}, distributions=LR,
+                                 user_attrs={"tune_trial_id": "a", "stopped_at_epoch": 1}))
+    running = study.ask(LR)
+    running.set_user_attr("tune_trial_id", "b")
+    rows = [_row("a", "FINISHED", FULL), _row("b", "STOPPED", {1: 0.3, 2: 0.35})]
+    rows[0].values = {"val/OA": 0.5, "cost/params": 1200.0}
+    rows[1].values = {"val/OA": 0.35, "cost/params": 800.0}
+    space = SimpleNamespace(multi_objective=True, objectives=(SimpleNamespace(metric="val/OA"),
+                                                              SimpleNamespace(metric="cost/params")))
+
+    reconcile_study(SimpleNamespace(root=tmp_path), space, rows)
+    study = optuna.load_study(study_name=STUDY_NAME, storage=study_storage(tmp_path))
+    old, ended, new = study.get_trials()
+    assert old.state == TrialState.PRUNED and new.state == TrialState.COMPLETE
+    assert new.values == [0.5, 1200.0] and new.intermediate_values == {} and new.user_attrs["resumes"] == 0
+    assert ended.state == TrialState.PRUNED and ended.user_attrs["stopped_at_epoch"] == 2
+    assert ended.user_attrs["last_value"] == [0.35, 800.0] and ended.intermediate_values == {}
+    assert study.user_attrs[SUPERSEDED] == {"0": 2} and [r.optuna_trial for r in rows] == [2, None]
+    assert [t.number for t in study.best_trials] == [2]
+
+
 def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch_once(tmp_path):
     """A run that ASHA stopped in a killed driver, whose trial resume then trains on: its old outcome
     (``pointtune.status``, ``pointtune.stopped_by``) moves to ``<tag>.previous``; the epoch it holds already is
