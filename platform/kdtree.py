@@ -13,7 +13,8 @@ distances (plus a tiny absolute ``floor`` for results that underflow):
   ``(1 + slack) * D_k + floor``, ``D_k`` the ``k``-th smallest squared distance. Whatever float rounding
   the ranking uses, its ``k`` smallest (ties included) are among them.
 * :func:`ball_candidates`: for every query, all points whose squared distance is at most
-  ``(1 + slack) * radius2 + floor``, in index order.
+  ``(1 + slack) * radius2 + floor``, in index order (a bounded kNN round for balls of at most the caller's
+  slots, whole balls only for the crowded ones).
 
 Both work on a block of queries of one cloud and use ``workers`` threads (SciPy's ``workers``).
 """
@@ -114,25 +115,31 @@ def knn_candidates(
 
 
 def ball_candidates(
-    tree: cKDTree, query: np.ndarray, radius2: float, slack: float, floor: float, workers: int, max_entries: int
+    tree: cKDTree, query: np.ndarray, radius2: float, k: int, slack: float, floor: float, workers: int,
+    max_entries: int,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Every point within ``sqrt((1 + slack) * radius2 + floor)`` of every query, in blocks of queries.
+    """Every point within ``sqrt((1 + slack) * radius2 + floor)`` (the reach) of every query, in blocks of
+    queries, each ball in index order.
 
-    A block has ``max(1, max_entries // N)`` queries, so it holds at most ``max_entries`` candidates (or one
-    query's ``N``) whatever the balls' sizes; its balls come from ``query_ball_point`` as index-sorted lists,
-    flattened into one array.
+    A ball of at most ``k`` points (``k``: the caller's slots) comes from one bounded kNN round (``query``
+    for the ``k + 1`` nearest within the reach: NumPy arrays, no Python lists; a row that finds ``k + 1`` is
+    crowded). A crowded ball comes whole from ``query_ball_point``, in blocks whose sizes, counted first
+    (``return_length``), sum to at most ``max_entries`` (or one ball). Which kind is common decides the
+    order: the ball sizes of the first ``BALL_PROBE`` queries are counted, and when most are crowded (dense
+    clouds, large radii) the kNN round is skipped for all but the balls counted small.
 
     Args:
         tree: from :func:`build`.
         query: ``(M, C)`` ball centres.
         radius2: squared radius, squared input units, ``> 0``.
+        k: the caller's slots per ball, ``>= 1``.
         slack: relative margin on squared distances (module docstring).
         floor: absolute margin on squared distances.
         workers: threads for SciPy.
         max_entries: most candidates per block (see above).
 
     Yields:
-        ``(rows, counts, flat)``: a contiguous range of query indices, their ball sizes, and the concatenated
+        ``(rows, counts, flat)``: an int64 array of query indices, their ball sizes, and the concatenated
         balls (int64 indices into ``N``, ascending within each ball). Every query index is yielded once.
 
     Raises:
@@ -140,9 +147,52 @@ def ball_candidates(
     """
     check_finite("queries", query)
     reach = float(np.sqrt(radius2 * (1.0 + slack) + floor))
-    rows = max(1, max_entries // max(1, tree.n))
-    for start in range(0, len(query), rows):
-        balls = tree.query_ball_point(query[start : start + rows], reach, workers=workers, return_sorted=True)
+    probe = tree.query_ball_point(query[:BALL_PROBE], reach, workers=workers, return_length=True)
+    if probe.size and np.mean(probe > k) > 0.5:
+        sizes = tree.query_ball_point(query, reach, workers=workers, return_length=True)
+        small = np.flatnonzero(sizes <= k)
+        yield from _small_balls(tree, query, small, reach, k, workers, max_entries)
+        crowded = np.flatnonzero(sizes > k)
+        yield from _whole_balls(tree, query, crowded, sizes[crowded], reach, workers, max_entries)
+        return
+    crowded = yield from _small_balls(tree, query, np.arange(len(query)), reach, k, workers, max_entries)
+    sizes = tree.query_ball_point(query[crowded], reach, workers=workers, return_length=True)
+    yield from _whole_balls(tree, query, crowded, sizes, reach, workers, max_entries)
+
+
+#: Queries whose ball sizes choose :func:`ball_candidates`' order.
+BALL_PROBE: int = 256
+
+
+def _small_balls(tree, query, rows, reach, k, workers, max_entries):
+    """The bounded kNN round of :func:`ball_candidates` over the queries ``rows``: yields the complete balls
+    (at most ``k`` points) as ``(rows, counts, flat)`` blocks of at most ``max_entries`` candidates; returns
+    the rows found crowded."""
+    n = tree.n
+    width = min(k + 1, n)
+    per_block = max(1, max_entries // width)
+    crowded = []
+    for start in range(0, len(rows), per_block):
+        block = rows[start : start + per_block]
+        _, cand = tree.query(query[block], k=width, distance_upper_bound=reach, workers=workers)
+        cand = cand.reshape(-1, width)
+        full = cand[:, -1] < n if width < n else np.zeros(len(cand), dtype=bool)
+        crowded.append(block[full])
+        cand = np.sort(cand[~full], axis=1)  # index order; the missing (index N) last
+        found = cand < n
+        yield block[~full], found.sum(axis=1), cand[found]
+    return np.concatenate(crowded) if crowded else rows[:0]
+
+
+def _whole_balls(tree, query, rows, sizes, reach, workers, max_entries):
+    """The whole balls of the queries ``rows`` (``sizes`` points each, counted by the tree) from
+    ``query_ball_point``, in blocks of at most ``max_entries`` candidates (or one ball)."""
+    start = 0
+    while start < len(rows):
+        stop = start + max(1, int(np.searchsorted(np.cumsum(sizes[start:]), max_entries, side="right")))
+        block = rows[start:stop]
+        balls = tree.query_ball_point(query[block], reach, workers=workers, return_sorted=True)
         counts = np.fromiter(map(len, balls), dtype=np.int64, count=len(balls))
         flat = np.fromiter(itertools.chain.from_iterable(balls), dtype=np.int64, count=int(counts.sum()))
-        yield np.arange(start, start + len(balls)), counts, flat
+        yield block, counts, flat
+        start = stop

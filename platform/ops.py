@@ -711,9 +711,14 @@ def _tree_ball_query(xyz: Tensor, new_xyz: Tensor, r2: float, k: int, budget: in
     workers, entries = torch.get_num_threads(), _tree_entries(budget)
     for i, tree in enumerate(trees):
         centres, points = new_xyz[i].numpy(), xyz[i].numpy()
-        for rows, counts, flat in kdtree.ball_candidates(tree, centres, r2, _TREE_SLACK, _TREE_FLOOR, workers, entries):
+        centre_channels, point_channels = np.ascontiguousarray(centres.T), np.ascontiguousarray(points.T)
+        for rows, counts, flat in kdtree.ball_candidates(tree, centres, r2, k, _TREE_SLACK, _TREE_FLOOR, workers,
+                                                         entries):
+            if not len(rows):
+                continue
             owner = np.repeat(np.arange(len(rows)), counts)  # block row of every candidate
-            d2 = _pair_sq_dist(centres[rows[owner]], points, flat[:, None])[:, 0]
+            centre_of = rows[owner]
+            d2 = _exact_sq_dist([c[centre_of] for c in centre_channels], [p[flat] for p in point_channels])
             hit = d2 < np.asarray(r2, dtype=d2.dtype)  # as torch compares a tensor with a Python float
             seen = np.concatenate([[0], np.cumsum(hit)])  # hits before each candidate
             rank = seen[1:] - 1 - seen[np.cumsum(counts) - counts][owner]  # among its ball's hits
@@ -727,7 +732,7 @@ def _tree_ball_query(xyz: Tensor, new_xyz: Tensor, r2: float, k: int, budget: in
                 found[empty[:, 0]] = _tree_knn_rows(trees, new_xyz, xyz, lonely, 1, budget)[1]
                 return found
 
-            out[i, rows[0] : rows[-1] + 1] = _ball_slots(torch.from_numpy(inside), k, n, nearest)
+            out[i, torch.from_numpy(rows)] = _ball_slots(torch.from_numpy(inside), k, n, nearest)
     return out
 
 

@@ -503,6 +503,28 @@ def test_kdtree_identical_to_brute_force_on_ties(dtype):
         assert torch.equal(small_blocks, ball_query(ref, query, 0.05 * extent, 24, search="brute"))
 
 
+@pytest.mark.parametrize("radius", [0.05, 0.3])  # most balls within k slots / most crowded (the probe's choice)
+def test_ball_candidates_give_every_ball_once_within_the_block_bound(radius):
+    """Every query once, each ball the exact in-reach set in index order, no block over ``max_entries``
+    candidates (one ball excepted), in both orders that the probe of ball sizes chooses."""
+    from pointtune import kdtree
+
+    rng = np.random.default_rng(34)
+    points, query = rng.random((2000, 3)), rng.random((700, 3))
+    tree = kdtree.build(points)
+    seen, k, entries = {}, 12, 300
+    for rows, counts, flat in kdtree.ball_candidates(tree, query, radius**2, k, 0.0, 0.0, 1, entries):
+        assert len(rows) == len(counts) and counts.sum() == len(flat)
+        assert len(rows) == 1 or counts.sum() <= entries
+        for row, ball in zip(rows.tolist(), np.split(flat, np.cumsum(counts)[:-1])):
+            assert row not in seen
+            seen[row] = ball.tolist()
+    assert sorted(seen) == list(range(len(query)))
+    d2 = ((query[:, None] - points[None]) ** 2).sum(-1)
+    for row, ball in seen.items():
+        assert ball == np.flatnonzero(d2[row] <= radius**2).tolist()
+
+
 def test_knn_ties_go_to_the_lower_index(search):
     cloud = torch.rand(1, 50, 3, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
     cloud[:, [40, 3, 10]] = cloud[:, 25:26].clone()  # four copies of point 25
