@@ -765,9 +765,10 @@ def ball_query(
         k: slots per centre (``nsample``), ``>= 1``.
         budget: brute force: as in :func:`knn`; peak memory about 9 bytes per held distance in float32 (the
             block and its int32 candidates; measured 580 MiB at the default, against ~20 bytes per distance
-            before). k-d tree: blocks of ``max(1, budget // (4 N))`` centres, so at most ``budget // 4``
-            candidates at once, ~80 bytes each with SciPy's Python lists (a few MiB for scene-scale balls;
-            up to ~1.3 GiB at the default budget only if every ball holds the whole cloud).
+            before). k-d tree: at most ``budget // 4`` candidates at once (or one ball): balls of up to ``k``
+            points as ``(centres, k + 1)`` arrays of one bounded kNN round, crowded balls as SciPy's Python
+            lists (~80 bytes a candidate) in blocks sized by their counted lengths
+            (:func:`pointtune.kdtree.ball_candidates`; a few MiB at scene scale).
         search: as in :func:`knn`.
 
     Returns:
