@@ -67,6 +67,27 @@ def test_out_dims():
     assert build_backbone("pct", **SMALL["pct"], pooling="maxavg").out_dim == 48
 
 
+def test_edge_features_match_a_loop_over_points_and_neighbours():
+    """EdgeConv's input ``[x_j - x_i, x_i]`` (DGCNN, Eq. 7's ``h(x_i, x_j - x_i)``) for the ``k`` nearest
+    ``j`` of every ``i`` in the space of ``x`` (or of ``graph``), built point by point, and its gradient."""
+    from pointtune.backbones.dgcnn import edge_features
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    graph = torch.randn(2, 3, 9, generator=g, dtype=torch.float64)
+    for space in (None, graph):
+        out = edge_features(x, 3, space)
+        assert out.shape == (2, 8, 9, 3)
+        coords = (x if space is None else space).detach()
+        for b in range(2):
+            for i in range(9):
+                d2 = ((coords[b] - coords[b][:, i : i + 1]) ** 2).sum(0)
+                for slot, j in enumerate(d2.argsort(stable=True)[:3].tolist()):
+                    want = torch.cat([x[b, :, j] - x[b, :, i], x[b, :, i]])
+                    assert torch.equal(out[b, :, i, slot], want), (b, i, slot)
+    assert torch.autograd.gradcheck(lambda t: edge_features(t, 3, graph), (x,))
+
+
 def test_dgcnn_global_feature_is_max_concat_avg():
     dg = build_backbone("dgcnn", k=4, emb_dims=16).eval()
     xyz = cloud(2, 24)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..ops import gather_points, knn
+from ..ops import knn
 from ._util import check_features, check_non_negative_int, check_positive_int, check_xyz
 from .base import Backbone, BackboneOutput
 from .registry import register_backbone
@@ -32,13 +32,13 @@ def edge_features(x: Tensor, k: int, graph: Tensor | None = None) -> Tensor:
     Raises:
         ValueError: ``k > N`` (from :func:`pointtune.ops.knn`).
     """
-    pts = x.transpose(1, 2)  # (B, N, C)
-    space = pts if graph is None else graph.transpose(1, 2)
+    b, c, n = x.shape
+    space = (x if graph is None else graph).transpose(1, 2)  # (B, N, C)
     idx = knn(space, space, k)  # (B, N, k)
-    neighbours = gather_points(pts, idx)  # (B, N, k, C)
-    centre = pts.unsqueeze(2).expand_as(neighbours)
-    edge = torch.cat([neighbours - centre, centre], dim=-1)  # (B, N, k, 2C)
-    return edge.permute(0, 3, 1, 2).contiguous()
+    # gathered channels-first, so the edges come out in (B, 2C, N, k) without a copy to that layout
+    neighbours = x.gather(2, idx.reshape(b, 1, n * k).expand(b, c, n * k)).view(b, c, n, k)
+    centre = x.unsqueeze(-1).expand(b, c, n, k)
+    return torch.cat([neighbours - centre, centre], dim=1)
 
 
 def edge_mlp(c_in: int, c_out: int, width: int = 1) -> nn.Sequential:
