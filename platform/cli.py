@@ -192,9 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
     """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, then
-    print the run's memory estimate per worker (not for ``--fast-dev-run``, whose own step is the check). A ``train.batch_size`` the user did not give (``adapt_batch``)
-    that exceeds the training items a worker gets is lowered to what fits, with one printed line. Returns
-    ``(experiment, planned prerequisite or None)``.
+    print the run's memory estimate per worker. ``--fast-dev-run`` preflights without the training step (its
+    own run takes that step at once) and prints no estimate. A ``train.batch_size`` the user did not give
+    (``adapt_batch``) that exceeds the training items a worker gets is lowered to what fits, with one printed
+    line. Returns ``(experiment, planned prerequisite or None)``.
 
     Raises:
         ConfigError, DatasetError: a failed preflight (:func:`pointtune.preflight.preflight`).
@@ -211,7 +212,7 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
             pre = fast_dev_prerequisite(pre)
         try:
             for checked in ([pre.config, pre.stand_in] if pre else [exp]):  # --fast-dev-run trains its own step
-                result = preflight(checked, workers=args.workers, backward=not args.fast_dev_run)
+                result = preflight(checked, workers=args.workers, step=not args.fast_dev_run)
             if not args.fast_dev_run:
                 print(result.describe_memory(exp.train.batch_size), flush=True)
             return exp, pre

@@ -391,7 +391,7 @@ def _tiny_batch(dataset, indices: list[int]) -> dict:
 
 def preflight(
     exp: ExperimentConfig, workers: int = 1, objective: str | Sequence[str] | None = None,
-    data: DatasetBundle | None = None, backward: bool = True,
+    data: DatasetBundle | None = None, step: bool = True,
 ) -> PreflightResult:
     """Check that ``exp`` can train, on the CPU, in about a second, before any run directory, Ray or MLflow.
 
@@ -426,8 +426,10 @@ def preflight(
         objective: a metric name such as ``val/OA`` (a search space's objective), the metrics of a list of
             objectives, or None.
         data: datasets already built from ``exp.data``, if any.
-        backward: run the training step's backward too (its memory is then measured; without it the memory
-            figures of the result cover the forward pass alone).
+        step: run the training step (forward and backward, its memory measured) and the protocol's hook;
+            without it (``--fast-dev-run``, whose
+            own run takes that step at once, with a traceback where it fails) the data, splits, config and
+            model are checked, no loss terms are known and the step's memory is 0.
 
     Returns:
         :class:`PreflightResult` with the datasets, the forward pass's output keys and the time taken.
@@ -485,19 +487,20 @@ def preflight(
             raise ConfigError(f"{_culprit(err)}: cannot build the model: {_one_line(err)} "
                               f"(preflight: {context})") from err
         method.train()
-        held = rss_bytes()
+        held, out, step_bytes = rss_bytes(), {}, 0
         reset_peak()
         try:
-            out = method(batch, 0, 0.0)
-            if not isinstance(out, dict) or "loss" not in out:
-                raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
-            if backward and out["loss"].requires_grad:
-                out["loss"].backward()
-            step = max(0, peak_bytes() - held)
-            method.zero_grad(set_to_none=True)
-            method.eval()
-            with torch.no_grad():
-                protocol.check_output(method, probe, judged.num_classes)
+            if step:
+                out = method(batch, 0, 0.0)
+                if not isinstance(out, dict) or "loss" not in out:
+                    raise TypeError(f"forward returned {type(out).__name__} without a 'loss' entry")
+                if out["loss"].requires_grad:
+                    out["loss"].backward()
+                step_bytes = max(0, peak_bytes() - held)
+                method.zero_grad(set_to_none=True)
+                method.eval()
+                with torch.no_grad():
+                    protocol.check_output(method, probe, judged.num_classes)
         except (ConfigError, DatasetError):
             raise
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError, NotImplementedError,
@@ -514,7 +517,7 @@ def preflight(
                         protocol=protocol.name, protocol_cfg=exp.protocol)
     trainable = sum(p.numel() * p.element_size() for p in method.parameters() if p.requires_grad)
     moments = 2 if exp.optim.name == "adamw" else 1
-    return PreflightResult(data, loss_terms, time.perf_counter() - began, held, step, moments * trainable)
+    return PreflightResult(data, loss_terms, time.perf_counter() - began, held, step_bytes, moments * trainable)
 
 
 def load_sweep_yaml_checked(

@@ -438,6 +438,19 @@ def test_preflight_measures_a_training_step_and_scales_it_to_the_batch():
         "\n" not in line
 
 
+def test_preflight_without_the_step_checks_data_and_model_but_runs_no_forward(monkeypatch):
+    """``step=False`` (``--fast-dev-run``, whose run takes the step itself): the splits and the model are
+    still checked in one line; the method's forward is never called."""
+    exp = build_config("cedr", overrides=TINY)
+    monkeypatch.setattr(exp.method_cls, "forward", lambda *a, **k: pytest.fail("preflight ran a forward pass"))
+    result = preflight(exp, step=False)
+    assert result.loss_terms == () and result.step_bytes == 0 and result.data.num_classes == 8
+    with pytest.raises(ConfigError, match=r"^method.backbone.name: .*unknown backbone"):
+        preflight(build_config("cedr", overrides={**TINY, "method.backbone.name": "nope"}), step=False)
+    with pytest.raises(ConfigError, match="each of the 2 worker"):
+        preflight(build_config("cedr", overrides={**TINY, "train.batch_size": 64}), workers=2, step=False)
+
+
 @pytest.mark.parametrize("overrides,error,fragment", [
     ({"data.val_fraction": 0.0}, DatasetError, "data.val_fraction"),
     ({"train.batch_size": 64}, ConfigError, "each of the 2 worker(s) gets 56 of the 112"),
