@@ -29,11 +29,17 @@ def local_run(tmp_path_factory) -> Path:
     return out
 
 
+#: GBNet small enough for a CPU test: CAA is built for one num_points (conftest.TINY's 128).
+GBNET = {"method.backbone.name": "gbnet", "method.backbone.k": 8, "method.backbone.num_points": 128}
+
+
 @pytest.fixture(scope="module")
 def two_worker_run(tmp_path_factory) -> Path:
-    """A 1-epoch tiny CEDR run on 2 Ray Train workers (checkpoints only under ``train/checkpoint_*``)."""
+    """A 1-epoch tiny CEDR run with GBNet on 2 Ray Train workers (DDP over gloo; checkpoints only under
+    ``train/checkpoint_*``): the 2-worker run of GBNet (issue 20) and of the checkpoint tests at once."""
     out = tmp_path_factory.mktemp("ddp") / "run"
-    proc = pointtune("train", "cedr", "--workers", "2", "--epochs", "1", "--output", str(out), *tiny_sets())
+    proc = pointtune("train", "cedr", "--workers", "2", "--epochs", "1", "--output", str(out),
+                     *tiny_sets(**GBNET))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (out / "checkpoints" / "best").exists()
     return out
@@ -89,6 +95,7 @@ def test_load_method_from_local_run(local_run):
 def test_two_cpu_workers_gloo(two_worker_run):
     client, runs = mlflow_runs(two_worker_run)
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert runs[0].data.params["method.backbone.name"] == "gbnet"
     oa = client.get_metric_history(runs[0].info.run_id, "val/OA")
     assert len(oa) == 1 and 0.0 <= oa[0].value <= 1.0
     assert list((two_worker_run / "train").glob("checkpoint_*/state.pt")), "Ray Train kept no checkpoint"
@@ -106,7 +113,7 @@ def test_load_method_from_two_worker_run(two_worker_run):
 def test_finetune_from_two_worker_run(two_worker_run, tmp_path):
     out = tmp_path / "finetune"
     proc = pointtune("train", "finetune", "--from", str(two_worker_run), "--epochs", "1", "--no-progress",
-                     "--output", str(out), *tiny_sets())
+                     "--output", str(out), *tiny_sets(**GBNET))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"--from: method.pretrained = {two_worker_run / 'train'}/checkpoint_" in proc.stdout
     tuned = load_method(out)  # a fine-tuned method rebuilds too, from its own checkpoint

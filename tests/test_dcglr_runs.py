@@ -1,6 +1,6 @@
 """DCGLR end to end through the CLI, as the README documents it: pretrained on the ShapeNetPart sample's
 points (`data.variant=all`) and judged by linear SVM on the complete ModelNet40 classes (`protocol.data`),
-and a 2-trial sweep with 2 Ray Train CPU workers per trial, checked against what Tune received."""
+and a sweep trial of a tiny PCT on 2 Ray Train CPU workers, checked against what Tune received."""
 
 import json
 
@@ -17,6 +17,11 @@ TINY_DCGLR = {"method.backbone.dim": 32, "method.backbone.depth": 1, "method.bac
               "method.backbone.k": 16, "method.proj_hidden": 64, "method.proj_bottleneck": 32, "method.out_dim": 64,
               "method.n_local_crops": 2, "method.n_multires": 1, "data.num_points": 256, "train.batch_size": 8,
               "optim.lr.warmup_epochs": 0}
+
+# The same with a tiny PCT (Guo et al. 2021) in place of the 3D-ViT.
+TINY_DCGLR_PCT = {**{k: v for k, v in TINY_DCGLR.items() if not k.startswith("method.backbone.")},
+                  "method.backbone.name": "pct", "method.backbone.channels": 16, "method.backbone.emb_dims": 24,
+                  "method.backbone.nsample": 8}
 
 
 def _sets(values: dict) -> list[str]:
@@ -49,10 +54,11 @@ def test_pretrain_on_shapenetpart_judged_by_svm_on_modelnet40(shared_data, tmp_p
 
 
 def test_sweep_trial_with_two_workers(shared_data, tmp_path):
-    """One trial of 2 Ray Train workers (test_sweep covers several data-parallel trials in a row)."""
+    """One trial of 2 Ray Train workers (test_sweep covers several data-parallel trials in a row), with a
+    tiny PCT as the backbone: also PCT's two-worker data-parallel run (issue 20)."""
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"method": "dcglr", "params": {
-        **{k: {"type": "fixed", "value": v} for k, v in TINY_DCGLR.items()},
+        **{k: {"type": "fixed", "value": v} for k, v in TINY_DCGLR_PCT.items()},
         "method.teacher_momentum.start": {"type": "float", "low": 0.99, "high": 0.9995},
         "method.student_temperature": {"type": "categorical", "choices": [0.1, 0.2]},
     }}))

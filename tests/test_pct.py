@@ -1,8 +1,6 @@
 """PCT backbone (pointtune.backbones.pct): the official configuration's parameter count, offset attention
 (Eqs. 7-9), centre counts that follow N, permutation invariance, argument errors, and PCT inside DCGLR (a
-training step on views of different sizes, and a 2-worker run through the CLI)."""
-
-import json
+training step on views of different sizes; its 2-worker run is test_dcglr_runs' sweep trial)."""
 
 import pytest
 import torch
@@ -252,26 +250,3 @@ def test_dcglr_trains_pct_on_views_of_every_size():
     with torch.no_grad():
         assert model.embed(batch).shape == (4, 24)
         assert model.embed_points(batch).shape == (4, 96, 24)
-
-
-@pytest.mark.slow
-def test_dcglr_with_pct_on_two_workers(tmp_path):
-    """``pointtune train dcglr --workers 2 --epochs 1 --set method.backbone.name=pct``: 2 Ray Train CPU
-    workers (gloo) pre-train a tiny PCT and the run finishes with an SVM score."""
-    from helpers import mlflow_runs, pointtune
-
-    sets = {"method.backbone.name": "pct", **{f"method.backbone.{k}": v for k, v in TINY.items()},
-            "method.out_dim": 16, "method.proj_hidden": 32, "method.proj_bottleneck": 8,
-            "method.n_local_crops": 2, "method.n_multires": 1, "data.num_points": 128,
-            "data.synthetic_per_class": 8, "data.synthetic_num_classes": 3, "train.batch_size": 8,
-            "train.eval_batch_size": 64, "optim.lr.warmup_epochs": 0, "protocol.c": 1.0}
-    out = tmp_path / "run"
-    flags = [x for k, v in sets.items() for x in ("--set", f"{k}={v}")]
-    proc = pointtune("train", "dcglr", "--workers", "2", "--epochs", "1", "--output", str(out), *flags)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    client, runs = mlflow_runs(out)
-    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    (svm,) = client.get_metric_history(runs[0].info.run_id, "val/svm_acc")
-    assert 0.0 <= svm.value <= 1.0
-    assert list((out / "train").glob("checkpoint_*/state.pt")), "Ray Train kept no checkpoint"
-    assert json.loads((out / "summary.json").read_text())["best_epoch"] == 1
