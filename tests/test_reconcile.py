@@ -181,15 +181,17 @@ def test_a_searcher_state_cut_short_by_a_kill_is_rebuilt_from_the_study(tmp_path
 
 
 def test_a_tune_state_cut_short_by_a_kill_is_repaired_before_resume(tmp_path, monkeypatch):
-    """The driver killed while Tune wrote its experiment state (CI: `resume` then failed with a JSONDecodeError):
-    the newest state file is replaced by Tune's complete staging copy under Ray's session directory; without
-    one it is set aside for the previous session's state; with neither, one line names the file."""
+    """The driver killed while Tune wrote its experiment state (CI: `resume` then failed with a JSONDecodeError)
+    or copied its search state to the storage (CI: an EOFError in Tune's `has_checkpoint`): the newest file of
+    each kind is replaced by Tune's complete staging copy under Ray's session directory; without one it is set
+    aside for the previous session's; with neither, one line names the file."""
     import json
+    import pickle
 
     import pytest
 
     from pointtune.config import ConfigError
-    from pointtune.search.tune_state import repair_experiment_state
+    from pointtune.search.tune_state import repair_tune_state
 
     tune_dir = tmp_path / "sweep" / "tune"
     tune_dir.mkdir(parents=True)
@@ -200,19 +202,32 @@ def test_a_tune_state_cut_short_by_a_kill_is_repaired_before_resume(tmp_path, mo
     state = tune_dir / "experiment_state-2026-12-07_16-39-00.json"
 
     state.write_text(whole)
-    assert repair_experiment_state(tune_dir) is None and state.read_text() == whole  # whole: untouched
-    assert repair_experiment_state(tmp_path / "remote-or-missing") is None
+    assert repair_tune_state(tune_dir) == [] and state.read_text() == whole  # whole: untouched
+    assert repair_tune_state(tmp_path / "remote-or-missing") == []
 
-    state.write_text(whole[:10])                                                      # cut short by the kill
+    state.write_text(whole[:10])                                               # cut short by the kill
     (staging / state.name).write_text(whole)
-    assert "restored from Tune's copy" in repair_experiment_state(tune_dir) and state.read_text() == whole
+    (done,) = repair_tune_state(tune_dir)
+    assert "restored from Tune's copy" in done and state.read_text() == whole
 
     state.write_text("")
-    (staging / state.name).write_text("")                                             # both cut short
+    (staging / state.name).write_text("")                                      # both cut short
     with pytest.raises(ConfigError, match=f"{state.name}: Tune's experiment state was cut short"):
-        repair_experiment_state(tune_dir)
+        repair_tune_state(tune_dir)
     older = tune_dir / "experiment_state-2026-12-07_15-00-00.json"
     older.write_text(whole)
-    assert "resuming from the previous state, " + older.name in repair_experiment_state(tune_dir)
+    (done,) = repair_tune_state(tune_dir)
+    assert "resuming from the previous state, " + older.name in done
     assert not state.exists() and state.with_name(state.name + ".cut-short").exists()
-    assert repair_experiment_state(tune_dir) is None
+    assert repair_tune_state(tune_dir) == []
+
+    search = tune_dir / "search_gen_state-2026-12-07_16-39-00.json"           # a pickle, whatever its name
+    pickled = pickle.dumps({"counter": 3, "total_samples": 3, "finished": True})
+    search.write_bytes(pickled[:7])
+    (staging / search.name).write_bytes(pickled)
+    (done,) = repair_tune_state(tune_dir)
+    assert done.startswith(f"{search} was cut short") and search.read_bytes() == pickled
+    search.write_bytes(b"")
+    (staging / search.name).write_bytes(b"")
+    with pytest.raises(ConfigError, match=f"{search.name}: Tune's search state was cut short"):
+        repair_tune_state(tune_dir)

@@ -594,12 +594,12 @@ def resume_sweep(sweep_dir: str | Path, verbose: bool = False):
 
     Raises:
         ConfigError: not a sweep directory, or no Tune state to restore (none, or the only one cut short by a
-            kill: :func:`~pointtune.search.tune_state.repair_experiment_state`).
+            kill: :func:`~pointtune.search.tune_state.repair_tune_state`).
     """
     from ray import tune
 
     from pointtune.cluster import init_ray
-    from pointtune.search.tune_state import repair_experiment_state
+    from pointtune.search.tune_state import repair_tune_state
 
     spec = SweepSpec.load(sweep_dir)
     spec = replace(spec, verbose=spec.verbose or verbose)
@@ -607,8 +607,7 @@ def resume_sweep(sweep_dir: str | Path, verbose: bool = False):
     space = spec.space()
     if not tune.Tuner.can_restore(spec.layout.tune):  # a file check: refused before Ray starts
         raise ConfigError(f"{sweep_dir}: no Tune experiment state at {spec.layout.tune} to resume")
-    repaired = repair_experiment_state(spec.layout.tune)
-    if repaired:
+    for repaired in repair_tune_state(spec.layout.tune):
         print(f"[pointtune] {repaired}", flush=True)
     init_ray(spec.address, dashboard=spec.workers > 1, worker_start_timeout_s=spec.worker_start_timeout,
              verbose=spec.verbose)
