@@ -150,9 +150,8 @@ def ball_candidates(
     probe = tree.query_ball_point(query[:BALL_PROBE], reach, workers=workers, return_length=True)
     if probe.size and np.mean(probe > k) > 0.5:
         sizes = tree.query_ball_point(query, reach, workers=workers, return_length=True)
-        small = np.flatnonzero(sizes <= k)
-        yield from _small_balls(tree, query, small, reach, k, workers, max_entries)
-        crowded = np.flatnonzero(sizes > k)
+        missed = yield from _small_balls(tree, query, np.flatnonzero(sizes <= k), reach, k, workers, max_entries)
+        crowded = np.union1d(np.flatnonzero(sizes > k), missed)  # (none missed: the same count of the same reach)
         yield from _whole_balls(tree, query, crowded, sizes[crowded], reach, workers, max_entries)
         return
     crowded = yield from _small_balls(tree, query, np.arange(len(query)), reach, k, workers, max_entries)
