@@ -27,11 +27,14 @@ from collections.abc import Iterator
 import numpy as np
 from scipy.spatial import cKDTree
 
-__all__ = ["KNN_MARGIN", "build", "check_finite", "knn_candidates", "ball_candidates"]
+__all__ = ["BALL_PROBE", "KNN_MARGIN", "build", "check_finite", "knn_candidates", "ball_candidates"]
 
 #: Neighbours asked beyond ``k`` in the first kNN round. A row whose ``(k + margin)``-th candidate is not
 #: clearly farther than its ``k``-th (exact ties, duplicates) is asked again with twice the width.
 KNN_MARGIN: int = 1
+
+#: Queries whose ball sizes choose :func:`ball_candidates`' order (kNN round first, or whole balls first).
+BALL_PROBE: int = 256
 
 
 def check_finite(name: str, points: np.ndarray) -> None:
@@ -157,10 +160,6 @@ def ball_candidates(
     crowded = yield from _small_balls(tree, query, np.arange(len(query)), reach, k, workers, max_entries)
     sizes = tree.query_ball_point(query[crowded], reach, workers=workers, return_length=True)
     yield from _whole_balls(tree, query, crowded, sizes, reach, workers, max_entries)
-
-
-#: Queries whose ball sizes choose :func:`ball_candidates`' order.
-BALL_PROBE: int = 256
 
 
 def _small_balls(tree, query, rows, reach, k, workers, max_entries):

@@ -427,9 +427,9 @@ def preflight(
             objectives, or None.
         data: datasets already built from ``exp.data``, if any.
         step: run the training step (forward and backward, its memory measured) and the protocol's hook;
-            without it (``--fast-dev-run``, whose
-            own run takes that step at once, with a traceback where it fails) the data, splits, config and
-            model are checked, no loss terms are known and the step's memory is 0.
+            without it (``--fast-dev-run``, whose own run takes that step at once, with a traceback where it
+            fails) the data, splits, config and model are checked, no loss terms are known and the step's
+            memory is 0.
 
     Returns:
         :class:`PreflightResult` with the datasets, the forward pass's output keys and the time taken.
