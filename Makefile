@@ -28,10 +28,10 @@ demo-modelnet: setup
 	  --dataset modelnet40 --data-root $(DATA)/modelnet40_subset \
 	  --set "data.classes=[airplane,bathtub,bench]" --output runs/demo-modelnet
 
-# TEST_WORKERS=2 runs two test processes (pytest-xdist), each taking whole files (a module's fixtures run
-# once). Not the default yet: its one measured run (on a machine also running a benchmark) found two tests
-# that fail under that load (issue notes); the default is one process.
-TEST_WORKERS ?= 0
+# Two test processes (pytest-xdist) by default, each taking whole files (a module's fixtures run once);
+# TEST_WORKERS=0 runs one. Torch's threads wait passively in the suite (tests/conftest.py), so the two share the
+# cores instead of spinning against each other.
+TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/pytest -q -ra $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
