@@ -13,7 +13,7 @@ from scipy import stats
 from helpers import check_records, kill_after_first_report, mlflow_runs, pointtune, tiny_sets, write_space
 from pointtune.config import ConfigError
 from pointtune.search.spec import SweepSpec
-from pointtune.search.study import config_rows, plan_study
+from pointtune.search.study import config_rows, plan_study, sweep_rows
 from pointtune.search.study_report import paired_difference, seed_stats
 
 VALUES = [0.80, 0.82, 0.79, 0.85, 0.81]
@@ -80,7 +80,7 @@ EPOCHS = 2
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    """A 3-trial sweep, then a study of its top 2 and the reference with 2 seeds, 2 Ray Train workers per run,
+    """A 3-trial sweep, then a study of its best config and the reference with 2 seeds, 2 Ray Train workers per run,
     its driver SIGKILLed after the first report and the study finished by `pointtune resume`."""
     root = tmp_path_factory.mktemp("study")
     space = write_space(root / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
@@ -90,7 +90,7 @@ def study(tmp_path_factory):
                      "--output", str(sweep), "--seed", "1", *tiny_sets())
     assert proc.returncode == 0, proc.stderr[-5000:]
     out = sweep / "study"
-    kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(sweep), "--top-k", "2", "--seeds", "2",
+    kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(sweep), "--top-k", "1", "--seeds", "2",
                              "--workers", "2", "--max-concurrent", "1"], out, timeout=420)
     assert not (out / "study.csv").exists()
     resumed = pointtune("resume", str(out), timeout=900)
@@ -103,10 +103,28 @@ def _csv(path):
 
 
 @pytest.mark.slow
+def test_top_k_rows_are_the_sweeps_trials_best_first(study):
+    """``--top-k 3`` of the sweep (its study trains ``--top-k 1``): top<r> is the config of a trial whose best
+    objective is the r-th highest in summary.csv (trials that tie may come in either order)."""
+    sweep, _, _ = study
+    trials = sorted(_csv(sweep / "summary.csv"), key=lambda r: -float(r["best_objective"]))
+    _, rows = sweep_rows(sweep, 3, reference=False)
+    assert list(rows) == ["top1", "top2", "top3"]
+    for rank, trial in enumerate(trials, start=1):
+        config = rows[f"top{rank}"]
+        same = [t for t in trials if t["best_objective"] == trial["best_objective"]
+                and float(t["optim.lr"]) == config["optim"]["lr"]["start"]
+                and float(t["method.temperature"]) == config["method"]["temperature"]]
+        assert same, (rank, config["optim"], trials)
+    with pytest.raises(ConfigError, match="--top-k 4: the sweep .* has 3 trial"):
+        sweep_rows(sweep, 4, reference=False)
+
+
+@pytest.mark.slow
 def test_study_records_equal_what_tune_received(study):
     _, out, _ = study
     statuses = check_records(out, EPOCHS, tracking_uri=f"sqlite:///{out.parent}/mlflow.db", study=False)
-    assert sorted(statuses.values()) == ["FINISHED"] * 6
+    assert sorted(statuses.values()) == ["FINISHED"] * 4
 
 
 @pytest.mark.slow
@@ -114,7 +132,7 @@ def test_every_row_and_seed_runs_once(study):
     sweep, out, _ = study
     runs = _csv(out / "runs.csv")
     assert sorted((r["row"], r["seed"]) for r in runs) == sorted(
-        (row, seed) for row in ("reference", "top1", "top2") for seed in ("0", "1"))
+        (row, seed) for row in ("reference", "top1") for seed in ("0", "1"))
     assert all(r["status"] == "FINISHED" and r["epochs"] == str(EPOCHS) for r in runs), [
         (r["row"], r["seed"], r["status"], r["epochs"], r["error"]) for r in runs]
     # top1 is the sweep's best trial, as it trained; the reference is the sweep's config without the search
@@ -131,8 +149,8 @@ def test_seeds_change_the_run(study):
     _, out, _ = study
     client, runs = mlflow_runs(out.parent)
     trials = [r for r in runs if r.data.tags.get("pointtune.kind") == "trial" and "pointtune.row" in r.data.tags]
-    assert len(trials) == 6
-    for row in ("reference", "top1", "top2"):
+    assert len(trials) == 4
+    for row in ("reference", "top1"):
         pair = [r for r in trials if r.data.tags["pointtune.row"] == row]
         assert sorted(r.data.params["train.seed"] for r in pair) == ["0", "1"]
         losses = [[m.value for m in client.get_metric_history(r.info.run_id, "train/loss")] for r in pair]
@@ -144,7 +162,7 @@ def test_study_tables_equal_its_runs(study):
     _, out, _ = study
     runs = _csv(out / "runs.csv")
     table = {r["row"]: r for r in _csv(out / "study.csv")}
-    assert list(table) == ["reference", "top1", "top2"]
+    assert list(table) == ["reference", "top1"]
     test = {(r["row"], int(r["seed"])): float(r["test/OA"]) for r in runs}
     for row, line in table.items():
         values = [test[(row, s)] for s in (0, 1)]
@@ -175,9 +193,9 @@ def test_study_parent_run_links_the_sweep(study):
     artifacts = {a.path for a in client.list_artifacts(parents["study"].info.run_id)}
     assert {"study.md", "study.csv", "runs.csv", "study.png"} <= artifacts
     kids = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents["study"].info.run_id]
-    assert len(kids) == 6 and {r.data.tags["pointtune.row"] for r in kids} == {"reference", "top1", "top2"}
+    assert len(kids) == 4 and {r.data.tags["pointtune.row"] for r in kids} == {"reference", "top1"}
     assert parents["study"].data.params["seeds"] == "0,1"
-    assert parents["study"].data.params["rows"] == "reference,top1,top2"
+    assert parents["study"].data.params["rows"] == "reference,top1"
     from pointtune.cli import _store_dir
 
     assert _store_dir(out) == sweep  # `pointtune ui STUDY_DIR` opens the sweep's store, which holds the study
