@@ -20,6 +20,7 @@ anything starts.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import shutil
@@ -29,6 +30,7 @@ import time
 
 import yaml
 from pathlib import Path
+from typing import NoReturn
 
 from pointtune.cluster import DEFAULT_WORKER_START_TIMEOUT_S
 from pointtune.console import quiet_driver
@@ -636,5 +638,24 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The ``pointtune`` command (console script, ``python -m pointtune.cli``): :func:`main`, then exit with its
+    status.
+
+    Before exiting, every object the command made is moved out of the garbage collector's reach
+    (:func:`gc.freeze`): the interpreter's last collections at shutdown walk torch's, Ray's and MLflow's whole
+    object graphs, 3-5 s of every command's wall time on this 2-CPU machine (0.2-1 s with the freeze; measured
+    after ``pointtune train cedr --fast-dev-run``), only to free memory the operating system takes back at exit
+    anyway. Atexit handlers (Ray's shutdown, logging's flush) and objects freed by reference counting are not
+    affected. :func:`main` alone (as tests call it in-process) freezes nothing.
+
+    Raises:
+        SystemExit: always, with :func:`main`'s status.
+    """
+    status = main(argv)
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -27,3 +27,27 @@ def test_cli_help_lists_commands():
     assert out.returncode == 0
     for command in ("train", "sweep", "resume", "best"):
         assert command in out.stdout
+
+
+def test_the_command_is_cli_run_which_exits_with_mains_status_the_collector_frozen(monkeypatch, capsys):
+    """The console script (and ``python -m pointtune.cli``) is :func:`pointtune.cli.run`: :func:`main`'s status as
+    the exit code, the garbage collector frozen first so that the interpreter's shutdown skips its collections
+    over every object the command made."""
+    import gc
+    from importlib.metadata import entry_points
+
+    import pytest
+
+    from pointtune import cli
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "pointtune"]
+    assert script.value == "pointtune.cli:run"
+    frozen = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    with pytest.raises(SystemExit) as ended:
+        cli.run(["config", "cedr"])
+    assert ended.value.code == 0 and frozen == [True] and "method.temperature" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as ended:
+        cli.run(["train", "cedr", "--set", "method.temperatur=0.1", "--output", "/nonexistent/run"])
+    assert ended.value.code == cli.EXIT_USAGE and frozen == [True, True]
+    assert "method.temperatur" in capsys.readouterr().err
