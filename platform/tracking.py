@@ -129,19 +129,21 @@ def start_run(uri: str, experiment_id: str, name: str, tags: dict[str, str], par
     return run.info.run_id
 
 
-def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    """Log nested ``params`` as dotted keys (values shortened to MLflow's 6000-character limit)."""
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> int:
+    """Log the nested ``params`` as dotted keys (values shortened to MLflow's 6000-character limit) that run
+    ``run_id`` does not hold yet; returns how many were logged.
+
+    They go in batches of 90, so a driver killed in between leaves a run with only the first batches; calling
+    this again with the same params completes it (MLflow params never change: keys the run holds stay as they
+    are)."""
     from mlflow.entities import Param
 
-    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     client = _client(uri)
+    held = _retry(client.get_run, run_id).data.params
+    flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items() if k not in held]
     for i in range(0, len(flat), 90):
         _retry(client.log_batch, run_id, params=flat[i : i + 90])
-
-
-def has_params(uri: str, run_id: str) -> bool:
-    """Whether run ``run_id`` has any params logged."""
-    return bool(_retry(_client(uri).get_run, run_id).data.params)
+    return len(flat)
 
 
 def find_child_run(uri: str, experiment_id: str, parent_run_id: str, trial_id: str) -> str | None:

@@ -143,6 +143,39 @@ def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch
     assert [(m.step, m.value) for m in client.get_metric_history(run_id, "val/OA")] == [(1, 0.2), (2, 0.3)]
 
 
+def test_params_a_killed_driver_logged_in_part_are_completed_by_the_restarted_trial(tmp_path):
+    """The driver logs a trial's params in batches of 90; killed in between (seen under load in the killed PBT
+    sweep test), the run holds only the first batch. The restarted trial's first result announces its config
+    again: the missing params are added, and a config announced again adds nothing."""
+    import json
+
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from pointtune import tracking
+    from pointtune.search.records import MlflowRecorder
+    from pointtune.search.spec import SweepRuntime, SweepSpec
+    from pointtune.train.session import EXPERIMENT_KEY
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
+    parent = tracking.start_run(uri, experiment, "sweep", {}, {})
+    run_id = tracking.start_run(uri, experiment, "trial_t1", {tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: "t1",
+                                                              tracking.KIND_TAG: "trial"}, {})
+    config = {"method": {f"key{i:03d}": i / 7 for i in range(150)}, "train": {"epochs": 4, "threads": 1}}
+    flat = {k: str(v) for k, v in tracking.flatten(config).items()}
+    client.log_batch(run_id, params=[Param(k, v) for k, v in list(flat.items())[:90]])  # then the kill
+
+    recorder = MlflowRecorder(SweepSpec("cedr", "x", str(tmp_path), epochs=4),
+                              SweepRuntime({}, uri, experiment, parent), "val/OA", "max")
+    trial = SimpleNamespace(trial_id="t1", config={})
+    recorder.on_trial_start(0, [], trial)
+    recorder.on_trial_result(0, [], trial, {"epoch": 1, "val/OA": 0.2, EXPERIMENT_KEY: json.dumps(config)})
+    assert client.get_run(run_id).data.params == flat and len(flat) == 152
+    assert tracking.log_params(uri, run_id, config) == 0
+
+
 def test_a_searcher_state_cut_short_by_a_kill_is_rebuilt_from_the_study(tmp_path, capsys):
     """The driver killed while Tune copied the searcher's pickle: `resume` rebuilds the searcher's trials from
     the Optuna study (the running one goes on with its values, the closed one stays closed) instead of failing

@@ -169,9 +169,10 @@ class MlflowRecorder(Callback):
         :class:`~pointtune.train.loop.LoopConfig` ``trial_id``)."""
         metrics = metric_items(result)
         run_id = self._run_id(trial)
-        if EXPERIMENT_KEY in result and not tracking.has_params(self._uri, run_id):
-            # the config the trial built and trains with, once (a restarted trial announces it again; PBT's
-            # later configs are its param/<key> metrics)
+        if EXPERIMENT_KEY in result:
+            # the config the trial built and trains with, once: a restarted trial announces it again, which
+            # completes params that a killed driver logged in part and adds nothing else (PBT's later configs
+            # are its param/<key> metrics)
             tracking.log_params(self._uri, run_id, json.loads(result[EXPERIMENT_KEY]))
         if "epoch" not in metrics or int(metrics["epoch"]) in self.logged[trial.trial_id]:
             return
