@@ -108,15 +108,12 @@ def test_a_multi_objective_study_is_told_each_objective_at_the_selected_epoch(tm
     assert [t.number for t in study.best_trials] == [2]
 
 
-def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch_once(tmp_path):
-    """A run that ASHA stopped in a killed driver, whose trial resume then trains on: its old outcome
-    (``pointtune.status``, ``pointtune.stopped_by``) moves to ``<tag>.previous``; the epoch it holds already is
-    not logged again, the next ones are."""
+def _trial_run(tmp_path):
+    """A sweep's MLflow store in ``tmp_path`` with its parent run and the child run of trial ``t1``, as a driver
+    leaves them: ``(uri, client, experiment id, parent run id, trial run id)``."""
     from mlflow.tracking import MlflowClient
 
     from pointtune import tracking
-    from pointtune.search.records import MlflowRecorder
-    from pointtune.search.spec import SweepRuntime, SweepSpec
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
@@ -124,6 +121,18 @@ def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch
     parent = tracking.start_run(uri, experiment, "sweep", {}, {})
     run_id = tracking.start_run(uri, experiment, "trial_t1", {tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: "t1",
                                                               tracking.KIND_TAG: "trial"}, {})
+    return uri, client, experiment, parent, run_id
+
+
+def test_a_restarted_trial_run_moves_every_outcome_tag_aside_and_logs_each_epoch_once(tmp_path):
+    """A run that ASHA stopped in a killed driver, whose trial resume then trains on: its old outcome
+    (``pointtune.status``, ``pointtune.stopped_by``) moves to ``<tag>.previous``; the epoch it holds already is
+    not logged again, the next ones are."""
+    from pointtune import tracking
+    from pointtune.search.records import MlflowRecorder
+    from pointtune.search.spec import SweepRuntime, SweepSpec
+
+    uri, client, experiment, parent, run_id = _trial_run(tmp_path)
     tracking.log_metrics({"tracking_uri": uri, "run_id": run_id}, {"epoch": 1, "val/OA": 0.2}, step=1)
     stopped = "ASHA stopped it after epoch 1 of 4 (val/OA = 0.2000)"
     tracking.set_tags(uri, run_id, {"pointtune.status": "STOPPED", "pointtune.stopped_by": stopped})
@@ -150,19 +159,13 @@ def test_params_a_killed_driver_logged_in_part_are_completed_by_the_restarted_tr
     import json
 
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
     from pointtune import tracking
     from pointtune.search.records import MlflowRecorder
     from pointtune.search.spec import SweepRuntime, SweepSpec
     from pointtune.train.session import EXPERIMENT_KEY
 
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    client = MlflowClient(uri)
-    experiment = client.create_experiment("sweep", artifact_location=str(tmp_path / "artifacts"))
-    parent = tracking.start_run(uri, experiment, "sweep", {}, {})
-    run_id = tracking.start_run(uri, experiment, "trial_t1", {tracking.PARENT_TAG: parent, tracking.TRIAL_TAG: "t1",
-                                                              tracking.KIND_TAG: "trial"}, {})
+    uri, client, experiment, parent, run_id = _trial_run(tmp_path)
     config = {"method": {f"key{i:03d}": i / 7 for i in range(150)}, "train": {"epochs": 4, "threads": 1}}
     flat = {k: str(v) for k, v in tracking.flatten(config).items()}
     client.log_batch(run_id, params=[Param(k, v) for k, v in list(flat.items())[:90]])  # then the kill
