@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 # libgomp's threads (torch's CPU kernels) spin while they wait for work by default: with two busy processes on
-# two cores (make test's two xdist workers, or a CLI run beside Ray's workers) each spinning thread holds a core
+# two cores (TEST_WORKERS=2's xdist workers, or a CLI run beside Ray's workers) each spinning thread holds a core
 # the other needs. Measured here: two DGCNN fast-dev-runs at once took 62 s spinning and 33 s passive (one alone
 # about 27 s). Set before anything imports torch; subprocesses and Ray workers inherit it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
