@@ -644,9 +644,9 @@ def run(argv: list[str] | None = None) -> NoReturn:
 
     Before exiting, every object the command made is moved out of the garbage collector's reach
     (:func:`gc.freeze`): the interpreter's last collections at shutdown walk torch's, Ray's and MLflow's whole
-    object graphs, 3-5 s of every command's wall time on this 2-CPU machine (0.2-1 s with the freeze; measured
-    after ``pointtune train cedr --fast-dev-run``), only to free memory the operating system takes back at exit
-    anyway. Atexit handlers (Ray's shutdown, logging's flush) and objects freed by reference counting are not
+    object graphs, only to free memory the operating system takes back at exit anyway. Measured after
+    ``pointtune train cedr --fast-dev-run`` on this 2-CPU machine: 3.2 s idle and about 5 s beside the test
+    suite without the freeze, 0.5-1 s with it. Atexit handlers (Ray's shutdown, logging's flush) and objects freed by reference counting are not
     affected. :func:`main` alone (as tests call it in-process) freezes nothing.
 
     Raises:

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -35,8 +37,6 @@ def test_the_command_is_cli_run_which_exits_with_mains_status_the_collector_froz
     over every object the command made."""
     import gc
     from importlib.metadata import entry_points
-
-    import pytest
 
     from pointtune import cli
 
