@@ -29,8 +29,9 @@ demo-modelnet: setup
 	  --set "data.classes=[airplane,bathtub,bench]" --output runs/demo-modelnet
 
 # One test process by default. TEST_WORKERS=2 runs two (pytest-xdist), each taking whole files (a module's
-# fixtures run once), with torch's threads waiting passively (tests/conftest.py): 35 min instead of 49 on 2 CPUs
-# in one clean run, but at a load of 4-8 Ray start-ups and nodes time out in others (1-3 failures a run).
+# fixtures run once), with torch's threads waiting passively (tests/conftest.py): 35 min instead of 49 on the
+# slower 2-core machine of earlier measurements (one process takes 20 min on a 2-core AMD EPYC) in one clean run,
+# but at a load of 4-8 Ray start-ups and nodes time out in others (1-3 failures a run).
 TEST_WORKERS ?= 0
 test: setup
 	$(BIN)/pytest -q -ra $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
