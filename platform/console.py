@@ -18,9 +18,13 @@ text:
   finishes the sweep, which Tune's ``Tuner.restore`` would not do (records, summary); the one place text is
   filtered, by the messages' first words (:class:`_TuneInterruptNotices`), since they share their logger with
   Tune's errors;
-- in every worker process (trial actors, Ray Train's workers: :func:`worker_runtime_env`), Ray's INFO lines
-  and the ``Exception ignored ... SystemExit: 1`` traceback Python prints when Ray's SIGTERM handler (a worker
-  being stopped) fires inside a weakref callback.
+- in every worker process (trial actors, Ray Train's controllers and workers: :func:`worker_runtime_env`), Ray's
+  INFO lines, the ``Exception ignored ... SystemExit: 1`` traceback Python prints when Ray's SIGTERM handler (a
+  worker being stopped) fires inside a weakref callback, and the warning with a 20-line traceback that Ray
+  Train's controller logs each time its resource request to Ray's autoscaling coordinator takes over 5 s
+  ("Failed to send resource request ... If this only happens transiently during network partition or CPU being
+  overloaded, it's safe to ignore this error"; seen at a load of 8 on 2 cores). The request only informs an
+  autoscaler; the trial goes on either way.
 
 ``--verbose`` leaves all of it as Ray, Tune and MLflow print it. The environment variables must be set before
 ``ray`` and ``mlflow`` are imported (both read them then): :func:`quiet_driver` is the first thing such a
@@ -42,6 +46,8 @@ TUNE_LOGGER = "ray.tune.tune"
 TUNE_INTERRUPT_NOTICES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
 # What a job submission logs: the client's steps at INFO (its module sets that level when imported) and the
 # packaging of the working directory and py_modules (INFO, and WARNING for large files).
+# Ray Train's client of the autoscaling coordinator: warns, with a traceback, when a request times out (5 s).
+AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 JOB_SUBMISSION_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                           "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
                           "ray._private.runtime_env.py_modules")
@@ -80,9 +86,10 @@ def quiet_job_submission(verbose: bool) -> None:
 
 
 def quiet_worker(verbose: bool) -> None:
-    """Quiet a trial actor or a Ray Train worker: Ray's (and Ray Train's) loggers at WARNING (e.g. "Checkpoint
-    successfully created" per epoch, every report's metrics) and no traceback for the ``SystemExit`` that Ray's
-    SIGTERM handler raises where Python can only print it; nothing with ``verbose``."""
+    """Quiet a trial actor or a Ray Train controller or worker: Ray's (and Ray Train's) loggers at WARNING (e.g.
+    "Checkpoint successfully created" per epoch, every report's metrics), the autoscaling coordinator's client at
+    ERROR (:data:`AUTOSCALING_CLIENT_LOGGER`), and no traceback for the ``SystemExit`` that Ray's SIGTERM handler
+    raises where Python can only print it; nothing with ``verbose``."""
     if verbose:
         return
     from ray.train.v2._internal.execution import context as train_context
@@ -90,6 +97,7 @@ def quiet_worker(verbose: bool) -> None:
     # Ray Train's context logs under its file's path, outside the "ray" hierarchy.
     for name in ("ray", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger(AUTOSCALING_CLIENT_LOGGER).setLevel(logging.ERROR)
     sys.unraisablehook = _unraisable_unless_stopping
 
 

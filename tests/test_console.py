@@ -126,6 +126,34 @@ def test_stopped_worker_prints_no_traceback_unless_verbose(verbose):
     assert ("SystemExit" in proc.stderr) == verbose, proc.stderr
 
 
+@pytest.mark.parametrize("verbose", [False, True])
+def test_a_slow_autoscaling_request_prints_no_traceback_unless_verbose(verbose):
+    """Ray Train's controller on an overloaded machine: its resource request to the autoscaling coordinator
+    times out and Ray's client logs a warning with a traceback, which Ray itself calls safe to ignore
+    (seen at a load of 8 on 2 cores). Quiet: nothing printed; verbose: Ray's lines."""
+    proc = _run_python(f"""
+        from types import SimpleNamespace
+
+        import ray.train
+        from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
+            TrainAutoscalingCoordinatorClient)
+        from pointtune.console import quiet_worker
+
+        quiet_worker({verbose})
+
+        def timed_out(**_):
+            raise TimeoutError("Get timed out: some object(s) not ready.")
+
+        client = TrainAutoscalingCoordinatorClient("train-1")
+        client.__dict__["_autoscaling_coordinator"] = SimpleNamespace(
+            request_resources=SimpleNamespace(remote=timed_out))
+        client.send_resource_request(ray.train.ScalingConfig(num_workers=2), 2)
+    """)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("Failed to send resource request for train-1" in proc.stderr) == verbose, proc.stderr[-3000:]
+    assert ("TimeoutError" in proc.stderr) == verbose
+
+
 @pytest.mark.parametrize("world_size, terminal, shown", [(1, True, True), (1, False, False), (2, True, False)])
 def test_progress_bar_only_for_one_process_on_a_terminal(monkeypatch, world_size, terminal, shown):
     """A data-parallel worker, or any process whose stderr is not a terminal (a Ray worker's is a file), prints
