@@ -186,7 +186,8 @@ def plot_study(sweep_dir: Path, space: SearchSpace) -> list[Path]:
     """Optimization history (every trial; of a multi-objective study, its primary objective) and parameter
     importances (computed on the COMPLETE trials only, i.e. those that ran every epoch: pruned trials stopped
     at different epochs and their values are not comparable; one bar per objective of a multi-objective
-    study), saved as PNGs in ``sweep_dir``; returns the files written."""
+    study), saved as PNGs in ``sweep_dir``; returns the files written. Importances Optuna cannot tell apart
+    (equal for every parameter) are skipped with one printed line, not plotted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -209,10 +210,24 @@ def plot_study(sweep_dir: Path, space: SearchSpace) -> list[Path]:
         written.append(out)
     varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
     if len(complete) >= 2 and varying:
-        try:
-            ax = ovm.plot_param_importances(study)  # Optuna uses COMPLETE trials only
-        except (RuntimeError, ValueError) as err:  # e.g. importances undefined for the sampled values
-            print(f"[pointtune] parameter importances skipped: {err}")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                ax = ovm.plot_param_importances(study)  # Optuna uses COMPLETE trials only
+            except (RuntimeError, ValueError) as err:  # e.g. importances undefined for the sampled values
+                ax, skipped = None, str(err)
+        # PED-ANOVA (Optuna's default) warns and draws equal bars when its top quantile of trials is all of them,
+        # e.g. every complete trial scored the same: a plot that would say nothing
+        equal = [w for w in caught if "Parameter importances will be equal" in str(w.message)]
+        for w in caught:
+            if w not in equal:  # shown (or not) as they would have been
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        if ax is not None and equal:
+            plt.close(ax.figure)
+            ax, skipped = None, ("Optuna's PED-ANOVA tells no parameter apart: its top quantile of trials is all of "
+                                 "them (e.g. every complete trial scored the same)")
+        if ax is None:
+            print(f"[pointtune] parameter importances skipped: {skipped}")
         else:
             ax.set_title(f"Hyperparameter importances over the {len(complete)} complete trials "  # replaces Optuna's
                          f"({len(study.trials) - len(complete)} pruned or failed left out)", loc="left")
