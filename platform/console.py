@@ -2,8 +2,7 @@
 
 By default a command prints its own ``[pointtune] ...`` lines (a trial's come through Ray, prefixed with the
 actor's name and pid), Tune's status table (:func:`pointtune.search.sweep._reporter`) and its summary table.
-What Ray, Tune and MLflow would add is quieted where it is made, by their own settings, never by filtering
-text:
+What Ray, Tune and MLflow would add is quieted where it is made, by their own settings where they have one:
 
 - Ray's log deduplication (``RAY_DEDUP_LOGS=0``): it holds a line that another trial also printed for up to
   5 s, so a trial's ``[pointtune] data ...`` lines came after the sweep's summary, and it appends a notice
@@ -15,16 +14,19 @@ text:
   sizes (a job that cannot be uploaded still fails with Ray's error);
 - Tune's own lines on Ctrl-C ("Stop signal received ...", "Trials did not complete: [...]", "Resume experiment
   with: Tuner.restore(...)"): pointtune says in one line what was saved and that ``pointtune resume DIR``
-  finishes the sweep, which Tune's ``Tuner.restore`` would not do (records, summary); the one place text is
-  filtered, by the messages' first words (:class:`_TuneInterruptNotices`), since they share their logger with
-  Tune's errors;
+  finishes the sweep, which Tune's ``Tuner.restore`` would not do (records, summary);
 - in every worker process (trial actors, Ray Train's controllers and workers: :func:`worker_runtime_env`), Ray's
   INFO lines, the ``Exception ignored ... SystemExit: 1`` traceback Python prints when Ray's SIGTERM handler (a
-  worker being stopped) fires inside a weakref callback, and the warning with a 20-line traceback that Ray
-  Train's controller logs each time its resource request to Ray's autoscaling coordinator takes over 5 s
-  ("Failed to send resource request ... If this only happens transiently during network partition or CPU being
-  overloaded, it's safe to ignore this error"; seen at a load of 8 on 2 cores). The request only informs an
-  autoscaler; the trial goes on either way.
+  worker being stopped) fires inside a weakref callback, and two warnings of Ray Train (:data:`WORKER_NOTICES`)
+  about what it does as designed: its placement-group cleaner freeing the workers of a trial whose controller
+  ended ("Detected that the Ray Train controller actor ... is dead. Cleaning up placement group ...", after a
+  trial that ASHA stopped or a killed study), and the 20-line traceback its controller logs each time a resource
+  request to Ray's autoscaling coordinator takes over 5 s ("... If this only happens transiently during network
+  partition or CPU being overloaded, it's safe to ignore this error"; seen at a load of 8 on 2 cores; the
+  request only informs an autoscaler).
+
+The notices of Tune and Ray Train are filtered by their first words (:class:`_Notices`), since they share their
+loggers with errors that must show (e.g. "Failed to clean up placement group").
 
 ``--verbose`` leaves all of it as Ray, Tune and MLflow print it. The environment variables must be set before
 ``ray`` and ``mlflow`` are imported (both read them then): :func:`quiet_driver` is the first thing such a
@@ -44,10 +46,15 @@ TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 # Tune's logger of tune.run, and the first words of its notices of a run stopped by Ctrl-C.
 TUNE_LOGGER = "ray.tune.tune"
 TUNE_INTERRUPT_NOTICES = ("Stop signal received", "Trials did not complete", "Experiment has been interrupted")
+# Ray Train's notices in its worker processes: logger -> the first words of each quieted message.
+WORKER_NOTICES = {
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
+        "Detected that the Ray Train controller actor",),
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": (
+        "Failed to send resource request",),
+}
 # What a job submission logs: the client's steps at INFO (its module sets that level when imported) and the
 # packaging of the working directory and py_modules (INFO, and WARNING for large files).
-# Ray Train's client of the autoscaling coordinator: warns, with a traceback, when a request times out (5 s).
-AUTOSCALING_CLIENT_LOGGER = "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client"
 JOB_SUBMISSION_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk",
                           "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir",
                           "ray._private.runtime_env.py_modules")
@@ -64,16 +71,27 @@ def quiet_driver(verbose: bool) -> None:
         os.environ.setdefault(key, value)
     logging.getLogger("ray").setLevel(logging.WARNING)
     logging.getLogger(TOKEN_NOTICE_LOGGER).setLevel(logging.ERROR)
-    tune_logger = logging.getLogger(TUNE_LOGGER)
-    if not any(isinstance(f, _TuneInterruptNotices) for f in tune_logger.filters):
-        tune_logger.addFilter(_TuneInterruptNotices())
+    _drop_notices(TUNE_LOGGER, TUNE_INTERRUPT_NOTICES)
 
 
-class _TuneInterruptNotices(logging.Filter):
-    """Drops Tune's notices of an interrupted run (:data:`TUNE_INTERRUPT_NOTICES`); keeps every other record."""
+class _Notices(logging.Filter):
+    """Drops the records whose message starts with one of ``prefixes``; keeps every other record."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(TUNE_INTERRUPT_NOTICES)
+        return not str(record.msg).startswith(self.prefixes)
+
+
+def _drop_notices(logger: str, prefixes: tuple[str, ...]) -> None:
+    """Add a :class:`_Notices` filter for ``prefixes`` to ``logger`` once. A filter, not a level: Ray Train's
+    controller configures its "ray.train" logger after a worker's setup hook (``logging.config.dictConfig``),
+    which resets the levels of the loggers below it, not their filters."""
+    log = logging.getLogger(logger)
+    if not any(isinstance(f, _Notices) and f.prefixes == prefixes for f in log.filters):
+        log.addFilter(_Notices(prefixes))
 
 
 def quiet_job_submission(verbose: bool) -> None:
@@ -87,9 +105,9 @@ def quiet_job_submission(verbose: bool) -> None:
 
 def quiet_worker(verbose: bool) -> None:
     """Quiet a trial actor or a Ray Train controller or worker: Ray's (and Ray Train's) loggers at WARNING (e.g.
-    "Checkpoint successfully created" per epoch, every report's metrics), the autoscaling coordinator's client at
-    ERROR (:data:`AUTOSCALING_CLIENT_LOGGER`), and no traceback for the ``SystemExit`` that Ray's SIGTERM handler
-    raises where Python can only print it; nothing with ``verbose``."""
+    "Checkpoint successfully created" per epoch, every report's metrics), Ray Train's notices of
+    :data:`WORKER_NOTICES`, and no traceback for the ``SystemExit`` that Ray's SIGTERM handler raises where
+    Python can only print it; nothing with ``verbose``."""
     if verbose:
         return
     from ray.train.v2._internal.execution import context as train_context
@@ -97,7 +115,8 @@ def quiet_worker(verbose: bool) -> None:
     # Ray Train's context logs under its file's path, outside the "ray" hierarchy.
     for name in ("ray", train_context.__file__):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger(AUTOSCALING_CLIENT_LOGGER).setLevel(logging.ERROR)
+    for logger, prefixes in WORKER_NOTICES.items():
+        _drop_notices(logger, prefixes)
     sys.unraisablehook = _unraisable_unless_stopping
 
 

@@ -1,8 +1,11 @@
 """The console contract of the commands that run Ray (pointtune.console, pointtune.search.status): by default
 every line a `sweep`, a `study` (interrupted, then `resume`d) prints, on stdout and stderr, is one of a few
-kinds: pointtune's own lines (a trial's come through Ray, prefixed with its actor and pid), Tune's status box,
-the final tables, blank lines. `--verbose` hides nothing of Ray's. `submit` needs a cluster: the quieting of
-its job-submission client and of a stopped worker's SystemExit are checked on the functions that set them."""
+kinds (helpers.CONSOLE_KINDS): pointtune's own lines (a trial's come through Ray, prefixed with its actor and
+pid), Tune's status box, the final tables, blank lines. The sweeps and the study that other tests run anyway
+are checked there (test_sweep: single-process and data-parallel sweeps; test_study: a data-parallel study
+killed and resumed; test_faults: Ctrl-C; test_pbt). Here: `--verbose` hides nothing of Ray's; `submit` needs
+a cluster, so the quieting of its job-submission client, of a stopped worker's SystemExit and of Ray Train's
+warnings under load are checked on the functions that set them."""
 
 import re
 import subprocess
@@ -11,7 +14,7 @@ import textwrap
 
 import pytest
 
-from helpers import kill_after_first_report, offending, pointtune, tiny_sets, write_space
+from helpers import offending, pointtune, tiny_sets, write_space
 
 # A line Ray's logging prints: "2026-01-01 12:00:00,000\tINFO worker.py:1 -- ..."
 RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) \S+\.py:\d+ -- ")
@@ -19,47 +22,6 @@ RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) 
 
 def _space(tmp_path):
     return write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """A 2-trial, 1-epoch sweep, run as a user runs it."""
-    root = tmp_path_factory.mktemp("console")
-    out = root / "sweep"
-    proc = pointtune("sweep", "cedr", "--space", str(_space(root)), "--trials", "2", "--epochs", "1",
-                     "--output", str(out), *tiny_sets())
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return out, proc
-
-
-@pytest.mark.slow
-def test_sweep_prints_only_its_own_lines(sweep):
-    _, proc = sweep
-    assert offending(proc.stdout, proc.stderr) == []
-    lines = proc.stdout.splitlines()
-    started = [line for line in lines if re.fullmatch(r"\[pointtune\] trial \S+ started .*", line)]
-    assert len(started) == 2 and "== Status ==" in lines
-    # every trial's lines come before the summary (Ray's deduplication held one trial's back until shutdown)
-    summary = next(i for i, line in enumerate(lines) if line.startswith("[pointtune] 2 trials:"))
-    assert sum("[pointtune] data synthetic train" in line for line in lines[:summary]) == 2
-
-
-@pytest.mark.slow
-def test_interrupted_study_and_its_resume_print_only_their_own_lines(sweep):
-    """A study of the sweep's best config, 2 seeds, one run at a time, killed after its first report (what it
-    printed until then is checked), then finished by `pointtune resume`."""
-    out, _ = sweep
-    study = out / "study"
-    # epochs of about a second (more clouds), so that the kill lands before the study ends
-    printed = kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(out), "--top-k", "1",
-                                       "--no-reference", "--seeds", "2", "--epochs", "2",
-                                       "--max-concurrent", "1",
-                                       "--set", "data.synthetic_per_class=48"], study)
-    assert offending(*printed) == []
-    resumed = pointtune("resume", str(study))
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
-    assert offending(resumed.stdout, resumed.stderr) == []
-    assert "[pointtune] resuming sweep" in resumed.stdout and "[pointtune] study:" in resumed.stdout
 
 
 @pytest.mark.slow
@@ -127,19 +89,31 @@ def test_stopped_worker_prints_no_traceback_unless_verbose(verbose):
 
 
 @pytest.mark.parametrize("verbose", [False, True])
-def test_a_slow_autoscaling_request_prints_no_traceback_unless_verbose(verbose):
-    """Ray Train's controller on an overloaded machine: its resource request to the autoscaling coordinator
-    times out and Ray's client logs a warning with a traceback, which Ray itself calls safe to ignore
-    (seen at a load of 8 on 2 cores). Quiet: nothing printed; verbose: Ray's lines."""
+def test_ray_trains_notices_are_quiet_unless_verbose(verbose):
+    """Two warnings of Ray Train about what it does as designed, logged after Ray Train's controller has set up
+    its logger: a resource request to the autoscaling coordinator timed out on an overloaded machine (a
+    traceback, which Ray itself calls safe to ignore; seen at a load of 8 on 2 cores), and the placement-group
+    cleaner freeing a finished controller's workers. Quiet: neither is printed, while another warning of the
+    cleaner's is; verbose: Ray's lines."""
     proc = _run_python(f"""
+        import logging
+        import logging.config
         from types import SimpleNamespace
 
         import ray.train
+        from ray.train.v2._internal.execution.controller import placement_group_cleaner
         from ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client import (
             TrainAutoscalingCoordinatorClient)
         from pointtune.console import quiet_worker
 
         quiet_worker({verbose})
+        # what Ray Train's controller then does to its logger (LoggingManager.configure_controller_logger):
+        # "ray.train" at DEBUG, a console handler at the run's log level (pointtune's quiet runs: WARNING)
+        logging.config.dictConfig({{
+            "version": 1, "disable_existing_loggers": False,
+            "handlers": {{"console": {{"class": "logging.StreamHandler", "level": "WARNING"}}}},
+            "loggers": {{"ray.train": {{"level": "DEBUG", "handlers": ["console"], "propagate": False}}}},
+        }})
 
         def timed_out(**_):
             raise TimeoutError("Get timed out: some object(s) not ready.")
@@ -148,10 +122,16 @@ def test_a_slow_autoscaling_request_prints_no_traceback_unless_verbose(verbose):
         client.__dict__["_autoscaling_coordinator"] = SimpleNamespace(
             request_resources=SimpleNamespace(remote=timed_out))
         client.send_resource_request(ray.train.ScalingConfig(num_workers=2), 2)
+
+        cleaner = logging.getLogger(placement_group_cleaner.__name__)
+        cleaner.warning("Detected that the Ray Train controller actor (1d7) is dead. Cleaning up placement group")
+        cleaner.warning("Failed to clean up placement group: gone")
     """)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert ("Failed to send resource request for train-1" in proc.stderr) == verbose, proc.stderr[-3000:]
     assert ("TimeoutError" in proc.stderr) == verbose
+    assert ("Detected that the Ray Train controller actor (1d7) is dead" in proc.stderr) == verbose
+    assert "Failed to clean up placement group: gone" in proc.stderr
 
 
 @pytest.mark.parametrize("world_size, terminal, shown", [(1, True, True), (1, False, False), (2, True, False)])
