@@ -193,8 +193,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
-    """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, then
-    print the run's memory estimate per worker. ``--fast-dev-run`` preflights without the training step (its
+    """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, printing
+    each one's memory estimate per worker (the prerequisite's first, marked). ``--fast-dev-run`` preflights without the training step (its
     own run takes that step at once) and prints no estimate. A ``train.batch_size`` the user did not give
     (``adapt_batch``) that exceeds the training items a worker gets is lowered to what fits, with one printed
     line. Returns ``(experiment, planned prerequisite or None)``.
@@ -215,8 +215,9 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
         try:
             for checked in ([pre.config, pre.stand_in] if pre else [exp]):  # --fast-dev-run trains its own step
                 result = preflight(checked, workers=args.workers, step=not args.fast_dev_run)
-            if not args.fast_dev_run:
-                print(result.describe_memory(exp.train.batch_size), flush=True)
+                if not args.fast_dev_run:
+                    print(result.describe_memory(checked.train.batch_size)
+                          + (f" [its {pre.name} run]" if checked is getattr(pre, "config", None) else ""), flush=True)
             return exp, pre
         except BatchTooLargeError as err:
             if not adapt_batch or not err.fits or err.fits >= exp.train.batch_size:

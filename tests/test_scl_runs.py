@@ -44,6 +44,8 @@ def test_both_stages_on_shapenetpart_judged_by_part_segmentation(shared_data, tm
                      *_sets(seg), "--output", str(out), "--no-progress")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "trains its stage1 run first" in proc.stdout
+    estimates = [line for line in proc.stdout.splitlines() if line.startswith("[pointtune] memory: ~")]
+    assert len(estimates) == 2 and estimates[0].endswith("[its stage1 run]"), estimates  # each run's, before training
     stage1, stage2 = _epochs(out / "stage1"), _epochs(out)
     assert [e["epoch"] for e in stage1] == [1] and [e["epoch"] for e in stage2] == [1, 2]
     assert 0 <= stage1[0]["train/sim_acc"] <= 1                  # stage 1: Eq. 4's pairs, judged too
