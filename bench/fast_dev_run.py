@@ -5,8 +5,9 @@ Each row runs the command a user would type, in a fresh process, and reports its
 exit included), the seconds the command itself reports ("fast-dev-run passed in N s"), the process's peak
 resident memory as the kernel reports it at exit (``wait4``'s ``ru_maxrss``: the peak since the loop's last
 per-epoch reset, :func:`pointtune.memory.reset_peak`, so it can miss an earlier epoch's or SCL's stage 1) and
-the run's own ``cost/peak_memory_mb`` (the largest over every epoch of its runs: the run's peak). ``finetune`` fine-tunes the ConClu row's run, since it needs a
-pretrained encoder. The issue's goal is under 30 s for every row on a 2-CPU machine.
+the run's own ``cost/peak_memory_mb`` (the largest over every epoch of its runs: the run's peak).
+``finetune`` fine-tunes the ConClu row's run, since it needs a pretrained encoder. The goal (issue 21) is under
+30 s for every row on a 2-CPU machine.
 
 ``--limit-batches N`` runs the rows at their default config instead (the recipe's batch size and number of
 points; ``--limit-batches N --epochs 1``: N training batches, N x batch items per judged split) and adds the
@@ -42,7 +43,8 @@ CLI = [sys.executable, "-m", "pointtune.cli"]
 
 
 def _rows(data: Path) -> dict[str, list[str]]:
-    """Row name ``method/dataset`` -> the ``pointtune`` arguments after ``train`` (``{conclu}``: the ConClu row's run)."""
+    """Row name ``method/dataset`` -> the ``pointtune`` arguments after ``train`` (``{conclu}``: the ConClu
+    row's run)."""
     modelnet = ["--dataset", "modelnet40", "--data-root", str(data / "modelnet40_subset")]
     parts = ["--dataset", "shapenetpart", "--data-root", str(data / "shapenetpart_subset"),
              "--set", "data.variant=split", "--set", "data.num_points=512", "--set", "protocol.name=part_seg"]

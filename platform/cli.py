@@ -194,10 +194,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
     """Plan the run's prerequisite (cut by ``--fast-dev-run`` too) and preflight the configs that train, printing
-    each one's memory estimate per worker (the prerequisite's first, marked). ``--fast-dev-run`` preflights without the training step (its
-    own run takes that step at once) and prints no estimate. A ``train.batch_size`` the user did not give
-    (``adapt_batch``) that exceeds the training items a worker gets is lowered to what fits, with one printed
-    line. Returns ``(experiment, planned prerequisite or None)``.
+    each one's memory estimate per worker (the prerequisite's first, marked). ``--fast-dev-run`` preflights
+    without the training step (its own run takes that step at once) and prints no estimate. A
+    ``train.batch_size`` the user did not give (``adapt_batch``) that exceeds the training items a worker gets is
+    lowered to what fits, with one printed line. Returns ``(experiment, planned prerequisite or None)``.
 
     Raises:
         ConfigError, DatasetError: a failed preflight (:func:`pointtune.preflight.preflight`).
