@@ -101,11 +101,15 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     """Issue 12: Ctrl-C (SIGINT to the driver's process group) after a trial's first epoch: exit 130 with the
     resume command, no summary or best config, the MLflow parent INTERRUPTED (not FINISHED), no trial marked
     FINISHED or STOPPED that did not end; `pointtune resume` then finishes every store consistently."""
-    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+    # Epochs of about half a second (more clouds than TINY) and 7 of them still to train after the first report,
+    # so that the signal lands inside the sweep: with the tiny default, epochs of 0.2 s on a fast machine let the
+    # whole sweep end before the signal arrived (exit 0).
+    space = write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True},
+                                                  "data.synthetic_per_class": {"type": "fixed", "value": 96}})
     out = tmp_path / "run"
     began = time.time()
     proc = sweep_until_reported([sys.executable, "-m", "pointtune.cli", "sweep", "cedr", "--space", str(space),
-                                 "--trials", "2", "--epochs", "2", "--output", str(out), "--max-concurrent", "1"], out)
+                                 "--trials", "2", "--epochs", "4", "--output", str(out), "--max-concurrent", "1"], out)
     reported = time.time()
     os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=scaled(120))
@@ -130,7 +134,7 @@ def test_ctrl_c_keeps_the_sweep_resumable_and_marks_nothing(tmp_path):
     print(f"resume took {time.time() - began:.1f} s")
     for noise in ("Trial status:", "result ─", "Reporting training result"):  # the sweep's quiet console too
         assert noise not in resumed.stdout + resumed.stderr, noise
-    statuses = check_records(out, 2)
+    statuses = check_records(out, 4)
     assert len(statuses) == 2
     _, runs = mlflow_runs(out)
     parent = next(r for r in runs if r.data.tags.get("pointtune.kind") == "sweep")
