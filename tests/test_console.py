@@ -1,11 +1,11 @@
 """The console contract of the commands that run Ray (pointtune.console, pointtune.search.status): by default
 every line a `sweep`, a `study` (interrupted, then `resume`d) prints, on stdout and stderr, is one of a few
 kinds (helpers.CONSOLE_KINDS): pointtune's own lines (a trial's come through Ray, prefixed with its actor and
-pid), Tune's status box, the final tables, blank lines. The sweeps and the study that other tests run anyway
-are checked there (test_sweep: single-process and data-parallel sweeps; test_study: a data-parallel study
-killed and resumed; test_faults: Ctrl-C; test_pbt). Here: `--verbose` hides nothing of Ray's; `submit` needs
-a cluster, so the quieting of its job-submission client, of a stopped worker's SystemExit and of Ray Train's
-warnings under load are checked on the functions that set them."""
+pid), Tune's status box, the final tables, blank lines. The sweeps that other tests run anyway are checked
+there (test_sweep: single-process and data-parallel sweeps; test_faults: Ctrl-C; test_pbt); here a study,
+killed and resumed. `--verbose` hides nothing of Ray's. `submit` needs a cluster, so the quieting of its
+job-submission client, of a stopped worker's SystemExit and of Ray Train's warnings under load are checked on
+the functions that set them."""
 
 import re
 import subprocess
@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from helpers import offending, pointtune, tiny_sets, write_space
+from helpers import kill_after_first_report, offending, pointtune, tiny_sets, write_space
 
 # A line Ray's logging prints: "2026-01-01 12:00:00,000\tINFO worker.py:1 -- ..."
 RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) \S+\.py:\d+ -- ")
@@ -22,6 +22,36 @@ RAY_LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+\s+(INFO|WARNING) 
 
 def _space(tmp_path):
     return write_space(tmp_path / "space.yaml", {"optim.lr": {"type": "float", "low": 0.01, "high": 0.2, "log": True}})
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """A 2-trial, 1-epoch sweep, run as a user runs it."""
+    root = tmp_path_factory.mktemp("console")
+    out = root / "sweep"
+    proc = pointtune("sweep", "cedr", "--space", str(_space(root)), "--trials", "2", "--epochs", "1",
+                     "--output", str(out), *tiny_sets())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return out, proc
+
+
+@pytest.mark.slow
+def test_interrupted_study_and_its_resume_print_only_their_own_lines(sweep):
+    """A study of the sweep's best config, 2 seeds, one run at a time, killed after its first report (what it
+    printed until then is checked), then finished by `pointtune resume`."""
+    out, _ = sweep
+    study = out / "study"
+    # epochs of about half a second (more clouds) and 5 still to train after the first report, so that the kill
+    # lands before the study ends, on a fast machine too
+    printed = kill_after_first_report([sys.executable, "-m", "pointtune.cli", "study", str(out), "--top-k", "1",
+                                       "--no-reference", "--seeds", "2", "--epochs", "3",
+                                       "--max-concurrent", "1",
+                                       "--set", "data.synthetic_per_class=96"], study)
+    assert offending(*printed) == []
+    resumed = pointtune("resume", str(study))
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-5000:]
+    assert offending(resumed.stdout, resumed.stderr) == []
+    assert "[pointtune] resuming sweep" in resumed.stdout and "[pointtune] study:" in resumed.stdout
 
 
 @pytest.mark.slow
