@@ -217,7 +217,7 @@ def _preflight_train(exp, args: argparse.Namespace, adapt_batch: bool):
                 result = preflight(checked, workers=args.workers, step=not args.fast_dev_run)
                 if not args.fast_dev_run:
                     print(result.describe_memory(checked.train.batch_size)
-                          + (f" [its {pre.name} run]" if checked is getattr(pre, "config", None) else ""), flush=True)
+                          + (f" [its {pre.name} run]" if pre and checked is pre.config else ""), flush=True)
             return exp, pre
         except BatchTooLargeError as err:
             if not adapt_batch or not err.fits or err.fits >= exp.train.batch_size:
