@@ -647,8 +647,8 @@ def run(argv: list[str] | None = None) -> NoReturn:
     (:func:`gc.freeze`): the interpreter's last collections at shutdown walk torch's, Ray's and MLflow's whole
     object graphs, only to free memory the operating system takes back at exit anyway. Measured after
     ``pointtune train cedr --fast-dev-run`` on this 2-CPU machine: 3.2 s idle and about 5 s beside the test
-    suite without the freeze, 0.5-1 s with it. Atexit handlers (Ray's shutdown, logging's flush) and objects freed by reference counting are not
-    affected. :func:`main` alone (as tests call it in-process) freezes nothing.
+    suite without the freeze, 0.5-1 s with it. Atexit handlers (Ray's shutdown, logging's flush) and objects
+    freed by reference counting are not affected. :func:`main` alone (as tests call it in-process) freezes nothing.
 
     Raises:
         SystemExit: always, with :func:`main`'s status.

@@ -210,22 +210,18 @@ def plot_study(sweep_dir: Path, space: SearchSpace) -> list[Path]:
         written.append(out)
     varying = {k for t in complete for k in t.params if len({str(u.params.get(k)) for u in complete}) > 1}
     if len(complete) >= 2 and varying:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with warnings.catch_warnings():
+            # PED-ANOVA (Optuna's default) warns and draws equal bars when its top quantile of trials is all of
+            # them, e.g. every complete trial scored the same: a plot that would say nothing
+            warnings.filterwarnings("error", message="Target and region quantiles select the same set")
             try:
                 ax = ovm.plot_param_importances(study)  # Optuna uses COMPLETE trials only
+            except UserWarning:
+                plt.close("all")
+                ax, skipped = None, ("Optuna's PED-ANOVA tells no parameter apart: its top quantile of trials is "
+                                     "all of them (e.g. every complete trial scored the same)")
             except (RuntimeError, ValueError) as err:  # e.g. importances undefined for the sampled values
                 ax, skipped = None, str(err)
-        # PED-ANOVA (Optuna's default) warns and draws equal bars when its top quantile of trials is all of them,
-        # e.g. every complete trial scored the same: a plot that would say nothing
-        equal = [w for w in caught if "Parameter importances will be equal" in str(w.message)]
-        for w in caught:
-            if w not in equal:  # shown (or not) as they would have been
-                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-        if ax is not None and equal:
-            plt.close(ax.figure)
-            ax, skipped = None, ("Optuna's PED-ANOVA tells no parameter apart: its top quantile of trials is all of "
-                                 "them (e.g. every complete trial scored the same)")
         if ax is None:
             print(f"[pointtune] parameter importances skipped: {skipped}")
         else:
